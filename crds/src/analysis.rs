@@ -1,0 +1,196 @@
+//! The analysis block shared by `MigrationPlan` and `Canary`: how often to
+//! measure, how much data a measurement needs, how many bad measurements to
+//! tolerate, and the metric checks themselves.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// A transport, for metric checks that look at one of them.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum Transport {
+    /// The libp2p stack.
+    Libp2p,
+    /// The iroh stack.
+    Iroh,
+}
+
+/// How health is judged between steps. Absent data never counts as success:
+/// a measurement below `minSampleSize` is inconclusive.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.metrics.all(m, self.metrics.exists_one(n, n.name == m.name))").message("metric check names must be unique").field_path(".metrics"))]
+pub struct Analysis {
+    /// Time between two measurements.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+
+    /// Fewest requests a measurement must cover to count; below it the
+    /// measurement is inconclusive.
+    #[serde(default = "default_min_sample_size")]
+    #[schemars(range(min = 1))]
+    pub min_sample_size: u32,
+
+    /// Failed measurements tolerated; one more makes the verdict Fail.
+    #[serde(default)]
+    pub failure_limit: u32,
+
+    /// Inconclusive measurements tolerated; one more makes the verdict
+    /// Inconclusive, handled as onInconclusive says.
+    #[serde(default)]
+    pub inconclusive_limit: u32,
+
+    /// What an inconclusive verdict does: Pause (default) stops the plan
+    /// until a person resumes it; Fail treats it as a failed verdict.
+    #[serde(default)]
+    pub on_inconclusive: InconclusiveAction,
+
+    /// The checks. When absent: error rate at most 5%, p95 latency at most
+    /// 500ms, partition risk at most 0.7 (the seed's alert rules).
+    #[serde(default = "default_metrics")]
+    #[schemars(length(min = 1, max = 32))]
+    pub metrics: Vec<MetricCheck>,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            interval: default_interval(),
+            min_sample_size: default_min_sample_size(),
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            on_inconclusive: InconclusiveAction::default(),
+            metrics: default_metrics(),
+        }
+    }
+}
+
+/// What an inconclusive analysis does.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum InconclusiveAction {
+    /// Pause the plan (sets spec.paused) until a person resumes it.
+    #[default]
+    Pause,
+    /// Treat it as a failed verdict (rollback if automatic rollback is on).
+    Fail,
+}
+
+/// A metric the operator computes from the agents' scraped /metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum BuiltinMetric {
+    /// Failed requests divided by all requests (0-1).
+    ErrorRate,
+    /// Median request latency in milliseconds.
+    LatencyP50,
+    /// 95th percentile request latency in milliseconds.
+    LatencyP95,
+    /// 99th percentile request latency in milliseconds.
+    LatencyP99,
+    /// The agents' partition-risk gauge (0-1).
+    PartitionRisk,
+    /// Connected peers per node.
+    PeerCount,
+    /// The agents' health score (0-1).
+    HealthScore,
+}
+
+/// One check: a value (built-in or PromQL) and the thresholds it must meet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.builtin) != has(self.promql)").message("set exactly one of builtin or promql"),
+    validation = Rule::new("has(self.max) || has(self.min) || has(self.maxIncreasePercent) || has(self.maxDecreasePercent)").message("set at least one threshold: max, min, maxIncreasePercent or maxDecreasePercent"),
+    validation = Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("min must not exceed max")
+)]
+pub struct MetricCheck {
+    /// Name of the check, unique within the analysis; shown in status.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// A built-in metric over the agents' scraped metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinMetric>,
+
+    /// A PromQL expression returning one value, run against the operator's
+    /// configured Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub promql: Option<String>,
+
+    /// Restrict a built-in metric to one transport. Absent: both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+
+    /// Fail when the value is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+
+    /// Fail when the value is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+
+    /// Fail when the value exceeds the baseline's by more than this percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 10000.0))]
+    pub max_increase_percent: Option<f64>,
+
+    /// Fail when the value falls below the baseline's by more than this
+    /// percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub max_decrease_percent: Option<f64>,
+}
+
+fn default_interval() -> Duration {
+    // Long enough for a few hundred probe RPCs per node at the agents'
+    // default probe rate, short enough that a bad wave is caught quickly.
+    Duration::from_secs(60)
+}
+
+fn default_min_sample_size() -> u32 {
+    // Below ~50 requests one failure moves the error rate by 2%, which is
+    // noise next to the 5% threshold.
+    50
+}
+
+/// The seed's default alert thresholds as analysis checks.
+pub fn default_metrics() -> Vec<MetricCheck> {
+    vec![
+        MetricCheck {
+            name: "error-rate".into(),
+            builtin: Some(BuiltinMetric::ErrorRate),
+            max: Some(0.05),
+            ..MetricCheck::default()
+        },
+        MetricCheck {
+            name: "latency-p95".into(),
+            builtin: Some(BuiltinMetric::LatencyP95),
+            max: Some(500.0),
+            ..MetricCheck::default()
+        },
+        MetricCheck {
+            name: "partition-risk".into(),
+            builtin: Some(BuiltinMetric::PartitionRisk),
+            max: Some(0.7),
+            ..MetricCheck::default()
+        },
+    ]
+}

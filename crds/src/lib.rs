@@ -1,0 +1,46 @@
+//! Switchyard's Kubernetes API: group `switchyard.dev`, version `v1alpha1`.
+//!
+//! - [`FleetNode`]: one per node-agent; spec is the operator's, status the agent's.
+//! - [`MigrationPlan`]: moves selected nodes through stages of [`NetworkMode`]s.
+//! - [`Canary`]: a trial of one mode on a few nodes.
+//!
+//! [`validate`] holds the semantic checks the schema cannot express;
+//! [`manifest`] reads user YAML with errors that name the field;
+//! [`crdgen`] renders the CRD YAML checked in under `crds/`.
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod canary;
+pub mod crdgen;
+pub mod duration;
+pub mod fleet_node;
+pub mod manifest;
+pub mod mode;
+pub mod plan;
+pub mod validate;
+
+pub use analysis::{Analysis, BuiltinMetric, InconclusiveAction, MetricCheck, Transport};
+pub use canary::{Canary, CanaryPhase, CanarySpec, CanaryStatus};
+pub use duration::Duration;
+pub use fleet_node::{FleetNode, FleetNodeSpec, FleetNodeStatus, NodeAddresses, NodeIdentity};
+pub use mode::{NetworkMode, RoutingStrategy, forms_island};
+pub use plan::{
+    MigrationPlan, MigrationPlanSpec, MigrationPlanStatus, PlanCanary, PlanPhase, RollbackPolicy,
+    RollbackScope, RollbackStrategy, Verdict,
+};
+
+/// The API group.
+pub const GROUP: &str = "switchyard.dev";
+/// The API version.
+pub const VERSION: &str = "v1alpha1";
+
+/// Label on a FleetNode naming the MigrationPlan that manages it.
+pub const LABEL_PLAN: &str = "switchyard.dev/plan";
+/// Annotation on a FleetNode: the mode it had when its plan first moved it;
+/// a rollback returns it there.
+pub const ANNOTATION_START_MODE: &str = "switchyard.dev/start-mode";
+/// Annotation on a FleetNode: the plan step that last moved it, as
+/// `<stage>/<wave>`, `<stage>/canary` or `rollback`.
+pub const ANNOTATION_STEP: &str = "switchyard.dev/step";
+/// The field manager the operator uses for server-side apply.
+pub const FIELD_MANAGER: &str = "switchyard-operator";
