@@ -454,6 +454,11 @@ pub struct MigrationPlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Time>,
 
+    /// When the current step last made progress (a node was told to
+    /// switch or acknowledged); the progress deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+
     /// When every node of the current step had acknowledged; soak time and
     /// canary duration count from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -653,6 +658,10 @@ pub struct RollbackRecord {
     /// Nodes it moved.
     #[serde(default)]
     pub nodes: u32,
+    /// For scope Wave: the step whose nodes it returns, as `<stage>/<wave>`
+    /// or `<stage>/canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 /// A node that holds the plan back.

@@ -1,0 +1,473 @@
+//! Scenario tests of the planner, driven through the simulator.
+
+use jiff::SignedDuration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use switchyard_crds::plan::{GradualRollback, RollbackRequest};
+use switchyard_crds::{
+    Analysis, Duration, InconclusiveAction, MigrationPlanSpec, NetworkMode, PlanCanary, PlanPhase,
+    RollbackPolicy, RollbackScope, RollbackStrategy, Verdict,
+};
+
+use super::sim::Sim;
+use super::*;
+use NetworkMode::*;
+
+fn spec(stages: &[NetworkMode]) -> MigrationPlanSpec {
+    MigrationPlanSpec {
+        selector: LabelSelector::default(),
+        stages: stages.to_vec(),
+        canary: None,
+        waves: vec![5, 25, 50, 75, 100],
+        wave_interval: Duration::from_secs(300),
+        max_unavailable: IntOrString::String("10%".into()),
+        progress_deadline: Duration::from_secs(600),
+        analysis: None,
+        rollback: RollbackPolicy::default(),
+        paused: false,
+        rollback_request: None,
+    }
+}
+
+fn full() -> MigrationPlanSpec {
+    spec(&[DualPreferLibP2p, DualPreferIroh, IrohOnly])
+}
+
+fn with_canary(mut s: MigrationPlanSpec, count: u32) -> MigrationPlanSpec {
+    s.canary = Some(PlanCanary {
+        count: Some(count),
+        duration: Duration::from_secs(600),
+        ..PlanCanary::default()
+    });
+    s
+}
+
+fn count_mode(sim: &Sim, mode: NetworkMode) -> usize {
+    sim.nodes
+        .values()
+        .filter(|n| n.applied == Some(mode))
+        .count()
+}
+
+#[test]
+fn full_migration_reaches_iroh_only_through_canary_and_waves() {
+    let mut sim = Sim::new(with_canary(full(), 2), 40, LibP2pOnly);
+    let first = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Canary);
+    assert_eq!(first.patches.len(), 2, "only the canaries move first");
+    assert!(
+        first.patches.iter().all(|p| p.mode == DualPreferLibP2p
+            && p.start_mode == LibP2pOnly
+            && p.step == "0/canary")
+    );
+    assert!(matches!(
+        first.canary,
+        Some(CanaryAction::Ensure { stage: 0, .. })
+    ));
+    let rounds = sim.drive(60, 2_000, |s| s.phase() == PlanPhase::Succeeded);
+    assert!(
+        rounds.is_some(),
+        "plan finishes; ended in {:?}",
+        sim.phase()
+    );
+    assert_eq!(count_mode(&sim, IrohOnly), 40);
+    assert_eq!(sim.status.as_ref().map(|s| s.progress_percent), Some(100));
+    assert!(sim.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    }));
+}
+
+#[test]
+fn waves_are_cumulative_shares_bounded_by_max_unavailable() {
+    let mut s = spec(&[DualPreferLibP2p]);
+    s.max_unavailable = IntOrString::Int(3);
+    let mut sim = Sim::new(s, 100, LibP2pOnly);
+    let d = sim.reconcile();
+    assert_eq!(
+        d.patches.len(),
+        3,
+        "wave 0 is 5 nodes but only 3 may switch at once"
+    );
+    sim.ack_all();
+    let d = sim.reconcile();
+    assert_eq!(d.patches.len(), 2, "the rest of wave 0");
+    sim.ack_all();
+    sim.reconcile();
+    assert_eq!(
+        sim.status.as_ref().and_then(|s| s.wave),
+        Some(0),
+        "soaking wave 0"
+    );
+    assert_eq!(
+        sim.nodes
+            .values()
+            .filter(|n| n.desired == Some(DualPreferLibP2p))
+            .count(),
+        5
+    );
+}
+
+#[test]
+fn soak_requeues_at_exactly_its_due_time() {
+    let mut sim = Sim::new(spec(&[DualPreferLibP2p]), 20, LibP2pOnly);
+    sim.reconcile();
+    sim.ack_all();
+    sim.advance(7);
+    let d = sim.reconcile();
+    let acked = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.step_acknowledged_at.clone())
+        .map(|t| t.0);
+    assert_eq!(acked, Some(sim.now));
+    assert_eq!(d.requeue_at, Some(sim.now + SignedDuration::from_secs(300)));
+    sim.advance(299);
+    let d = sim.reconcile();
+    assert!(d.patches.is_empty(), "still soaking");
+    sim.advance(1);
+    let d = sim.reconcile();
+    assert_eq!(sim.status.as_ref().and_then(|s| s.wave), Some(1));
+    assert!(!d.patches.is_empty(), "wave 1 starts at the due time");
+}
+
+fn analysed(mut s: MigrationPlanSpec) -> MigrationPlanSpec {
+    s.analysis = Some(Analysis::default());
+    s
+}
+
+#[test]
+fn analysis_gates_waves_and_stale_verdicts_do_not_count() {
+    let mut sim = Sim::new(analysed(spec(&[DualPreferLibP2p])), 20, LibP2pOnly);
+    sim.verdict(Verdict::Pass); // before the wave: stale once the wave is acknowledged later
+    sim.reconcile();
+    sim.advance(10);
+    sim.ack_all();
+    sim.reconcile();
+    sim.advance(400);
+    let d = sim.reconcile();
+    assert!(d.patches.is_empty(), "no fresh verdict: wait");
+    assert_eq!(sim.status.as_ref().and_then(|s| s.wave), Some(0));
+    assert_eq!(
+        d.requeue_at,
+        Some(sim.now + SignedDuration::from_secs(60)),
+        "asks again after one analysis interval"
+    );
+    sim.verdict(Verdict::Pass);
+    let d = sim.reconcile();
+    assert_eq!(sim.status.as_ref().and_then(|s| s.wave), Some(1));
+    assert!(!d.patches.is_empty());
+}
+
+#[test]
+fn failed_analysis_rolls_back_in_the_safe_order() {
+    let mut s = analysed(spec(&[DualPreferIroh, IrohOnly]));
+    s.waves = vec![50, 100];
+    let mut sim = Sim::new(s, 10, DualPreferLibP2p);
+    // Stage 0 completes, stage 1 wave 0 runs.
+    sim.drive(400, 200, |s| {
+        s.nodes
+            .values()
+            .filter(|n| n.applied == Some(IrohOnly))
+            .count()
+            == 5
+    });
+    assert_eq!(sim.status.as_ref().map(|s| s.stage), Some(1));
+    sim.verdict(Verdict::Fail);
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::RollingBack);
+    assert!(d.transitions.iter().any(
+        |t| matches!(t, Transition::RollbackStarted { trigger, .. } if trigger == "AnalysisFailed")
+    ));
+    sim.analysis = None;
+    for _ in 0..50 {
+        assert!(!sim.has_island());
+        sim.reconcile();
+        sim.ack_all();
+        sim.advance(5);
+    }
+    assert_eq!(sim.phase(), PlanPhase::RolledBack);
+    assert!(
+        sim.nodes
+            .values()
+            .all(|n| n.applied == Some(DualPreferLibP2p)),
+        "every node back where it started"
+    );
+    let history = &sim.status.as_ref().expect("status").rollback_history;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].nodes, 10);
+}
+
+#[test]
+fn rollback_from_iroh_only_goes_through_dual_first() {
+    let mut s = spec(&[DualPreferLibP2p, IrohOnly]);
+    s.waves = vec![100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 6, LibP2pOnly);
+    sim.drive(400, 100, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    sim.spec.rollback_request = Some(RollbackRequest {
+        reason: "by hand".into(),
+    });
+    let d = sim.reconcile();
+    assert!(
+        d.patches.iter().all(|p| p.mode == DualPreferLibP2p),
+        "IrohOnly nodes step to dual first: {:?}",
+        d.patches
+    );
+    sim.ack_all();
+    let d = sim.reconcile();
+    assert!(d.patches.iter().all(|p| p.mode == LibP2pOnly));
+    sim.ack_all();
+    sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::RolledBack);
+    assert_eq!(
+        sim.status
+            .as_ref()
+            .map(|s| s.rollback_history[0].trigger.clone()),
+        Some("Manual".into())
+    );
+}
+
+#[test]
+fn gradual_rollback_moves_batches_with_intervals() {
+    let mut s = spec(&[DualPreferIroh]);
+    s.waves = vec![100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    s.rollback.strategy = RollbackStrategy::Gradual;
+    s.rollback.gradual = Some(GradualRollback {
+        wave_size: 25,
+        interval: Duration::from_secs(60),
+    });
+    let mut sim = Sim::new(s, 8, DualPreferLibP2p);
+    sim.drive(400, 100, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    sim.spec.rollback_request = Some(RollbackRequest::default());
+    let d = sim.reconcile();
+    assert_eq!(d.patches.len(), 2, "25% of 8");
+    sim.ack_all();
+    let d = sim.reconcile();
+    assert!(d.patches.is_empty(), "interval after an acknowledged batch");
+    assert_eq!(d.requeue_at, Some(sim.now + SignedDuration::from_secs(60)));
+    sim.advance(60);
+    assert_eq!(sim.reconcile().patches.len(), 2);
+}
+
+#[test]
+fn wave_scoped_rollback_returns_only_the_failing_wave_and_stops() {
+    let mut s = analysed(spec(&[DualPreferIroh]));
+    s.waves = vec![20, 60, 100];
+    s.rollback.scope = RollbackScope::Wave;
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 10, DualPreferLibP2p);
+    sim.drive(400, 50, |s| {
+        s.status.as_ref().and_then(|st| st.wave) == Some(1)
+            && s.unacknowledged() == 0
+            && count_mode(s, DualPreferIroh) == 6
+    });
+    sim.verdict(Verdict::Fail);
+    sim.reconcile();
+    sim.analysis = None;
+    for _ in 0..5 {
+        sim.ack_all();
+        sim.reconcile();
+    }
+    assert_eq!(sim.phase(), PlanPhase::Failed);
+    assert_eq!(count_mode(&sim, DualPreferIroh), 2, "wave 0 keeps its mode");
+    assert_eq!(count_mode(&sim, DualPreferLibP2p), 8);
+}
+
+#[test]
+fn pause_stops_new_switches_and_resume_restarts_the_soak() {
+    let mut sim = Sim::new(spec(&[DualPreferLibP2p]), 40, LibP2pOnly);
+    sim.reconcile();
+    sim.spec.paused = true;
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Paused);
+    assert!(d.patches.is_empty());
+    sim.ack_all();
+    sim.advance(1_000);
+    assert!(
+        sim.reconcile().patches.is_empty(),
+        "paused: nothing new starts"
+    );
+    sim.spec.paused = false;
+    let d = sim.reconcile();
+    assert!(d.transitions.contains(&Transition::Resumed));
+    assert_eq!(sim.phase(), PlanPhase::Progressing);
+}
+
+#[test]
+fn inconclusive_analysis_pauses_the_plan() {
+    let mut s = analysed(spec(&[DualPreferLibP2p]));
+    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Pause;
+    let mut sim = Sim::new(s, 20, LibP2pOnly);
+    sim.reconcile();
+    sim.ack_all();
+    sim.reconcile();
+    sim.advance(300);
+    sim.verdict(Verdict::Inconclusive);
+    let d = sim.reconcile();
+    assert!(d.pause.is_some(), "the operator is told to set spec.paused");
+    assert_eq!(sim.phase(), PlanPhase::Paused);
+    assert!(sim.spec.paused);
+}
+
+#[test]
+fn invalid_spec_touches_nothing_and_a_fix_resumes() {
+    let mut s = spec(&[DualPreferLibP2p]);
+    s.waves = vec![50, 25, 100];
+    let mut sim = Sim::new(s, 10, LibP2pOnly);
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Invalid);
+    assert!(d.patches.is_empty());
+    assert!(matches!(&d.transitions[..], [Transition::Invalid(m)] if m.contains("spec.waves[1]")));
+    assert!(
+        sim.reconcile().transitions.is_empty(),
+        "reported once, not on every reconcile"
+    );
+    sim.spec.waves = vec![50, 100];
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Progressing);
+    assert_eq!(d.patches.len(), 1);
+}
+
+#[test]
+fn first_stage_that_cannot_talk_to_the_fleet_is_invalid() {
+    let mut sim = Sim::new(spec(&[IrohOnly]), 5, DualPreferIroh);
+    sim.add_node("legacy", LibP2pOnly);
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Invalid);
+    assert!(d.patches.is_empty());
+    let msg = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("legacy") && msg.contains("spec.stages[0]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_node_held_by_an_older_plan_blocks_the_later_plan() {
+    let mut sim = Sim::new(spec(&[DualPreferLibP2p]), 5, LibP2pOnly);
+    if let Some(n) = sim.nodes.get_mut("node-00002") {
+        n.held_by = Some("older".into());
+    }
+    let d = sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::Pending);
+    assert!(d.patches.is_empty());
+    let st = sim.status.clone().expect("status");
+    assert_eq!(st.blocked_nodes[0].name, "node-00002");
+    assert!(st.blocked_nodes[0].reason.contains("older"));
+}
+
+#[test]
+fn a_node_that_never_acknowledges_is_reported_after_the_deadline() {
+    let mut s = spec(&[DualPreferLibP2p]);
+    s.waves = vec![100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 10, LibP2pOnly);
+    sim.reconcile();
+    let stuck = "node-00003";
+    for _ in 0..12 {
+        let names: Vec<String> = sim.nodes.keys().filter(|n| *n != stuck).cloned().collect();
+        for n in names {
+            sim.ack(&n);
+        }
+        sim.advance(60);
+        sim.reconcile();
+    }
+    let st = sim.status.clone().expect("status");
+    assert_eq!(st.phase, PlanPhase::Progressing);
+    assert!(
+        st.blocked_nodes
+            .iter()
+            .any(|b| b.name == stuck && b.reason.contains("progressDeadline")),
+        "{:?}",
+        st.blocked_nodes
+    );
+    assert!(st.conditions.iter().any(|c| c.type_ == "Degraded"
+        && c.status == "True"
+        && c.reason == "ProgressDeadlineExceeded"));
+    sim.ack(stuck);
+    sim.reconcile();
+    assert!(sim.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "False")
+    }));
+}
+
+#[test]
+fn newcomers_join_at_the_held_mode_and_after_success_at_the_final_mode() {
+    let mut s = spec(&[DualPreferLibP2p, DualPreferIroh]);
+    s.waves = vec![100];
+    let mut sim = Sim::new(s, 10, LibP2pOnly);
+    sim.drive(400, 100, |s| {
+        s.status.as_ref().is_some_and(|st| st.stage == 1)
+    });
+    sim.add_node("late", LibP2pOnly);
+    let d = sim.reconcile();
+    let late = d
+        .patches
+        .iter()
+        .find(|p| p.node == "late")
+        .expect("the newcomer is moved");
+    assert_eq!(
+        (late.mode, late.start_mode, late.step.as_str()),
+        (DualPreferLibP2p, LibP2pOnly, "hold")
+    );
+    sim.drive(400, 100, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    sim.add_node("later", LibP2pOnly);
+    let d = sim.reconcile();
+    assert_eq!(
+        d.patches.iter().find(|p| p.node == "later").map(|p| p.mode),
+        Some(DualPreferIroh)
+    );
+    assert_eq!(sim.phase(), PlanPhase::Succeeded);
+}
+
+#[test]
+fn a_vanished_node_does_not_hold_the_plan_back() {
+    let mut s = spec(&[DualPreferLibP2p]);
+    s.waves = vec![100];
+    let mut sim = Sim::new(s, 4, LibP2pOnly);
+    sim.reconcile();
+    sim.nodes.remove("node-00001");
+    sim.ack_all();
+    sim.drive(400, 20, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds without the vanished node");
+}
+
+#[test]
+fn the_same_input_gives_the_same_decision() {
+    let mut sim = Sim::new(with_canary(analysed(full()), 3), 200, LibP2pOnly);
+    for _ in 0..30 {
+        let a = sim.decide();
+        let b = sim.decide();
+        assert_eq!(a, b);
+        sim.apply(&a);
+        sim.verdict(Verdict::Pass);
+        sim.ack_all();
+        sim.advance(200);
+    }
+}
+
+#[test]
+fn status_of_a_ten_thousand_node_plan_stays_small() {
+    let mut sim = Sim::new(with_canary(analysed(full()), 10), 10_000, LibP2pOnly);
+    sim.drive(120, 40, |_| false);
+    // Make every node blocked or stuck so the status names as many as it can.
+    sim.advance(100_000);
+    let d = sim.reconcile();
+    let bytes = serde_json::to_vec(&d.status)
+        .expect("status serialises")
+        .len();
+    assert!(bytes < 16 * 1024, "status is {bytes} bytes");
+    assert!(d.status.blocked_nodes.len() <= MAX_NAMED_NODES);
+}
