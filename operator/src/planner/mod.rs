@@ -388,6 +388,12 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|n| n.view.held_by.is_none() && !n.acked)
             .count();
+        // A node acknowledged since the last decision is progress: the
+        // progress deadline starts over.
+        let acked_now = nodes.iter().filter(|n| n.managed && n.acked).count();
+        if acked_now > usize::try_from(prev.nodes.acknowledged).unwrap_or(usize::MAX) {
+            st.last_progress_time = Some(Time(input.now));
+        }
         Planner {
             input,
             spec: input.spec,
@@ -983,6 +989,11 @@ impl<'a> Planner<'a> {
 
     /// The progress deadline: counted from the step's last progress.
     fn check_deadline(&mut self, pending: &[usize], mode: NetworkMode) {
+        if !self.patches.is_empty() {
+            // Nodes were told to switch just now: that is progress.
+            self.requeue(add(self.now(), self.spec.progress_deadline));
+            return;
+        }
         let Some(since) = ts(&self.st.last_progress_time).or(ts(&self.st.step_started_at)) else {
             return;
         };
@@ -1070,22 +1081,64 @@ impl<'a> Planner<'a> {
         self.rolling_back();
     }
 
-    /// Where node `i` must end up in the current rollback, if anywhere.
-    fn rollback_target(&self, i: usize, rec: &RollbackRecord) -> Option<NetworkMode> {
-        let n = &self.nodes[i];
-        if !n.managed {
-            return None;
-        }
-        match rec.scope {
-            RollbackScope::Plan => n.start,
-            RollbackScope::Wave => {
-                if n.step.is_some() && n.step == rec.step.as_deref() {
+    /// Where each node must end up in the current rollback.
+    ///
+    /// Scope Plan: every node this plan manages returns to its start mode
+    /// (a node the plan never moved stays where it is). Start modes can
+    /// conflict: after a plan reached IrohOnly, newcomers configured
+    /// IrohOnly start there, and returning the old nodes to LibP2pOnly
+    /// would split the fleet. Then the side that cannot win stops in the
+    /// dual mode next to its start mode: the side opposite a node this
+    /// rollback does not move, else the side with fewer nodes (IrohOnly on a tie,
+    /// LibP2pOnly being the agents' default).
+    fn rollback_targets(&self, rec: &RollbackRecord) -> Vec<(usize, NetworkMode)> {
+        let mut targets: Vec<(usize, NetworkMode)> = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.managed {
+                continue;
+            }
+            let target = match rec.scope {
+                RollbackScope::Plan => n.start.or(n.desired),
+                RollbackScope::Wave if n.step.is_some() && n.step == rec.step.as_deref() => {
                     self.hold_mode().or(n.start)
-                } else {
-                    None
                 }
+                RollbackScope::Wave => None,
+            };
+            if let Some(t) = target {
+                targets.push((i, t));
             }
         }
+        // Nodes this rollback does not move (held by another plan, or
+        // outside the failing wave) keep their modes.
+        let moving: std::collections::BTreeSet<usize> = targets.iter().map(|t| t.0).collect();
+        let fixed = |m: NetworkMode| {
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !moving.contains(i))
+                .any(|(_, n)| n.desired == Some(m) || n.view.applied == Some(m))
+        };
+        let count = |m: NetworkMode| targets.iter().filter(|t| t.1 == m).count();
+        let (libp2p, iroh) = (count(NetworkMode::LibP2pOnly), count(NetworkMode::IrohOnly));
+        let loser = if fixed(NetworkMode::IrohOnly) && libp2p > 0 {
+            Some(NetworkMode::LibP2pOnly)
+        } else if fixed(NetworkMode::LibP2pOnly) && iroh > 0 {
+            Some(NetworkMode::IrohOnly)
+        } else if libp2p > 0 && iroh > 0 {
+            Some(if libp2p >= iroh {
+                NetworkMode::IrohOnly
+            } else {
+                NetworkMode::LibP2pOnly
+            })
+        } else {
+            None
+        };
+        if let Some(loser) = loser {
+            for t in targets.iter_mut().filter(|t| t.1 == loser) {
+                t.1 = NetworkMode::dual_toward(loser);
+            }
+        }
+        targets
     }
 
     fn rolling_back(&mut self) {
@@ -1093,9 +1146,7 @@ impl<'a> Planner<'a> {
             self.st.phase = PlanPhase::RolledBack;
             return;
         };
-        let targets: Vec<(usize, NetworkMode)> = (0..self.nodes.len())
-            .filter_map(|i| self.rollback_target(i, &rec).map(|t| (i, t)))
-            .collect();
+        let targets = self.rollback_targets(&rec);
         let pending: Vec<(usize, NetworkMode)> = targets
             .iter()
             .copied()

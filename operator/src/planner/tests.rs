@@ -471,3 +471,59 @@ fn status_of_a_ten_thousand_node_plan_stays_small() {
     assert!(bytes < 16 * 1024, "status is {bytes} bytes");
     assert!(d.status.blocked_nodes.len() <= MAX_NAMED_NODES);
 }
+
+#[test]
+fn rollback_with_conflicting_start_modes_parks_the_minority_in_dual() {
+    // The fleet went dual; then newcomers registered IrohOnly. Returning
+    // the old nodes to LibP2pOnly next to them would split the fleet.
+    let mut s = spec(&[DualPreferIroh]);
+    s.waves = vec![100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 6, LibP2pOnly);
+    sim.drive(400, 100, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    sim.add_node("new-a", IrohOnly);
+    sim.add_node("new-b", IrohOnly);
+    sim.spec.rollback_request = Some(RollbackRequest::default());
+    for _ in 0..10 {
+        sim.reconcile();
+        assert!(!sim.has_island());
+        sim.ack_all();
+    }
+    assert_eq!(sim.phase(), PlanPhase::RolledBack);
+    assert_eq!(
+        count_mode(&sim, LibP2pOnly),
+        6,
+        "the majority returns to its start mode"
+    );
+    assert_eq!(
+        sim.nodes["new-a"].applied,
+        Some(DualPreferIroh),
+        "the newcomers stop next to theirs"
+    );
+}
+
+#[test]
+fn a_newcomer_that_cannot_talk_to_the_stage_is_healed_first() {
+    let mut s = spec(&[IrohOnly]);
+    s.waves = vec![50, 100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 4, DualPreferIroh);
+    sim.reconcile();
+    sim.ack_all();
+    sim.add_node("misconfigured", LibP2pOnly);
+    let d = sim.reconcile();
+    let healed = d
+        .patches
+        .iter()
+        .find(|p| p.node == "misconfigured")
+        .expect("moved at once");
+    assert_eq!(
+        (healed.mode, healed.step.as_str()),
+        (DualPreferIroh, "hold")
+    );
+    sim.ack_all();
+    sim.drive(400, 50, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    assert_eq!(count_mode(&sim, IrohOnly), 5);
+}
