@@ -8,6 +8,9 @@
 //! [`manifest`] reads user YAML with errors that name the field;
 //! [`crdgen`] renders the CRD YAML checked in under `crds/`.
 #![warn(missing_docs)]
+// kube's `printcolumn(...)` repeats `type_ = ...` once per column, which
+// clippy mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod analysis;
 pub mod canary;

@@ -90,13 +90,13 @@ pub fn plan_spec(spec: &MigrationPlanSpec) -> Result<(), ValidationErrors> {
             "is only used with strategy: Gradual; set the strategy or remove gradual",
         );
     }
-    if let Some(g) = &rb.gradual {
-        if !(1..=100).contains(&g.wave_size) {
-            errs.push(
-                "spec.rollback.gradual.waveSize",
-                format!("{} is not a percentage of nodes: use 1 to 100", g.wave_size),
-            );
-        }
+    if let Some(g) = &rb.gradual
+        && !(1..=100).contains(&g.wave_size)
+    {
+        errs.push(
+            "spec.rollback.gradual.waveSize",
+            format!("{} is not a percentage of nodes: use 1 to 100", g.wave_size),
+        );
     }
     let t = &rb.triggers;
     if let Some(e) = &t.high_error_rate {
@@ -120,13 +120,13 @@ pub fn plan_spec(spec: &MigrationPlanSpec) -> Result<(), ValidationErrors> {
             &mut errs,
         );
     }
-    if let Some(l) = &t.latency_regression {
-        if l.p95_millis == 0 {
-            errs.push(
-                "spec.rollback.triggers.latencyRegression.p95Millis",
-                "must be at least 1 (milliseconds)",
-            );
-        }
+    if let Some(l) = &t.latency_regression
+        && l.p95_millis == 0
+    {
+        errs.push(
+            "spec.rollback.triggers.latencyRegression.p95Millis",
+            "must be at least 1 (milliseconds)",
+        );
     }
     for (i, m) in rb.alert_matchers.iter().enumerate() {
         if m.labels.is_empty() {
@@ -176,13 +176,13 @@ pub fn canary_spec(spec: &CanarySpec) -> Result<(), ValidationErrors> {
     if spec.duration.as_millis() == 0 {
         errs.push("spec.duration", "must be longer than 0s, e.g. 10m");
     }
-    if let Some(share) = spec.ab_share {
-        if share > 100 {
-            errs.push(
-                "spec.abShare",
-                format!("{share} is not a percentage: use 0 to 100"),
-            );
-        }
+    if let Some(share) = spec.ab_share
+        && share > 100
+    {
+        errs.push(
+            "spec.abShare",
+            format!("{share} is not a percentage: use 0 to 100"),
+        );
     }
     if let Some(a) = &spec.analysis {
         analysis_block(a, "spec.analysis", &mut errs);
@@ -338,13 +338,13 @@ fn canary_choice(
     if count == Some(0) {
         errs.push(format!("{at}.count"), "must be at least 1");
     }
-    if let Some(p) = percent {
-        if !(1..=50).contains(&p) {
-            errs.push(
+    if let Some(p) = percent
+        && !(1..=50).contains(&p)
+    {
+        errs.push(
                 format!("{at}.percent"),
                 format!("{p}% leaves no baseline to compare against: a canary can be 1% to 50% of the selected nodes"),
             );
-        }
     }
 }
 
@@ -367,10 +367,10 @@ fn canary_size(
             errs.push(format!("{at}.nodes"), format!("names {} nodes but the selector picks {total}: leave at least one node as the baseline", nodes.len()));
         }
     }
-    if let Some(c) = count {
-        if usize::try_from(c).unwrap_or(usize::MAX) >= total {
-            errs.push(format!("{at}.count"), format!("{c} canaries but the selector picks {total} nodes: use fewer than {total} so a baseline remains"));
-        }
+    if let Some(c) = count
+        && usize::try_from(c).unwrap_or(usize::MAX) >= total
+    {
+        errs.push(format!("{at}.count"), format!("{c} canaries but the selector picks {total} nodes: use fewer than {total} so a baseline remains"));
     }
     if percent.is_some() && total < 2 {
         errs.push(format!("{at}.percent"), format!("the selector picks {total} node(s); a canary needs at least 2 (one canary, one baseline)"));
@@ -446,25 +446,25 @@ fn metric(m: &MetricCheck, at: &str, errs: &mut Errors) {
             "set at least one threshold: max, min, maxIncreasePercent or maxDecreasePercent",
         );
     }
-    if let (Some(min), Some(max)) = (m.min, m.max) {
-        if min > max {
-            errs.push(
-                format!("{at}.min"),
-                format!("{min} is above max {max}; no value could pass"),
-            );
-        }
+    if let (Some(min), Some(max)) = (m.min, m.max)
+        && min > max
+    {
+        errs.push(
+            format!("{at}.min"),
+            format!("{min} is above max {max}; no value could pass"),
+        );
     }
     for (value, name, hi) in [
         (m.max_increase_percent, "maxIncreasePercent", 10_000.0),
         (m.max_decrease_percent, "maxDecreasePercent", 100.0),
     ] {
-        if let Some(v) = value {
-            if !(0.0..=hi).contains(&v) {
-                errs.push(
-                    format!("{at}.{name}"),
-                    format!("{v} is out of range: use 0 to {hi}"),
-                );
-            }
+        if let Some(v) = value
+            && !(0.0..=hi).contains(&v)
+        {
+            errs.push(
+                format!("{at}.{name}"),
+                format!("{v} is out of range: use 0 to {hi}"),
+            );
         }
     }
     for (value, name) in [(m.max, "max"), (m.min, "min")] {

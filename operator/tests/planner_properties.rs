@@ -336,9 +336,8 @@ proptest! {
                     }
                 }
                 Event::Released(i) => {
-                    if let Some(n) = nth_name(&sim, i) {
-                        if let Some(node) = sim.nodes.get_mut(&n) { node.held_by = None; }
-                    }
+                    if let Some(n) = nth_name(&sim, i)
+                        && let Some(node) = sim.nodes.get_mut(&n) { node.held_by = None; }
                 }
             }
         }

@@ -367,10 +367,7 @@ impl<'a> Planner<'a> {
                 }
             })
             .collect();
-        nodes.sort_by(|a, b| {
-            (order_key(input.name, &a.view.name), &a.view.name)
-                .cmp(&(order_key(input.name, &b.view.name), &b.view.name))
-        });
+        nodes.sort_by_cached_key(|n| (order_key(input.name, &n.view.name), n.view.name.clone()));
         let mut bag = ModeBag::default();
         for n in &nodes {
             if let Some(d) = n.desired {
@@ -505,11 +502,11 @@ impl<'a> Planner<'a> {
             PlanPhase::Failed => return,
             _ => {}
         }
-        if let Some(t) = self.input.trigger {
-            if self.st.phase != PlanPhase::Pending {
-                let (trigger, reason) = (t.trigger.clone(), t.reason.clone());
-                return self.failure(&trigger, reason);
-            }
+        if let Some(t) = self.input.trigger
+            && self.st.phase != PlanPhase::Pending
+        {
+            let (trigger, reason) = (t.trigger.clone(), t.reason.clone());
+            return self.failure(&trigger, reason);
         }
         if self.spec.paused {
             if self.st.phase != PlanPhase::Paused {
@@ -727,10 +724,8 @@ impl<'a> Planner<'a> {
 
     fn analysis_config(&self, canary: bool) -> Option<&'a Analysis> {
         let spec: &'a MigrationPlanSpec = self.spec;
-        if canary {
-            if let Some(a) = spec.canary.as_ref().and_then(|c| c.analysis.as_ref()) {
-                return Some(a);
-            }
+        if canary && let Some(a) = spec.canary.as_ref().and_then(|c| c.analysis.as_ref()) {
+            return Some(a);
         }
         spec.analysis.as_ref()
     }
@@ -1313,7 +1308,7 @@ impl<'a> Planner<'a> {
         let per_stage = canary_ms + waves * self.spec.wave_interval.as_millis();
         let later_stages =
             u64::try_from(self.spec.stages.len().saturating_sub(stage + 1)).unwrap_or(0);
-        let done_waves = self.st.wave.map_or(0, |w| u64::from(w));
+        let done_waves = self.st.wave.map_or(0, u64::from);
         let current = if self.st.wave.is_some() {
             waves.saturating_sub(done_waves) * self.spec.wave_interval.as_millis()
         } else {

@@ -1,0 +1,249 @@
+//! Planner decision time for one reconcile over a large fleet.
+//!
+//! Usage: `cargo bench -p switchyard-operator --bench planner [-- --nodes N --iterations K]`
+//! Prints a table, then one line of JSON (also written to
+//! target/bench/planner.json). Target: one decision over 10,000 nodes in
+//! at most 20 ms.
+
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use switchyard_crds::plan::RollbackRequest;
+use switchyard_crds::{
+    Analysis, Duration, FleetNode, FleetNodeSpec, FleetNodeStatus, MigrationPlanSpec, NetworkMode,
+    PlanCanary, PlanPhase, RollbackPolicy,
+};
+use switchyard_operator::planner::sim::Sim;
+use switchyard_operator::planner::{NodeView, PlanInput, plan};
+
+const TARGET_MS: f64 = 20.0;
+
+fn spec(stages: &[NetworkMode], waves: &[u8], max_unavailable: &str) -> MigrationPlanSpec {
+    MigrationPlanSpec {
+        selector: LabelSelector::default(),
+        stages: stages.to_vec(),
+        canary: Some(PlanCanary {
+            count: Some(10),
+            duration: Duration::from_secs(600),
+            ..PlanCanary::default()
+        }),
+        waves: waves.to_vec(),
+        wave_interval: Duration::from_secs(300),
+        max_unavailable: IntOrString::String(max_unavailable.into()),
+        progress_deadline: Duration::from_secs(600),
+        analysis: Some(Analysis::default()),
+        rollback: RollbackPolicy::default(),
+        paused: false,
+        rollback_request: None,
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    sim: Sim,
+}
+
+fn scenarios(nodes: usize) -> Vec<Scenario> {
+    use NetworkMode::*;
+    let mut out = Vec::new();
+
+    // A new plan: validate, pick canaries, move them.
+    let start = Sim::new(
+        spec(
+            &[DualPreferLibP2p, DualPreferIroh, IrohOnly],
+            &[5, 25, 50, 75, 100],
+            "10%",
+        ),
+        nodes,
+        LibP2pOnly,
+    );
+    out.push(Scenario {
+        name: "start (canary of 10)",
+        sim: start,
+    });
+
+    // Mid-stage soak: everything acknowledged, waiting for the interval.
+    let mut soak = Sim::new(
+        spec(
+            &[DualPreferLibP2p, DualPreferIroh, IrohOnly],
+            &[5, 25, 50, 75, 100],
+            "10%",
+        ),
+        nodes,
+        LibP2pOnly,
+    );
+    soak.drive(120, 10_000, |s| {
+        s.status.as_ref().is_some_and(|st| st.wave == Some(2))
+    });
+    soak.reconcile();
+    soak.ack_all();
+    soak.reconcile();
+    out.push(Scenario {
+        name: "wave soaking (no change)",
+        sim: soak,
+    });
+
+    // A plan whose single wave moves every node at once.
+    let mut whole = spec(&[DualPreferIroh], &[100], "100%");
+    whole.canary = None;
+    out.push(Scenario {
+        name: "wave moving every node",
+        sim: Sim::new(whole, nodes, DualPreferLibP2p),
+    });
+
+    // Fast rollback of a fleet that reached IrohOnly.
+    let mut rollback = Sim::new(
+        spec(&[DualPreferIroh, IrohOnly], &[100], "100%"),
+        nodes,
+        DualPreferLibP2p,
+    );
+    rollback.drive(700, 10_000, |s| s.phase() == PlanPhase::Succeeded);
+    rollback.spec.rollback_request = Some(RollbackRequest {
+        reason: "bench".into(),
+    });
+    out.push(Scenario {
+        name: "fast rollback of every node",
+        sim: rollback,
+    });
+    out
+}
+
+fn stats(mut samples: Vec<f64>) -> (f64, f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.0), at(0.5), at(0.99), at(1.0))
+}
+
+fn fleet_nodes(nodes: usize) -> Vec<FleetNode> {
+    (0..nodes)
+        .map(|i| {
+            let mut n = FleetNode::new(
+                &format!("node-{i:05}"),
+                FleetNodeSpec {
+                    mode: Some(NetworkMode::DualPreferIroh),
+                    ..FleetNodeSpec::default()
+                },
+            );
+            n.metadata = ObjectMeta {
+                name: Some(format!("node-{i:05}")),
+                generation: Some(2),
+                labels: Some(
+                    [
+                        ("app".to_owned(), "storage".to_owned()),
+                        (switchyard_crds::LABEL_PLAN.to_owned(), "plan".to_owned()),
+                    ]
+                    .into(),
+                ),
+                annotations: Some(
+                    [
+                        (
+                            switchyard_crds::ANNOTATION_START_MODE.to_owned(),
+                            "LibP2pOnly".to_owned(),
+                        ),
+                        (
+                            switchyard_crds::ANNOTATION_STEP.to_owned(),
+                            "1/2".to_owned(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            };
+            n.status = Some(FleetNodeStatus {
+                applied_mode: Some(NetworkMode::DualPreferIroh),
+                observed_generation: Some(2),
+                ..FleetNodeStatus::default()
+            });
+            n
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let nodes = flag("--nodes", 10_000);
+    let iterations = flag("--iterations", 50).max(1);
+
+    println!("planner decision time, {nodes} nodes, {iterations} iterations per scenario");
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "scenario", "min ms", "median", "p99", "max", "patches"
+    );
+    let mut json = Vec::new();
+    let mut worst_median: f64 = 0.0;
+    for Scenario { name, sim } in scenarios(nodes) {
+        let warm = sim.decide();
+        let views = sim.views();
+        let input = PlanInput {
+            name: &sim.name,
+            generation: sim.generation,
+            spec: &sim.spec,
+            status: sim.status.as_ref(),
+            nodes: &views,
+            analysis: sim.analysis.as_ref(),
+            trigger: sim.trigger.as_ref(),
+            now: sim.now,
+        };
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let d = plan(&input);
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(d);
+        }
+        let (min, median, p99, max) = stats(samples);
+        worst_median = worst_median.max(median);
+        println!(
+            "{name:<32} {min:>9.2} {median:>9.2} {p99:>9.2} {max:>9.2} {:>8}",
+            warm.patches.len()
+        );
+        json.push(format!(
+            r#"{{"scenario":"{name}","min_ms":{min:.3},"median_ms":{median:.3},"p99_ms":{p99:.3},"max_ms":{max:.3},"patches":{}}}"#,
+            warm.patches.len()
+        ));
+    }
+
+    // Reading the reflector store: FleetNode objects into planner views.
+    let objects = fleet_nodes(nodes);
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let views: Vec<NodeView> = objects
+            .iter()
+            .map(|n| NodeView::from_fleet_node(n, None))
+            .collect();
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(views);
+    }
+    let (min, median, p99, max) = stats(samples);
+    println!(
+        "{:<32} {min:>9.2} {median:>9.2} {p99:>9.2} {max:>9.2} {:>8}",
+        "FleetNodes to views", "-"
+    );
+    json.push(format!(r#"{{"scenario":"FleetNodes to views","min_ms":{min:.3},"median_ms":{median:.3},"p99_ms":{p99:.3},"max_ms":{max:.3},"patches":0}}"#));
+
+    let verdict = if worst_median <= TARGET_MS {
+        "meets"
+    } else {
+        "MISSES"
+    };
+    println!("worst median decision {worst_median:.2} ms: {verdict} the {TARGET_MS} ms target");
+    let line = format!(
+        r#"{{"benchmark":"planner","nodes":{nodes},"iterations":{iterations},"target_ms":{TARGET_MS},"worst_median_ms":{worst_median:.3},"meets_target":{},"scenarios":[{}]}}"#,
+        worst_median <= TARGET_MS,
+        json.join(",")
+    );
+    println!("{line}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("planner.json"), format!("{line}\n"));
+    }
+}
