@@ -404,3 +404,15 @@ proptest! {
         prop_assert!(sim.nodes.values().all(|n| n.applied == Some(last)));
     }
 }
+
+/// CI must run the full 10,000 cases; a lower count is only for local runs.
+#[test]
+fn ci_runs_at_least_ten_thousand_cases() {
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            cases() >= 10_000,
+            "SWITCHYARD_PROPTEST_CASES={} is below 10,000 in CI",
+            cases()
+        );
+    }
+}

@@ -13,6 +13,7 @@
 //!   plan) go on the FleetNode, never into the plan's status.
 
 pub mod guard;
+pub mod selection;
 pub mod sim;
 
 use std::collections::BTreeMap;
