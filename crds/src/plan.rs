@@ -507,7 +507,8 @@ pub struct MigrationPlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 
-    /// Standard conditions: Ready, Progressing, Degraded, Paused, Valid.
+    /// Standard conditions: Ready, Progressing, Degraded, Paused, and
+    /// Reconciling and Stalled for kstatus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
