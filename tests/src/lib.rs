@@ -1,3 +1,5 @@
-//! Switchyard's local testbed: an in-memory Kubernetes API server, the
-//! local fleet harness, the system tests and the local demo. The API server
-//! and harness arrive with their own issues.
+//! Switchyard's local testbed: an in-memory Kubernetes API server that
+//! kube-rs and real kubectl work against ([`apiserver`]); the local fleet
+//! harness, system tests and demo build on it.
+
+pub mod apiserver;

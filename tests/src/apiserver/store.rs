@@ -1,0 +1,917 @@
+//! The object store: every object of every served kind, one global
+//! resourceVersion counter (as etcd has), and per-resource event history
+//! for watches, bounded with compaction.
+//!
+//! Every write goes through [`Inner::commit`], which keeps the rules in one
+//! place: metadata the server owns (uid, creationTimestamp, generation,
+//! resourceVersion) is set here; generation moves only when something
+//! outside metadata and status changes; a write that changes nothing bumps
+//! nothing and emits no event; an object marked for deletion whose last
+//! finalizer goes is removed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use super::errors::ApiError;
+use super::registry::{self, ResourceType};
+use super::selectors::{FieldSelector, LabelSelector, labels_of};
+
+/// How many past events each resource keeps for watch resumption.
+pub const DEFAULT_HISTORY: usize = 10_000;
+/// Live-event buffer per resource; a watcher that falls this far behind
+/// gets a 410 and relists, as with a real API server.
+const BROADCAST_CAPACITY: usize = 8_192;
+
+/// Watch event types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl EventType {
+    /// As on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change to one object.
+#[derive(Debug)]
+pub struct Event {
+    /// The resourceVersion of the change.
+    pub rv: u64,
+    /// What happened.
+    pub kind: EventType,
+    /// The object after the change (before it, for a deletion, with the
+    /// deletion's resourceVersion).
+    pub object: Arc<Value>,
+    /// The object before the change, to turn selector transitions into
+    /// ADDED/DELETED for filtered watchers.
+    pub old: Option<Arc<Value>>,
+}
+
+struct Collection {
+    objects: BTreeMap<(String, String), Arc<Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// Events up to this resourceVersion are no longer in the history.
+    compacted_to: u64,
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Collection {
+    fn new() -> Self {
+        Collection {
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted_to: 0,
+            tx: broadcast::channel(BROADCAST_CAPACITY).0,
+        }
+    }
+}
+
+/// Options every write takes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `dryRun=All`: validate and answer, store nothing.
+    pub dry_run: bool,
+}
+
+/// What a list query asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Namespace, or all.
+    pub namespace: Option<String>,
+    /// labelSelector.
+    pub labels: LabelSelector,
+    /// fieldSelector.
+    pub fields: FieldSelector,
+    /// limit (0: none).
+    pub limit: usize,
+    /// continue token.
+    pub continue_token: Option<String>,
+}
+
+/// The result of a list.
+#[derive(Debug)]
+pub struct ListResult {
+    /// The items.
+    pub items: Vec<Arc<Value>>,
+    /// The list's resourceVersion (always watchable).
+    pub resource_version: u64,
+    /// Continue token when more items remain.
+    pub continue_token: Option<String>,
+    /// How many remain after this page.
+    pub remaining: usize,
+}
+
+/// The object store.
+pub struct Store {
+    inner: Mutex<Inner>,
+}
+
+/// The store's state, behind one lock.
+pub struct Inner {
+    rv: u64,
+    history_limit: usize,
+    builtins: Vec<ResourceType>,
+    custom: Vec<ResourceType>,
+    collections: HashMap<(String, String), Collection>,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("metadata".into(), json!({}));
+        }
+    }
+    obj.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata is an object")
+}
+
+/// metadata.name of an object.
+pub fn name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Everything outside metadata and status: a change here bumps generation.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.as_object().cloned().unwrap_or_default();
+    for k in ["metadata", "status", "apiVersion", "kind"] {
+        o.remove(k);
+    }
+    Value::Object(o)
+}
+
+/// The object without the fields the server rewrites on every write.
+fn comparable(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+        m.remove("generation");
+    }
+    o
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new(DEFAULT_HISTORY)
+    }
+}
+
+impl Store {
+    /// An empty store with the built-in kinds and namespaces `default`,
+    /// `kube-system` and `kube-public`.
+    pub fn new(history_limit: usize) -> Self {
+        let mut inner = Inner {
+            rv: 1,
+            history_limit: history_limit.max(1),
+            builtins: registry::builtins(),
+            custom: Vec::new(),
+            collections: HashMap::new(),
+        };
+        for ns in ["default", "kube-system", "kube-public"] {
+            let rt = inner
+                .find("", "v1", "namespaces")
+                .expect("namespaces are built in");
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}});
+            let _ = inner.create(&rt, None, obj, &WriteOptions::default());
+        }
+        Store {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// Lock the store.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    /// Every served resource type.
+    pub fn types(&self) -> impl Iterator<Item = &ResourceType> {
+        self.builtins.iter().chain(self.custom.iter())
+    }
+
+    /// The type served at group/version/plural.
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
+        self.types()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    fn collection(&mut self, rt: &ResourceType) -> &mut Collection {
+        self.collections
+            .entry(rt.storage_key())
+            .or_insert_with(Collection::new)
+    }
+
+    /// Read one object.
+    pub fn get(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
+        let key = (ns.unwrap_or("").to_owned(), name.to_owned());
+        let obj = self
+            .collection(rt)
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        Ok(with_api_version(rt, obj))
+    }
+
+    /// List objects.
+    pub fn list(&mut self, rt: &ResourceType, q: &ListQuery) -> Result<ListResult, ApiError> {
+        let rv = self.rv;
+        let start = match &q.continue_token {
+            Some(t) => Some(decode_continue(t)?),
+            None => None,
+        };
+        let coll = self.collection(rt);
+        let mut matching = coll
+            .objects
+            .iter()
+            .filter(|((ns, _), _)| q.namespace.as_deref().is_none_or(|want| want == ns))
+            .filter(|(key, _)| start.as_ref().is_none_or(|s| *key > s))
+            .filter(|(_, o)| q.labels.matches(&labels_of(o)) && q.fields.matches(o))
+            .map(|(k, o)| (k.clone(), o.clone()));
+        let mut items = Vec::new();
+        let mut last = None;
+        for (k, o) in matching.by_ref() {
+            if q.limit > 0 && items.len() == q.limit {
+                // One more exists: hand out a token.
+                let remaining = 1 + matching.count();
+                return Ok(ListResult {
+                    items: items.into_iter().map(|o| with_api_version(rt, o)).collect(),
+                    resource_version: rv,
+                    continue_token: last.map(|l: (String, String)| encode_continue(&l)),
+                    remaining,
+                });
+            }
+            last = Some(k);
+            items.push(o);
+        }
+        Ok(ListResult {
+            items: items.into_iter().map(|o| with_api_version(rt, o)).collect(),
+            resource_version: rv,
+            continue_token: None,
+            remaining: 0,
+        })
+    }
+
+    /// Subscribe to a resource's events after `from` (exclusive): the
+    /// retained events to replay, and a receiver for live ones.
+    pub fn subscribe(
+        &mut self,
+        rt: &ResourceType,
+        from: u64,
+    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+        let current = self.rv;
+        let coll = self.collection(rt);
+        if from < coll.compacted_to && from < current {
+            return Err(ApiError::expired(format!(
+                "too old resource version: {from} ({})",
+                coll.compacted_to + 1
+            )));
+        }
+        let backlog = coll
+            .history
+            .iter()
+            .filter(|e| e.rv > from)
+            .cloned()
+            .collect();
+        Ok((backlog, coll.tx.subscribe()))
+    }
+
+    /// Current objects, for a watch that starts with synthetic ADDED events.
+    pub fn snapshot(&mut self, rt: &ResourceType) -> (u64, Vec<Arc<Value>>) {
+        let rv = self.rv;
+        let items = self
+            .collection(rt)
+            .objects
+            .values()
+            .cloned()
+            .map(|o| with_api_version(rt, o))
+            .collect();
+        (rv, items)
+    }
+
+    fn check_namespace(&mut self, rt: &ResourceType, ns: Option<&str>) -> Result<(), ApiError> {
+        match (rt.namespaced, ns) {
+            (true, None) => Err(ApiError::bad_request(
+                "the namespace of the object does not match the namespace on the request",
+            )),
+            (true, Some(ns)) => {
+                let nsrt = self
+                    .find("", "v1", "namespaces")
+                    .expect("namespaces are built in");
+                let exists = self
+                    .collection(&nsrt)
+                    .objects
+                    .contains_key(&(String::new(), ns.to_owned()));
+                if exists {
+                    Ok(())
+                } else {
+                    Err(ApiError::not_found("", "namespaces", ns))
+                }
+            }
+            (false, _) => Ok(()),
+        }
+    }
+
+    /// Create an object.
+    pub fn create(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        self.check_namespace(rt, ns)?;
+        if let Some(body_ns) = meta(&obj)
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+        {
+            if rt.namespaced && Some(body_ns) != ns {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({})",
+                    ns.unwrap_or("")
+                )));
+            }
+        }
+        let m = meta_mut(&mut obj);
+        let mut name = m
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if name.is_empty() {
+            let prefix = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            if prefix.is_empty() {
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    "",
+                    vec![(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ));
+            }
+            let suffix: String = uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(5)
+                .collect();
+            name = format!("{prefix}{suffix}");
+            m.insert("name".into(), json!(name));
+        }
+        if !valid_name(&name) {
+            return Err(ApiError::invalid(
+                &rt.kind,
+                &name,
+                vec![(
+                    "metadata.name".into(),
+                    format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                    ),
+                )],
+            ));
+        }
+        let key = (ns.unwrap_or("").to_owned(), name.clone());
+        if self.collection(rt).objects.contains_key(&key) {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
+        if rt.kind == "CustomResourceDefinition" {
+            registry::from_crd(&obj)
+                .map_err(|e| ApiError::invalid(&rt.kind, &name, vec![(e.field, e.message)]))?;
+            crd_status(&mut obj);
+        } else if rt.status_subresource && rt.kind != "Namespace" {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        let m = meta_mut(&mut obj);
+        if rt.namespaced {
+            m.insert("namespace".into(), json!(ns));
+        } else {
+            m.remove("namespace");
+        }
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        m.insert("generation".into(), json!(1));
+        for k in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+        set_type_meta(rt, &mut obj);
+        if opts.dry_run {
+            meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
+            return Ok(Arc::new(obj));
+        }
+        Ok(self.commit(rt, key, None, obj))
+    }
+
+    /// Store `new` over `old` (None: a create), applying the write rules.
+    /// `new` must already carry uid and creationTimestamp.
+    fn commit(
+        &mut self,
+        rt: &ResourceType,
+        key: (String, String),
+        old: Option<Arc<Value>>,
+        mut new: Value,
+    ) -> Arc<Value> {
+        set_type_meta(rt, &mut new);
+        if let Some(old) = &old {
+            if comparable(old) == comparable(&new) {
+                return with_api_version(rt, old.clone());
+            }
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let bump = spec_part(old) != spec_part(&new);
+            meta_mut(&mut new).insert(
+                "generation".into(),
+                json!(if bump { generation + 1 } else { generation }),
+            );
+        }
+        self.rv += 1;
+        let rv = self.rv;
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+        let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
+        let gone = terminating && finalizers(&new).is_empty();
+        let new = Arc::new(new);
+        let kind = if gone {
+            EventType::Deleted
+        } else if old.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        let limit = self.history_limit;
+        let coll = self.collection(rt);
+        if gone {
+            coll.objects.remove(&key);
+        } else {
+            coll.objects.insert(key.clone(), new.clone());
+        }
+        let event = Arc::new(Event {
+            rv,
+            kind,
+            object: new.clone(),
+            old,
+        });
+        coll.history.push_back(event.clone());
+        while coll.history.len() > limit {
+            if let Some(e) = coll.history.pop_front() {
+                coll.compacted_to = e.rv;
+            }
+        }
+        let _ = coll.tx.send(event);
+        if rt.kind == "CustomResourceDefinition" {
+            self.refresh_crds();
+        }
+        if gone {
+            let uid = new
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            self.collect_garbage(&uid);
+            if rt.kind == "Namespace" {
+                self.purge_namespace(&key.1);
+            }
+        }
+        with_api_version(rt, new)
+    }
+
+    fn refresh_crds(&mut self) {
+        let crd_rt = self
+            .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .expect("CRDs are built in");
+        let crds: Vec<Arc<Value>> = self.collection(&crd_rt).objects.values().cloned().collect();
+        self.custom = crds
+            .iter()
+            .filter_map(|c| registry::from_crd(c).ok())
+            .flatten()
+            .collect();
+    }
+
+    /// Replace an object (PUT). `status_only` for the /status endpoint.
+    pub fn update(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        status_only: bool,
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        }
+        let key = (ns.unwrap_or("").to_owned(), name.to_owned());
+        let old = self
+            .collection(rt)
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        if name_of(&obj) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                name_of(&obj)
+            )));
+        }
+        if let Some(rv) = meta(&obj)
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+        {
+            if rv
+                != meta(&old)
+                    .and_then(|m| m.get("resourceVersion"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+        }
+        let merged = if status_only {
+            // Only status changes through /status.
+            let mut m = (*old).clone();
+            if let Some(o) = m.as_object_mut() {
+                match obj.get("status") {
+                    Some(s) => o.insert("status".into(), s.clone()),
+                    None => o.remove("status"),
+                };
+            }
+            m
+        } else {
+            if rt.status_subresource {
+                // The main endpoint keeps status.
+                if let Some(o) = obj.as_object_mut() {
+                    match old.get("status") {
+                        Some(s) => o.insert("status".into(), s.clone()),
+                        None => o.remove("status"),
+                    };
+                }
+            }
+            obj
+        };
+        self.write_existing(rt, key, old, merged, opts)
+    }
+
+    /// Finish a write over an existing object: keep server-owned metadata.
+    pub fn write_existing(
+        &mut self,
+        rt: &ResourceType,
+        key: (String, String),
+        old: Arc<Value>,
+        mut new: Value,
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        let old_meta = meta(&old).cloned().unwrap_or_default();
+        let m = meta_mut(&mut new);
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_meta.get(k) {
+                Some(v) => m.insert(k.into(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+        m.insert("name".into(), json!(key.1));
+        if rt.namespaced {
+            m.insert("namespace".into(), json!(key.0));
+        }
+        if old_meta.contains_key("deletionTimestamp") {
+            let new_finalizers = finalizers(&new);
+            let old_finalizers = finalizers(&old);
+            if new_finalizers.iter().any(|f| !old_finalizers.contains(f)) {
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    &key.1,
+                    vec![(
+                        "metadata.finalizers".into(),
+                        "Forbidden: no new finalizers can be added if the object is being deleted"
+                            .into(),
+                    )],
+                ));
+            }
+        }
+        if rt.kind == "CustomResourceDefinition" {
+            registry::from_crd(&new)
+                .map_err(|e| ApiError::invalid(&rt.kind, &key.1, vec![(e.field, e.message)]))?;
+            crd_status(&mut new);
+        }
+        if opts.dry_run {
+            return Ok(Arc::new(new));
+        }
+        Ok(self.commit(rt, key, Some(old), new))
+    }
+
+    /// The stored object at `key`, if any.
+    pub fn current(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<Value>> {
+        self.collection(rt)
+            .objects
+            .get(&(ns.unwrap_or("").to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Delete an object: with finalizers it is only marked; without, it
+    /// goes, and its dependents are collected (background propagation;
+    /// `orphan` removes their owner references instead).
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        orphan: bool,
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        let key = (ns.unwrap_or("").to_owned(), name.to_owned());
+        let old = self
+            .collection(rt)
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        if opts.dry_run {
+            return Ok(with_api_version(rt, old));
+        }
+        if orphan {
+            let uid = old
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            self.orphan_dependents(&uid);
+        }
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(with_api_version(rt, old));
+        }
+        let mut new = (*old).clone();
+        let m = meta_mut(&mut new);
+        m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+        m.insert("deletionGracePeriodSeconds".into(), json!(0));
+        if finalizers(&old).is_empty() {
+            // Removed at once: the DELETED event carries the last state.
+            self.rv += 1;
+            let rv = self.rv;
+            meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+            let new = Arc::new(new);
+            let limit = self.history_limit;
+            let coll = self.collection(rt);
+            coll.objects.remove(&key);
+            let event = Arc::new(Event {
+                rv,
+                kind: EventType::Deleted,
+                object: new.clone(),
+                old: Some(old),
+            });
+            coll.history.push_back(event.clone());
+            while coll.history.len() > limit {
+                if let Some(e) = coll.history.pop_front() {
+                    coll.compacted_to = e.rv;
+                }
+            }
+            let _ = coll.tx.send(event);
+            if rt.kind == "CustomResourceDefinition" {
+                self.refresh_crds();
+            }
+            let uid = new
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            self.collect_garbage(&uid);
+            if rt.kind == "Namespace" {
+                self.purge_namespace(name);
+            }
+            return Ok(with_api_version(rt, new));
+        }
+        Ok(self.commit(rt, key, Some(old), new))
+    }
+
+    /// Delete every object whose owner references name `uid`.
+    fn collect_garbage(&mut self, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let dependents = self.find_dependents(uid);
+        for (rt, ns, name) in dependents {
+            let ns = (!ns.is_empty()).then_some(ns);
+            let _ = self.delete(&rt, ns.as_deref(), &name, false, &WriteOptions::default());
+        }
+    }
+
+    fn find_dependents(&self, uid: &str) -> Vec<(ResourceType, String, String)> {
+        let mut out = Vec::new();
+        for rt in self.types() {
+            let Some(coll) = self.collections.get(&rt.storage_key()) else {
+                continue;
+            };
+            if out
+                .iter()
+                .any(|(t, _, _): &(ResourceType, String, String)| {
+                    t.storage_key() == rt.storage_key()
+                })
+            {
+                continue;
+            }
+            for ((ns, name), o) in &coll.objects {
+                let owned = o
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                    });
+                if owned {
+                    out.push((rt.clone(), ns.clone(), name.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn orphan_dependents(&mut self, uid: &str) {
+        for (rt, ns, name) in self.find_dependents(uid) {
+            let Some(old) = self
+                .collection(&rt)
+                .objects
+                .get(&(ns.clone(), name.clone()))
+                .cloned()
+            else {
+                continue;
+            };
+            let mut new = (*old).clone();
+            if let Some(refs) = new
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            }
+            self.commit(&rt, (ns, name), Some(old), new);
+        }
+    }
+
+    fn purge_namespace(&mut self, ns: &str) {
+        let mut doomed = Vec::new();
+        for rt in self.types().filter(|t| t.namespaced) {
+            if let Some(coll) = self.collections.get(&rt.storage_key()) {
+                for (k, _) in coll.objects.range((ns.to_owned(), String::new())..) {
+                    if k.0 != ns {
+                        break;
+                    }
+                    doomed.push((rt.clone(), k.1.clone()));
+                }
+            }
+        }
+        for (rt, name) in doomed {
+            let _ = self.delete(&rt, Some(ns), &name, false, &WriteOptions::default());
+        }
+    }
+}
+
+/// The object as served at this type's version.
+pub fn with_api_version(rt: &ResourceType, obj: Arc<Value>) -> Arc<Value> {
+    if obj.get("apiVersion").and_then(Value::as_str) == Some(rt.api_version().as_str()) {
+        return obj;
+    }
+    let mut o = (*obj).clone();
+    set_type_meta(rt, &mut o);
+    Arc::new(o)
+}
+
+fn set_type_meta(rt: &ResourceType, obj: &mut Value) {
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), json!(rt.api_version()));
+        o.insert("kind".into(), json!(rt.kind));
+    }
+}
+
+fn crd_status(crd: &mut Value) {
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let now = now_rfc3339();
+    if let Some(o) = crd.as_object_mut() {
+        o.insert(
+            "status".into(),
+            json!({
+                "acceptedNames": names,
+                "storedVersions": [],
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+                ],
+            }),
+        );
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+}
+
+fn encode_continue(key: &(String, String)) -> String {
+    let raw = json!([key.0, key.1]).to_string();
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect();
+    let v: Value = serde_json::from_slice(&bytes.map_err(|_| bad())?).map_err(|_| bad())?;
+    match (
+        v.get(0).and_then(Value::as_str),
+        v.get(1).and_then(Value::as_str),
+    ) {
+        (Some(ns), Some(name)) => Ok((ns.to_owned(), name.to_owned())),
+        _ => Err(bad()),
+    }
+}

@@ -1,0 +1,59 @@
+//! `switchyard-testbed`: local infrastructure for Switchyard's tests and demo.
+//!
+//! `switchyard-testbed apiserver [--port N] [--kubeconfig PATH]` serves the
+//! in-memory Kubernetes API on 127.0.0.1 and writes a kubeconfig for
+//! kubectl and kube-rs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use switchyard_testbed::apiserver;
+
+#[derive(Parser)]
+#[command(name = "switchyard-testbed", about = "Switchyard's local testbed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve an in-memory Kubernetes API server on 127.0.0.1.
+    Apiserver {
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, env = "SWITCHYARD_APISERVER_PORT", default_value_t = 0)]
+        port: u16,
+        /// Where to write the kubeconfig.
+        #[arg(
+            long,
+            env = "SWITCHYARD_KUBECONFIG",
+            default_value = "switchyard-testbed.kubeconfig"
+        )]
+        kubeconfig: PathBuf,
+        /// Events kept per resource for watch resumption.
+        #[arg(long, default_value_t = apiserver::store::DEFAULT_HISTORY)]
+        history: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    match Cli::parse().command {
+        Command::Apiserver {
+            port,
+            kubeconfig,
+            history,
+        } => {
+            let config = apiserver::Config {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                history,
+                ..apiserver::Config::default()
+            };
+            apiserver::serve_forever(config, &kubeconfig).await
+        }
+    }
+}
