@@ -10,6 +10,7 @@ pub mod patch;
 pub mod registry;
 pub mod selectors;
 pub mod store;
+pub mod table;
 mod watch;
 
 use std::collections::HashMap;
@@ -182,10 +183,10 @@ fn parse_target(app: &App, segs: &[&str]) -> Result<Target, ApiError> {
         _ => return Err(ApiError::no_resource(&path)),
     };
     let rt = find(plural)?;
-    if let Some(s) = sub {
-        if s != "status" || !rt.status_subresource {
-            return Err(ApiError::no_resource(&path));
-        }
+    if let Some(s) = sub
+        && (s != "status" || !rt.status_subresource)
+    {
+        return Err(ApiError::no_resource(&path));
     }
     if !rt.namespaced && namespace.is_some() {
         return Err(ApiError::no_resource(&path));
@@ -256,11 +257,19 @@ async fn route(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let metadata_only = accept.contains("as=PartialObjectMetadata");
+    let as_table = accept.contains("as=Table");
     let ns = t.namespace.as_deref();
     let status_only = t.subresource.as_deref() == Some("status");
     match (method.as_str(), &t.name) {
         ("GET", None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            watch::serve(app.clone(), t.rt, t.namespace, q, metadata_only)
+            let format = if as_table {
+                watch::Format::Table
+            } else if metadata_only {
+                watch::Format::Metadata
+            } else {
+                watch::Format::Full
+            };
+            watch::serve(app.clone(), t.rt, t.namespace, q, format)
         }
         ("GET", None) => {
             let lq = ListQuery {
@@ -271,6 +280,15 @@ async fn route(
                 continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
             };
             let list = app.store.lock().list(&t.rt, &lq)?;
+            if as_table {
+                let objs: Vec<&Value> = list.items.iter().map(|o| &**o).collect();
+                let rv = Some(list.resource_version.to_string());
+                let mut tbl = table::table(&t.rt, &objs, rv);
+                if let Some(c) = list.continue_token {
+                    tbl["metadata"]["continue"] = json!(c);
+                }
+                return Ok(ok(&tbl));
+            }
             let items: Vec<Value> = list
                 .items
                 .iter()
@@ -301,6 +319,13 @@ async fn route(
         }
         ("GET", Some(name)) => {
             let obj = app.store.lock().get(&t.rt, ns, name)?;
+            if as_table {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                return Ok(ok(&table::table(&t.rt, &[&*obj], rv)));
+            }
             Ok(ok(&if metadata_only {
                 partial(&obj)
             } else {
@@ -464,19 +489,17 @@ fn patch_object(
             if let Some(rv) = patch
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
-            {
-                if Some(rv)
+                && Some(rv)
                     != old
                         .pointer("/metadata/resourceVersion")
                         .and_then(Value::as_str)
-                {
-                    return Err(ApiError::conflict(
-                        &rt.group,
-                        &rt.plural,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
             }
             patch::merge_patch(&mut new, &patch);
         }
@@ -492,10 +515,10 @@ fn patch_object(
     let new = if status_only {
         let mut m = (*old).clone();
         m["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-        if m.get("status") == Some(&Value::Null) {
-            if let Some(o) = m.as_object_mut() {
-                o.remove("status");
-            }
+        if m.get("status") == Some(&Value::Null)
+            && let Some(o) = m.as_object_mut()
+        {
+            o.remove("status");
         }
         m
     } else {
@@ -516,13 +539,14 @@ fn patch_object(
 
 /// The main endpoint of a resource with a status subresource keeps status.
 fn keep_status(rt: &ResourceType, old: &Value, mut new: Value) -> Value {
-    if rt.status_subresource && rt.kind != "CustomResourceDefinition" {
-        if let Some(o) = new.as_object_mut() {
-            match old.get("status") {
-                Some(s) => o.insert("status".into(), s.clone()),
-                None => o.remove("status"),
-            };
-        }
+    if rt.status_subresource
+        && rt.kind != "CustomResourceDefinition"
+        && let Some(o) = new.as_object_mut()
+    {
+        match old.get("status") {
+            Some(s) => o.insert("status".into(), s.clone()),
+            None => o.remove("status"),
+        };
     }
     new
 }

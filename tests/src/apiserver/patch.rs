@@ -246,10 +246,9 @@ pub fn owned_fields(rt: &ResourceType, obj: &Value) -> FieldSet {
     if o.get("metadata")
         .and_then(Value::as_object)
         .is_some_and(Map::is_empty)
+        && let Some(m) = o.as_object_mut()
     {
-        if let Some(m) = o.as_object_mut() {
-            m.remove("metadata");
-        }
+        m.remove("metadata");
     }
     let mut out = FieldSet::new();
     leaves(rt, &o, &mut Vec::new(), &mut out);
@@ -540,10 +539,11 @@ pub fn server_side_apply(
     status_only: bool,
 ) -> Result<Value, ApiError> {
     let mut applied = applied.clone();
-    if let Some(o) = applied.as_object_mut() {
-        if rt.status_subresource && !status_only {
-            o.remove("status");
-        }
+    if let Some(o) = applied.as_object_mut()
+        && rt.status_subresource
+        && !status_only
+    {
+        o.remove("status");
     }
     let new_fields = scope_fields(owned_fields(rt, &applied), status_only);
     let mut managed = current.map(managed_of).unwrap_or_default();

@@ -81,6 +81,9 @@ impl Collection {
     }
 }
 
+/// Retained events to replay, and a receiver for live ones.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Options every write takes.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
@@ -141,10 +144,10 @@ fn meta(obj: &Value) -> Option<&Map<String, Value>> {
 }
 
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        if let Some(o) = obj.as_object_mut() {
-            o.insert("metadata".into(), json!({}));
-        }
+    if !obj.get("metadata").is_some_and(Value::is_object)
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.insert("metadata".into(), json!({}));
     }
     obj.get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -309,11 +312,7 @@ impl Inner {
 
     /// Subscribe to a resource's events after `from` (exclusive): the
     /// retained events to replay, and a receiver for live ones.
-    pub fn subscribe(
-        &mut self,
-        rt: &ResourceType,
-        from: u64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn subscribe(&mut self, rt: &ResourceType, from: u64) -> Result<Subscription, ApiError> {
         let current = self.rv;
         let coll = self.collection(rt);
         if from < coll.compacted_to && from < current {
@@ -382,13 +381,13 @@ impl Inner {
         if let Some(body_ns) = meta(&obj)
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
+            && rt.namespaced
+            && Some(body_ns) != ns
         {
-            if rt.namespaced && Some(body_ns) != ns {
-                return Err(ApiError::bad_request(format!(
-                    "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({})",
-                    ns.unwrap_or("")
-                )));
-            }
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({})",
+                ns.unwrap_or("")
+            )));
         }
         let m = meta_mut(&mut obj);
         let mut name = m
@@ -441,10 +440,11 @@ impl Inner {
             registry::from_crd(&obj)
                 .map_err(|e| ApiError::invalid(&rt.kind, &name, vec![(e.field, e.message)]))?;
             crd_status(&mut obj);
-        } else if rt.status_subresource && rt.kind != "Namespace" {
-            if let Some(o) = obj.as_object_mut() {
-                o.remove("status");
-            }
+        } else if rt.status_subresource
+            && rt.kind != "Namespace"
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
         }
         let m = meta_mut(&mut obj);
         if rt.namespaced {
@@ -585,20 +585,18 @@ impl Inner {
         if let Some(rv) = meta(&obj)
             .and_then(|m| m.get("resourceVersion"))
             .and_then(Value::as_str)
-        {
-            if rv
+            && rv
                 != meta(&old)
                     .and_then(|m| m.get("resourceVersion"))
                     .and_then(Value::as_str)
                     .unwrap_or("")
-            {
-                return Err(ApiError::conflict(
-                    &rt.group,
-                    &rt.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
+        {
+            return Err(ApiError::conflict(
+                &rt.group,
+                &rt.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         let merged = if status_only {
             // Only status changes through /status.
@@ -899,7 +897,7 @@ fn encode_continue(key: &(String, String)) -> String {
 
 fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     let bad = || ApiError::bad_request(format!("invalid continue token {token:?}"));
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..token.len())

@@ -31,6 +31,17 @@ const WATCH_BUFFER: usize = 256;
 /// 30-60 minute default; clients re-watch.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// How each event's object is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    /// The whole object.
+    Full,
+    /// PartialObjectMetadata.
+    Metadata,
+    /// A one-row Table (server-side printing for `kubectl get -w`).
+    Table,
+}
+
 struct Filter {
     namespace: Option<String>,
     labels: LabelSelector,
@@ -77,7 +88,7 @@ pub(super) fn serve(
     rt: ResourceType,
     namespace: Option<String>,
     q: &HashMap<String, String>,
-    metadata_only: bool,
+    format: Format,
 ) -> Result<Response, ApiError> {
     let filter = Filter {
         namespace,
@@ -102,10 +113,10 @@ pub(super) fn serve(
     let (tx, rx) = mpsc::channel::<Bytes>(WATCH_BUFFER);
     let render = move |rt: &ResourceType, o: &Arc<Value>| -> Value {
         let o = with_api_version(rt, o.clone());
-        if metadata_only {
-            partial(&o)
-        } else {
-            (*o).clone()
+        match format {
+            Format::Full => (*o).clone(),
+            Format::Metadata => partial(&o),
+            Format::Table => super::table::table(rt, &[&*o], None),
         }
     };
 
@@ -163,10 +174,10 @@ pub(super) fn serve(
                 continue;
             }
             last = e.rv;
-            if let Some(kind) = filter.translate(&e) {
-                if !send(line(kind.as_str(), &render(&rt, &e.object))).await {
-                    return;
-                }
+            if let Some(kind) = filter.translate(&e)
+                && !send(line(kind.as_str(), &render(&rt, &e.object))).await
+            {
+                return;
             }
         }
         let Some(mut live) = live else { return };
@@ -185,9 +196,8 @@ pub(super) fn serve(
                     Ok(e) => {
                         if e.rv <= last { continue; }
                         last = e.rv;
-                        if let Some(kind) = filter.translate(&e) {
-                            if !send(line(kind.as_str(), &render(&rt, &e.object))).await { return; }
-                        }
+                        if let Some(kind) = filter.translate(&e)
+                            && !send(line(kind.as_str(), &render(&rt, &e.object))).await { return; }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let e = ApiError::expired(format!("the watcher fell behind; too old resource version: {last}"));
