@@ -959,3 +959,136 @@ impl ConfigMapsStillServe {
             .is_ok()
     }
 }
+
+#[tokio::test]
+async fn merge_patch_preconditions_and_strategic_merge_for_built_ins() {
+    let (_server, client) = server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = cms
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("p".into()),
+                    ..ObjectMeta::default()
+                },
+                ..ConfigMap::default()
+            },
+        )
+        .await
+        .expect("create");
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "data": {"a": "1"}});
+    assert_eq!(
+        code(
+            &cms.patch("p", &PatchParams::default(), &Patch::Merge(&stale))
+                .await
+                .expect_err("stale precondition")
+        ),
+        409
+    );
+    let fresh = json!({"metadata": {"resourceVersion": cm.resource_version()}, "data": {"a": "1"}});
+    cms.patch("p", &PatchParams::default(), &Patch::Merge(&fresh))
+        .await
+        .expect("fresh precondition");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"containers": [{"name": "agent", "image": "a:1"}, {"name": "sidecar", "image": "s:1"}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
+    let smp = json!({"spec": {"containers": [{"name": "sidecar", "image": "s:2"}]}});
+    let patched = pods
+        .patch("agent", &PatchParams::default(), &Patch::Strategic(smp))
+        .await
+        .expect("strategic merge");
+    let images: Vec<String> = patched
+        .spec
+        .expect("spec")
+        .containers
+        .into_iter()
+        .filter_map(|c| c.image)
+        .collect();
+    assert_eq!(images, ["a:1", "s:2"], "containers merge by name");
+}
+
+#[tokio::test]
+async fn no_op_writes_emit_no_event_and_watches_bookmark_and_time_out() {
+    let (_server, client) = server_with(Config {
+        bookmark_interval: Duration::from_millis(200),
+        ..Config::default()
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = cms
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("n".into()),
+                    ..ObjectMeta::default()
+                },
+                data: Some([("a".to_owned(), "1".to_owned())].into()),
+                ..ConfigMap::default()
+            },
+        )
+        .await
+        .expect("create");
+    let wp = WatchParams::default().timeout(2);
+    let mut stream = cms
+        .watch(&wp, &cm.resource_version().expect("rv"))
+        .await
+        .expect("watch")
+        .boxed();
+    cms.patch(
+        "n",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"a": "1"}})),
+    )
+    .await
+    .expect("no-op");
+    cms.patch(
+        "n",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"a": "2"}})),
+    )
+    .await
+    .expect("change");
+    let mut seen = Vec::new();
+    let started = tokio::time::Instant::now();
+    // The stream ends by itself when timeoutSeconds passes.
+    while let Some(e) = tokio::time::timeout(WAIT, stream.try_next())
+        .await
+        .expect("the watch ends by its timeout")
+        .expect("ok")
+    {
+        seen.push(e);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "ended early: {:?}",
+        started.elapsed()
+    );
+    let modified: Vec<&WatchEvent<ConfigMap>> = seen
+        .iter()
+        .filter(|e| matches!(e, WatchEvent::Modified(_)))
+        .collect();
+    assert_eq!(modified.len(), 1, "only the real change: {seen:?}");
+    assert!(
+        seen.iter().any(|e| matches!(e, WatchEvent::Bookmark(_))),
+        "periodic bookmarks"
+    );
+    let mut meta = cms
+        .watch_metadata(&WatchParams::default(), "0")
+        .await
+        .expect("metadata watch")
+        .boxed();
+    let first = tokio::time::timeout(WAIT, meta.try_next())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("event");
+    assert!(matches!(first, WatchEvent::Added(m) if m.metadata.name.as_deref() == Some("n")));
+}

@@ -129,7 +129,11 @@ mod tests {
     fn ages_read_like_kubectl() {
         assert_eq!(human_duration(45), "45s");
         assert_eq!(human_duration(330), "5m30s");
-        assert_eq!(human_duration(3_600 * 2 + 600), "130m", "minutes up to three hours");
+        assert_eq!(
+            human_duration(3_600 * 2 + 600),
+            "130m",
+            "minutes up to three hours"
+        );
         assert_eq!(human_duration(3_600 * 4 + 600), "4h10m");
         assert_eq!(human_duration(86_400 * 3 + 3_600 * 4), "3d4h");
         assert_eq!(human_duration(86_400 * 30), "30d");
