@@ -289,22 +289,7 @@ async fn route(
                 }
                 return Ok(ok(&tbl));
             }
-            let items: Vec<Value> = list
-                .items
-                .iter()
-                .map(|o| {
-                    if metadata_only {
-                        partial(o)
-                    } else {
-                        (**o).clone()
-                    }
-                })
-                .collect();
-            let mut meta = json!({"resourceVersion": list.resource_version.to_string()});
-            if let Some(c) = list.continue_token {
-                meta["continue"] = json!(c);
-                meta["remainingItemCount"] = json!(list.remaining);
-            }
+            // Serialise straight from the stored objects: no deep copies.
             let (api_version, kind) = if metadata_only {
                 (
                     "meta.k8s.io/v1".to_owned(),
@@ -313,9 +298,29 @@ async fn route(
             } else {
                 (t.rt.api_version(), format!("{}List", t.rt.kind))
             };
-            Ok(ok(
-                &json!({"apiVersion": api_version, "kind": kind, "metadata": meta, "items": items}),
-            ))
+            let mut meta = json!({"resourceVersion": list.resource_version.to_string()});
+            if let Some(c) = list.continue_token {
+                meta["continue"] = json!(c);
+                meta["remainingItemCount"] = json!(list.remaining);
+            }
+            let mut out = Vec::with_capacity(list.items.len() * 512 + 256);
+            let head =
+                json!({"apiVersion": api_version, "kind": kind, "metadata": meta}).to_string();
+            out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+            out.extend_from_slice(b",\"items\":[");
+            for (i, o) in list.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let written = if metadata_only {
+                    serde_json::to_writer(&mut out, &partial(o))
+                } else {
+                    serde_json::to_writer(&mut out, &**o)
+                };
+                written.map_err(|e| ApiError::bad_request(e.to_string()))?;
+            }
+            out.extend_from_slice(b"]}");
+            Ok((StatusCode::OK, [("content-type", "application/json")], out).into_response())
         }
         ("GET", Some(name)) => {
             let obj = app.store.lock().get(&t.rt, ns, name)?;

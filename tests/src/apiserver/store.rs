@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use super::errors::ApiError;
 use super::registry::{self, ResourceType};
-use super::selectors::{FieldSelector, LabelSelector, labels_of};
+use super::selectors::{FieldSelector, LabelSelector};
 
 /// How many past events each resource keeps for watch resumption.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -284,7 +284,9 @@ impl Inner {
             .iter()
             .filter(|((ns, _), _)| q.namespace.as_deref().is_none_or(|want| want == ns))
             .filter(|(key, _)| start.as_ref().is_none_or(|s| *key > s))
-            .filter(|(_, o)| q.labels.matches(&labels_of(o)) && q.fields.matches(o))
+            .filter(|(_, o)| {
+                q.labels.matches_object(o) && (q.fields.0.is_empty() || q.fields.matches(o))
+            })
             .map(|(k, o)| (k.clone(), o.clone()));
         let mut items = Vec::new();
         let mut last = None;

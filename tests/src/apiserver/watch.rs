@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::errors::ApiError;
 use super::registry::ResourceType;
-use super::selectors::{FieldSelector, LabelSelector, labels_of};
+use super::selectors::{FieldSelector, LabelSelector};
 use super::store::{Event, EventType, with_api_version};
 use super::{App, partial};
 
@@ -55,7 +55,7 @@ impl Filter {
             .and_then(Value::as_str)
             .unwrap_or("");
         self.namespace.as_deref().is_none_or(|want| want == ns)
-            && self.labels.matches(&labels_of(obj))
+            && self.labels.matches_object(obj)
             && self.fields.matches(obj)
     }
 
