@@ -135,6 +135,51 @@ async fn kubectl_applies_gets_watches_patches_and_deletes() {
         invalid.stderr
     );
 
+    // Every invalid example the schema, CEL or strict layer should stop is
+    // rejected at the door, naming its field; defaults are filled in.
+    let mut rejected = 0;
+    for entry in std::fs::read_dir(repo("examples/invalid")).expect("invalid examples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let header = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        };
+        if header("expect-rejected-by") == "rust" {
+            continue; // only the operator's validator knows these
+        }
+        let out = k
+            .run(&["apply", "-n", "p2p", "-f", &path.display().to_string()])
+            .await;
+        let field = header("expect-field");
+        let field = field.split('[').next().unwrap_or("");
+        assert!(
+            !out.ok && out.stderr.contains(field),
+            "{}: expected a rejection naming {field}, got: {}",
+            path.display(),
+            out.stderr
+        );
+        rejected += 1;
+    }
+    assert!(rejected >= 10, "{rejected} invalid examples checked");
+    let minimal = k.write("minimal.yaml", "apiVersion: switchyard.dev/v1alpha1\nkind: MigrationPlan\nmetadata:\n  name: minimal\n  namespace: p2p\nspec:\n  selector: {}\n  stages: [DualPreferLibP2p]\n");
+    k.ok(&["apply", "-f", &minimal]).await;
+    let defaults = k
+        .ok(&[
+            "get",
+            "mplan",
+            "minimal",
+            "-n",
+            "p2p",
+            "-o",
+            "jsonpath={.spec.waves} {.spec.maxUnavailable} {.spec.rollback.strategy}",
+        ])
+        .await;
+    assert_eq!(defaults, "[5,25,50,75,100] 10% Fast");
+
     // get shows the CRD's printer columns.
     let table = k.ok(&["get", "fnode", "-n", "p2p"]).await;
     assert!(
@@ -147,7 +192,9 @@ async fn kubectl_applies_gets_watches_patches_and_deletes() {
             && table.contains("storage-to-iroh"),
         "{table}"
     );
-    let short = k.ok(&["get", "mplan", "-n", "p2p", "-o", "name"]).await;
+    let short = k
+        .ok(&["get", "mplan", "storage-to-iroh", "-n", "p2p", "-o", "name"])
+        .await;
     assert_eq!(short.trim(), "migrationplan.switchyard.dev/storage-to-iroh");
 
     // get -w sees a later change.

@@ -8,6 +8,7 @@
 pub mod errors;
 pub mod patch;
 pub mod registry;
+pub mod schema;
 pub mod selectors;
 pub mod store;
 pub mod table;

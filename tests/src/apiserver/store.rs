@@ -465,6 +465,11 @@ impl Inner {
             m.remove(k);
         }
         set_type_meta(rt, &mut obj);
+        if let Some(schema) = &rt.schema {
+            super::schema::prune(schema, &mut obj, true);
+            super::schema::default(schema, &mut obj);
+            super::schema::validate(rt, &obj, None)?;
+        }
         if opts.dry_run {
             meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
             return Ok(Arc::new(obj));
@@ -671,6 +676,11 @@ impl Inner {
             registry::from_crd(&new)
                 .map_err(|e| ApiError::invalid(&rt.kind, &key.1, vec![(e.field, e.message)]))?;
             crd_status(&mut new);
+        }
+        if let Some(schema) = &rt.schema {
+            super::schema::prune(schema, &mut new, true);
+            super::schema::default(schema, &mut new);
+            super::schema::validate(rt, &new, Some(&old))?;
         }
         if opts.dry_run {
             return Ok(Arc::new(new));
