@@ -133,11 +133,11 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
             format!("the CRD's schema does not compile: {e}"),
         )),
     }
-    if causes.is_empty() {
-        if let Err(errors) = kube_core::cel::Validator::new().validate(schema, obj, old) {
-            for e in errors.iter() {
-                causes.push((e.field_path.clone(), e.message.clone()));
-            }
+    if causes.is_empty()
+        && let Err(errors) = kube_core::cel::Validator::new().validate(schema, obj, old)
+    {
+        for e in errors.iter() {
+            causes.push((e.field_path.clone(), e.message.clone()));
         }
     }
     if causes.is_empty() {
@@ -157,10 +157,10 @@ fn compiled(rt: &ResourceType, schema: &Value) -> Result<Arc<jsonschema::Validat
     let mut guard = cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((s, v)) = guard.get(&key) {
-        if s == schema {
-            return Ok(v.clone());
-        }
+    if let Some((s, v)) = guard.get(&key)
+        && s == schema
+    {
+        return Ok(v.clone());
     }
     let v = Arc::new(
         jsonschema::validator_for(&openapi_to_json_schema(schema)).map_err(|e| e.to_string())?,
@@ -181,10 +181,10 @@ fn openapi_to_json_schema(schema: &Value) -> Value {
                 out.remove("type");
                 out.insert("type".into(), serde_json::json!(["integer", "string"]));
             }
-            if out.get("nullable") == Some(&Value::Bool(true)) {
-                if let Some(Value::String(t)) = out.get("type").cloned() {
-                    out.insert("type".into(), serde_json::json!([t, "null"]));
-                }
+            if out.get("nullable") == Some(&Value::Bool(true))
+                && let Some(Value::String(t)) = out.get("type").cloned()
+            {
+                out.insert("type".into(), serde_json::json!([t, "null"]));
             }
             Value::Object(out)
         }
