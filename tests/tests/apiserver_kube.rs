@@ -1092,3 +1092,39 @@ async fn no_op_writes_emit_no_event_and_watches_bookmark_and_time_out() {
         .expect("event");
     assert!(matches!(first, WatchEvent::Added(m) if m.metadata.name.as_deref() == Some("n")));
 }
+
+#[tokio::test]
+async fn custom_resources_are_validated_unless_switched_off() {
+    let bad = json!({"apiVersion": "test.switchyard.dev/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": {"size": "big"}});
+    let (_server, client) = server().await;
+    let widgets = install_widget_crd(&client).await;
+    widgets
+        .create(
+            &PostParams::default(),
+            &Widget::new("x", WidgetSpec { size: 1 }),
+        )
+        .await
+        .expect("a valid widget is accepted");
+    let raw = |client: &Client| {
+        let req = http::Request::post("/apis/test.switchyard.dev/v1/namespaces/default/widgets")
+            .header("content-type", "application/json")
+            .body(bad.to_string().into_bytes())
+            .expect("request");
+        let client = client.clone();
+        async move { client.request_text(req).await }
+    };
+    let e = raw(&client)
+        .await
+        .expect_err("schema rejects a string size");
+    assert_eq!(code(&e), 422);
+    assert!(e.to_string().contains("spec.size"), "{e}");
+    let (_server2, client2) = server_with(Config {
+        validate_custom_resources: false,
+        ..Config::default()
+    })
+    .await;
+    install_widget_crd(&client2).await;
+    raw(&client2)
+        .await
+        .expect("accepted when validation is off");
+}

@@ -41,6 +41,10 @@ pub struct Config {
     pub history: usize,
     /// Bookmark interval for watches that allow bookmarks.
     pub bookmark_interval: Duration,
+    /// Prune, default and validate custom resources against their CRD's
+    /// schema and CEL rules, as a real API server does. Off imitates a
+    /// cluster whose CRDs predate their validation rules.
+    pub validate_custom_resources: bool,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             history: store::DEFAULT_HISTORY,
             // Real API servers send one about every minute; tests want them sooner.
             bookmark_interval: Duration::from_secs(5),
+            validate_custom_resources: true,
         }
     }
 }
@@ -78,7 +83,11 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let app = Arc::new(App {
-            store: Store::new(config.history),
+            store: {
+                let store = Store::new(config.history);
+                store.set_validate_custom_resources(config.validate_custom_resources);
+                store
+            },
             config,
             addr,
         });
