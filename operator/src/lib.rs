@@ -1,6 +1,6 @@
 //! Switchyard's operator: reconciles MigrationPlan and Canary resources into
-//! per-node NetworkMode changes. The decisions come from [`planner`], pure
-//! code with no Kubernetes I/O; the controllers that apply them arrive with
-//! the operator issue.
+//! per-node NetworkMode changes. Decisions come from [`planner`], pure code
+//! with no Kubernetes I/O; [`controller`] carries them out.
 
+pub mod controller;
 pub mod planner;

@@ -1,0 +1,275 @@
+//! The MigrationPlan controller: each reconcile reads the plan and the
+//! FleetNodes from the shared reflector stores, asks the pure planner what
+//! to do, and carries it out: server-side apply of FleetNode modes (field
+//! manager `switchyard-operator`, bounded concurrency), the status through
+//! the status subresource, an Event per transition, and a requeue at the
+//! planner's due time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use switchyard_crds::{
+    ANNOTATION_START_MODE, ANNOTATION_STEP, FIELD_MANAGER, FleetNode, LABEL_PLAN, MigrationPlan,
+};
+
+use crate::planner::selection::{PlanRef, held_by_other, matches};
+use crate::planner::{self, AnalysisInput, NodePatch, NodeView, PlanInput, TriggerInput};
+
+/// Where analysis verdicts and rollback triggers come from (the analysis
+/// issue implements it; tests drive verdicts directly).
+pub trait Analysis: Send + Sync + 'static {
+    /// The latest verdict for a plan.
+    fn verdict(&self, plan: &MigrationPlan) -> Option<AnalysisInput>;
+    /// A fired rollback trigger for a plan.
+    fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput>;
+}
+
+/// No analysis: steps advance on acknowledgement and soak alone.
+pub struct NoAnalysis;
+
+impl Analysis for NoAnalysis {
+    fn verdict(&self, _: &MigrationPlan) -> Option<AnalysisInput> {
+        None
+    }
+    fn trigger(&self, _: &MigrationPlan) -> Option<TriggerInput> {
+        None
+    }
+}
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// FleetNode writes in flight at once.
+    pub write_concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // Enough to keep a 10,000-node wave moving without bursting the API
+        // server's default max-in-flight (400) for one client.
+        Settings {
+            write_concurrency: 32,
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    client: Client,
+    nodes: Store<FleetNode>,
+    plans: Store<MigrationPlan>,
+    recorder: Recorder,
+    analysis: Arc<dyn Analysis>,
+    settings: Settings,
+}
+
+/// A reconcile failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The plan has no namespace.
+    #[error("MigrationPlan {0} has no namespace")]
+    NoNamespace(String),
+}
+
+fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
+    json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "FleetNode",
+        "metadata": {
+            "name": p.node,
+            "labels": {LABEL_PLAN: plan},
+            "annotations": {ANNOTATION_START_MODE: p.start_mode.as_str(), ANNOTATION_STEP: p.step},
+        },
+        "spec": {"mode": p.mode.as_str()},
+    })
+}
+
+/// Reconcile one MigrationPlan.
+pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = plan.name_any();
+    let ns = plan
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let now = Timestamp::now();
+    let all_plans: Vec<Arc<MigrationPlan>> = ctx
+        .plans
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns))
+        .collect();
+    let refs: Vec<PlanRef<'_>> = all_plans
+        .iter()
+        .map(|p| PlanRef {
+            name: p.metadata.name.as_deref().unwrap_or(""),
+            created: p.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+            phase: p.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+            selector: &p.spec.selector,
+        })
+        .collect();
+    let views: Vec<NodeView> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| n.namespace().as_deref() == Some(&ns))
+        .filter(|n| {
+            matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name)
+        })
+        .map(|n| NodeView::from_fleet_node(n, held_by_other(&name, n.labels(), &refs)))
+        .collect();
+    let analysis = ctx.analysis.verdict(&plan);
+    let trigger = ctx.analysis.trigger(&plan);
+    let decision = planner::plan(&PlanInput {
+        name: &name,
+        generation: plan.metadata.generation.unwrap_or(0),
+        spec: &plan.spec,
+        status: plan.status.as_ref(),
+        nodes: &views,
+        analysis: analysis.as_ref(),
+        trigger: trigger.as_ref(),
+        now,
+    });
+
+    let nodes: Api<FleetNode> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let writes: Vec<(String, serde_json::Value)> = decision
+        .patches
+        .iter()
+        .map(|p| (p.node.clone(), node_patch(&name, p)))
+        .collect();
+    stream::iter(writes)
+        .map(|(node, body)| {
+            let nodes = nodes.clone();
+            let pp = pp.clone();
+            async move {
+                nodes
+                    .patch(&node, &pp, &Patch::Apply(&body))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(ctx.settings.write_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), &ns);
+    if decision.pause.is_some() {
+        plans
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"paused": true}})),
+            )
+            .await?;
+    }
+    let status = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
+    plans
+        .patch_status(&name, &pp, &Patch::Apply(&status))
+        .await?;
+
+    let reference = plan.object_ref(&());
+    for t in &decision.transitions {
+        let event = Event {
+            type_: if t.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: t.reason().into(),
+            note: Some(t.message()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(plan = %name, error = %e, "could not record event");
+        }
+    }
+    Ok(match decision.requeue_at {
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(50)),
+        ),
+        None => Action::await_change(),
+    })
+}
+
+fn error_policy(_plan: Arc<MigrationPlan>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    // Transient API errors: back off a little, with jitter from the clock.
+    let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 500);
+    Action::requeue(Duration::from_millis(500 + jitter))
+}
+
+/// Run the MigrationPlan controller until the stream ends.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    analysis: Arc<dyn Analysis>,
+    settings: Settings,
+) {
+    let (plans_api, nodes_api): (Api<MigrationPlan>, Api<FleetNode>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (node_reader, node_writer) = reflector::store();
+    let node_stream =
+        reflector::reflector(node_writer, watcher(nodes_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+    let controller = Controller::new(plans_api, watcher::Config::default());
+    let plans = controller.store();
+    let plans_for_map = plans.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        nodes: node_reader,
+        plans,
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: None,
+            },
+        ),
+        analysis,
+        settings,
+    });
+    controller
+        .watches_stream(node_stream, move |node: FleetNode| {
+            // A node change concerns every plan in its namespace that selects
+            // or owns it.
+            let ns = node.namespace();
+            plans_for_map
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns)
+                .filter(|p| {
+                    matches(&p.spec.selector, node.labels())
+                        || node.labels().get(LABEL_PLAN) == p.metadata.name.as_ref()
+                })
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

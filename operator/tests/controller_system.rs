@@ -1,0 +1,224 @@
+//! The MigrationPlan controller against the in-memory API server, with a
+//! test agent that acknowledges modes by patching FleetNode status, and a
+//! checker that asserts the island invariant on every FleetNode watch
+//! event it sees.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchyard_crds::{
+    FleetNode, FleetNodeSpec, MigrationPlan, NetworkMode, PlanPhase, forms_island,
+};
+use switchyard_operator::controller::{self, NoAnalysis, Settings};
+use switchyard_testbed::apiserver::{ApiServer, Config};
+
+const NS: &str = "fleet";
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn client_for(server: &ApiServer) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+/// Acknowledge every mode change after `delay`, as a node-agent would.
+async fn test_agent(client: Client, delay: Duration) {
+    let nodes: Api<FleetNode> = Api::namespaced(client, NS);
+    let mut events = watcher(nodes.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Ok(Some(n)) = events.try_next().await {
+        let Some(want) = n.spec.mode else { continue };
+        let generation = n.metadata.generation.unwrap_or(0);
+        let status = n.status.clone().unwrap_or_default();
+        if status.applied_mode == Some(want)
+            && status.observed_generation.unwrap_or(0) >= generation
+        {
+            continue;
+        }
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let patch = json!({"status": {"appliedMode": want, "observedGeneration": generation}});
+            let _ = nodes
+                .patch_status(&n.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        });
+    }
+}
+
+/// Check the island invariant on every watch event; count violations.
+async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<AtomicUsize>) {
+    let nodes: Api<FleetNode> = Api::namespaced(client, NS);
+    let mut fleet: BTreeMap<String, (Option<NetworkMode>, Option<NetworkMode>)> = BTreeMap::new();
+    let mut events = watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Ok(Some(e)) = events.try_next().await {
+        match e {
+            watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                fleet.insert(n.name_any(), (n.spec.mode, n.applied_mode()));
+            }
+            watcher::Event::Delete(n) => {
+                fleet.remove(&n.name_any());
+            }
+            _ => continue,
+        }
+        seen.fetch_add(1, Ordering::SeqCst);
+        if forms_island(fleet.values().flat_map(|(d, a)| [*d, *a]).flatten()) {
+            violations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_a_canary_and_three_stages_completes_without_islands() {
+    let server = ApiServer::start(Config::default()).await.expect("server");
+    let client = client_for(&server).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    for crd in switchyard_crds::crdgen::crds() {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD");
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(NS.into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .expect("namespace");
+
+    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
+    let fleet_size = 30;
+    for i in 0..fleet_size {
+        let mut n = FleetNode::new(&format!("node-{i:02}"), FleetNodeSpec::default());
+        n.metadata.labels = Some([("app".to_owned(), "storage".to_owned())].into());
+        nodes
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("node");
+        nodes
+            .patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"appliedMode": "LibP2pOnly", "observedGeneration": 1}}),
+                ),
+            )
+            .await
+            .expect("node status");
+    }
+
+    let violations = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let checker = tokio::spawn(island_checker(
+        client.clone(),
+        violations.clone(),
+        seen.clone(),
+    ));
+    let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(20)));
+    let operator = tokio::spawn(controller::run(
+        client.clone(),
+        Some(NS.into()),
+        Arc::new(NoAnalysis),
+        Settings::default(),
+    ));
+
+    let plan: MigrationPlan = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "to-iroh", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"],
+            "canary": {"count": 2, "duration": "1s"},
+            "waves": [25, 50, 100],
+            "waveInterval": "0s",
+            "maxUnavailable": "20%",
+        }
+    }))
+    .expect("plan");
+    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
+    plans
+        .create(&PostParams::default(), &plan)
+        .await
+        .expect("plan created");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = plans.get("to-iroh").await.expect("plan");
+        let phase = p.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        if phase == PlanPhase::Succeeded {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "plan did not finish: {phase:?} {:?}",
+            p.status.as_ref().and_then(|s| s.message.clone())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = nodes.list(&ListParams::default()).await.expect("nodes");
+    assert!(
+        all.items
+            .iter()
+            .all(|n| n.applied_mode() == Some(NetworkMode::IrohOnly)),
+        "every node runs IrohOnly"
+    );
+    assert!(all.items.iter().all(|n| {
+        n.labels()
+            .get(switchyard_crds::LABEL_PLAN)
+            .map(String::as_str)
+            == Some("to-iroh")
+    }));
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in [
+        "CanaryStarted",
+        "CanaryPassed",
+        "WaveStarted",
+        "StageCompleted",
+        "Succeeded",
+    ] {
+        assert!(reasons.iter().any(|x| x == r), "an Event {r}: {reasons:?}");
+    }
+    assert!(
+        seen.load(Ordering::SeqCst) > fleet_size * 6,
+        "the checker saw the migration"
+    );
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "no watch event showed an island"
+    );
+    operator.abort();
+    agent.abort();
+    checker.abort();
+    server.stop().await;
+}
