@@ -1,0 +1,198 @@
+//! A whole migration on an in-memory cluster: the in-memory Kubernetes API
+//! server, the Switchyard CRDs, N FleetNodes, the real MigrationPlan
+//! controller, and a plan; progress is printed as it happens.
+//!
+//! Usage:
+//!   cargo run -p switchyard-operator --example local_demo -- [--nodes N] [--plan PLAN.yaml]
+//!
+//! While it runs, `KUBECONFIG=<printed path> kubectl get fnode,mplan -n demo`
+//! shows the same objects. The agents here are simulated (each acknowledges
+//! a mode 50-250 ms after it is set) until the node-agent lands; the API
+//! server, the operator's controller and the planner are the real ones.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchyard_crds::manifest::{self, Resource};
+use switchyard_crds::{FleetNode, FleetNodeSpec, MigrationPlan, PlanPhase, forms_island};
+use switchyard_operator::controller::{self, NoAnalysis, Settings};
+use switchyard_testbed::apiserver::{ApiServer, Config};
+
+async fn simulated_agents(client: Client, ns: String) {
+    let nodes: Api<FleetNode> = Api::namespaced(client, &ns);
+    let mut events = watcher(nodes.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Ok(Some(n)) = events.try_next().await {
+        let Some(want) = n.spec.mode else { continue };
+        let generation = n.metadata.generation.unwrap_or(0);
+        let status = n.status.clone().unwrap_or_default();
+        if status.applied_mode == Some(want)
+            && status.observed_generation.unwrap_or(0) >= generation
+        {
+            continue;
+        }
+        let nodes = nodes.clone();
+        // A spread of apply times, as real agents would have.
+        let delay = 50 + (switchyard_operator::planner::order_key("agent", &n.name_any()) % 200);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let patch = json!({"status": {"appliedMode": want, "observedGeneration": generation}});
+            let _ = nodes
+                .patch_status(&n.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await;
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let count: usize = flag("--nodes")
+        .map(|n| n.parse())
+        .transpose()
+        .context("--nodes takes a number")?
+        .unwrap_or(100);
+    let plan_path = flag("--plan").unwrap_or_else(|| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo-plan.yaml").to_owned()
+    });
+    let text =
+        std::fs::read_to_string(&plan_path).with_context(|| format!("reading {plan_path}"))?;
+    let plan = match manifest::parse(&text) {
+        Ok(Resource::MigrationPlan(p)) => *p,
+        Ok(_) => bail!("{plan_path} is not a MigrationPlan"),
+        Err(e) => bail!("{plan_path}: {e}"),
+    };
+    let ns = plan.namespace().unwrap_or_else(|| "default".into());
+
+    let server = ApiServer::start(Config::default()).await?;
+    let kubeconfig =
+        std::env::temp_dir().join(format!("switchyard-demo-{}.kubeconfig", std::process::id()));
+    server.write_kubeconfig(&kubeconfig)?;
+    println!(
+        "in-memory API server on {}; kubectl: KUBECONFIG={} kubectl get fnode,mplan -n {ns}",
+        server.url(),
+        kubeconfig.display()
+    );
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&server.kubeconfig())?,
+        &Default::default(),
+    )
+    .await?;
+    let client = Client::try_from(config)?;
+
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    for crd in switchyard_crds::crdgen::crds() {
+        crds.create(&PostParams::default(), &crd).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await?;
+    let labels: BTreeMap<String, String> =
+        plan.spec.selector.match_labels.clone().unwrap_or_default();
+    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), &ns);
+    for i in 0..count {
+        let mut n = FleetNode::new(&format!("storage-node-{i}"), FleetNodeSpec::default());
+        n.metadata.labels = Some(labels.clone());
+        nodes.create(&PostParams::default(), &n).await?;
+        nodes
+            .patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"appliedMode": "LibP2pOnly", "observedGeneration": 1}}),
+                ),
+            )
+            .await?;
+    }
+    println!("registered {count} FleetNodes in LibP2pOnly");
+
+    tokio::spawn(simulated_agents(client.clone(), ns.clone()));
+    tokio::spawn(controller::run(
+        client.clone(),
+        Some(ns.clone()),
+        Arc::new(NoAnalysis),
+        Settings::default(),
+    ));
+    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);
+    plans.create(&PostParams::default(), &plan).await?;
+    let name = plan.name_any();
+    println!(
+        "created MigrationPlan {name}: stages {:?}",
+        plan.spec.stages
+    );
+
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut islands = 0;
+    let phase = loop {
+        let p = plans.get(&name).await?;
+        let st = p.status.clone().unwrap_or_default();
+        let all = nodes.list(&ListParams::default()).await?;
+        islands += usize::from(forms_island(
+            all.items
+                .iter()
+                .flat_map(|n| [n.spec.mode, n.applied_mode()])
+                .flatten(),
+        ));
+        let m = &st.nodes.by_mode;
+        let line = format!(
+            "{:?} stage {} wave {} | {}% | LibP2pOnly {} DualPreferLibP2p {} DualPreferIroh {} IrohOnly {} | {}",
+            st.phase,
+            st.stage,
+            st.wave.map_or("canary".into(), |w| w.to_string()),
+            st.progress_percent,
+            m.libp2p_only,
+            m.dual_prefer_libp2p,
+            m.dual_prefer_iroh,
+            m.iroh_only,
+            st.message.clone().unwrap_or_default()
+        );
+        if line != last {
+            println!("[{:>5.1}s] {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if matches!(
+            st.phase,
+            PlanPhase::Succeeded | PlanPhase::RolledBack | PlanPhase::Failed | PlanPhase::Invalid
+        ) {
+            break st.phase;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the plan did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "finished {phase:?} in {:.1}s; polls that saw an island: {islands}",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_file(&kubeconfig);
+    server.stop().await;
+    Ok(())
+}
