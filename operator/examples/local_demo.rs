@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         Some(ns.clone()),
         Arc::new(NoAnalysis),
         Settings::default(),
+        Default::default(),
     ));
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);
     plans.create(&PostParams::default(), &plan).await?;

@@ -21,8 +21,10 @@ use switchyard_crds::{
     ANNOTATION_START_MODE, ANNOTATION_STEP, FIELD_MANAGER, FleetNode, LABEL_PLAN, MigrationPlan,
 };
 
+use crate::metrics::Metrics;
 use crate::planner::selection::{PlanRef, held_by_other, matches};
 use crate::planner::{self, AnalysisInput, NodePatch, NodeView, PlanInput, TriggerInput};
+use crate::ratelimit::RateLimiter;
 
 /// Where analysis verdicts and rollback triggers come from (the analysis
 /// issue implements it; tests drive verdicts directly).
@@ -50,6 +52,10 @@ impl Analysis for NoAnalysis {
 pub struct Settings {
     /// FleetNode writes in flight at once.
     pub write_concurrency: usize,
+    /// FleetNode writes per second.
+    pub write_qps: f64,
+    /// FleetNode writes allowed in a burst.
+    pub write_burst: u32,
 }
 
 impl Default for Settings {
@@ -58,6 +64,11 @@ impl Default for Settings {
         // server's default max-in-flight (400) for one client.
         Settings {
             write_concurrency: 32,
+            // client-go defaults to 5 QPS / 10 burst for everything; a mode
+            // write is small, and the plan's maxUnavailable already bounds
+            // how many are due at once.
+            write_qps: 200.0,
+            write_burst: 400,
         }
     }
 }
@@ -70,6 +81,8 @@ pub struct Context {
     recorder: Recorder,
     analysis: Arc<dyn Analysis>,
     settings: Settings,
+    limiter: RateLimiter,
+    metrics: Metrics,
 }
 
 /// A reconcile failure.
@@ -98,6 +111,19 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
 
 /// Reconcile one MigrationPlan.
 pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx
+        .metrics
+        .reconcile_seconds
+        .with_label_values(&["migrationplan"])
+        .start_timer();
+    let result = reconcile_plan(plan, &ctx).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let name = plan.name_any();
     let ns = plan
         .namespace()
@@ -152,11 +178,16 @@ pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Ac
         .map(|(node, body)| {
             let nodes = nodes.clone();
             let pp = pp.clone();
+            let ctx = ctx.clone();
             async move {
-                nodes
+                ctx.limiter.acquire().await;
+                let r = nodes
                     .patch(&node, &pp, &Patch::Apply(&body))
                     .await
-                    .map(|_| ())
+                    .map(|_| ());
+                let outcome = if r.is_ok() { "ok" } else { "error" };
+                ctx.metrics.node_writes.with_label_values(&[outcome]).inc();
+                r
             }
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
@@ -178,6 +209,27 @@ pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Ac
         .patch_status(&name, &pp, &Patch::Apply(&status))
         .await?;
 
+    // Plans by phase (recomputed from the store), this plan's nodes by mode.
+    ctx.metrics.plans.reset();
+    for p in ctx.plans.state() {
+        let phase = p.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        ctx.metrics
+            .plans
+            .with_label_values(&[&format!("{phase:?}")])
+            .inc();
+    }
+    for mode in switchyard_crds::NetworkMode::ALL {
+        let count = i64::from(decision.status.nodes.by_mode.get(mode));
+        ctx.metrics
+            .nodes
+            .with_label_values(&[&name, mode.as_str()])
+            .set(count);
+    }
+    for t in &decision.transitions {
+        if let planner::Transition::RollbackStarted { trigger, .. } = t {
+            ctx.metrics.rollbacks.with_label_values(&[trigger]).inc();
+        }
+    }
     let reference = plan.object_ref(&());
     for t in &decision.transitions {
         let event = Event {
@@ -205,8 +257,14 @@ pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Ac
     })
 }
 
-fn error_policy(_plan: Arc<MigrationPlan>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(_plan: Arc<MigrationPlan>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed");
+    let kind = match error {
+        Error::Kube(kube::Error::Api(s)) => s.reason.clone(),
+        Error::Kube(_) => "Transport".to_owned(),
+        Error::NoNamespace(_) => "NoNamespace".to_owned(),
+    };
+    ctx.metrics.errors.with_label_values(&[&kind]).inc();
     // Transient API errors: back off a little, with jitter from the clock.
     let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 500);
     Action::requeue(Duration::from_millis(500 + jitter))
@@ -218,6 +276,7 @@ pub async fn run(
     namespace: Option<String>,
     analysis: Arc<dyn Analysis>,
     settings: Settings,
+    metrics: Metrics,
 ) {
     let (plans_api, nodes_api): (Api<MigrationPlan>, Api<FleetNode>) = match &namespace {
         Some(ns) => (
@@ -246,7 +305,9 @@ pub async fn run(
             },
         ),
         analysis,
+        limiter: RateLimiter::new(settings.write_qps, settings.write_burst),
         settings,
+        metrics,
     });
     controller
         .watches_stream(node_stream, move |node: FleetNode| {

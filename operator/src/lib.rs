@@ -3,4 +3,7 @@
 //! with no Kubernetes I/O; [`controller`] carries them out.
 
 pub mod controller;
+pub mod http;
+pub mod metrics;
 pub mod planner;
+pub mod ratelimit;

@@ -17,11 +17,33 @@ use serde_json::json;
 use switchyard_crds::{
     FleetNode, FleetNodeSpec, MigrationPlan, NetworkMode, PlanPhase, forms_island,
 };
-use switchyard_operator::controller::{self, NoAnalysis, Settings};
 use switchyard_testbed::apiserver::{ApiServer, Config};
 
 const NS: &str = "fleet";
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A plain HTTP GET on 127.0.0.1, retried until the port answers.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            if conn.write_all(req.as_bytes()).await.is_ok() {
+                let mut out = String::new();
+                if conn.read_to_string(&mut out).await.is_ok() {
+                    return out;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing answers on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 async fn client_for(server: &ApiServer) -> Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).expect("kubeconfig");
@@ -83,7 +105,7 @@ async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_with_a_canary_and_three_stages_completes_without_islands() {
+async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_islands() {
     let server = ApiServer::start(Config::default()).await.expect("server");
     let client = client_for(&server).await;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
@@ -108,7 +130,7 @@ async fn a_plan_with_a_canary_and_three_stages_completes_without_islands() {
         .expect("namespace");
 
     let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
-    let fleet_size = 30;
+    let fleet_size = 50;
     for i in 0..fleet_size {
         let mut n = FleetNode::new(&format!("node-{i:02}"), FleetNodeSpec::default());
         n.metadata.labels = Some([("app".to_owned(), "storage".to_owned())].into());
@@ -136,12 +158,26 @@ async fn a_plan_with_a_canary_and_three_stages_completes_without_islands() {
         seen.clone(),
     ));
     let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(20)));
-    let operator = tokio::spawn(controller::run(
-        client.clone(),
-        Some(NS.into()),
-        Arc::new(NoAnalysis),
-        Settings::default(),
-    ));
+    // The operator as a real process, pointed at the in-memory API server.
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-operator-system-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = server
+        .write_kubeconfig(&dir.join("kubeconfig"))
+        .expect("kubeconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SWITCHYARD_NAMESPACE", NS)
+        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
 
     let plan: MigrationPlan = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
@@ -217,7 +253,23 @@ async fn a_plan_with_a_canary_and_three_stages_completes_without_islands() {
         0,
         "no watch event showed an island"
     );
-    operator.abort();
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_operator_reconciles_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_operator_plans{phase=\"Succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_operator_fleetnode_writes_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(http_get(port, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(port, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let _ = operator.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
     agent.abort();
     checker.abort();
     server.stop().await;

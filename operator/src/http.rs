@@ -1,0 +1,56 @@
+//! The operator's HTTP port: `/healthz` (the process serves), `/readyz`
+//! (the controller is running), `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// Serve until the listener fails. Binds first, so the caller learns the
+/// address (port 0 picks one).
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move {
+                if s.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .with_state(AppState { metrics, ready });
+    Ok((local, async move { axum::serve(listener, app).await }))
+}

@@ -1,0 +1,122 @@
+//! The operator's Prometheus metrics, served on `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the operator exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by outcome (`ok`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Reconcile duration.
+    pub reconcile_seconds: HistogramVec,
+    /// Reconcile errors by kind.
+    pub errors: IntCounterVec,
+    /// Plans by phase.
+    pub plans: IntGaugeVec,
+    /// Nodes by applied mode, per plan.
+    pub nodes: IntGaugeVec,
+    /// Rollbacks started, by trigger.
+    pub rollbacks: IntCounterVec,
+    /// FleetNode mode writes issued.
+    pub node_writes: IntCounterVec,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_reconciles_total",
+                "Reconciles by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let reconcile_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_operator_reconcile_duration_seconds",
+                "Time per reconcile",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_reconcile_errors_total",
+                "Reconcile errors by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let plans = IntGaugeVec::new(
+            Opts::new("switchyard_operator_plans", "MigrationPlans by phase"),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let nodes = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_operator_plan_nodes",
+                "Selected nodes by applied mode",
+            ),
+            &["plan", "mode"],
+        )
+        .expect("valid metric");
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_rollbacks_total",
+                "Rollbacks started, by trigger",
+            ),
+            &["trigger"],
+        )
+        .expect("valid metric");
+        let node_writes = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_fleetnode_writes_total",
+                "FleetNode mode writes by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_seconds.clone()),
+            Box::new(errors.clone()),
+            Box::new(plans.clone()),
+            Box::new(nodes.clone()),
+            Box::new(rollbacks.clone()),
+            Box::new(node_writes.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            errors,
+            plans,
+            nodes,
+            rollbacks,
+            node_writes,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
