@@ -32,19 +32,41 @@ struct Args {
     /// FleetNode writes in flight at once.
     #[arg(long, env = "SWITCHYARD_WRITE_CONCURRENCY", default_value_t = 32)]
     write_concurrency: usize,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LEASE_NAME",
+        default_value = "switchyard-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (default: the watched namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing; a standby takes
+    /// over within this.
+    #[arg(long, env = "SWITCHYARD_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, env = "SWITCHYARD_LEASE_GRACE", default_value_t = 5)]
+    lease_grace: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let args = Args::parse();
     anyhow::ensure!(
         args.write_qps > 0.0,
         "--write-qps must be above 0, e.g. 200"
+    );
+    anyhow::ensure!(
+        args.lease_grace < args.lease_duration,
+        "--lease-grace must be below --lease-duration"
     );
     let client = kube::Client::try_default()
         .await
@@ -56,19 +78,64 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.http_addr))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
     tokio::spawn(server);
+    ready.store(true, Ordering::SeqCst);
+
+    // Leader election: only the leader runs the controller, so only the
+    // leader writes. A replica that loses the Lease exits, and its restart
+    // comes back as a standby.
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "switchyard".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace(args.lease_grace)
+        .build()
+        .await
+        .with_context(|| format!("setting up Lease {lease_ns}/{}", args.lease_name))?;
+    let (mut leader, _lease_task) = lease.watch().await;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
+    while !*leader.borrow_and_update() {
+        leader
+            .changed()
+            .await
+            .context("the Lease watcher stopped")?;
+    }
+    tracing::info!(%identity, "leading");
+    metrics.leader.set(1);
     let settings = Settings {
         write_concurrency: args.write_concurrency,
         write_qps: args.write_qps,
         write_burst: args.write_burst,
     };
-    ready.store(true, Ordering::SeqCst);
-    controller::run(
+    let run = controller::run(
         client,
         args.namespace,
         Arc::new(NoAnalysis),
         settings,
-        metrics,
-    )
-    .await;
-    Ok(())
+        metrics.clone(),
+    );
+    let lost = async {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = run => Ok(()),
+        _ = lost => {
+            metrics.leader.set(0);
+            anyhow::bail!("lost the Lease {lease_ns}/{}; exiting so a restart rejoins as a standby", args.lease_name)
+        }
+    }
 }

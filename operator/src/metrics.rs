@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rollbacks: IntCounterVec,
     /// FleetNode mode writes issued.
     pub node_writes: IntCounterVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -84,8 +86,12 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let leader =
+            prometheus::IntGauge::new("switchyard_operator_leader", "1 while this replica leads")
+                .expect("valid metric");
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconciles.clone()),
             Box::new(reconcile_seconds.clone()),
             Box::new(errors.clone()),
             Box::new(plans.clone()),
@@ -104,6 +110,7 @@ impl Metrics {
             nodes,
             rollbacks,
             node_writes,
+            leader,
         }
     }
 

@@ -104,8 +104,16 @@ async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_islands() {
+struct Cluster {
+    server: ApiServer,
+    client: Client,
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+/// The in-memory API server with the CRDs, a namespace and `size` FleetNodes
+/// reporting LibP2pOnly.
+async fn cluster(size: usize, name: &str) -> Cluster {
     let server = ApiServer::start(Config::default()).await.expect("server");
     let client = client_for(&server).await;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
@@ -128,10 +136,8 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         )
         .await
         .expect("namespace");
-
     let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
-    let fleet_size = 50;
-    for i in 0..fleet_size {
+    for i in 0..size {
         let mut n = FleetNode::new(&format!("node-{i:02}"), FleetNodeSpec::default());
         n.metadata.labels = Some([("app".to_owned(), "storage".to_owned())].into());
         nodes
@@ -149,7 +155,89 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
             .await
             .expect("node status");
     }
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-operator-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = server
+        .write_kubeconfig(&dir.join("kubeconfig"))
+        .expect("kubeconfig");
+    Cluster {
+        server,
+        client,
+        dir,
+        kubeconfig,
+    }
+}
 
+/// The operator as a real process; returns it and its HTTP port.
+fn spawn_operator(c: &Cluster, identity: &str, lease_seconds: u64) -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("SWITCHYARD_NAMESPACE", NS)
+        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("POD_NAME", identity)
+        .env("SWITCHYARD_LEASE_DURATION", lease_seconds.to_string())
+        .env("SWITCHYARD_LEASE_GRACE", "1")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+    (child, port)
+}
+
+fn plan(waves: &[u8], wave_interval: &str) -> MigrationPlan {
+    serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "to-iroh", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"],
+            "canary": {"count": 2, "duration": "1s"},
+            "waves": waves,
+            "waveInterval": wave_interval,
+            "maxUnavailable": "20%",
+        }
+    }))
+    .expect("plan")
+}
+
+async fn wait_for_phase(
+    plans: &Api<MigrationPlan>,
+    want: impl Fn(&MigrationPlan) -> bool,
+    what: &str,
+) -> MigrationPlan {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let p = plans.get("to-iroh").await.expect("plan");
+        if want(&p) {
+            return p;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            p.status.as_ref().map(|s| (s.phase, s.message.clone()))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn succeeded(p: &MigrationPlan) -> bool {
+    p.status
+        .as_ref()
+        .is_some_and(|s| s.phase == PlanPhase::Succeeded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_islands() {
+    let fleet_size = 50;
+    let c = cluster(fleet_size, "fifty").await;
+    let client = c.client.clone();
     let violations = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(AtomicUsize::new(0));
     let checker = tokio::spawn(island_checker(
@@ -158,61 +246,16 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         seen.clone(),
     ));
     let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(20)));
-    // The operator as a real process, pointed at the in-memory API server.
-    let dir =
-        std::env::temp_dir().join(format!("switchyard-operator-system-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = server
-        .write_kubeconfig(&dir.join("kubeconfig"))
-        .expect("kubeconfig");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SWITCHYARD_NAMESPACE", NS)
-        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let (mut operator, port) = spawn_operator(&c, "only-replica", 15);
 
-    let plan: MigrationPlan = serde_json::from_value(json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "MigrationPlan",
-        "metadata": {"name": "to-iroh", "namespace": NS},
-        "spec": {
-            "selector": {"matchLabels": {"app": "storage"}},
-            "stages": ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"],
-            "canary": {"count": 2, "duration": "1s"},
-            "waves": [25, 50, 100],
-            "waveInterval": "0s",
-            "maxUnavailable": "20%",
-        }
-    }))
-    .expect("plan");
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
     plans
-        .create(&PostParams::default(), &plan)
+        .create(&PostParams::default(), &plan(&[25, 50, 100], "0s"))
         .await
         .expect("plan created");
+    wait_for_phase(&plans, succeeded, "Succeeded").await;
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let p = plans.get("to-iroh").await.expect("plan");
-        let phase = p.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        if phase == PlanPhase::Succeeded {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "plan did not finish: {phase:?} {:?}",
-            p.status.as_ref().and_then(|s| s.message.clone())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
     let all = nodes.list(&ListParams::default()).await.expect("nodes");
     assert!(
         all.items
@@ -266,11 +309,98 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         metrics.contains("switchyard_operator_fleetnode_writes_total{outcome=\"ok\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("switchyard_operator_leader 1"),
+        "{metrics}"
+    );
     assert!(http_get(port, "/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(http_get(port, "/readyz").await.starts_with("HTTP/1.1 200"));
     let _ = operator.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
     agent.abort();
     checker.abort();
-    server.stop().await;
+    let _ = std::fs::remove_dir_all(&c.dir);
+    c.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
+    let fleet_size = 20;
+    let c = cluster(fleet_size, "ha").await;
+    let client = c.client.clone();
+    let violations = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let checker = tokio::spawn(island_checker(
+        client.clone(),
+        violations.clone(),
+        seen.clone(),
+    ));
+    let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(50)));
+    let (mut a, _) = spawn_operator(&c, "replica-a", 3);
+    let (mut b, _) = spawn_operator(&c, "replica-b", 3);
+
+    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
+    plans
+        .create(&PostParams::default(), &plan(&[25, 50, 75, 100], "1s"))
+        .await
+        .expect("plan created");
+    // Mid-plan: stage 1 under way.
+    wait_for_phase(
+        &plans,
+        |p| p.status.as_ref().is_some_and(|s| s.stage >= 1),
+        "stage 1",
+    )
+    .await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), NS);
+    let holder = leases
+        .get("switchyard-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a leader");
+    // SIGKILL: no graceful release, the standby must wait the Lease out.
+    match holder.as_str() {
+        "replica-a" => a.kill().await.expect("kill a"),
+        "replica-b" => b.kill().await.expect("kill b"),
+        other => panic!("unexpected holder {other}"),
+    }
+    wait_for_phase(&plans, succeeded, "Succeeded after the handover").await;
+    let new_holder = leases
+        .get("switchyard-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a leader");
+    assert_ne!(new_holder, holder, "the standby took over");
+
+    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
+    for n in nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+    {
+        assert_eq!(n.applied_mode(), Some(NetworkMode::IrohOnly));
+        // Created at 1, then one mode change per stage: a node stepped
+        // twice would show a higher generation.
+        assert_eq!(
+            n.metadata.generation,
+            Some(4),
+            "{} was stepped more than once per stage",
+            n.name_any()
+        );
+    }
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "no watch event showed an island"
+    );
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+    agent.abort();
+    checker.abort();
+    let _ = std::fs::remove_dir_all(&c.dir);
+    c.server.stop().await;
 }

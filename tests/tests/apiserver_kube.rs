@@ -781,6 +781,20 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() {
         .filter_map(|m| m.manager.clone())
         .collect();
     assert!(managers.contains(&"bob".to_owned()));
+    // The URL names the object; an applied configuration may leave the name out.
+    let nameless = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"c": "1"}});
+    cms.patch("ssa", &PatchParams::apply("carol"), &Patch::Apply(nameless))
+        .await
+        .expect("apply without a name");
+    let renamed = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}});
+    assert_eq!(
+        code(
+            &cms.patch("ssa", &PatchParams::apply("carol"), &Patch::Apply(renamed))
+                .await
+                .expect_err("a different name")
+        ),
+        400
+    );
     let no_manager = client.request_text(
         http::Request::patch("/api/v1/namespaces/default/configmaps/ssa")
             .header("content-type", "application/apply-patch+yaml")

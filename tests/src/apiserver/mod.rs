@@ -440,7 +440,7 @@ fn patch_object(
                 "fieldManager is required for apply requests",
             ));
         }
-        let applied: Value = serde_saphyr::from_slice(body)
+        let mut applied: Value = serde_saphyr::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
         if !applied.is_object() {
             return Err(ApiError::bad_request(
@@ -448,6 +448,16 @@ fn patch_object(
             ));
         }
         check_type(rt, &applied)?;
+        // An applied configuration may leave the name out: the URL names
+        // the object. Only a different name is an error.
+        if store::name_of(&applied).is_empty()
+            && let Some(m) = applied.as_object_mut()
+        {
+            let meta = m.entry("metadata").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("name".into(), json!(name));
+            }
+        }
         if store::name_of(&applied) != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
