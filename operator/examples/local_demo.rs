@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(NoAnalysis),
         Settings::default(),
         Default::default(),
+        Arc::new(controller::NoFence),
     ));
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);
     plans.create(&PostParams::default(), &plan).await?;

@@ -35,6 +35,60 @@ pub trait Analysis: Send + Sync + 'static {
     fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput>;
 }
 
+/// Fencing: whether this replica may still write. Checked before every
+/// batch of writes, so a leader whose Lease lapsed (a slow renewal under
+/// load) stops writing before a standby that took over starts.
+pub trait Fence: Send + Sync + 'static {
+    /// Whether this replica still holds leadership with time to spare.
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool>;
+}
+
+/// A fence that always allows writing (a single replica, or tests).
+pub struct NoFence;
+
+impl Fence for NoFence {
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+}
+
+/// The Lease as fence: this replica must be its holder, and the Lease must
+/// stay valid for at least `margin` more.
+pub struct LeaseFence {
+    /// The Lease's API.
+    pub api: Api<k8s_openapi::api::coordination::v1::Lease>,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// Safety margin before the Lease's expiry.
+    pub margin: Duration,
+}
+
+impl Fence for LeaseFence {
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Ok(lease) = self.api.get(&self.name).await else {
+                return false;
+            };
+            let Some(spec) = lease.spec else { return false };
+            let holder = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+            let valid_until = spec.renew_time.map(|t| t.0).and_then(|t| {
+                let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+                t.checked_add(jiff::SignedDuration::from_secs(secs)).ok()
+            });
+            let margin =
+                jiff::SignedDuration::try_from(self.margin).unwrap_or(jiff::SignedDuration::ZERO);
+            holder
+                && valid_until.is_some_and(|until| {
+                    Timestamp::now()
+                        .checked_add(margin)
+                        .is_ok_and(|t| t < until)
+                })
+        })
+    }
+}
+
 /// No analysis: steps advance on acknowledgement and soak alone.
 pub struct NoAnalysis;
 
@@ -83,6 +137,7 @@ pub struct Context {
     settings: Settings,
     limiter: RateLimiter,
     metrics: Metrics,
+    fence: Arc<dyn Fence>,
 }
 
 /// A reconcile failure.
@@ -125,6 +180,11 @@ pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Ac
 
 async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let name = plan.name_any();
+    // Decide only on a complete view: a node store still filling would
+    // hide nodes from the barrier and the island guard.
+    if ctx.nodes.wait_until_ready().await.is_err() || ctx.plans.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = plan
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
@@ -167,8 +227,30 @@ async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<
         now,
     });
 
-    let nodes: Api<FleetNode> = Api::namespaced(ctx.client.clone(), &ns);
+    if !ctx.fence.still_leader().await {
+        tracing::warn!(plan = %name, "not the leader any more: writing nothing");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Record the decision first, then act on it: if this replica dies
+    // between the two, its successor finds the new status and re-issues
+    // the same node writes (idempotent), instead of reading the old status
+    // beside nodes already moved, which would step them back.
     let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), &ns);
+    if decision.pause.is_some() {
+        plans
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"paused": true}})),
+            )
+            .await?;
+    }
+    let status = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
+    plans
+        .patch_status(&name, &pp, &Patch::Apply(&status))
+        .await?;
+    let nodes: Api<FleetNode> = Api::namespaced(ctx.client.clone(), &ns);
     let writes: Vec<(String, serde_json::Value)> = decision
         .patches
         .iter()
@@ -192,21 +274,6 @@ async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<
         })
         .buffer_unordered(ctx.settings.write_concurrency.max(1))
         .try_collect::<Vec<()>>()
-        .await?;
-
-    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), &ns);
-    if decision.pause.is_some() {
-        plans
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"paused": true}})),
-            )
-            .await?;
-    }
-    let status = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
-    plans
-        .patch_status(&name, &pp, &Patch::Apply(&status))
         .await?;
 
     // Plans by phase (recomputed from the store), this plan's nodes by mode.
@@ -277,6 +344,7 @@ pub async fn run(
     analysis: Arc<dyn Analysis>,
     settings: Settings,
     metrics: Metrics,
+    fence: Arc<dyn Fence>,
 ) {
     let (plans_api, nodes_api): (Api<MigrationPlan>, Api<FleetNode>) = match &namespace {
         Some(ns) => (
@@ -308,6 +376,7 @@ pub async fn run(
         limiter: RateLimiter::new(settings.write_qps, settings.write_burst),
         settings,
         metrics,
+        fence,
     });
     controller
         .watches_stream(node_stream, move |node: FleetNode| {

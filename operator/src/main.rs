@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_operator::controller::{self, NoAnalysis, Settings};
+use switchyard_operator::controller::{self, LeaseFence, NoAnalysis, Settings};
 use switchyard_operator::{http, metrics::Metrics};
 
 #[derive(Parser)]
@@ -117,12 +117,21 @@ async fn main() -> anyhow::Result<()> {
         write_qps: args.write_qps,
         write_burst: args.write_burst,
     };
+    // Re-check the Lease before every write batch; stop writing a second
+    // before it would lapse.
+    let fence = LeaseFence {
+        api: kube::Api::namespaced(client.clone(), &lease_ns),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        margin: std::time::Duration::from_secs(1),
+    };
     let run = controller::run(
         client,
         args.namespace,
         Arc::new(NoAnalysis),
         settings,
         metrics.clone(),
+        Arc::new(fence),
     );
     let lost = async {
         loop {

@@ -182,7 +182,7 @@ fn spawn_operator(c: &Cluster, identity: &str, lease_seconds: u64) -> (tokio::pr
         .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("POD_NAME", identity)
         .env("SWITCHYARD_LEASE_DURATION", lease_seconds.to_string())
-        .env("SWITCHYARD_LEASE_GRACE", "1")
+        .env("SWITCHYARD_LEASE_GRACE", "2")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
@@ -335,8 +335,8 @@ async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
         seen.clone(),
     ));
     let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(50)));
-    let (mut a, _) = spawn_operator(&c, "replica-a", 3);
-    let (mut b, _) = spawn_operator(&c, "replica-b", 3);
+    let (mut a, _) = spawn_operator(&c, "replica-a", 5);
+    let (mut b, _) = spawn_operator(&c, "replica-b", 5);
 
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
     plans

@@ -213,6 +213,20 @@ fn stage_rank(status: &MigrationPlanStatus) -> (u32, i64) {
     (status.stage, status.wave.map_or(-1, i64::from))
 }
 
+/// Whether the nodes' start modes (the plan's record, else their initial
+/// mode) hold both single-stack modes.
+fn starts_conflict(sim: &Sim) -> bool {
+    switchyard_crds::forms_island(sim.nodes.values().map(|n| {
+        if n.held_by.is_some() {
+            n.applied.unwrap_or(n.initial)
+        } else if n.owner.as_deref() == Some("plan") {
+            n.start_mode.unwrap_or(n.initial)
+        } else {
+            n.desired.or(n.applied).unwrap_or(n.initial)
+        }
+    }))
+}
+
 /// Run one reconcile and check every per-step property.
 fn checked_reconcile(sim: &mut Sim) -> Result<(), TestCaseError> {
     let before = sim.status.clone();
@@ -293,9 +307,15 @@ proptest! {
         }
         prop_assume!(!sim.has_island());
         let mut joined = 0;
+        // Whether start modes ever conflicted (a node that caused it may
+        // have left before the end).
+        let mut ever_conflict = false;
         for e in events {
             match e {
-                Event::Reconcile => checked_reconcile(&mut sim)?,
+                Event::Reconcile => {
+                    ever_conflict |= starts_conflict(&sim);
+                    checked_reconcile(&mut sim)?;
+                }
                 Event::AckAll => sim.ack_all(),
                 Event::AckSome(mask) => {
                     let names: Vec<String> = sim.nodes.keys().cloned().collect();
@@ -350,6 +370,7 @@ proptest! {
             if sim.phase() == PlanPhase::RolledBack {
                 break;
             }
+            ever_conflict |= starts_conflict(&sim);
             checked_reconcile(&mut sim)?;
             sim.ack_all();
             sim.advance(600);
@@ -368,14 +389,23 @@ proptest! {
             if n.owner.as_deref() == Some("plan") { n.start_mode } else { None }.unwrap_or(n.initial)
         };
         let starts: Vec<NetworkMode> = sim.nodes.values().map(|n| if n.held_by.is_some() { n.applied.unwrap_or(n.initial) } else { start_of(n) }).collect();
-        let conflict = switchyard_crds::forms_island(starts.iter().copied());
+        let conflict = ever_conflict || switchyard_crds::forms_island(starts.iter().copied());
         for (name, n) in &sim.nodes {
             if n.held_by.is_some() {
                 continue; // another plan's business
             }
             let start = start_of(n);
             let ok = n.applied == Some(start) || (conflict && n.applied == Some(NetworkMode::dual_toward(start)));
-            prop_assert!(ok, "{} runs {:?}, started in {:?} (conflicting starts: {})", name, n.applied, start, conflict);
+            prop_assert!(
+                ok,
+                "{} runs {:?}, started in {:?} (conflicting starts: {})\nfleet {:?}\nhistory {:?}",
+                name,
+                n.applied,
+                start,
+                conflict,
+                sim.nodes,
+                sim.status.as_ref().map(|s| &s.rollback_history)
+            );
             prop_assert!(n.desired.is_none() || n.desired == n.applied, "{} desired {:?}", name, n.desired);
         }
     }
