@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_crds::manifest::{self, Resource};
@@ -27,31 +25,11 @@ use switchyard_operator::controller::{self, NoAnalysis, Settings};
 use switchyard_testbed::apiserver::{ApiServer, Config};
 
 async fn simulated_agents(client: Client, ns: String) {
-    let nodes: Api<FleetNode> = Api::namespaced(client, &ns);
-    let mut events = watcher(nodes.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Ok(Some(n)) = events.try_next().await {
-        let Some(want) = n.spec.mode else { continue };
-        let generation = n.metadata.generation.unwrap_or(0);
-        let status = n.status.clone().unwrap_or_default();
-        if status.applied_mode == Some(want)
-            && status.observed_generation.unwrap_or(0) >= generation
-        {
-            continue;
-        }
-        let nodes = nodes.clone();
-        // A spread of apply times, as real agents would have.
-        let delay = 50 + (switchyard_operator::planner::order_key("agent", &n.name_any()) % 200);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            let patch = json!({"status": {"appliedMode": want, "observedGeneration": generation}});
-            let _ = nodes
-                .patch_status(&n.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                .await;
-        });
-    }
+    // A spread of apply times, as real agents would have.
+    let delay = |node: &str| {
+        Duration::from_millis(50 + switchyard_operator::planner::order_key("agent", node) % 200)
+    };
+    switchyard_testbed::agents::acknowledge_modes(client, &ns, delay).await;
 }
 
 #[tokio::main]

@@ -55,29 +55,7 @@ async fn client_for(server: &ApiServer) -> Client {
 
 /// Acknowledge every mode change after `delay`, as a node-agent would.
 async fn test_agent(client: Client, delay: Duration) {
-    let nodes: Api<FleetNode> = Api::namespaced(client, NS);
-    let mut events = watcher(nodes.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Ok(Some(n)) = events.try_next().await {
-        let Some(want) = n.spec.mode else { continue };
-        let generation = n.metadata.generation.unwrap_or(0);
-        let status = n.status.clone().unwrap_or_default();
-        if status.applied_mode == Some(want)
-            && status.observed_generation.unwrap_or(0) >= generation
-        {
-            continue;
-        }
-        let nodes = nodes.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let patch = json!({"status": {"appliedMode": want, "observedGeneration": generation}});
-            let _ = nodes
-                .patch_status(&n.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                .await;
-        });
-    }
+    switchyard_testbed::agents::acknowledge_modes(client, NS, move |_| delay).await;
 }
 
 /// Check the island invariant on every watch event; count violations.

@@ -1,5 +1,6 @@
 //! Switchyard's local testbed: an in-memory Kubernetes API server that
-//! kube-rs and real kubectl work against ([`apiserver`]); the local fleet
-//! harness, system tests and demo build on it.
+//! kube-rs and real kubectl work against ([`apiserver`]), and stand-in node
+//! agents ([`agents`]) for system tests and the local demo.
 
+pub mod agents;
 pub mod apiserver;
