@@ -33,14 +33,30 @@ pub fn render() -> Result<Vec<(String, String)>, serde_saphyr::ser::Error> {
 
 /// The openAPIV3Schema of a Switchyard kind, as JSON.
 pub fn schema_for_kind(kind: &str) -> Option<Value> {
-    let crd = crds().into_iter().find(|c| c.spec.names.kind == kind)?;
-    let schema = crd
-        .spec
-        .versions
-        .first()?
-        .schema
-        .as_ref()?
-        .open_api_v3_schema
-        .as_ref()?;
-    serde_json::to_value(schema).ok()
+    schema_ref(kind).cloned()
+}
+
+/// The openAPIV3Schema of a Switchyard kind, generated once and shared.
+pub fn schema_ref(kind: &str) -> Option<&'static Value> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, Value)>> = std::sync::OnceLock::new();
+    let all = SCHEMAS.get_or_init(|| {
+        crds()
+            .into_iter()
+            .filter_map(|crd| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .first()?
+                    .schema
+                    .as_ref()?
+                    .open_api_v3_schema
+                    .as_ref()?;
+                Some((
+                    crd.spec.names.kind.clone(),
+                    serde_json::to_value(schema).ok()?,
+                ))
+            })
+            .collect()
+    });
+    all.iter().find(|(k, _)| k == kind).map(|(_, s)| s)
 }

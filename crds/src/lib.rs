@@ -45,5 +45,13 @@ pub const ANNOTATION_START_MODE: &str = "switchyard.dev/start-mode";
 /// Annotation on a FleetNode: the plan step that last moved it, as
 /// `<stage>/<wave>`, `<stage>/canary` or `rollback`.
 pub const ANNOTATION_STEP: &str = "switchyard.dev/step";
+/// Label on a FleetNode naming the standalone Canary trying a mode on it.
+pub const LABEL_CANARY: &str = "switchyard.dev/canary";
+/// Finalizer on MigrationPlans and standalone Canaries: the operator
+/// releases their FleetNodes before the object goes away.
+pub const FINALIZER: &str = "switchyard.dev/release-nodes";
+/// The field manager standalone Canaries use for their FleetNode writes
+/// (distinct from the plans', so neither removes the other's fields).
+pub const CANARY_FIELD_MANAGER: &str = "switchyard-canary";
 /// The field manager the operator uses for server-side apply.
 pub const FIELD_MANAGER: &str = "switchyard-operator";

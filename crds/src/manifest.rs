@@ -103,6 +103,29 @@ pub fn parse_value(value: &Value) -> Result<Resource, ManifestError> {
     }
 }
 
+/// Decode a stored object of `kind` without the semantic checks: fields
+/// the schema does not declare and values of the wrong type are errors
+/// naming the field. For objects read back from an API server that did not
+/// validate them (validation off, or a CRD without the schema).
+pub fn decode<T: DeserializeOwned>(kind: &str, value: &Value) -> Result<T, ManifestError> {
+    if let Some(schema) = crdgen::schema_ref(kind) {
+        let unknown = unknown_fields(schema, value);
+        if !unknown.is_empty() {
+            return Err(ManifestError::Invalid(ValidationErrors(
+                unknown
+                    .into_iter()
+                    .map(|field| FieldError {
+                        message: "unknown field; check its spelling against `kubectl explain`"
+                            .into(),
+                        field,
+                    })
+                    .collect(),
+            )));
+        }
+    }
+    typed(value)
+}
+
 fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();

@@ -1,16 +1,18 @@
-//! The MigrationPlan controller: each reconcile reads the plan and the
-//! FleetNodes from the shared reflector stores, asks the pure planner what
-//! to do, and carries it out: server-side apply of FleetNode modes (field
-//! manager `switchyard-operator`, bounded concurrency), the status through
-//! the status subresource, an Event per transition, and a requeue at the
-//! planner's due time.
+//! The MigrationPlan and Canary controllers. They share one FleetNode
+//! reflector store. Each reconcile reads the object and the FleetNodes from
+//! the stores, asks the pure planner what to do, and carries it out: the
+//! status through the status subresource first, then server-side apply of
+//! FleetNode modes (bounded concurrency, rate-limited), an Event per
+//! transition, and a requeue at the planner's due time. A finalizer on each
+//! plan and standalone Canary releases its FleetNodes when it is deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -18,7 +20,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{
-    ANNOTATION_START_MODE, ANNOTATION_STEP, FIELD_MANAGER, FleetNode, LABEL_PLAN, MigrationPlan,
+    ANNOTATION_START_MODE, ANNOTATION_STEP, Canary, CanaryPhase, CanarySpec, CanaryStatus,
+    FIELD_MANAGER, FINALIZER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan, NetworkMode,
+    Verdict,
 };
 
 use crate::metrics::Metrics;
@@ -33,6 +37,10 @@ pub trait Analysis: Send + Sync + 'static {
     fn verdict(&self, plan: &MigrationPlan) -> Option<AnalysisInput>;
     /// A fired rollback trigger for a plan.
     fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput>;
+    /// The latest verdict for a standalone Canary.
+    fn canary_verdict(&self, _canary: &Canary) -> Option<AnalysisInput> {
+        None
+    }
 }
 
 /// Fencing: whether this replica may still write. Checked before every
@@ -127,17 +135,21 @@ impl Default for Settings {
     }
 }
 
-/// Shared state of the controller.
+/// Shared state of the controllers.
 pub struct Context {
-    client: Client,
-    nodes: Store<FleetNode>,
-    plans: Store<MigrationPlan>,
-    recorder: Recorder,
-    analysis: Arc<dyn Analysis>,
-    settings: Settings,
-    limiter: RateLimiter,
-    metrics: Metrics,
-    fence: Arc<dyn Fence>,
+    pub(crate) client: Client,
+    pub(crate) nodes: Store<FleetNode>,
+    /// MigrationPlans as stored: an object that does not decode (possible
+    /// when the API server does not validate) must not stop the watch.
+    pub(crate) plans: Store<DynamicObject>,
+    /// Canaries as stored, likewise.
+    pub(crate) canaries: Store<DynamicObject>,
+    pub(crate) recorder: Recorder,
+    pub(crate) analysis: Arc<dyn Analysis>,
+    pub(crate) settings: Settings,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) metrics: Metrics,
+    pub(crate) fence: Arc<dyn Fence>,
 }
 
 /// A reconcile failure.
@@ -146,9 +158,31 @@ pub enum Error {
     /// The API server refused or failed a request.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The plan has no namespace.
-    #[error("MigrationPlan {0} has no namespace")]
+    /// The object has no namespace.
+    #[error("{0} has no namespace")]
     NoNamespace(String),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    fn kind(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.reason.clone(),
+            Error::Kube(_) => "Transport".to_owned(),
+            Error::NoNamespace(_) => "NoNamespace".to_owned(),
+            Error::Finalizer(_) => "Finalizer".to_owned(),
+        }
+    }
+}
+
+fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    }
 }
 
 fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
@@ -164,38 +198,20 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
     })
 }
 
-/// Reconcile one MigrationPlan.
-pub async fn reconcile(plan: Arc<MigrationPlan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_seconds
-        .with_label_values(&["migrationplan"])
-        .start_timer();
-    let result = reconcile_plan(plan, &ctx).await;
-    timer.observe_duration();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
-    result
+/// A FleetNode apply that keeps only `spec.mode` under `manager`: the
+/// manager's labels and annotations go, so the node is free again.
+pub(crate) fn release_patch(node: &str, mode: NetworkMode) -> serde_json::Value {
+    json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "FleetNode",
+        "metadata": {"name": node},
+        "spec": {"mode": mode.as_str()},
+    })
 }
 
-async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let name = plan.name_any();
-    // Decide only on a complete view: a node store still filling would
-    // hide nodes from the barrier and the island guard.
-    if ctx.nodes.wait_until_ready().await.is_err() || ctx.plans.wait_until_ready().await.is_err() {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let ns = plan
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
-    let now = Timestamp::now();
-    let all_plans: Vec<Arc<MigrationPlan>> = ctx
-        .plans
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(&ns))
-        .collect();
-    let refs: Vec<PlanRef<'_>> = all_plans
+/// The plans of a namespace as ownership resolution sees them.
+fn plan_refs(plans: &[Arc<MigrationPlan>], now: Timestamp) -> Vec<PlanRef<'_>> {
+    plans
         .iter()
         .map(|p| PlanRef {
             name: p.metadata.name.as_deref().unwrap_or(""),
@@ -203,16 +219,309 @@ async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<
             phase: p.status.as_ref().map(|s| s.phase).unwrap_or_default(),
             selector: &p.spec.selector,
         })
+        .collect()
+}
+
+/// Whether a standalone Canary still holds the nodes it labelled.
+pub(crate) fn canary_holds(c: &Canary) -> bool {
+    c.metadata.deletion_timestamp.is_none()
+        && matches!(
+            c.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+            CanaryPhase::Pending | CanaryPhase::Running
+        )
+}
+
+/// Who other than `me` holds this node: a live plan, or a standalone
+/// Canary that labelled it.
+pub(crate) fn holder_of(
+    node: &FleetNode,
+    me: &str,
+    plans: &[PlanRef<'_>],
+    canaries: &[Arc<Canary>],
+) -> Option<String> {
+    if let Some(p) = held_by_other(me, node.labels(), plans) {
+        return Some(format!("MigrationPlan {p}"));
+    }
+    let c = node.labels().get(LABEL_CANARY)?;
+    canaries
+        .iter()
+        .find(|x| x.metadata.name.as_ref() == Some(c) && x.metadata.name.as_deref() != Some(me))
+        .filter(|x| canary_holds(x))
+        .map(|_| format!("Canary {c}"))
+}
+
+impl Context {
+    /// Apply FleetNode bodies under `manager`: rate-limited, bounded
+    /// concurrency; stops at the first error.
+    pub(crate) async fn write_nodes(
+        &self,
+        ns: &str,
+        manager: &str,
+        writes: Vec<(String, serde_json::Value)>,
+    ) -> Result<(), Error> {
+        let nodes: Api<FleetNode> = Api::namespaced(self.client.clone(), ns);
+        let pp = PatchParams::apply(manager).force();
+        stream::iter(writes)
+            .map(|(node, body)| {
+                let nodes = nodes.clone();
+                let pp = pp.clone();
+                async move {
+                    self.limiter.acquire().await;
+                    let r = nodes
+                        .patch(&node, &pp, &Patch::Apply(&body))
+                        .await
+                        .map(|_| ());
+                    let outcome = if r.is_ok() { "ok" } else { "error" };
+                    self.metrics.node_writes.with_label_values(&[outcome]).inc();
+                    r
+                }
+            })
+            .buffer_unordered(self.settings.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Record Events: (reason, message, warning).
+    pub(crate) async fn publish(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        events: Vec<(String, String, bool)>,
+    ) {
+        for (reason, note, warning) in events {
+            let event = Event {
+                type_: if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason,
+                note: Some(note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, reference).await {
+                tracing::warn!(error = %e, "could not record event");
+            }
+        }
+    }
+
+    /// Wait for every store to hold a complete view; deciding on a
+    /// half-filled node store would hide nodes from the barrier and the
+    /// island guard.
+    pub(crate) async fn synced(&self) -> bool {
+        self.nodes.wait_until_ready().await.is_ok()
+            && self.plans.wait_until_ready().await.is_ok()
+            && self.canaries.wait_until_ready().await.is_ok()
+    }
+}
+
+/// The API resource of a Switchyard kind, for dynamic access.
+pub(crate) fn resource_of<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+/// Decode a stored Switchyard object; the error names the field.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    obj: &DynamicObject,
+    kind: &str,
+) -> Result<T, String> {
+    let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    value["apiVersion"] = json!("switchyard.dev/v1alpha1");
+    value["kind"] = json!(kind);
+    switchyard_crds::manifest::decode::<T>(kind, &value).map_err(|e| e.to_string())
+}
+
+impl Context {
+    /// The readable MigrationPlans of a namespace.
+    pub(crate) fn plans_in(&self, ns: &str) -> Vec<Arc<MigrationPlan>> {
+        self.plans
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|p| decode(p, "MigrationPlan").ok().map(Arc::new))
+            .collect()
+    }
+
+    /// The readable Canaries of a namespace.
+    pub(crate) fn canaries_in(&self, ns: &str) -> Vec<Arc<Canary>> {
+        self.canaries
+            .state()
+            .iter()
+            .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|c| decode(c, "Canary").ok().map(Arc::new))
+            .collect()
+    }
+
+    /// One Canary by name, if it exists and reads.
+    pub(crate) fn canary(&self, ns: &str, name: &str) -> Option<Canary> {
+        let obj = self
+            .canaries
+            .get(&ObjectRef::new_with(name, resource_of::<Canary>()).within(ns))?;
+        decode(&obj, "Canary").ok()
+    }
+}
+
+/// Requeue at `at`, or wait for a change.
+pub(crate) fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
+    match at {
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(50)),
+        ),
+        None => Action::await_change(),
+    }
+}
+
+/// Reconcile one MigrationPlan.
+pub async fn reconcile(plan: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx
+        .metrics
+        .reconcile_seconds
+        .with_label_values(&["migrationplan"])
+        .start_timer();
+    let result = reconcile_with_finalizer(plan, &ctx).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn reconcile_with_finalizer(
+    plan: Arc<DynamicObject>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
+    if !ctx.synced().await {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let name = plan.name_any();
+    let ns = plan
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(format!("MigrationPlan {name}")))?;
+    if !ctx.fence.still_leader().await {
+        tracing::warn!(plan = %name, "not the leader any more: writing nothing");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let ar = resource_of::<MigrationPlan>();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    kube::runtime::finalizer::finalizer(&api, FINALIZER, plan, |event| async {
+        match event {
+            kube::runtime::finalizer::Event::Apply(p) => match decode(&p, "MigrationPlan") {
+                Ok(plan) => reconcile_plan(Arc::new(plan), ctx, &ns).await,
+                Err(message) => unreadable_plan(&p, message, ctx, &ns).await,
+            },
+            kube::runtime::finalizer::Event::Cleanup(p) => release_plan(&p, ctx, &ns).await,
+        }
+    })
+    .await
+    .map_err(from_finalizer)
+}
+
+/// A deleted plan lets go of its FleetNodes: each keeps its current mode
+/// (deleting a plan is not a rollback; `spec.rollbackRequest` is), and
+/// loses the plan label and annotations.
+async fn release_plan(plan: &DynamicObject, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
+    let name = plan.name_any();
+    let writes: Vec<(String, serde_json::Value)> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| n.namespace().as_deref() == Some(ns))
+        .filter(|n| n.labels().get(LABEL_PLAN) == Some(&name))
+        .map(|n| {
+            let mode = n
+                .desired_mode()
+                .or(n.applied_mode())
+                .unwrap_or(NetworkMode::LibP2pOnly);
+            (n.name_any(), release_patch(&n.name_any(), mode))
+        })
         .collect();
+    let count = writes.len();
+    ctx.write_nodes(ns, FIELD_MANAGER, writes).await?;
+    for mode in NetworkMode::ALL {
+        let _ = ctx
+            .metrics
+            .nodes
+            .remove_label_values(&[&name, mode.as_str()]);
+        let _ = ctx
+            .metrics
+            .nodes_desired
+            .remove_label_values(&[&name, mode.as_str()]);
+    }
+    ctx.publish(
+        &plan.object_ref(&resource_of::<MigrationPlan>()),
+        vec![(
+            "NodesReleased".to_owned(),
+            format!("plan deleted: {count} FleetNode(s) released at their current modes"),
+            false,
+        )],
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// A plan whose stored object does not decode: Invalid, naming the field.
+async fn unreadable_plan(
+    obj: &DynamicObject,
+    message: String,
+    ctx: &Arc<Context>,
+    ns: &str,
+) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let status: Option<switchyard_crds::MigrationPlanStatus> = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok());
+    let decision = planner::unreadable(
+        &name,
+        obj.metadata.generation.unwrap_or(0),
+        status.as_ref(),
+        message,
+        Timestamp::now(),
+    );
+    if status.as_ref() != Some(&decision.status) {
+        let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
+        let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
+        plans
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+    }
+    ctx.publish(
+        &obj.object_ref(&resource_of::<MigrationPlan>()),
+        decision
+            .transitions
+            .iter()
+            .map(|t| (t.reason().to_owned(), t.message(), t.is_warning()))
+            .collect(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn reconcile_plan(
+    plan: Arc<MigrationPlan>,
+    ctx: &Arc<Context>,
+    ns: &str,
+) -> Result<Action, Error> {
+    let name = plan.name_any();
+    let now = Timestamp::now();
+    let all_plans = ctx.plans_in(ns);
+    let refs = plan_refs(&all_plans, now);
+    let canaries = ctx.canaries_in(ns);
     let views: Vec<NodeView> = ctx
         .nodes
         .state()
         .iter()
-        .filter(|n| n.namespace().as_deref() == Some(&ns))
+        .filter(|n| n.namespace().as_deref() == Some(ns))
         .filter(|n| {
             matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name)
         })
-        .map(|n| NodeView::from_fleet_node(n, held_by_other(&name, n.labels(), &refs)))
+        .map(|n| NodeView::from_fleet_node(n, holder_of(n, &name, &refs, &canaries)))
         .collect();
     let analysis = ctx.analysis.verdict(&plan);
     let trigger = ctx.analysis.trigger(&plan);
@@ -227,16 +536,12 @@ async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<
         now,
     });
 
-    if !ctx.fence.still_leader().await {
-        tracing::warn!(plan = %name, "not the leader any more: writing nothing");
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
     // Record the decision first, then act on it: if this replica dies
     // between the two, its successor finds the new status and re-issues
     // the same node writes (idempotent), instead of reading the old status
     // beside nodes already moved, which would step them back.
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), &ns);
+    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
     if decision.pause.is_some() {
         plans
             .patch(
@@ -247,97 +552,275 @@ async fn reconcile_plan(plan: Arc<MigrationPlan>, ctx: &Arc<Context>) -> Result<
             .await?;
     }
     let status = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
-    plans
-        .patch_status(&name, &pp, &Patch::Apply(&status))
-        .await?;
-    let nodes: Api<FleetNode> = Api::namespaced(ctx.client.clone(), &ns);
+    if plan.status.as_ref() != Some(&decision.status) {
+        plans
+            .patch_status(&name, &pp, &Patch::Apply(&status))
+            .await?;
+    }
     let writes: Vec<(String, serde_json::Value)> = decision
         .patches
         .iter()
         .map(|p| (p.node.clone(), node_patch(&name, p)))
         .collect();
-    stream::iter(writes)
-        .map(|(node, body)| {
-            let nodes = nodes.clone();
-            let pp = pp.clone();
-            let ctx = ctx.clone();
-            async move {
-                ctx.limiter.acquire().await;
-                let r = nodes
-                    .patch(&node, &pp, &Patch::Apply(&body))
-                    .await
-                    .map(|_| ());
-                let outcome = if r.is_ok() { "ok" } else { "error" };
-                ctx.metrics.node_writes.with_label_values(&[outcome]).inc();
-                r
-            }
-        })
-        .buffer_unordered(ctx.settings.write_concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    ctx.write_nodes(ns, FIELD_MANAGER, writes).await?;
+    if let Some(action) = &decision.canary {
+        owned_canary(ctx, &plan, ns, action, &decision.status).await?;
+    }
 
     // Plans by phase (recomputed from the store), this plan's nodes by mode.
     ctx.metrics.plans.reset();
-    for p in ctx.plans.state() {
-        let phase = p.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    for p in &all_plans {
+        let phase = if p.metadata.name.as_ref() == Some(&name) {
+            decision.status.phase
+        } else {
+            p.status.as_ref().map(|s| s.phase).unwrap_or_default()
+        };
         ctx.metrics
             .plans
             .with_label_values(&[&format!("{phase:?}")])
             .inc();
     }
-    for mode in switchyard_crds::NetworkMode::ALL {
+    let desired = |m: NetworkMode| {
+        views
+            .iter()
+            .filter(|v| v.held_by.is_none() && v.desired.or(v.applied) == Some(m))
+            .count()
+    };
+    for mode in NetworkMode::ALL {
         let count = i64::from(decision.status.nodes.by_mode.get(mode));
         ctx.metrics
             .nodes
             .with_label_values(&[&name, mode.as_str()])
             .set(count);
+        // Desired after this reconcile's writes.
+        let moved_in = decision.patches.iter().filter(|p| p.mode == mode).count();
+        let moved_out = decision
+            .patches
+            .iter()
+            .filter(|p| {
+                views
+                    .iter()
+                    .find(|v| v.name == p.node)
+                    .and_then(|v| v.desired.or(v.applied))
+                    == Some(mode)
+            })
+            .count();
+        let want = (desired(mode) + moved_in).saturating_sub(moved_out);
+        ctx.metrics
+            .nodes_desired
+            .with_label_values(&[&name, mode.as_str()])
+            .set(i64::try_from(want).unwrap_or(i64::MAX));
     }
     for t in &decision.transitions {
         if let planner::Transition::RollbackStarted { trigger, .. } = t {
             ctx.metrics.rollbacks.with_label_values(&[trigger]).inc();
         }
     }
-    let reference = plan.object_ref(&());
-    for t in &decision.transitions {
-        let event = Event {
-            type_: if t.is_warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason().into(),
-            note: Some(t.message()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(plan = %name, error = %e, "could not record event");
-        }
-    }
-    Ok(match decision.requeue_at {
-        Some(at) => Action::requeue(
-            Duration::try_from(at.duration_since(now))
-                .unwrap_or_default()
-                .max(Duration::from_millis(50)),
-        ),
-        None => Action::await_change(),
-    })
+    ctx.publish(
+        &plan.object_ref(&()),
+        decision
+            .transitions
+            .iter()
+            .map(|t| (t.reason().to_owned(), t.message(), t.is_warning()))
+            .collect(),
+    )
+    .await;
+    Ok(requeue(decision.requeue_at, now))
 }
 
-fn error_policy(_plan: Arc<MigrationPlan>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed");
-    let kind = match error {
-        Error::Kube(kube::Error::Api(s)) => s.reason.clone(),
-        Error::Kube(_) => "Transport".to_owned(),
-        Error::NoNamespace(_) => "NoNamespace".to_owned(),
+/// The name of a plan's Canary for a stage.
+pub fn owned_canary_name(plan: &str, stage: u32) -> String {
+    format!("{plan}-stage-{stage}")
+}
+
+/// Materialise the plan's canary as an owned Canary object: its spec names
+/// the nodes the plan chose, its status mirrors the plan's progress. The
+/// plan moves the nodes; the Canary controller leaves owned Canaries alone,
+/// and garbage collection removes them with the plan.
+async fn owned_canary(
+    ctx: &Context,
+    plan: &MigrationPlan,
+    ns: &str,
+    action: &planner::CanaryAction,
+    plan_status: &switchyard_crds::MigrationPlanStatus,
+) -> Result<(), Error> {
+    let plan_name = plan.name_any();
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let (stage, status) = match action {
+        planner::CanaryAction::Ensure {
+            stage,
+            mode,
+            nodes,
+            duration,
+        } => {
+            if nodes.is_empty() {
+                return Ok(());
+            }
+            let name = owned_canary_name(&plan_name, *stage);
+            let existing = ctx.canary(ns, &name);
+            let spec = CanarySpec {
+                selector: plan.spec.selector.clone(),
+                nodes: Some(nodes.clone()),
+                count: None,
+                percent: None,
+                mode: *mode,
+                duration: *duration,
+                baseline_selector: None,
+                ab_share: None,
+                analysis: plan.spec.canary.as_ref().and_then(|c| c.analysis.clone()),
+            };
+            if existing.as_ref().map(|c| &c.spec) != Some(&spec) {
+                let owner = plan.controller_owner_ref(&()).ok_or_else(|| {
+                    Error::NoNamespace(format!("MigrationPlan {plan_name} has no uid yet"))
+                })?;
+                let body = json!({
+                    "apiVersion": "switchyard.dev/v1alpha1",
+                    "kind": "Canary",
+                    "metadata": {
+                        "name": name,
+                        "labels": {LABEL_PLAN: plan_name},
+                        "ownerReferences": [owner],
+                    },
+                    "spec": spec,
+                });
+                api.patch(&name, &pp, &Patch::Apply(&body)).await?;
+            }
+            let status = CanaryStatus {
+                phase: CanaryPhase::Running,
+                observed_generation: None,
+                nodes: nodes.clone(),
+                started_at: plan_status.step_acknowledged_at.clone(),
+                metrics: Vec::new(),
+                verdict: None,
+                message: Some(format!(
+                    "owned by MigrationPlan {plan_name}: {} node(s) on {mode}",
+                    nodes.len()
+                )),
+                conditions: Vec::new(),
+            };
+            (*stage, status)
+        }
+        planner::CanaryAction::Finish { stage, verdict } => {
+            let name = owned_canary_name(&plan_name, *stage);
+            let Some(existing) = ctx.canary(ns, &name) else {
+                return Ok(());
+            };
+            let mut status = existing.status.clone().unwrap_or_default();
+            status.phase = if *verdict == Verdict::Pass {
+                CanaryPhase::Succeeded
+            } else {
+                CanaryPhase::Failed
+            };
+            status.verdict = Some(*verdict);
+            if let Some(r) = &plan_status.last_analysis {
+                status.metrics = r.metrics.clone();
+            }
+            status.message = Some(format!("verdict {verdict:?}"));
+            (*stage, status)
+        }
     };
-    ctx.metrics.errors.with_label_values(&[&kind]).inc();
+    let name = owned_canary_name(&plan_name, stage);
+    let existing = ctx.canary(ns, &name);
+    let same = existing.and_then(|c| c.status.clone()).is_some_and(|s| {
+        s.phase == status.phase
+            && s.nodes == status.nodes
+            && s.started_at == status.started_at
+            && s.verdict == status.verdict
+    });
+    if !same {
+        let body = json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": name},
+            "status": status,
+        });
+        api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
+    }
+    Ok(())
+}
+
+fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    ctx.metrics.errors.with_label_values(&[&error.kind()]).inc();
     // Transient API errors: back off a little, with jitter from the clock.
     let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 500);
     Action::requeue(Duration::from_millis(500 + jitter))
 }
 
-/// Run the MigrationPlan controller until the stream ends.
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Watch `api` into a shared store with `subscribers` subscribers; the
+/// returned future drives the watch. Every subscriber must be polled, or
+/// the watch waits for it.
+#[allow(clippy::type_complexity)]
+fn shared<K>(
+    api: Api<K>,
+    subscribers: usize,
+) -> (
+    Store<K>,
+    Vec<reflector::ReflectHandle<K>>,
+    impl std::future::Future<Output = ()> + Send,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store_shared(4096);
+    let handles = (0..subscribers)
+        .filter_map(|_| writer.subscribe())
+        .collect();
+    let driver = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(writer)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "watch");
+            }
+        });
+    (reader, handles, driver)
+}
+
+/// Which stored objects in the node's namespace care about a node change:
+/// ones whose selector picks it or whose `label` it carries.
+fn interested(
+    store: &Store<DynamicObject>,
+    ar: &ApiResource,
+    node: &FleetNode,
+    label: &str,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let ns = node.namespace();
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.metadata.namespace == ns)
+        .filter(|o| {
+            let selected = o
+                .data
+                .get("spec")
+                .and_then(|s| s.get("selector"))
+                .and_then(|s| serde_json::from_value::<LabelSelector>(s.clone()).ok())
+                .is_some_and(|sel| matches(&sel, node.labels()));
+            selected || node.labels().get(label) == o.metadata.name.as_ref()
+        })
+        .map(|o| ObjectRef::from_obj_with(&*o, ar.clone()))
+        .collect()
+}
+
+/// Run the MigrationPlan and Canary controllers until shutdown.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
@@ -346,25 +829,39 @@ pub async fn run(
     metrics: Metrics,
     fence: Arc<dyn Fence>,
 ) {
-    let (plans_api, nodes_api): (Api<MigrationPlan>, Api<FleetNode>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let ns = namespace.as_deref();
+    let (node_reader, mut node_subs, node_watch) = shared(api_for::<FleetNode>(&client, ns), 2);
+    let (Some(node_for_canaries), Some(node_for_plans)) = (node_subs.pop(), node_subs.pop()) else {
+        tracing::error!("the shared FleetNode store gave no subscribers");
+        return;
     };
-    let (node_reader, node_writer) = reflector::store();
-    let node_stream =
-        reflector::reflector(node_writer, watcher(nodes_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-    let controller = Controller::new(plans_api, watcher::Config::default());
-    let plans = controller.store();
-    let plans_for_map = plans.clone();
+    // Plans and Canaries are watched as raw objects: one that does not
+    // decode (possible when the API server does not validate) is reported
+    // Invalid instead of breaking the watch for every other.
+    let plan_ar = resource_of::<MigrationPlan>();
+    let canary_ar = resource_of::<Canary>();
+    let raw_api = |ar: &ApiResource| -> Api<DynamicObject> {
+        match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        }
+    };
+    let plan_controller = Controller::new_with(
+        raw_api(&plan_ar),
+        watcher::Config::default(),
+        plan_ar.clone(),
+    );
+    let canary_controller = Controller::new_with(
+        raw_api(&canary_ar),
+        watcher::Config::default(),
+        canary_ar.clone(),
+    );
+    let (plan_reader, canary_reader) = (plan_controller.store(), canary_controller.store());
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes: node_reader,
-        plans,
+        plans: plan_reader.clone(),
+        canaries: canary_reader.clone(),
         recorder: Recorder::new(
             client,
             Reporter {
@@ -378,28 +875,35 @@ pub async fn run(
         metrics,
         fence,
     });
-    controller
-        .watches_stream(node_stream, move |node: FleetNode| {
-            // A node change concerns every plan in its namespace that selects
-            // or owns it.
-            let ns = node.namespace();
-            plans_for_map
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == ns)
-                .filter(|p| {
-                    matches(&p.spec.selector, node.labels())
-                        || node.labels().get(LABEL_PLAN) == p.metadata.name.as_ref()
-                })
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
+    let plans_for_map = plan_reader;
+    let ar = plan_ar;
+    let plan_controller = plan_controller
+        .watches_shared_stream(node_for_plans, move |node: Arc<FleetNode>| {
+            interested(&plans_for_map, &ar, &node, LABEL_PLAN)
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "controller event");
+                tracing::debug!(error = %e, "plan controller event");
             }
+        });
+    let canaries_for_map = canary_reader;
+    let ar = canary_ar;
+    let canary_controller = canary_controller
+        .watches_shared_stream(node_for_canaries, move |node: Arc<FleetNode>| {
+            interested(&canaries_for_map, &ar, &node, LABEL_CANARY)
         })
-        .await;
+        .shutdown_on_signal()
+        .run(crate::canary::reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "canary controller event");
+            }
+        });
+    // The controllers end on a signal; the watches end with them.
+    tokio::select! {
+        _ = futures::future::join(plan_controller, canary_controller) => {}
+        _ = node_watch => {}
+    }
 }

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub plans: IntGaugeVec,
     /// Nodes by applied mode, per plan.
     pub nodes: IntGaugeVec,
+    /// Nodes by desired mode (spec.mode), per plan.
+    pub nodes_desired: IntGaugeVec,
+    /// Standalone and owned Canaries by phase.
+    pub canaries: IntGaugeVec,
     /// Rollbacks started, by trigger.
     pub rollbacks: IntCounterVec,
     /// FleetNode mode writes issued.
@@ -70,6 +74,19 @@ impl Metrics {
             &["plan", "mode"],
         )
         .expect("valid metric");
+        let nodes_desired = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_operator_plan_nodes_desired",
+                "Selected nodes by desired mode (spec.mode)",
+            ),
+            &["plan", "mode"],
+        )
+        .expect("valid metric");
+        let canaries = IntGaugeVec::new(
+            Opts::new("switchyard_operator_canaries", "Canaries by phase"),
+            &["phase"],
+        )
+        .expect("valid metric");
         let rollbacks = IntCounterVec::new(
             Opts::new(
                 "switchyard_operator_rollbacks_total",
@@ -96,6 +113,8 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(plans.clone()),
             Box::new(nodes.clone()),
+            Box::new(nodes_desired.clone()),
+            Box::new(canaries.clone()),
             Box::new(rollbacks.clone()),
             Box::new(node_writes.clone()),
         ] {
@@ -108,6 +127,8 @@ impl Metrics {
             errors,
             plans,
             nodes,
+            nodes_desired,
+            canaries,
             rollbacks,
             node_writes,
             leader,

@@ -12,6 +12,7 @@
 //! - per-node facts (start mode, the step that moved a node, the owning
 //!   plan) go on the FleetNode, never into the plan's status.
 
+pub mod canary;
 pub mod guard;
 pub mod selection;
 pub mod sim;
@@ -51,7 +52,8 @@ pub struct NodeView {
     pub start_mode: Option<NetworkMode>,
     /// The `switchyard.dev/step` annotation.
     pub step: Option<String>,
-    /// Another live plan that holds this node; this plan must not touch it.
+    /// Who else holds this node (`MigrationPlan old`, `Canary trial`);
+    /// this plan must not touch it.
     pub held_by: Option<String>,
 }
 
@@ -281,6 +283,38 @@ pub struct Decision {
 pub fn plan(input: &PlanInput<'_>) -> Decision {
     let mut p = Planner::new(input);
     p.run();
+    p.finish()
+}
+
+/// The decision for a plan whose stored object cannot be read at all (a
+/// value of the wrong type, a field the schema does not declare: what an
+/// API server without validation lets through): Invalid, with `message`
+/// naming the field; no node is touched.
+pub fn unreadable(
+    name: &str,
+    generation: i64,
+    status: Option<&MigrationPlanStatus>,
+    message: String,
+    now: Timestamp,
+) -> Decision {
+    // Stands in for the spec that could not be read; never planned from.
+    let spec: MigrationPlanSpec = serde_json::from_value(serde_json::json!({
+        "selector": {},
+        "stages": ["DualPreferLibP2p"],
+    }))
+    .expect("the minimal spec decodes");
+    let input = PlanInput {
+        name,
+        generation,
+        spec: &spec,
+        status,
+        nodes: &[],
+        analysis: None,
+        trigger: None,
+        now,
+    };
+    let mut p = Planner::new(&input);
+    p.mark_invalid(message);
     p.finish()
 }
 
@@ -580,12 +614,12 @@ impl<'a> Planner<'a> {
                 n.view
                     .held_by
                     .as_ref()
-                    .map(|p| (n.view.name.clone(), format!("held by MigrationPlan {p}")))
+                    .map(|p| (n.view.name.clone(), format!("held by {p}")))
             })
             .collect();
         if !held.is_empty() {
             let msg = format!(
-                "{} selected node(s) are held by another plan (e.g. {}: {}); this plan starts when they are released",
+                "{} selected node(s) are held by another plan or canary (e.g. {}: {}); this plan starts when they are released",
                 held.len(),
                 held[0].0,
                 held[0].1
@@ -942,7 +976,7 @@ impl<'a> Planner<'a> {
             .filter(|(i, n)| !(n.managed && self.at_mode_acked(*i, mode)))
             .map(|(_, n)| {
                 let why = match (&n.view.held_by, n.view.applied) {
-                    (Some(p), _) => format!("held by MigrationPlan {p}"),
+                    (Some(p), _) => format!("held by {p}"),
                     (None, None) => "not reporting a mode yet".to_owned(),
                     (None, Some(a)) => format!("runs {a}, stage needs {mode}"),
                 };
@@ -1235,7 +1269,7 @@ impl<'a> Planner<'a> {
                 counts.blocked += 1;
                 if !self.blocked.contains_key(&n.view.name) {
                     let why = match &n.view.held_by {
-                        Some(p) => format!("held by MigrationPlan {p}"),
+                        Some(p) => format!("held by {p}"),
                         None => "not reporting a mode yet".into(),
                     };
                     self.blocked.insert(n.view.name.clone(), why);

@@ -1,0 +1,420 @@
+//! The standalone Canary's planner: pure, like the plan's. A Canary is a
+//! trial: it moves a few nodes to a mode, waits out its duration, takes the
+//! verdict, then returns the nodes to the modes they had and lets go of
+//! them. Moving the whole fleet is a MigrationPlan's job; a Canary owned by
+//! a plan is driven by that plan and never reaches this code.
+//!
+//! Lifecycle: Pending → Running (nodes switching, then the trial) → the
+//! verdict → the nodes return → Succeeded (Pass) or RolledBack (Fail or
+//! Inconclusive: no data is never success). Invalid when the spec or the
+//! fleet does not allow the trial; no FleetNode is touched then.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use switchyard_crds::{
+    CanaryPhase, CanarySpec, CanaryStatus, NetworkMode, Verdict, forms_island, validate,
+};
+
+use super::{AnalysisInput, add, ceil_share, order_key};
+
+/// What the canary planner needs to know about one FleetNode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryNode {
+    /// FleetNode name.
+    pub name: String,
+    /// `spec.mode`.
+    pub desired: Option<NetworkMode>,
+    /// `status.appliedMode`.
+    pub applied: Option<NetworkMode>,
+    /// Runs the desired mode at the current generation.
+    pub acknowledged: bool,
+    /// Labelled as this Canary's.
+    pub mine: bool,
+    /// The start-mode annotation this Canary recorded.
+    pub start_mode: Option<NetworkMode>,
+    /// Who else holds the node (`MigrationPlan p`, `Canary c`).
+    pub held_by: Option<String>,
+    /// Whether `spec.selector` picks it.
+    pub selected: bool,
+}
+
+impl CanaryNode {
+    fn mode(&self) -> Option<NetworkMode> {
+        self.desired.or(self.applied)
+    }
+
+    fn at(&self, mode: NetworkMode) -> bool {
+        self.acknowledged && self.desired.unwrap_or(mode) == mode && self.applied == Some(mode)
+    }
+}
+
+/// Everything one canary step looks at.
+#[derive(Debug, Clone)]
+pub struct CanaryInput<'a> {
+    /// The Canary's name.
+    pub name: &'a str,
+    /// Its metadata.generation.
+    pub generation: i64,
+    /// Its spec.
+    pub spec: &'a CanarySpec,
+    /// Its status, if any.
+    pub status: Option<&'a CanaryStatus>,
+    /// The FleetNodes it selects or holds.
+    pub nodes: &'a [CanaryNode],
+    /// Modes (desired and applied) of every other FleetNode in the
+    /// namespace: the trial must not make an island with them.
+    pub others: &'a [NetworkMode],
+    /// The latest analysis verdict, if any.
+    pub analysis: Option<&'a AnalysisInput>,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// One FleetNode write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryPatch {
+    /// FleetNode name.
+    pub node: String,
+    /// The new spec.mode.
+    pub mode: NetworkMode,
+    /// The node's mode before the trial.
+    pub start_mode: NetworkMode,
+    /// spec.irohShare for load-balancing trials.
+    pub iroh_share: Option<u8>,
+    /// Keep the node labelled as this Canary's; `false` lets it go.
+    pub hold: bool,
+}
+
+/// The canary planner's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryDecision {
+    /// The new status.
+    pub status: CanaryStatus,
+    /// FleetNode writes.
+    pub patches: Vec<CanaryPatch>,
+    /// (reason, message, warning) per transition, each an Event.
+    pub events: Vec<(&'static str, String, bool)>,
+    /// Reconcile again at this time.
+    pub requeue_at: Option<Timestamp>,
+}
+
+/// Decide the next step of a standalone Canary.
+pub fn plan_canary(input: &CanaryInput<'_>) -> CanaryDecision {
+    let prev = input.status.cloned().unwrap_or_default();
+    let mut d = CanaryDecision {
+        status: prev.clone(),
+        patches: Vec::new(),
+        events: Vec::new(),
+        requeue_at: None,
+    };
+    d.status.observed_generation = Some(input.generation);
+    step(input, &prev, &mut d);
+    d.status.conditions = conditions(&d.status, &prev, input.generation, input.now);
+    d
+}
+
+/// The decision for a Canary whose stored object cannot be read (a value
+/// of the wrong type, an unknown field): Invalid, naming the field.
+pub fn unreadable(
+    generation: i64,
+    status: Option<&CanaryStatus>,
+    message: String,
+    now: Timestamp,
+) -> CanaryDecision {
+    let prev = status.cloned().unwrap_or_default();
+    let mut d = CanaryDecision {
+        status: prev.clone(),
+        patches: Vec::new(),
+        events: Vec::new(),
+        requeue_at: None,
+    };
+    d.status.observed_generation = Some(generation);
+    invalid(&mut d, &prev, message);
+    d.status.conditions = conditions(&d.status, &prev, generation, now);
+    d
+}
+
+fn invalid(d: &mut CanaryDecision, prev: &CanaryStatus, message: String) {
+    if prev.phase != CanaryPhase::Invalid || prev.message.as_deref() != Some(&message) {
+        d.events.push(("CanaryInvalid", message.clone(), true));
+    }
+    d.status.phase = CanaryPhase::Invalid;
+    d.status.message = Some(message);
+}
+
+fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
+    let spec = input.spec;
+    let share = (spec.mode == NetworkMode::DualLoadBalance).then(|| spec.ab_share.unwrap_or(50));
+    match prev.phase {
+        CanaryPhase::Succeeded | CanaryPhase::RolledBack | CanaryPhase::Failed => {
+            // Finished: let go of any node still labelled (a replica that
+            // died between the status and the node writes left it so).
+            release(input, d);
+            return;
+        }
+        CanaryPhase::Running => return running(input, d, share),
+        CanaryPhase::Pending | CanaryPhase::Invalid => {}
+    }
+    if let Err(e) = validate::canary_spec(spec) {
+        return invalid(d, prev, e.to_string());
+    }
+    let selected: Vec<&CanaryNode> = input.nodes.iter().filter(|n| n.selected).collect();
+    let names: std::collections::BTreeSet<&str> =
+        selected.iter().map(|n| n.name.as_str()).collect();
+    if let Err(e) = validate::canary_against_fleet(spec, &names) {
+        return invalid(d, prev, e.to_string());
+    }
+    // The trial mode must talk to every mode in the namespace, or the
+    // canaries would be cut off from the rest.
+    let present = input.others.iter().copied().chain(
+        input
+            .nodes
+            .iter()
+            .flat_map(|n| [n.desired, n.applied])
+            .flatten(),
+    );
+    if let Some(m) = present.clone().find(|m| !m.can_talk(spec.mode)) {
+        return invalid(
+            d,
+            prev,
+            format!(
+                "spec.mode: {} cannot talk to FleetNodes running {m}; try {} instead, which talks to both",
+                spec.mode,
+                NetworkMode::dual_toward(spec.mode)
+            ),
+        );
+    }
+    debug_assert!(!forms_island(present.chain([spec.mode])));
+    let mut available: Vec<&CanaryNode> = selected
+        .iter()
+        .copied()
+        .filter(|n| n.held_by.is_none() && n.applied.is_some())
+        .collect();
+    available.sort_by_cached_key(|n| (order_key(input.name, &n.name), n.name.clone()));
+    let chosen: Vec<&CanaryNode> = match (&spec.nodes, spec.count, spec.percent) {
+        (Some(names), _, _) => {
+            if let Some(n) = selected
+                .iter()
+                .find(|n| names.contains(&n.name) && (n.held_by.is_some() || n.applied.is_none()))
+            {
+                let why = n
+                    .held_by
+                    .as_ref()
+                    .map_or("does not report a mode yet".to_owned(), |h| {
+                        format!("is held by {h}")
+                    });
+                let msg = format!("waiting: FleetNode {} {why}", n.name);
+                if prev.message.as_deref() != Some(&msg) {
+                    d.events.push(("NodeBlocked", msg.clone(), true));
+                }
+                d.status.phase = CanaryPhase::Pending;
+                d.status.message = Some(msg);
+                return;
+            }
+            available
+                .into_iter()
+                .filter(|n| names.contains(&n.name))
+                .collect()
+        }
+        (None, Some(k), _) => available
+            .into_iter()
+            .take(usize::try_from(k).unwrap_or(usize::MAX))
+            .collect(),
+        (None, None, Some(p)) => {
+            let want = ceil_share(p, selected.len()).max(1);
+            available.into_iter().take(want).collect()
+        }
+        (None, None, None) => Vec::new(),
+    };
+    if chosen.is_empty() {
+        d.status.phase = CanaryPhase::Pending;
+        d.status.message = Some(
+            "waiting: no selected FleetNode is free and reporting a mode; the trial starts when one is"
+                .into(),
+        );
+        return;
+    }
+    d.status.phase = CanaryPhase::Running;
+    d.status.nodes = chosen.iter().map(|n| n.name.clone()).collect();
+    d.status.started_at = None;
+    d.status.verdict = None;
+    d.status.metrics.clear();
+    for n in &chosen {
+        let start = n.mode().unwrap_or(NetworkMode::LibP2pOnly);
+        d.patches.push(CanaryPatch {
+            node: n.name.clone(),
+            mode: spec.mode,
+            start_mode: start,
+            iroh_share: share,
+            hold: true,
+        });
+    }
+    d.events.push((
+        "CanaryStarted",
+        format!(
+            "{} node(s) switching to {} for {}",
+            chosen.len(),
+            spec.mode,
+            spec.duration
+        ),
+        false,
+    ));
+    d.status.message = Some(format!(
+        "{} node(s) switching to {}",
+        chosen.len(),
+        spec.mode
+    ));
+}
+
+fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
+    let spec = input.spec;
+    let ours: Vec<&CanaryNode> = input
+        .nodes
+        .iter()
+        .filter(|n| d.status.nodes.contains(&n.name))
+        .collect();
+    let now = input.now;
+    if d.status.verdict.is_none() {
+        // Re-issue writes a dead replica may not have made.
+        for n in &ours {
+            if n.desired != Some(spec.mode) || !n.mine {
+                d.patches.push(CanaryPatch {
+                    node: n.name.clone(),
+                    mode: spec.mode,
+                    start_mode: n.start_mode.or(n.mode()).unwrap_or(NetworkMode::LibP2pOnly),
+                    iroh_share: share,
+                    hold: true,
+                });
+            }
+        }
+        if !d.patches.is_empty() || !ours.iter().all(|n| n.at(spec.mode)) {
+            d.status.message = Some(format!(
+                "{} of {} node(s) run {}",
+                ours.iter().filter(|n| n.at(spec.mode)).count(),
+                d.status.nodes.len(),
+                spec.mode
+            ));
+            return;
+        }
+        let started = d.status.started_at.get_or_insert(Time(now)).0;
+        let fresh = input.analysis.filter(|a| a.window_start >= started);
+        let due = add(started, spec.duration);
+        let early_fail = fresh.is_some_and(|a| a.verdict == Verdict::Fail);
+        if now < due && !early_fail {
+            d.requeue_at = Some(due);
+            d.status.message = Some(format!("trial of {} running until {due}", spec.mode));
+            return;
+        }
+        let verdict = match (&spec.analysis, fresh) {
+            (_, Some(a)) => {
+                if let Some(r) = &a.result {
+                    d.status.metrics = r.metrics.clone();
+                }
+                a.verdict
+            }
+            (None, None) => Verdict::Pass,
+            (Some(cfg), None) => {
+                d.requeue_at = Some(add(now, cfg.interval));
+                d.status.message = Some("trial over: waiting for the analysis verdict".into());
+                return;
+            }
+        };
+        d.status.verdict = Some(verdict);
+        d.events.push((
+            "CanaryVerdict",
+            format!("verdict {verdict:?}: returning the nodes to their modes"),
+            verdict != Verdict::Pass,
+        ));
+    }
+    // The verdict is in: return every node to its start mode.
+    let mut all_back = true;
+    for n in &ours {
+        let start = n.start_mode.or(n.mode()).unwrap_or(NetworkMode::LibP2pOnly);
+        if n.desired != Some(start) {
+            d.patches.push(CanaryPatch {
+                node: n.name.clone(),
+                mode: start,
+                start_mode: start,
+                iroh_share: None,
+                hold: true,
+            });
+        }
+        all_back &= n.desired == Some(start) && n.at(start);
+    }
+    if !all_back {
+        d.status.message = Some("returning the nodes to their modes".into());
+        return;
+    }
+    let verdict = d.status.verdict.unwrap_or_default();
+    d.status.phase = if verdict == Verdict::Pass {
+        CanaryPhase::Succeeded
+    } else {
+        CanaryPhase::RolledBack
+    };
+    d.status.message = Some(format!(
+        "verdict {verdict:?}; every node is back in its mode"
+    ));
+    d.events.push((
+        "CanaryFinished",
+        format!("verdict {verdict:?}; {} node(s) returned", ours.len()),
+        false,
+    ));
+    release(input, d);
+}
+
+/// Let go of every node still labelled as this Canary's.
+fn release(input: &CanaryInput<'_>, d: &mut CanaryDecision) {
+    for n in input.nodes.iter().filter(|n| n.mine) {
+        d.patches.push(CanaryPatch {
+            node: n.name.clone(),
+            mode: n.mode().unwrap_or(NetworkMode::LibP2pOnly),
+            start_mode: n.start_mode.or(n.mode()).unwrap_or(NetworkMode::LibP2pOnly),
+            iroh_share: None,
+            hold: false,
+        });
+    }
+}
+
+fn conditions(
+    st: &CanaryStatus,
+    prev: &CanaryStatus,
+    generation: i64,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let phase = st.phase;
+    let reason = format!("{phase:?}");
+    let message = st.message.clone().unwrap_or_default();
+    let wanted = [
+        ("Ready", phase == CanaryPhase::Succeeded),
+        (
+            "Progressing",
+            matches!(phase, CanaryPhase::Pending | CanaryPhase::Running),
+        ),
+        (
+            "Degraded",
+            matches!(
+                phase,
+                CanaryPhase::Failed | CanaryPhase::RolledBack | CanaryPhase::Invalid
+            ),
+        ),
+    ];
+    wanted
+        .into_iter()
+        .map(|(type_, on)| {
+            let status = if on { "True" } else { "False" };
+            let since = prev
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or(Time(now), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.clone(),
+                message: message.clone(),
+                last_transition_time: since,
+                observed_generation: Some(generation),
+            }
+        })
+        .collect()
+}
