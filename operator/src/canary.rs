@@ -72,7 +72,9 @@ async fn apply_status(
     if old == Some(new) {
         return Ok(());
     }
-    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
+    // Raw: the answer carries the spec, which may not decode.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &resource_of::<Canary>());
     let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "Canary", "metadata": {"name": name}, "status": new});
     api.patch_status(
         name,
@@ -109,11 +111,12 @@ pub async fn reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
 }
 
 async fn reconcile_canary(canary: Arc<DynamicObject>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    tracing::debug!(canary = %canary.name_any(), "reconcile");
     if owned_by_plan(&canary.metadata) {
         return Ok(Action::await_change());
     }
-    if !ctx.synced().await {
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    if !ctx.synced() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let name = canary.name_any();
     let ns = canary

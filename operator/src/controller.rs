@@ -14,7 +14,6 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -144,7 +143,12 @@ pub struct Context {
     pub(crate) plans: Store<DynamicObject>,
     /// Canaries as stored, likewise.
     pub(crate) canaries: Store<DynamicObject>,
-    pub(crate) recorder: Recorder,
+    /// Whether the node, plan and Canary stores hold a complete list.
+    pub(crate) ready: [Arc<std::sync::atomic::AtomicBool>; 3],
+    /// This replica's name on its Events.
+    pub(crate) instance: String,
+    /// Events recorded, to keep Event names unique.
+    pub(crate) events: std::sync::atomic::AtomicU64,
     pub(crate) analysis: Arc<dyn Analysis>,
     pub(crate) settings: Settings,
     pub(crate) limiter: RateLimiter,
@@ -282,37 +286,76 @@ impl Context {
         Ok(())
     }
 
-    /// Record Events: (reason, message, warning).
+    /// Record Events: (reason, message, warning), one events.k8s.io Event
+    /// each. Not through kube's `Recorder`: it folds every Event with the
+    /// same reason into one series and keeps only the first note, so
+    /// "stage 0 wave 0" would stand for every later wave too.
     pub(crate) async fn publish(
         &self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
         events: Vec<(String, String, bool)>,
     ) {
+        use k8s_openapi::api::events::v1::Event as KubeEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let Some(ns) = reference.namespace.clone() else {
+            return;
+        };
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
         for (reason, note, warning) in events {
-            let event = Event {
-                type_: if warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
+            let now = Timestamp::now();
+            let regarding = reference.name.clone().unwrap_or_default();
+            let name = format!(
+                "{regarding}.{:x}",
+                now.as_nanosecond().unsigned_abs() ^ u128::from(self.event_seq())
+            );
+            // The API server caps a note at 1 kB.
+            let mut note = note;
+            if note.len() > 1024 {
+                let mut cut = 1021;
+                while !note.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                note.truncate(cut);
+                note.push_str("...");
+            }
+            let event = KubeEvent {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name),
+                    namespace: Some(ns.clone()),
+                    ..Default::default()
                 },
-                reason,
+                event_time: Some(MicroTime(now)),
+                action: Some("Reconcile".into()),
+                reason: Some(reason),
                 note: Some(note),
-                action: "Reconcile".into(),
-                secondary: None,
+                type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+                regarding: Some(reference.clone()),
+                reporting_controller: Some(FIELD_MANAGER.into()),
+                reporting_instance: Some(self.instance.clone()),
+                ..Default::default()
             };
-            if let Err(e) = self.recorder.publish(&event, reference).await {
+            if let Err(e) = api.create(&Default::default(), &event).await {
                 tracing::warn!(error = %e, "could not record event");
             }
         }
     }
 
+    fn event_seq(&self) -> u64 {
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Wait for every store to hold a complete view; deciding on a
     /// half-filled node store would hide nodes from the barrier and the
     /// island guard.
-    pub(crate) async fn synced(&self) -> bool {
-        self.nodes.wait_until_ready().await.is_ok()
-            && self.plans.wait_until_ready().await.is_ok()
-            && self.canaries.wait_until_ready().await.is_ok()
+    ///
+    /// Flags set by the watch streams, not `Store::wait_until_ready`: that
+    /// future keeps only the last waiter's waker, so many reconciles
+    /// waiting at once (15 plans applied together) sleep forever.
+    pub(crate) fn synced(&self) -> bool {
+        self.ready
+            .iter()
+            .all(|r| r.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -392,10 +435,11 @@ async fn reconcile_with_finalizer(
     plan: Arc<DynamicObject>,
     ctx: &Arc<Context>,
 ) -> Result<Action, Error> {
-    if !ctx.synced().await {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
     let name = plan.name_any();
+    tracing::debug!(plan = %name, "reconcile");
+    if !ctx.synced() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let ns = plan
         .namespace()
         .ok_or_else(|| Error::NoNamespace(format!("MigrationPlan {name}")))?;
@@ -481,7 +525,9 @@ async fn unreadable_plan(
         Timestamp::now(),
     );
     if status.as_ref() != Some(&decision.status) {
-        let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
+        // Raw: the answer carries the spec that does not decode.
+        let plans: Api<DynamicObject> =
+            Api::namespaced_with(ctx.client.clone(), ns, &resource_of::<MigrationPlan>());
         let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
         plans
             .patch_status(
@@ -765,6 +811,7 @@ where
 fn shared<K>(
     api: Api<K>,
     subscribers: usize,
+    ready: Arc<std::sync::atomic::AtomicBool>,
 ) -> (
     Store<K>,
     Vec<reflector::ReflectHandle<K>>,
@@ -786,12 +833,43 @@ where
     let driver = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect_shared(writer)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "watch");
+        .for_each(move |r| {
+            match r {
+                Ok(watcher::Event::InitDone) => {
+                    ready.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "watch"),
             }
+            futures::future::ready(())
         });
     (reader, handles, driver)
+}
+
+/// A reflector for a Switchyard kind read as raw objects: the store, and
+/// the stream that fills it and triggers the controller. `ready` is set
+/// once the first complete list is in the store.
+fn raw_reflector(
+    api: Api<DynamicObject>,
+    ar: &ApiResource,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    Store<DynamicObject>,
+    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
+) {
+    let writer = reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .inspect(move |e| {
+        if let Ok(watcher::Event::InitDone) = e {
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+    })
+    .touched_objects();
+    (reader, stream)
 }
 
 /// Which stored objects in the node's namespace care about a node change:
@@ -830,7 +908,9 @@ pub async fn run(
     fence: Arc<dyn Fence>,
 ) {
     let ns = namespace.as_deref();
-    let (node_reader, mut node_subs, node_watch) = shared(api_for::<FleetNode>(&client, ns), 2);
+    let ready: [Arc<std::sync::atomic::AtomicBool>; 3] = Default::default();
+    let (node_reader, mut node_subs, node_watch) =
+        shared(api_for::<FleetNode>(&client, ns), 2, ready[0].clone());
     let (Some(node_for_canaries), Some(node_for_plans)) = (node_subs.pop(), node_subs.pop()) else {
         tracing::error!("the shared FleetNode store gave no subscribers");
         return;
@@ -846,29 +926,21 @@ pub async fn run(
             None => Api::all_with(client.clone(), ar),
         }
     };
-    let plan_controller = Controller::new_with(
-        raw_api(&plan_ar),
-        watcher::Config::default(),
-        plan_ar.clone(),
-    );
-    let canary_controller = Controller::new_with(
-        raw_api(&canary_ar),
-        watcher::Config::default(),
-        canary_ar.clone(),
-    );
-    let (plan_reader, canary_reader) = (plan_controller.store(), canary_controller.store());
+    let (plan_reader, plan_stream) = raw_reflector(raw_api(&plan_ar), &plan_ar, ready[1].clone());
+    let (canary_reader, canary_stream) =
+        raw_reflector(raw_api(&canary_ar), &canary_ar, ready[2].clone());
+    let plan_controller =
+        Controller::for_stream_with(plan_stream, plan_reader.clone(), plan_ar.clone());
+    let canary_controller =
+        Controller::for_stream_with(canary_stream, canary_reader.clone(), canary_ar.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes: node_reader,
         plans: plan_reader.clone(),
         canaries: canary_reader.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: None,
-            },
-        ),
+        ready,
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.into()),
+        events: std::sync::atomic::AtomicU64::new(0),
         analysis,
         limiter: RateLimiter::new(settings.write_qps, settings.write_burst),
         settings,

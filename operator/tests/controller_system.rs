@@ -1,23 +1,25 @@
-//! The MigrationPlan controller against the in-memory API server, with a
-//! test agent that acknowledges modes by patching FleetNode status, and a
-//! checker that asserts the island invariant on every FleetNode watch
-//! event it sees.
+//! The operator as a real process against the in-memory API server, with
+//! stand-in agents that acknowledge modes by patching FleetNode status, and
+//! a checker that asserts the island invariant on every FleetNode watch
+//! event it sees and records every node's sequence of desired modes.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{
-    FleetNode, FleetNodeSpec, MigrationPlan, NetworkMode, PlanPhase, forms_island,
+    Canary, CanaryPhase, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan, NetworkMode,
+    PlanPhase, forms_island,
 };
-use switchyard_testbed::apiserver::{ApiServer, Config};
+use switchyard_testbed::agents::{Ack, agents};
+use switchyard_testbed::apiserver::Config;
+use switchyard_testbed::cluster::TestCluster;
 
 const NS: &str = "fleet";
 const WAIT: Duration = Duration::from_secs(60);
@@ -45,21 +47,16 @@ async fn http_get(port: u16, path: &str) -> String {
     }
 }
 
-async fn client_for(server: &ApiServer) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("config");
-    Client::try_from(config).expect("client")
-}
+type History = Arc<Mutex<BTreeMap<String, Vec<NetworkMode>>>>;
 
-/// Acknowledge every mode change after `delay`, as a node-agent would.
-async fn test_agent(client: Client, delay: Duration) {
-    switchyard_testbed::agents::acknowledge_modes(client, NS, move |_| delay).await;
-}
-
-/// Check the island invariant on every watch event; count violations.
-async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<AtomicUsize>) {
+/// Check the island invariant on every watch event; count violations and
+/// record each node's desired modes in order.
+async fn island_checker(
+    client: Client,
+    violations: Arc<AtomicUsize>,
+    seen: Arc<AtomicUsize>,
+    history: History,
+) {
     let nodes: Api<FleetNode> = Api::namespaced(client, NS);
     let mut fleet: BTreeMap<String, (Option<NetworkMode>, Option<NetworkMode>)> = BTreeMap::new();
     let mut events = watcher(nodes, watcher::Config::default())
@@ -68,6 +65,13 @@ async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<
     while let Ok(Some(e)) = events.try_next().await {
         match e {
             watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                if let Some(m) = n.spec.mode {
+                    let mut h = history.lock().expect("history");
+                    let modes = h.entry(n.name_any()).or_default();
+                    if modes.last() != Some(&m) {
+                        modes.push(m);
+                    }
+                }
                 fleet.insert(n.name_any(), (n.spec.mode, n.applied_mode()));
             }
             watcher::Event::Delete(n) => {
@@ -82,97 +86,190 @@ async fn island_checker(client: Client, violations: Arc<AtomicUsize>, seen: Arc<
     }
 }
 
-struct Cluster {
-    server: ApiServer,
+/// A cluster, a fleet, stand-in agents, the island checker, and the
+/// operator processes a test starts.
+struct Harness {
+    c: TestCluster,
     client: Client,
-    dir: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
+    violations: Arc<AtomicUsize>,
+    seen: Arc<AtomicUsize>,
+    history: History,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// The in-memory API server with the CRDs, a namespace and `size` FleetNodes
-/// reporting LibP2pOnly.
-async fn cluster(size: usize, name: &str) -> Cluster {
-    let server = ApiServer::start(Config::default()).await.expect("server");
-    let client = client_for(&server).await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    for crd in switchyard_crds::crdgen::crds() {
-        crds.create(&PostParams::default(), &crd)
+impl Harness {
+    /// `size` FleetNodes `node-00`.. labelled `app=storage`, reporting
+    /// LibP2pOnly; agents behave as `behaviour` says.
+    async fn start(
+        name: &str,
+        size: usize,
+        config: Config,
+        behaviour: impl Fn(&str, NetworkMode) -> Ack + Send + 'static,
+    ) -> Harness {
+        let c = TestCluster::start(config, &format!("operator-{name}"))
             .await
-            .expect("CRD");
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(NS.into()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
+            .expect("cluster");
+        c.namespace(NS).await.expect("namespace");
+        let labels: BTreeMap<String, String> = [("app".into(), "storage".into())].into();
+        c.register_nodes(
+            NS,
+            (0..size).map(|i| format!("node-{i:02}")),
+            &labels,
+            NetworkMode::LibP2pOnly,
         )
         .await
-        .expect("namespace");
-    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
-    for i in 0..size {
-        let mut n = FleetNode::new(&format!("node-{i:02}"), FleetNodeSpec::default());
-        n.metadata.labels = Some([("app".to_owned(), "storage".to_owned())].into());
-        nodes
-            .create(&PostParams::default(), &n)
-            .await
-            .expect("node");
-        nodes
-            .patch_status(
-                &n.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"status": {"appliedMode": "LibP2pOnly", "observedGeneration": 1}}),
-                ),
+        .expect("nodes");
+        let client = c.client.clone();
+        let violations = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let history = History::default();
+        let tasks = vec![
+            tokio::spawn(island_checker(
+                client.clone(),
+                violations.clone(),
+                seen.clone(),
+                history.clone(),
+            )),
+            tokio::spawn({
+                let client = client.clone();
+                async move { agents(client, NS, behaviour).await }
+            }),
+        ];
+        Harness {
+            c,
+            client,
+            violations,
+            seen,
+            history,
+            tasks,
+        }
+    }
+
+    /// The operator as a real process; returns it and its HTTP port.
+    fn operator(&self, identity: &str, lease_seconds: u64) -> (tokio::process::Child, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
+            .env("KUBECONFIG", &self.c.kubeconfig)
+            .env("SWITCHYARD_NAMESPACE", NS)
+            .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("POD_NAME", identity)
+            .env("SWITCHYARD_LEASE_DURATION", lease_seconds.to_string())
+            .env("SWITCHYARD_LEASE_GRACE", "2")
+            // SWITCHYARD_TEST_OPERATOR_LOG=debug to see the operator's logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("operator starts");
+        (child, port)
+    }
+
+    fn plans(&self) -> Api<MigrationPlan> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn nodes(&self) -> Api<FleetNode> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn all_nodes(&self) -> Vec<FleetNode> {
+        self.nodes()
+            .list(&ListParams::default())
             .await
-            .expect("node status");
+            .expect("nodes")
+            .items
     }
-    let dir =
-        std::env::temp_dir().join(format!("switchyard-operator-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = server
-        .write_kubeconfig(&dir.join("kubeconfig"))
-        .expect("kubeconfig");
-    Cluster {
-        server,
-        client,
-        dir,
-        kubeconfig,
+
+    /// Events about `name`: (reason, note, count). The recorder folds a
+    /// repeated Event into one with a series count.
+    async fn events_for(&self, name: &str) -> Vec<(String, String, i32)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| {
+                let count = e.series.as_ref().map_or(1, |s| s.count);
+                (
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                    count,
+                )
+            })
+            .collect()
+    }
+
+    /// Wait for an Event about `name` with `reason` whose note contains
+    /// `text` (Events are recorded after the status they follow).
+    async fn wait_event(&self, name: &str, reason: &str, text: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let events = self.events_for(name).await;
+            if events.iter().any(|e| e.0 == reason && e.1.contains(text)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no Event {reason} about {name} containing {text:?}: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        plan: &str,
+        want: impl Fn(&MigrationPlan) -> bool,
+        what: &str,
+    ) -> MigrationPlan {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(p) = self.plans().get(plan).await
+                && want(&p)
+            {
+                return p;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.plans()
+                    .get(plan)
+                    .await
+                    .ok()
+                    .and_then(|p| p.status)
+                    .map(|s| (s.phase, s.stage, s.wave, s.message))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn islands(&self) -> usize {
+        self.violations.load(Ordering::SeqCst)
+    }
+
+    async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.c.stop().await;
     }
 }
 
-/// The operator as a real process; returns it and its HTTP port.
-fn spawn_operator(c: &Cluster, identity: &str, lease_seconds: u64) -> (tokio::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("SWITCHYARD_NAMESPACE", NS)
-        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("POD_NAME", identity)
-        .env("SWITCHYARD_LEASE_DURATION", lease_seconds.to_string())
-        .env("SWITCHYARD_LEASE_GRACE", "2")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
-    (child, port)
-}
-
-fn plan(waves: &[u8], wave_interval: &str) -> MigrationPlan {
+fn plan(name: &str, waves: &[u8], wave_interval: &str) -> MigrationPlan {
     serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
         "kind": "MigrationPlan",
-        "metadata": {"name": "to-iroh", "namespace": NS},
+        "metadata": {"name": name, "namespace": NS},
         "spec": {
             "selector": {"matchLabels": {"app": "storage"}},
             "stages": ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"],
@@ -185,77 +282,39 @@ fn plan(waves: &[u8], wave_interval: &str) -> MigrationPlan {
     .expect("plan")
 }
 
-async fn wait_for_phase(
-    plans: &Api<MigrationPlan>,
-    want: impl Fn(&MigrationPlan) -> bool,
-    what: &str,
-) -> MigrationPlan {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let p = plans.get("to-iroh").await.expect("plan");
-        if want(&p) {
-            return p;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            p.status.as_ref().map(|s| (s.phase, s.message.clone()))
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+fn phase_is(phase: PlanPhase) -> impl Fn(&MigrationPlan) -> bool {
+    move |p| p.status.as_ref().is_some_and(|s| s.phase == phase)
 }
 
-fn succeeded(p: &MigrationPlan) -> bool {
-    p.status
-        .as_ref()
-        .is_some_and(|s| s.phase == PlanPhase::Succeeded)
+fn acks_after(ms: u64) -> impl Fn(&str, NetworkMode) -> Ack + Send + 'static {
+    move |_, _| Ack::After(Duration::from_millis(ms))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_islands() {
     let fleet_size = 50;
-    let c = cluster(fleet_size, "fifty").await;
-    let client = c.client.clone();
-    let violations = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let checker = tokio::spawn(island_checker(
-        client.clone(),
-        violations.clone(),
-        seen.clone(),
-    ));
-    let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(20)));
-    let (mut operator, port) = spawn_operator(&c, "only-replica", 15);
-
-    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
-    plans
-        .create(&PostParams::default(), &plan(&[25, 50, 100], "0s"))
+    let h = Harness::start("fifty", fleet_size, Config::default(), acks_after(20)).await;
+    let (mut operator, port) = h.operator("only-replica", 15);
+    h.plans()
+        .create(
+            &PostParams::default(),
+            &plan("to-iroh", &[25, 50, 100], "0s"),
+        )
         .await
         .expect("plan created");
-    wait_for_phase(&plans, succeeded, "Succeeded").await;
+    h.wait_for("to-iroh", phase_is(PlanPhase::Succeeded), "Succeeded")
+        .await;
 
-    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
-    let all = nodes.list(&ListParams::default()).await.expect("nodes");
+    let all = h.all_nodes().await;
     assert!(
-        all.items
-            .iter()
+        all.iter()
             .all(|n| n.applied_mode() == Some(NetworkMode::IrohOnly)),
         "every node runs IrohOnly"
     );
-    assert!(all.items.iter().all(|n| {
-        n.labels()
-            .get(switchyard_crds::LABEL_PLAN)
-            .map(String::as_str)
-            == Some("to-iroh")
-    }));
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    assert!(
+        all.iter()
+            .all(|n| n.labels().get(LABEL_PLAN).map(String::as_str) == Some("to-iroh"))
+    );
     for r in [
         "CanaryStarted",
         "CanaryPassed",
@@ -263,73 +322,84 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         "StageCompleted",
         "Succeeded",
     ] {
-        assert!(reasons.iter().any(|x| x == r), "an Event {r}: {reasons:?}");
+        h.wait_event("to-iroh", r, "").await;
+    }
+    // Each stage's canary is materialised as a Canary the plan owns.
+    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
+    for stage in 0..3 {
+        let c = canaries
+            .get(&format!("to-iroh-stage-{stage}"))
+            .await
+            .expect("an owned Canary per stage");
+        assert!(
+            c.owner_references()
+                .iter()
+                .any(|o| o.kind == "MigrationPlan" && o.name == "to-iroh"),
+            "owned by the plan"
+        );
+        let st = c.status.expect("canary status");
+        assert_eq!(st.phase, CanaryPhase::Succeeded, "stage {stage}");
+        assert_eq!(st.nodes.len(), 2);
     }
     assert!(
-        seen.load(Ordering::SeqCst) > fleet_size * 6,
+        h.seen.load(Ordering::SeqCst) > fleet_size * 6,
         "the checker saw the migration"
     );
-    assert_eq!(
-        violations.load(Ordering::SeqCst),
-        0,
-        "no watch event showed an island"
-    );
+    assert_eq!(h.islands(), 0, "no watch event showed an island");
     let metrics = http_get(port, "/metrics").await;
-    assert!(
-        metrics.contains("switchyard_operator_reconciles_total"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("switchyard_operator_plans{phase=\"Succeeded\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("switchyard_operator_fleetnode_writes_total{outcome=\"ok\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("switchyard_operator_leader 1"),
-        "{metrics}"
-    );
+    for line in [
+        "switchyard_operator_reconciles_total",
+        "switchyard_operator_plans{phase=\"Succeeded\"} 1",
+        "switchyard_operator_fleetnode_writes_total{outcome=\"ok\"}",
+        "switchyard_operator_leader 1",
+        "switchyard_operator_plan_nodes{mode=\"IrohOnly\",plan=\"to-iroh\"} 50",
+        "switchyard_operator_plan_nodes_desired{mode=\"IrohOnly\",plan=\"to-iroh\"} 50",
+        "switchyard_operator_reconcile_duration_seconds_bucket{controller=\"migrationplan\"",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     assert!(http_get(port, "/healthz").await.starts_with("HTTP/1.1 200"));
     assert!(http_get(port, "/readyz").await.starts_with("HTTP/1.1 200"));
     let _ = operator.kill().await;
-    agent.abort();
-    checker.abort();
-    let _ = std::fs::remove_dir_all(&c.dir);
-    c.server.stop().await;
+    h.stop().await;
+}
+
+/// Created at generation 1, then one mode change per stage: a node stepped
+/// twice would show a higher generation.
+async fn assert_each_node_stepped_once_per_stage(h: &Harness) {
+    for n in h.all_nodes().await {
+        assert_eq!(n.applied_mode(), Some(NetworkMode::IrohOnly));
+        assert_eq!(
+            n.metadata.generation,
+            Some(4),
+            "{} was stepped more than once per stage: {:?}",
+            n.name_any(),
+            h.history.lock().expect("history").get(&n.name_any())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
-    let fleet_size = 20;
-    let c = cluster(fleet_size, "ha").await;
-    let client = c.client.clone();
-    let violations = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let checker = tokio::spawn(island_checker(
-        client.clone(),
-        violations.clone(),
-        seen.clone(),
-    ));
-    let agent = tokio::spawn(test_agent(client.clone(), Duration::from_millis(50)));
-    let (mut a, _) = spawn_operator(&c, "replica-a", 5);
-    let (mut b, _) = spawn_operator(&c, "replica-b", 5);
-
-    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), NS);
-    plans
-        .create(&PostParams::default(), &plan(&[25, 50, 75, 100], "1s"))
+    let h = Harness::start("ha", 20, Config::default(), acks_after(50)).await;
+    let (mut a, _) = h.operator("replica-a", 5);
+    let (mut b, _) = h.operator("replica-b", 5);
+    h.plans()
+        .create(
+            &PostParams::default(),
+            &plan("to-iroh", &[25, 50, 75, 100], "1s"),
+        )
         .await
         .expect("plan created");
     // Mid-plan: stage 1 under way.
-    wait_for_phase(
-        &plans,
+    h.wait_for(
+        "to-iroh",
         |p| p.status.as_ref().is_some_and(|s| s.stage >= 1),
         "stage 1",
     )
     .await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), NS);
+        Api::namespaced(h.client.clone(), NS);
     let holder = leases
         .get("switchyard-operator")
         .await
@@ -343,7 +413,12 @@ async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
         "replica-b" => b.kill().await.expect("kill b"),
         other => panic!("unexpected holder {other}"),
     }
-    wait_for_phase(&plans, succeeded, "Succeeded after the handover").await;
+    h.wait_for(
+        "to-iroh",
+        phase_is(PlanPhase::Succeeded),
+        "Succeeded after the handover",
+    )
+    .await;
     let new_holder = leases
         .get("switchyard-operator")
         .await
@@ -352,33 +427,595 @@ async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
         .and_then(|s| s.holder_identity)
         .expect("a leader");
     assert_ne!(new_holder, holder, "the standby took over");
+    assert_each_node_stepped_once_per_stage(&h).await;
+    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+    h.stop().await;
+}
 
-    let nodes: Api<FleetNode> = Api::namespaced(client.clone(), NS);
-    for n in nodes
-        .list(&ListParams::default())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_only_operator_mid_wave_steps_no_node_twice() {
+    let h = Harness::start("restart", 20, Config::default(), acks_after(50)).await;
+    let (mut first, _) = h.operator("only-replica", 5);
+    h.plans()
+        .create(
+            &PostParams::default(),
+            &plan("to-iroh", &[25, 50, 75, 100], "1s"),
+        )
         .await
-        .expect("nodes")
-        .items
-    {
-        assert_eq!(n.applied_mode(), Some(NetworkMode::IrohOnly));
-        // Created at 1, then one mode change per stage: a node stepped
-        // twice would show a higher generation.
+        .expect("plan created");
+    h.wait_for(
+        "to-iroh",
+        |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.stage >= 1 && s.wave.is_some_and(|w| w >= 1))
+        },
+        "stage 1 past its first wave",
+    )
+    .await;
+    first.kill().await.expect("kill");
+    // The same Pod identity comes back, as a restarted container would.
+    let (mut second, _) = h.operator("only-replica", 5);
+    h.wait_for(
+        "to-iroh",
+        phase_is(PlanPhase::Succeeded),
+        "Succeeded after the restart",
+    )
+    .await;
+    assert_each_node_stepped_once_per_stage(&h).await;
+    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    let _ = second.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_new_changes_and_resume_continues_from_the_same_wave() {
+    let h = Harness::start("pause", 20, Config::default(), acks_after(50)).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    h.plans()
+        .create(
+            &PostParams::default(),
+            &plan("to-iroh", &[25, 50, 75, 100], "2s"),
+        )
+        .await
+        .expect("plan created");
+    h.wait_for(
+        "to-iroh",
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.phase == PlanPhase::Progressing && s.wave.is_some_and(|w| w >= 1)
+            })
+        },
+        "stage 0 past its first wave",
+    )
+    .await;
+    h.plans()
+        .patch(
+            "to-iroh",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": true}})),
+        )
+        .await
+        .expect("pause");
+    let paused = h
+        .wait_for(
+            "to-iroh",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.phase == PlanPhase::Paused && s.observed_generation == p.metadata.generation
+                })
+            },
+            "Paused",
+        )
+        .await;
+    let at = paused.status.clone().expect("status");
+    let generations: BTreeMap<String, Option<i64>> = h
+        .all_nodes()
+        .await
+        .into_iter()
+        .map(|n| (n.name_any(), n.metadata.generation))
+        .collect();
+    // Watch for longer than a wave's soak: a running plan would have
+    // started the next wave by then. Nothing may change a node's spec.
+    let mut changes = watcher(h.nodes(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let window = tokio::time::timeout(Duration::from_secs(4), async {
+        while let Ok(Some(n)) = changes.try_next().await {
+            let before = generations.get(&n.name_any()).copied().flatten();
+            assert_eq!(
+                n.metadata.generation,
+                before,
+                "{} changed while the plan was paused",
+                n.name_any()
+            );
+        }
+    })
+    .await;
+    assert!(window.is_err(), "the watch ran for the whole window");
+    h.plans()
+        .patch(
+            "to-iroh",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .expect("resume");
+    let resumed = h
+        .wait_for(
+            "to-iroh",
+            |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase != PlanPhase::Paused)
+            },
+            "resumed",
+        )
+        .await
+        .status
+        .expect("status");
+    assert_eq!(
+        (resumed.stage, resumed.wave),
+        (at.stage, at.wave),
+        "resume continues from the wave it paused in"
+    );
+    h.wait_for("to-iroh", phase_is(PlanPhase::Succeeded), "Succeeded")
+        .await;
+    h.wait_event("to-iroh", "Succeeded", "").await;
+    let events = h.events_for("to-iroh").await;
+    let mut waves: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "WaveStarted")
+        .map(|e| e.1.as_str())
+        .collect();
+    let all = waves.len();
+    waves.sort_unstable();
+    waves.dedup();
+    assert_eq!(all, waves.len(), "no wave started twice: {events:?}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.0 == "WaveStarted")
+            .all(|e| e.2 == 1),
+        "no WaveStarted Event repeated: {events:?}"
+    );
+    assert!(events.iter().any(|e| e.0 == "Paused"));
+    assert!(events.iter().any(|e| e.0 == "Resumed"));
+    assert_each_node_stepped_once_per_stage(&h).await;
+    assert_eq!(h.islands(), 0);
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rollback_from_the_third_stage_returns_every_node_in_the_safe_order() {
+    let h = Harness::start("rollback", 20, Config::default(), acks_after(30)).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    h.plans()
+        .create(
+            &PostParams::default(),
+            &plan("to-iroh", &[50, 100], "500ms"),
+        )
+        .await
+        .expect("plan created");
+    // The third stage (IrohOnly) under way, with nodes running it.
+    h.wait_for(
+        "to-iroh",
+        |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.stage == 2 && s.nodes.by_mode.iroh_only > 0)
+        },
+        "nodes in IrohOnly in the third stage",
+    )
+    .await;
+    h.plans()
+        .patch(
+            "to-iroh",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rollbackRequest": {"reason": "test: roll back"}}})),
+        )
+        .await
+        .expect("rollback requested");
+    let done = h
+        .wait_for("to-iroh", phase_is(PlanPhase::RolledBack), "RolledBack")
+        .await;
+    for n in h.all_nodes().await {
         assert_eq!(
-            n.metadata.generation,
-            Some(4),
-            "{} was stepped more than once per stage",
+            n.spec.mode,
+            Some(NetworkMode::LibP2pOnly),
+            "{}",
+            n.name_any()
+        );
+        assert_eq!(
+            n.applied_mode(),
+            Some(NetworkMode::LibP2pOnly),
+            "{}",
             n.name_any()
         );
     }
-    assert_eq!(
-        violations.load(Ordering::SeqCst),
-        0,
-        "no watch event showed an island"
+    // The safe order: every node's modes after the request only move back
+    // toward LibP2pOnly, and none leaves IrohOnly except through a dual mode
+    // (a direct IrohOnly -> LibP2pOnly would cut it off in between).
+    // Each node's desired modes rise to a peak and then only fall: the
+    // rollback never steps a node forward, never skips from IrohOnly
+    // straight to LibP2pOnly (cut off in between), and every node moved.
+    let rank = |m: &NetworkMode| NetworkMode::ALL.iter().position(|x| x == m);
+    for (node, modes) in h.history.lock().expect("history").iter() {
+        let peak = (0..modes.len())
+            .max_by_key(|&i| (rank(&modes[i]), i))
+            .expect("a mode");
+        assert!(
+            modes[..=peak].windows(2).all(|w| rank(&w[0]) < rank(&w[1])),
+            "{node} went forward out of order: {modes:?}"
+        );
+        let back = &modes[peak..];
+        assert!(
+            back.windows(2).all(|w| rank(&w[1]) < rank(&w[0])),
+            "{node} went back out of order: {modes:?}"
+        );
+        assert!(
+            back.windows(2)
+                .all(|w| !(w[0] == NetworkMode::IrohOnly && w[1] == NetworkMode::LibP2pOnly)),
+            "{node} left IrohOnly without a dual hop: {modes:?}"
+        );
+        assert_eq!(
+            back.last(),
+            Some(&NetworkMode::LibP2pOnly),
+            "{node}: {modes:?}"
+        );
+    }
+    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    let st = done.status.expect("status");
+    let last = st.rollback_history.last().expect("a rollback record");
+    assert_eq!(last.trigger, "Manual");
+    assert_eq!(last.nodes, 20);
+    h.wait_event("to-iroh", "RollbackStarted", "Manual").await;
+    h.wait_event("to-iroh", "RollbackFinished", "20 node(s)")
+        .await;
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_acknowledges_holds_its_wave_then_trips_the_deadline() {
+    let h = Harness::start("deadline", 10, Config::default(), |node: &str, _| {
+        if node == "node-03" {
+            Ack::Never
+        } else {
+            Ack::After(Duration::from_millis(30))
+        }
+    })
+    .await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let mut p = plan("to-iroh", &[50, 100], "0s");
+    p.spec.canary = Some(
+        serde_json::from_value(json!({"nodes": ["node-03"], "duration": "1s"})).expect("canary"),
     );
-    let _ = a.kill().await;
-    let _ = b.kill().await;
-    agent.abort();
-    checker.abort();
-    let _ = std::fs::remove_dir_all(&c.dir);
-    c.server.stop().await;
+    p.spec.progress_deadline = "3s".parse().expect("duration");
+    p.spec.rollback.on_progress_deadline = true;
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    let stuck = h
+        .wait_for(
+            "to-iroh",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Degraded"
+                            && c.status == "True"
+                            && c.reason == "ProgressDeadlineExceeded"
+                    })
+                })
+            },
+            "the progress deadline",
+        )
+        .await;
+    let st = stuck.status.expect("status");
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("Degraded");
+    assert!(
+        degraded.message.contains("node-03")
+            || st.blocked_nodes.iter().any(|b| b.name == "node-03"),
+        "the condition or the status names the node: {st:?}"
+    );
+    assert!(
+        st.blocked_nodes.iter().any(|b| b.name == "node-03"),
+        "blockedNodes names it: {:?}",
+        st.blocked_nodes
+    );
+    // The failure policy: onProgressDeadline with automatic rollback.
+    let rolling = h
+        .wait_for(
+            "to-iroh",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
+                })
+            },
+            "the rollback the policy asks for",
+        )
+        .await;
+    assert_eq!(
+        rolling
+            .status
+            .and_then(|s| s.rollback)
+            .map(|r| r.trigger)
+            .as_deref(),
+        Some("ProgressDeadline")
+    );
+    h.wait_event("to-iroh", "ProgressDeadlineExceeded", "node-03")
+        .await;
+    // The wave never started: only the canary node was ever moved.
+    for n in h.all_nodes().await {
+        if n.name_any() != "node-03" {
+            assert_eq!(
+                n.metadata.generation,
+                Some(1),
+                "{} moved while the canary was stuck",
+                n.name_any()
+            );
+        }
+    }
+    assert_eq!(h.islands(), 0);
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node() {
+    // A cluster that does not validate (validation off, or a CRD installed
+    // without its schema): the operator is the last line of defence.
+    let config = Config {
+        validate_custom_resources: false,
+        ..Config::default()
+    };
+    let h = Harness::start("invalid", 0, config, acks_after(10)).await;
+    let labels: BTreeMap<String, String> = [("app".into(), "storage-node".into())].into();
+    h.c.register_nodes(
+        NS,
+        (0..4).map(|i| format!("storage-{i}")),
+        &labels,
+        NetworkMode::LibP2pOnly,
+    )
+    .await
+    .expect("nodes");
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/invalid");
+    let raw = |kind: &str| -> Api<kube::api::DynamicObject> {
+        let ar = match kind {
+            "Canary" => kube::api::ApiResource::erase::<Canary>(&()),
+            _ => kube::api::ApiResource::erase::<MigrationPlan>(&()),
+        };
+        Api::namespaced_with(h.client.clone(), NS, &ar)
+    };
+    let mut expected = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("examples/invalid")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).expect("example");
+        let field = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect-field: "))
+            .expect("an expect-field header")
+            .trim()
+            .to_owned();
+        let mut value: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
+        value["metadata"]["namespace"] = json!(NS);
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        let obj: kube::api::DynamicObject = serde_json::from_value(value).expect("object");
+        let name = obj.name_any();
+        raw(&kind)
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("{}: stored without validation: {e}", path.display()));
+        expected.push((kind, name, field));
+    }
+    assert_eq!(expected.len(), 15, "every example was submitted");
+    for (kind, name, field) in &expected {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let status = loop {
+            let obj = raw(kind).get(name).await.expect("object");
+            let status = obj.data.get("status").cloned().unwrap_or_default();
+            if status["phase"] == "Invalid" {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{kind} {name} never became Invalid: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(field.as_str()),
+            "{name}: the message names {field}: {message}"
+        );
+        let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Degraded" && c["status"] == "True"),
+            "{name}: Degraded: {conditions:?}"
+        );
+        let reason = if kind == "Canary" {
+            "CanaryInvalid"
+        } else {
+            "PlanInvalid"
+        };
+        h.wait_event(name, reason, field).await;
+    }
+    for n in h.all_nodes().await {
+        assert_eq!(n.metadata.generation, Some(1), "{} changed", n.name_any());
+        assert_eq!(n.spec.mode, None);
+        assert!(
+            n.labels().get(LABEL_PLAN).is_none(),
+            "{} labelled",
+            n.name_any()
+        );
+    }
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
+    let h = Harness::start("canary", 6, Config::default(), acks_after(30)).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
+    let canary: Canary = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "Canary",
+        "metadata": {"name": "try-iroh", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "count": 2,
+            "mode": "DualPreferIroh",
+            "duration": "1s",
+        }
+    }))
+    .expect("canary");
+    canaries
+        .create(&PostParams::default(), &canary)
+        .await
+        .expect("canary created");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let done = loop {
+        let c = canaries.get("try-iroh").await.expect("canary");
+        if c.status
+            .as_ref()
+            .is_some_and(|s| s.phase == CanaryPhase::Succeeded)
+        {
+            break c;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the canary did not finish: {:?}",
+            c.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let st = done.status.expect("status");
+    assert_eq!(st.nodes.len(), 2);
+    assert_eq!(st.verdict, Some(switchyard_crds::Verdict::Pass));
+    assert!(st.started_at.is_some());
+    let history = h.history.lock().expect("history").clone();
+    for name in &st.nodes {
+        assert_eq!(
+            history.get(name).map(Vec::as_slice),
+            Some(&[NetworkMode::DualPreferIroh, NetworkMode::LibP2pOnly][..]),
+            "{name} tried the mode and came back"
+        );
+    }
+    for n in h.all_nodes().await {
+        assert!(
+            n.labels().get(LABEL_CANARY).is_none(),
+            "{} released",
+            n.name_any()
+        );
+        assert_eq!(n.applied_mode(), Some(NetworkMode::LibP2pOnly));
+        if !st.nodes.contains(&n.name_any()) {
+            assert_eq!(n.metadata.generation, Some(1), "the baseline is untouched");
+        }
+    }
+    for r in ["CanaryStarted", "CanaryVerdict", "CanaryFinished"] {
+        h.wait_event("try-iroh", r, "").await;
+    }
+    // A canary whose mode would cut its nodes off is Invalid and moves
+    // nothing.
+    let mut island = canary.clone();
+    island.metadata.name = Some("island".into());
+    island.spec.mode = NetworkMode::IrohOnly;
+    canaries
+        .create(&PostParams::default(), &island)
+        .await
+        .expect("created");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let c = canaries.get("island").await.expect("canary");
+        if let Some(s) = c
+            .status
+            .as_ref()
+            .filter(|s| s.phase == CanaryPhase::Invalid)
+        {
+            assert!(
+                s.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("spec.mode"),
+                "{s:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", c.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(h.islands(), 0);
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_plan_releases_its_nodes_where_they_are() {
+    let h = Harness::start("delete", 10, Config::default(), acks_after(30)).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    h.plans()
+        .create(&PostParams::default(), &plan("to-iroh", &[50, 100], "30s"))
+        .await
+        .expect("plan created");
+    h.wait_for(
+        "to-iroh",
+        |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.phase == PlanPhase::Progressing && s.nodes.by_mode.dual_prefer_libp2p >= 5
+            })
+        },
+        "the first wave acknowledged",
+    )
+    .await;
+    let modes: BTreeMap<String, Option<NetworkMode>> = h
+        .all_nodes()
+        .await
+        .into_iter()
+        .map(|n| (n.name_any(), n.spec.mode))
+        .collect();
+    h.plans()
+        .delete("to-iroh", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.plans().get_opt("to-iroh").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the finalizer never let the plan go"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in h.all_nodes().await {
+        assert!(
+            n.labels().get(LABEL_PLAN).is_none(),
+            "{} released",
+            n.name_any()
+        );
+        assert_eq!(
+            n.spec.mode,
+            modes.get(&n.name_any()).copied().flatten(),
+            "{} kept its mode",
+            n.name_any()
+        );
+    }
+    assert_eq!(h.islands(), 0);
+    let _ = operator.kill().await;
+    h.stop().await;
 }

@@ -1,7 +1,7 @@
 //! Stand-in node agents for system tests and the local demo, until the real
 //! node-agent exists: they watch FleetNodes and acknowledge each new
 //! `spec.mode` by patching status (`appliedMode`, `observedGeneration`)
-//! after a delay of the caller's choosing.
+//! after a delay of the caller's choosing, or never.
 
 use std::time::Duration;
 
@@ -9,11 +9,26 @@ use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use switchyard_crds::FleetNode;
+use switchyard_crds::{FleetNode, NetworkMode};
+
+/// What a stand-in agent does with a mode change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Apply the mode and report it after this long.
+    After(Duration),
+    /// Never report: a hung or partitioned agent.
+    Never,
+}
 
 /// Acknowledge every mode change in `namespace`, each after `delay(node)`.
 /// Runs until the watch ends; spawn it and abort it when done.
 pub async fn acknowledge_modes(client: Client, namespace: &str, delay: impl Fn(&str) -> Duration) {
+    agents(client, namespace, move |node, _| Ack::After(delay(node))).await;
+}
+
+/// Stand-in agents for every FleetNode in `namespace`; `behaviour(node,
+/// mode)` says what the node's agent does when told to run `mode`.
+pub async fn agents(client: Client, namespace: &str, behaviour: impl Fn(&str, NetworkMode) -> Ack) {
     let nodes: Api<FleetNode> = Api::namespaced(client, namespace);
     let mut events = watcher(nodes.clone(), watcher::Config::default())
         .default_backoff()
@@ -28,8 +43,10 @@ pub async fn acknowledge_modes(client: Client, namespace: &str, delay: impl Fn(&
         {
             continue;
         }
+        let Ack::After(wait) = behaviour(&n.name_any(), want) else {
+            continue;
+        };
         let nodes = nodes.clone();
-        let wait = delay(&n.name_any());
         tokio::spawn(async move {
             // The agent's time to apply the mode.
             tokio::time::sleep(wait).await;

@@ -1,6 +1,8 @@
 //! Switchyard's local testbed: an in-memory Kubernetes API server that
-//! kube-rs and real kubectl work against ([`apiserver`]), and stand-in node
-//! agents ([`agents`]) for system tests and the local demo.
+//! kube-rs and real kubectl work against ([`apiserver`]), a cluster with
+//! the Switchyard CRDs and a registered fleet ([`cluster`]), and stand-in
+//! node agents ([`agents`]) for system tests and the local demo.
 
 pub mod agents;
 pub mod apiserver;
+pub mod cluster;

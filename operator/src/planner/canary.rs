@@ -418,3 +418,205 @@ fn conditions(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: &str, extra: serde_json::Value) -> CanarySpec {
+        let mut v = serde_json::json!({
+            "selector": {"matchLabels": {"app": "storage"}},
+            "count": 2,
+            "mode": mode,
+            "duration": "10s",
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn fleet(n: usize) -> Vec<CanaryNode> {
+        (0..n)
+            .map(|i| CanaryNode {
+                name: format!("node-{i}"),
+                desired: None,
+                applied: Some(NetworkMode::LibP2pOnly),
+                acknowledged: true,
+                mine: false,
+                start_mode: None,
+                held_by: None,
+                selected: true,
+            })
+            .collect()
+    }
+
+    /// Carry out a decision's writes, the agents acknowledging at once.
+    fn apply(nodes: &mut [CanaryNode], d: &CanaryDecision) {
+        for p in &d.patches {
+            let n = nodes.iter_mut().find(|n| n.name == p.node).expect("node");
+            n.desired = Some(p.mode);
+            n.applied = Some(p.mode);
+            n.acknowledged = true;
+            n.mine = p.hold;
+            n.start_mode = p.hold.then_some(p.start_mode);
+        }
+    }
+
+    fn step(
+        spec: &CanarySpec,
+        status: Option<&CanaryStatus>,
+        nodes: &[CanaryNode],
+        analysis: Option<&AnalysisInput>,
+        now: Timestamp,
+    ) -> CanaryDecision {
+        plan_canary(&CanaryInput {
+            name: "trial",
+            generation: 1,
+            spec,
+            status,
+            nodes,
+            others: &[],
+            analysis,
+            now,
+        })
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("time")
+    }
+
+    #[test]
+    fn a_trial_runs_its_duration_then_returns_and_releases_its_nodes() {
+        let spec = spec("DualPreferIroh", serde_json::json!({}));
+        let mut nodes = fleet(6);
+        let d = step(&spec, None, &nodes, None, at(0));
+        assert_eq!(d.status.phase, CanaryPhase::Running);
+        assert_eq!(d.patches.len(), 2);
+        assert!(
+            d.patches
+                .iter()
+                .all(|p| p.hold && p.mode == NetworkMode::DualPreferIroh)
+        );
+        assert_eq!(d.events[0].0, "CanaryStarted");
+        apply(&mut nodes, &d);
+        // Acknowledged: the trial clock starts, due in exactly 10s.
+        let d = step(&spec, Some(&d.status), &nodes, None, at(1));
+        assert_eq!(d.status.started_at, Some(Time(at(1))));
+        assert_eq!(d.requeue_at, Some(at(11)));
+        assert!(d.patches.is_empty());
+        // Due: no analysis configured, so Pass; the nodes go back.
+        let d = step(&spec, Some(&d.status), &nodes, None, at(11));
+        assert_eq!(d.status.verdict, Some(Verdict::Pass));
+        assert_eq!(d.status.phase, CanaryPhase::Running);
+        assert!(
+            d.patches
+                .iter()
+                .all(|p| p.mode == NetworkMode::LibP2pOnly && p.hold)
+        );
+        apply(&mut nodes, &d);
+        let d = step(&spec, Some(&d.status), &nodes, None, at(12));
+        assert_eq!(d.status.phase, CanaryPhase::Succeeded);
+        assert_eq!(d.patches.len(), 2, "both released");
+        assert!(d.patches.iter().all(|p| !p.hold));
+        apply(&mut nodes, &d);
+        // Finished: nothing more to do, and a repeat changes nothing.
+        let again = step(&spec, Some(&d.status), &nodes, None, at(13));
+        assert!(again.patches.is_empty());
+        assert_eq!(again.status.phase, CanaryPhase::Succeeded);
+    }
+
+    #[test]
+    fn a_mode_that_would_cut_the_canaries_off_is_invalid_and_moves_nothing() {
+        let spec = spec("IrohOnly", serde_json::json!({}));
+        let d = step(&spec, None, &fleet(6), None, at(0));
+        assert_eq!(d.status.phase, CanaryPhase::Invalid);
+        assert!(d.patches.is_empty());
+        let msg = d.status.message.clone().unwrap_or_default();
+        assert!(msg.starts_with("spec.mode"), "{msg}");
+        assert!(
+            msg.contains("DualPreferIroh"),
+            "names a mode that works: {msg}"
+        );
+        assert_eq!(d.events[0].0, "CanaryInvalid");
+        // Reported once, not on every reconcile.
+        let again = step(&spec, Some(&d.status), &fleet(6), None, at(1));
+        assert!(again.events.is_empty());
+    }
+
+    #[test]
+    fn a_named_node_held_by_a_plan_keeps_the_trial_pending() {
+        let spec = spec(
+            "DualPreferLibP2p",
+            serde_json::json!({"count": null, "nodes": ["node-1"]}),
+        );
+        let mut nodes = fleet(4);
+        nodes[1].held_by = Some("MigrationPlan to-iroh".into());
+        let d = step(&spec, None, &nodes, None, at(0));
+        assert_eq!(d.status.phase, CanaryPhase::Pending);
+        assert!(d.patches.is_empty());
+        assert!(
+            d.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("node-1") && m.contains("to-iroh"))
+        );
+    }
+
+    #[test]
+    fn a_fresh_fail_verdict_ends_the_trial_early_and_rolls_back() {
+        let spec = spec(
+            "DualLoadBalance",
+            serde_json::json!({"abShare": 30, "analysis": {"interval": "5s"}}),
+        );
+        let mut nodes = fleet(6);
+        let d = step(&spec, None, &nodes, None, at(0));
+        assert!(d.patches.iter().all(|p| p.iroh_share == Some(30)));
+        apply(&mut nodes, &d);
+        let d = step(&spec, Some(&d.status), &nodes, None, at(1));
+        // No verdict yet and one is configured: wait for it.
+        let stale = AnalysisInput {
+            verdict: Verdict::Fail,
+            window_start: at(0),
+            result: None,
+        };
+        let waiting = step(&spec, Some(&d.status), &nodes, Some(&stale), at(2));
+        assert_eq!(
+            waiting.status.verdict, None,
+            "a verdict from before the trial does not count"
+        );
+        let fail = AnalysisInput {
+            window_start: at(1),
+            ..stale
+        };
+        let d = step(&spec, Some(&waiting.status), &nodes, Some(&fail), at(3));
+        assert_eq!(d.status.verdict, Some(Verdict::Fail));
+        apply(&mut nodes, &d);
+        let d = step(&spec, Some(&d.status), &nodes, Some(&fail), at(4));
+        assert_eq!(d.status.phase, CanaryPhase::RolledBack);
+        assert!(
+            d.status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True")
+        );
+    }
+
+    #[test]
+    fn a_finished_trial_releases_nodes_a_dead_replica_left_labelled() {
+        let spec = spec("DualPreferIroh", serde_json::json!({}));
+        let mut nodes = fleet(4);
+        nodes[2].mine = true;
+        nodes[2].start_mode = Some(NetworkMode::LibP2pOnly);
+        let status = CanaryStatus {
+            phase: CanaryPhase::Succeeded,
+            ..CanaryStatus::default()
+        };
+        let d = step(&spec, Some(&status), &nodes, None, at(0));
+        assert_eq!(d.patches.len(), 1);
+        assert_eq!(d.patches[0].node, "node-2");
+        assert!(!d.patches[0].hold);
+    }
+}

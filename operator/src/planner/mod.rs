@@ -1064,7 +1064,8 @@ impl<'a> Planner<'a> {
             self.transitions
                 .push(Transition::ProgressDeadlineExceeded(msg.clone()));
         }
-        if self.spec.rollback.on_progress_deadline {
+        // A rollback that misses the deadline is reported, not restarted.
+        if self.spec.rollback.on_progress_deadline && self.st.phase != PlanPhase::RollingBack {
             self.failure("ProgressDeadline", msg);
         }
     }
@@ -1235,19 +1236,35 @@ impl<'a> Planner<'a> {
             if moved >= batch || !self.budget_left() {
                 break;
             }
-            // A node taking two hops (IrohOnly, dual, LibP2pOnly) counts once.
-            let counted = self.nodes[i].step == Some("rollback");
             if self.step_toward(i, target, "rollback") {
                 moved += 1;
-                if !counted {
-                    rec.nodes += 1;
-                }
             }
         }
+        // Nodes this rollback moved: the ones marked by its step, plus the
+        // ones moved now. Counted from the nodes, not added up per call: a
+        // reconcile on a store that has not yet seen its own writes
+        // re-issues a write (harmless) and must not count the node twice.
+        let mut rolled: std::collections::BTreeSet<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.step == Some("rollback"))
+            .map(|n| n.view.name.as_str())
+            .collect();
+        rolled.extend(
+            self.patches
+                .iter()
+                .filter(|p| p.step == "rollback")
+                .map(|p| p.node.as_str()),
+        );
+        rec.nodes = rec
+            .nodes
+            .max(u32::try_from(rolled.len()).unwrap_or(u32::MAX));
         if moved > 0 {
             self.st.step_started_at = Some(Time(self.now()));
             self.st.step_acknowledged_at = None;
-        } else if !in_flight {
+        } else {
+            // Nothing could move: nodes still switching, or none allowed
+            // to. Either way the progress deadline watches them.
             self.check_deadline(
                 &pending.iter().map(|p| p.0).collect::<Vec<_>>(),
                 NetworkMode::LibP2pOnly,
@@ -1377,7 +1394,13 @@ impl<'a> Planner<'a> {
                 n.blocked
             ),
             PlanPhase::Paused => "paused; set spec.paused to false to continue".into(),
-            PlanPhase::RollingBack => format!("rolling back: {} node(s) switching", n.switching),
+            PlanPhase::RollingBack => match &self.st.rollback {
+                Some(r) => format!(
+                    "rolling back ({}: {}): {} node(s) switching",
+                    r.trigger, r.reason, n.switching
+                ),
+                None => format!("rolling back: {} node(s) switching", n.switching),
+            },
             PlanPhase::RolledBack => "rolled back: every node is back in its starting mode".into(),
             PlanPhase::Succeeded => format!(
                 "every node runs {}",
@@ -1401,7 +1424,14 @@ impl<'a> Planner<'a> {
                 | PlanPhase::RollingBack
         );
         let deadline = self.deadline_exceeded;
-        let degraded_reason = if deadline {
+        // A rollback the deadline started keeps saying so while it runs.
+        let deadline_rollback = phase == PlanPhase::RollingBack
+            && self
+                .st
+                .rollback
+                .as_ref()
+                .is_some_and(|r| r.trigger == "ProgressDeadline");
+        let degraded_reason = if deadline || deadline_rollback {
             "ProgressDeadlineExceeded".to_owned()
         } else {
             phase_reason.clone()

@@ -614,8 +614,9 @@ fn check_type(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
         || (!kind.is_empty() && kind != rt.kind)
     {
         return Err(ApiError::bad_request(format!(
-            "the API version in the data ({api_version}) does not match the expected API version ({})",
-            rt.api_version()
+            "the object in the data ({api_version} {kind}) does not match the resource it was sent to ({} {}): send it to its own resource's URL",
+            rt.api_version(),
+            rt.kind
         )));
     }
     Ok(())

@@ -275,7 +275,14 @@ fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
     get_path(child, rest)
 }
 
+/// Remove a field, and the maps the removal leaves empty below the
+/// top-level fields (`status.rollback` goes with its last field, as the
+/// API server's structured merge drops an emptied map it had merged in).
 fn remove_path(v: &mut Value, path: &[String]) {
+    remove_below(v, path, 0);
+}
+
+fn remove_below(v: &mut Value, path: &[String], depth: usize) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
@@ -285,7 +292,14 @@ fn remove_path(v: &mut Value, path: &[String]) {
                 m.remove(f);
             }
         } else if let Some(c) = v.get_mut(f) {
-            remove_path(c, rest);
+            remove_below(c, rest, depth + 1);
+            let emptied = c.as_object().is_some_and(Map::is_empty);
+            if emptied
+                && depth > 0
+                && let Some(m) = v.as_object_mut()
+            {
+                m.remove(f);
+            }
         }
     } else if let Some(arr) = v.as_array_mut() {
         let pos = if let Some(k) = first.strip_prefix("k:") {
@@ -303,7 +317,7 @@ fn remove_path(v: &mut Value, path: &[String]) {
             if rest.is_empty() {
                 arr.remove(i);
             } else {
-                remove_path(&mut arr[i], rest);
+                remove_below(&mut arr[i], rest, depth + 1);
             }
         }
     }
