@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use switchyard_crds::manifest::{self, Resource};
-use switchyard_crds::{FleetNode, FleetNodeSpec, MigrationPlan, PlanPhase, forms_island};
+use switchyard_crds::{FleetNode, MigrationPlan, NetworkMode, PlanPhase, forms_island};
 use switchyard_operator::controller::{self, NoAnalysis, Settings};
-use switchyard_testbed::apiserver::{ApiServer, Config};
+use switchyard_testbed::apiserver::Config;
+use switchyard_testbed::cluster::TestCluster;
 
 async fn simulated_agents(client: Client, ns: String) {
     // A spread of apply times, as real agents would have.
@@ -58,56 +57,25 @@ async fn main() -> anyhow::Result<()> {
     };
     let ns = plan.namespace().unwrap_or_else(|| "default".into());
 
-    let server = ApiServer::start(Config::default()).await?;
-    let kubeconfig =
-        std::env::temp_dir().join(format!("switchyard-demo-{}.kubeconfig", std::process::id()));
-    server.write_kubeconfig(&kubeconfig)?;
+    let cluster = TestCluster::start(Config::default(), "demo").await?;
     println!(
         "in-memory API server on {}; kubectl: KUBECONFIG={} kubectl get fnode,mplan -n {ns}",
-        server.url(),
-        kubeconfig.display()
+        cluster.server.url(),
+        cluster.kubeconfig.display()
     );
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&server.kubeconfig())?,
-        &Default::default(),
-    )
-    .await?;
-    let client = Client::try_from(config)?;
-
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    for crd in switchyard_crds::crdgen::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await?;
+    let client = cluster.client.clone();
+    cluster.namespace(&ns).await?;
     let labels: BTreeMap<String, String> =
         plan.spec.selector.match_labels.clone().unwrap_or_default();
+    cluster
+        .register_nodes(
+            &ns,
+            (0..count).map(|i| format!("storage-node-{i}")),
+            &labels,
+            NetworkMode::LibP2pOnly,
+        )
+        .await?;
     let nodes: Api<FleetNode> = Api::namespaced(client.clone(), &ns);
-    for i in 0..count {
-        let mut n = FleetNode::new(&format!("storage-node-{i}"), FleetNodeSpec::default());
-        n.metadata.labels = Some(labels.clone());
-        nodes.create(&PostParams::default(), &n).await?;
-        nodes
-            .patch_status(
-                &n.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"status": {"appliedMode": "LibP2pOnly", "observedGeneration": 1}}),
-                ),
-            )
-            .await?;
-    }
     println!("registered {count} FleetNodes in LibP2pOnly");
 
     tokio::spawn(simulated_agents(client.clone(), ns.clone()));
@@ -172,7 +140,6 @@ async fn main() -> anyhow::Result<()> {
         "finished {phase:?} in {:.1}s; polls that saw an island: {islands}",
         started.elapsed().as_secs_f64()
     );
-    let _ = std::fs::remove_file(&kubeconfig);
-    server.stop().await;
+    cluster.stop().await;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -84,24 +85,33 @@ impl TestCluster {
         mode: NetworkMode,
     ) -> anyhow::Result<()> {
         let nodes: Api<FleetNode> = Api::namespaced(self.client.clone(), namespace);
-        for name in names {
-            let mut n = FleetNode::new(&name, FleetNodeSpec::default());
-            n.metadata.labels = Some(labels.clone());
-            nodes
-                .create(&PostParams::default(), &n)
-                .await
-                .with_context(|| format!("creating FleetNode {name}"))?;
-            nodes
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(
-                        json!({"status": {"appliedMode": mode, "observedGeneration": 1}}),
-                    ),
-                )
-                .await
-                .with_context(|| format!("reporting FleetNode {name}'s mode"))?;
-        }
+        // A few at a time, as a fleet's agents starting together would.
+        futures::stream::iter(names)
+            .map(|name| {
+                let nodes = nodes.clone();
+                async move {
+                    let mut n = FleetNode::new(&name, FleetNodeSpec::default());
+                    n.metadata.labels = Some(labels.clone());
+                    nodes
+                        .create(&PostParams::default(), &n)
+                        .await
+                        .with_context(|| format!("creating FleetNode {name}"))?;
+                    nodes
+                        .patch_status(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(
+                                json!({"status": {"appliedMode": mode, "observedGeneration": 1}}),
+                            ),
+                        )
+                        .await
+                        .with_context(|| format!("reporting FleetNode {name}'s mode"))?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
