@@ -2,8 +2,9 @@
 //! side, one ed25519 identity) that routes each message by the node's
 //! `NetworkMode` and switches mode live without losing messages.
 //!
-//! The transport, peer management and Kubernetes integration arrive with
-//! their own issues; this crate currently re-exports the shared mode types
-//! the agent is built around.
+//! - [`identity`]: one secret, the libp2p and iroh ids derived from it and
+//!   mapped to each other by pure functions.
+
+pub mod identity;
 
 pub use switchyard_crds::{NetworkMode, RoutingStrategy};
