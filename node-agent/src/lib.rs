@@ -4,7 +4,12 @@
 //!
 //! - [`identity`]: one secret, the libp2p and iroh ids derived from it and
 //!   mapped to each other by pure functions.
+//! - [`wire`]: the one message model: versioned envelopes in
+//!   length-prefixed frames with a maximum size.
+//! - [`stack`]: the libp2p and iroh stacks serving the same handler.
 
 pub mod identity;
+pub mod stack;
+pub mod wire;
 
 pub use switchyard_crds::{NetworkMode, RoutingStrategy};

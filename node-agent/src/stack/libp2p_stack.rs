@@ -1,0 +1,322 @@
+//! The libp2p stack: TCP + Noise + Yamux, identify, ping, and
+//! request-response on `/switchyard/rpc/1` carrying [`crate::wire`] frames.
+//! The swarm runs in its own task; the stack talks to it over channels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Handler, StackError, StackStats, Transport};
+use crate::identity::Identity;
+use crate::wire::{self, Envelope, Kind};
+
+/// The request-response protocol.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/switchyard/rpc/1");
+
+/// libp2p stack settings.
+#[derive(Debug, Clone)]
+pub struct Libp2pConfig {
+    /// Address to listen on.
+    pub listen: Multiaddr,
+    /// Close connections idle this long.
+    pub idle_timeout: Duration,
+    /// Largest frame body accepted or sent.
+    pub max_frame: usize,
+    /// Give up on a request after this long.
+    pub request_timeout: Duration,
+}
+
+impl Default for Libp2pConfig {
+    fn default() -> Self {
+        Libp2pConfig {
+            listen: "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"),
+            idle_timeout: Duration::from_secs(60),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Frames in and out of request-response streams.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max: usize,
+}
+
+fn invalid(e: wire::WireError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+impl request_response::Codec for FrameCodec {
+    type Protocol = StreamProtocol;
+    type Request = Envelope;
+    type Response = Envelope;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Envelope>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        match wire::read_frame(io, self.max).await {
+            Ok(e) if e.kind == Kind::Request => Ok(e),
+            Ok(e) => Err(invalid(wire::WireError::Kind(e.kind as u8))),
+            Err(e) => Err(invalid(e)),
+        }
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Envelope>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        wire::read_frame(io, self.max).await.map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Envelope,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        wire::write_frame(io, &req, self.max).await.map_err(invalid)
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Envelope,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        wire::write_frame(io, &res, self.max).await.map_err(invalid)
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rpc: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+enum Command {
+    Request {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        envelope: Envelope,
+        reply: oneshot::Sender<Result<Envelope, StackError>>,
+    },
+}
+
+/// A running libp2p stack.
+pub struct Libp2pStack {
+    commands: mpsc::Sender<Command>,
+    listen: Vec<Multiaddr>,
+    peer_id: PeerId,
+    accepting: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Libp2pStack {
+    /// Start the swarm, listen, and serve requests with `handler`.
+    pub async fn start(
+        identity: &Identity,
+        config: Libp2pConfig,
+        handler: Arc<dyn Handler>,
+        stats: Arc<StackStats>,
+    ) -> Result<Self, StackError> {
+        let max = config.max_frame;
+        let request_timeout = config.request_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| StackError::Start(format!("libp2p transport: {e}")))?
+            .with_behaviour(|key| Behaviour {
+                rpc: request_response::Behaviour::with_codec(
+                    FrameCodec { max },
+                    [(PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(request_timeout),
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/switchyard/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+            })
+            .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+            .build();
+        swarm
+            .listen_on(config.listen.clone())
+            .map_err(|e| StackError::Start(format!("libp2p listen on {}: {e}", config.listen)))?;
+        // Wait for the listener to have an address peers can dial.
+        let mut listen = Vec::new();
+        while listen.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => listen.push(address),
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(StackError::Start(format!("libp2p listener: {error}")));
+                }
+                _ => {}
+            }
+        }
+        let peer_id = *swarm.local_peer_id();
+        let (commands, rx) = mpsc::channel(1024);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(run(swarm, rx, handler, accepting.clone(), stats));
+        Ok(Libp2pStack {
+            commands,
+            listen,
+            peer_id,
+            accepting,
+            task,
+        })
+    }
+
+    /// The addresses peers dial, each ending in `/p2p/<peer id>`.
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        self.listen
+            .iter()
+            .map(|a| a.clone().with_p2p(self.peer_id).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// Refuse new inbound requests from now on (the stack is retiring).
+    pub fn refuse_inbound(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Send one request to `peer` (dialling `addrs` if not connected).
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, StackError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request {
+                peer,
+                addrs,
+                envelope,
+                reply,
+            })
+            .await
+            .map_err(|_| StackError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StackError::Stopped),
+            Err(_) => Err(StackError::Timeout(timeout)),
+        }
+    }
+
+    /// Stop the swarm; every connection closes.
+    pub fn stop(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+impl Drop for Libp2pStack {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    handler: Arc<dyn Handler>,
+    accepting: Arc<AtomicBool>,
+    stats: Arc<StackStats>,
+) {
+    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Envelope, StackError>>> =
+        HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::channel::<(ResponseChannel<Envelope>, Envelope)>(1024);
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(Command::Request { peer, addrs, envelope, reply }) = command else {
+                    return;
+                };
+                stats.bytes_sent.fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
+                let id = swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_request_with_addresses(&peer, envelope, addrs);
+                pending.insert(id, reply);
+            }
+            Some((channel, response)) = done_rx.recv() => {
+                stats.bytes_sent.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
+                let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
+            }
+            event = swarm.select_next_some() => {
+                if let SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) = event { match e {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            stats.bytes_received.fetch_add(request.payload.len() as u64, Ordering::Relaxed);
+                            let handler = handler.clone();
+                            let done = done_tx.clone();
+                            let open = accepting.load(Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                let response = if open {
+                                    super::answer(&*handler, peer, Transport::LibP2p, request).await
+                                } else {
+                                    super::refusal(&request, "the libp2p stack is retiring on this node")
+                                };
+                                let _ = done.send((channel, response)).await;
+                            });
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            stats.bytes_received.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Ok(response));
+                            }
+                        }
+                    },
+                    request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                        let err = match error {
+                            request_response::OutboundFailure::Timeout => StackError::Timeout(Duration::ZERO),
+                            request_response::OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                                StackError::Protocol(format!("{peer}: {e}"))
+                            }
+                            other => StackError::Connection(format!("{peer}: {other}")),
+                        };
+                        if let Some(reply) = pending.remove(&request_id) {
+                            let _ = reply.send(Err(err));
+                        }
+                    }
+                    request_response::Event::InboundFailure { peer, error, .. } => {
+                        if let request_response::InboundFailure::Io(e) = &error
+                            && e.kind() == std::io::ErrorKind::InvalidData
+                        {
+                            // Garbage from this peer: drop it.
+                            stats.malformed.fetch_add(1, Ordering::Relaxed);
+                            let _ = swarm.disconnect_peer_id(peer);
+                        }
+                    }
+                    request_response::Event::ResponseSent { .. } => {}
+                } }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Both stacks on real sockets on 127.0.0.1: requests and responses over
+//! each, and a peer sending garbage dropped and counted while others carry
+//! on.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use switchyard_node_agent::NetworkMode;
+use switchyard_node_agent::identity::{Identity, endpoint_to_peer};
+use switchyard_node_agent::stack::iroh_stack::{ALPN, IrohConfig, IrohStack};
+use switchyard_node_agent::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
+use switchyard_node_agent::stack::{Handler, StackStats, Transport};
+use switchyard_node_agent::wire::{Envelope, Kind};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Answers with the request's payload, prefixed by who asked and how.
+struct Echo;
+
+impl Handler for Echo {
+    fn handle(
+        &self,
+        from: PeerId,
+        transport: Transport,
+        request: Envelope,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        Box::pin(async move {
+            let mut out = format!("{}:{}:", transport.as_str(), from).into_bytes();
+            out.extend_from_slice(&request.payload);
+            Ok(Bytes::from(out))
+        })
+    }
+    fn mode(&self) -> NetworkMode {
+        NetworkMode::DualPreferIroh
+    }
+}
+
+struct Node {
+    id: Identity,
+    libp2p: Libp2pStack,
+    iroh: IrohStack,
+    stats: (Arc<StackStats>, Arc<StackStats>),
+}
+
+async fn node() -> Node {
+    let id = Identity::generate();
+    let s1 = Arc::new(StackStats::default());
+    let s2 = Arc::new(StackStats::default());
+    let libp2p = Libp2pStack::start(&id, Libp2pConfig::default(), Arc::new(Echo), s1.clone())
+        .await
+        .expect("libp2p starts");
+    let iroh = IrohStack::start(&id, IrohConfig::default(), Arc::new(Echo), s2.clone())
+        .await
+        .expect("iroh starts");
+    Node {
+        id,
+        libp2p,
+        iroh,
+        stats: (s1, s2),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_round_trip_over_both_stacks_with_one_identity() {
+    let (a, b) = (node().await, node().await);
+    let req = Envelope::request(
+        NetworkMode::DualPreferLibP2p,
+        42,
+        Bytes::from_static(b"ping"),
+    );
+    let r = a
+        .libp2p
+        .request(b.id.peer_id(), b.libp2p.addrs(), req.clone(), T)
+        .await
+        .expect("libp2p answer");
+    assert_eq!(r.kind, Kind::Response);
+    assert_eq!(r.request_id, 42);
+    assert_eq!(
+        r.mode,
+        NetworkMode::DualPreferIroh,
+        "the peer advertises its mode"
+    );
+    assert_eq!(r.payload, format!("libp2p:{}:ping", a.id.peer_id()));
+    let r = a
+        .iroh
+        .request(&b.iroh.addr(), &req, T)
+        .await
+        .expect("iroh answer");
+    // The iroh side names the caller by the same PeerId: one identity.
+    assert_eq!(r.payload, format!("iroh:{}:ping", a.id.peer_id()));
+    assert_eq!(
+        endpoint_to_peer(&b.iroh.addr().id).expect("id"),
+        b.id.peer_id()
+    );
+    assert!(b.stats.1.bytes_received.load(Ordering::Relaxed) >= 4);
+    a.iroh.stop().await;
+    b.iroh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retiring_stack_refuses_cleanly() {
+    let (a, b) = (node().await, node().await);
+    b.iroh.refuse_inbound();
+    b.libp2p.refuse_inbound();
+    let req = Envelope::request(NetworkMode::IrohOnly, 7, Bytes::from_static(b"x"));
+    let r = a
+        .iroh
+        .request(&b.iroh.addr(), &req, T)
+        .await
+        .expect("answered");
+    assert_eq!(r.kind, Kind::Refused);
+    assert!(String::from_utf8_lossy(&r.payload).contains("retiring"));
+    let r = a
+        .libp2p
+        .request(b.id.peer_id(), b.libp2p.addrs(), req, T)
+        .await
+        .expect("answered");
+    assert_eq!(r.kind, Kind::Refused);
+    a.iroh.stop().await;
+    b.iroh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_is_dropped_and_counted_and_others_carry_on() {
+    let (good, target) = (node().await, node().await);
+    // A raw iroh endpoint speaking the ALPN but sending nonsense.
+    let evil = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .bind_addr(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("addr")
+        .bind()
+        .await
+        .expect("evil endpoint");
+    let conn = evil
+        .connect(target.iroh.addr(), ALPN)
+        .await
+        .expect("connects");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&[0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9])
+        .await
+        .expect("sent");
+    let _ = send.finish();
+    let closed = tokio::time::timeout(T, conn.closed()).await;
+    assert!(closed.is_ok(), "the target dropped the connection");
+    assert_eq!(target.stats.1.malformed.load(Ordering::Relaxed), 1);
+    let req = Envelope::request(NetworkMode::IrohOnly, 1, Bytes::from_static(b"still here"));
+    let r = good
+        .iroh
+        .request(&target.iroh.addr(), &req, T)
+        .await
+        .expect("the good peer is served");
+    assert_eq!(r.kind, Kind::Response);
+    evil.close().await;
+    good.iroh.stop().await;
+    target.iroh.stop().await;
+}
