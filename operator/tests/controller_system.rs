@@ -644,6 +644,21 @@ async fn manual_rollback_from_the_third_stage_returns_every_node_in_the_safe_ord
     // rollback never steps a node forward, never skips from IrohOnly
     // straight to LibP2pOnly (cut off in between), and every node moved.
     let rank = |m: &NetworkMode| NetworkMode::ALL.iter().position(|x| x == m);
+    // The checker's own watch may trail the plan's status a little.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !h
+        .history
+        .lock()
+        .expect("history")
+        .values()
+        .all(|m| m.last() == Some(&NetworkMode::LibP2pOnly))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the checker never saw every node back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for (node, modes) in h.history.lock().expect("history").iter() {
         let peak = (0..modes.len())
             .max_by_key(|&i| (rank(&modes[i]), i))
@@ -906,20 +921,30 @@ async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
     assert_eq!(st.nodes.len(), 2);
     assert_eq!(st.verdict, Some(switchyard_crds::Verdict::Pass));
     assert!(st.started_at.is_some());
-    let history = h.history.lock().expect("history").clone();
-    for name in &st.nodes {
-        assert_eq!(
-            history.get(name).map(Vec::as_slice),
-            Some(&[NetworkMode::DualPreferIroh, NetworkMode::LibP2pOnly][..]),
-            "{name} tried the mode and came back"
+    // The status is written before the release: wait for the nodes (and
+    // for the checker's own watch) to catch up.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let released = h
+            .all_nodes()
+            .await
+            .iter()
+            .all(|n| n.labels().get(LABEL_CANARY).is_none());
+        let history = h.history.lock().expect("history").clone();
+        let returned = st.nodes.iter().all(|name| {
+            history.get(name).map(Vec::as_slice)
+                == Some(&[NetworkMode::DualPreferIroh, NetworkMode::LibP2pOnly][..])
+        });
+        if released && returned {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the canary nodes tried the mode, came back and were released: {history:?}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for n in h.all_nodes().await {
-        assert!(
-            n.labels().get(LABEL_CANARY).is_none(),
-            "{} released",
-            n.name_any()
-        );
         assert_eq!(n.applied_mode(), Some(NetworkMode::LibP2pOnly));
         if !st.nodes.contains(&n.name_any()) {
             assert_eq!(n.metadata.generation, Some(1), "the baseline is untouched");
