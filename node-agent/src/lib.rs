@@ -7,8 +7,13 @@
 //! - [`wire`]: the one message model: versioned envelopes in
 //!   length-prefixed frames with a maximum size.
 //! - [`stack`]: the libp2p and iroh stacks serving the same handler.
+//! - [`bridge`]: a dual-stack node routing by mode and strategy, with
+//!   failover and live mode switching.
+//! - [`metrics`]: the node's Prometheus metrics.
 
+pub mod bridge;
 pub mod identity;
+pub mod metrics;
 pub mod stack;
 pub mod wire;
 

@@ -212,7 +212,11 @@ async fn serve(
                     let response = if accepting.load(Ordering::SeqCst) {
                         super::answer(&*handler, peer, Transport::Iroh, request).await
                     } else {
-                        super::refusal(&request, "the iroh stack is retiring on this node")
+                        super::refusal(
+                            &request,
+                            handler.mode(),
+                            "the iroh stack is retiring on this node",
+                        )
                     };
                     stats
                         .bytes_sent

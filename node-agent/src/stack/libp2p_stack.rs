@@ -281,7 +281,7 @@ async fn run(
                                 let response = if open {
                                     super::answer(&*handler, peer, Transport::LibP2p, request).await
                                 } else {
-                                    super::refusal(&request, "the libp2p stack is retiring on this node")
+                                    super::refusal(&request, handler.mode(), "the libp2p stack is retiring on this node")
                                 };
                                 let _ = done.send((channel, response)).await;
                             });

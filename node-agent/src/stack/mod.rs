@@ -88,11 +88,11 @@ impl From<WireError> for StackError {
     }
 }
 
-/// A refusal answering `request`.
-pub fn refusal(request: &Envelope, reason: &str) -> Envelope {
+/// A refusal answering `request`, sent by a node in `mode`.
+pub fn refusal(request: &Envelope, mode: switchyard_crds::NetworkMode, reason: &str) -> Envelope {
     Envelope {
         kind: Kind::Refused,
-        mode: request.mode,
+        mode,
         request_id: request.request_id,
         payload: Bytes::copy_from_slice(reason.as_bytes()),
     }

@@ -1,0 +1,150 @@
+//! The node's Prometheus metrics, all in one registry, with a `transport`
+//! label where one applies. The health logic reads success rate and mean
+//! latency per transport from here too.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use switchyard_crds::NetworkMode;
+
+use crate::stack::Transport;
+
+/// Every metric a node exports.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    registry: Registry,
+    /// Requests sent, by transport and outcome (`ok`, `refused`, `error`).
+    pub requests: IntCounterVec,
+    /// Round-trip time of answered requests, by transport.
+    pub latency: HistogramVec,
+    /// Payload bytes sent, by transport.
+    pub bytes_sent: IntCounterVec,
+    /// Payload bytes received, by transport.
+    pub bytes_received: IntCounterVec,
+    /// Peers heard from on each transport.
+    pub peers: IntGaugeVec,
+    /// Peers heard from on both transports.
+    pub dual_peers: IntGauge,
+    /// 1 for the current mode, 0 for the others.
+    pub mode: IntGaugeVec,
+    /// Mode switches made.
+    pub mode_switches: prometheus::IntCounter,
+}
+
+impl NodeMetrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_requests_total",
+                "Requests sent, by outcome",
+            ),
+            &["transport", "outcome"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_node_request_duration_seconds",
+                "Round trip of answered requests",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let bytes_sent = IntCounterVec::new(
+            Opts::new("switchyard_node_bytes_sent_total", "Payload bytes sent"),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let bytes_received = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_bytes_received_total",
+                "Payload bytes received",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let peers = IntGaugeVec::new(
+            Opts::new("switchyard_node_peers", "Peers heard from, per transport"),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let dual_peers = IntGauge::new(
+            "switchyard_node_dual_stack_peers",
+            "Peers heard from on both transports",
+        )
+        .expect("valid metric");
+        let mode = IntGaugeVec::new(
+            Opts::new("switchyard_node_mode", "1 for the current NetworkMode"),
+            &["mode"],
+        )
+        .expect("valid metric");
+        let mode_switches =
+            prometheus::IntCounter::new("switchyard_node_mode_switches_total", "Mode switches")
+                .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(bytes_sent.clone()),
+            Box::new(bytes_received.clone()),
+            Box::new(peers.clone()),
+            Box::new(dual_peers.clone()),
+            Box::new(mode.clone()),
+            Box::new(mode_switches.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        NodeMetrics {
+            registry,
+            requests,
+            latency,
+            bytes_sent,
+            bytes_received,
+            peers,
+            dual_peers,
+            mode,
+            mode_switches,
+        }
+    }
+
+    /// Show `current` as the mode.
+    pub fn set_mode(&self, current: NetworkMode) {
+        for m in NetworkMode::ALL {
+            self.mode
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(m == current));
+        }
+    }
+
+    /// Share of requests over `t` that were answered, if any were sent.
+    pub fn success_rate(&self, t: Transport) -> Option<f64> {
+        let get = |o: &str| self.requests.with_label_values(&[t.as_str(), o]).get() as f64;
+        let (ok, refused, error) = (get("ok"), get("refused"), get("error"));
+        let total = ok + refused + error;
+        (total > 0.0).then(|| ok / total)
+    }
+
+    /// Mean round trip over `t`, if any request was answered.
+    pub fn mean_latency(&self, t: Transport) -> Option<std::time::Duration> {
+        let h = self.latency.with_label_values(&[t.as_str()]);
+        let n = h.get_sample_count();
+        (n > 0).then(|| std::time::Duration::from_secs_f64(h.get_sample_sum() / n as f64))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        NodeMetrics::new()
+    }
+}
