@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::{Resource, ResourceExt};
@@ -19,9 +19,12 @@ use switchyard_crds::{
     FleetNode, LABEL_CANARY, MigrationPlan, NetworkMode, forms_island,
 };
 
-use crate::controller::{Context, Error, decode, holder_of, release_patch, requeue, resource_of};
+use crate::controller::{
+    Context, Error, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
+    resource_of,
+};
 use crate::planner::canary::{CanaryInput, CanaryNode, CanaryPatch, plan_canary, unreadable};
-use crate::planner::selection::{PlanRef, matches};
+use crate::planner::selection::matches;
 
 /// Whether a MigrationPlan owns this Canary.
 pub fn owned_by_plan(meta: &ObjectMeta) -> bool {
@@ -49,7 +52,14 @@ async fn unreadable_canary(
         message,
         Timestamp::now(),
     );
-    apply_status(ctx, ns, &name, status.as_ref(), &decision.status).await?;
+    ctx.write_status::<Canary, _>(
+        ns,
+        &name,
+        CANARY_FIELD_MANAGER,
+        status.as_ref(),
+        &decision.status,
+    )
+    .await?;
     ctx.publish(
         &obj.object_ref(&resource_of::<Canary>()),
         decision
@@ -62,40 +72,9 @@ async fn unreadable_canary(
     Ok(Action::await_change())
 }
 
-async fn apply_status(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    old: Option<&CanaryStatus>,
-    new: &CanaryStatus,
-) -> Result<(), Error> {
-    if old == Some(new) {
-        return Ok(());
-    }
-    // Raw: the answer carries the spec, which may not decode.
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), ns, &resource_of::<Canary>());
-    let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "Canary", "metadata": {"name": name}, "status": new});
-    api.patch_status(
-        name,
-        &PatchParams::apply(CANARY_FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Reconcile one Canary.
 pub async fn reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_seconds
-        .with_label_values(&["canary"])
-        .start_timer();
-    let result = reconcile_canary(canary, &ctx).await;
-    timer.observe_duration();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    let result = ctx.timed("canary", reconcile_canary(canary, &ctx)).await;
     ctx.metrics.canaries.reset();
     for c in ctx.canaries.state() {
         let phase = c
@@ -137,11 +116,7 @@ async fn reconcile_canary(canary: Arc<DynamicObject>, ctx: &Arc<Context>) -> Res
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(from_finalizer)
 }
 
 fn canary_patch(canary: &str, p: &CanaryPatch) -> serde_json::Value {
@@ -168,15 +143,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
     let name = canary.name_any();
     let now = Timestamp::now();
     let plans: Vec<Arc<MigrationPlan>> = ctx.plans_in(ns);
-    let refs: Vec<PlanRef<'_>> = plans
-        .iter()
-        .map(|p| PlanRef {
-            name: p.metadata.name.as_deref().unwrap_or(""),
-            created: p.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
-            phase: p.status.as_ref().map(|s| s.phase).unwrap_or_default(),
-            selector: &p.spec.selector,
-        })
-        .collect();
+    let refs = plan_refs(&plans, now);
     let canaries = ctx.canaries_in(ns);
     let mut nodes = Vec::new();
     let mut others = Vec::new();
@@ -216,7 +183,14 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
         analysis: analysis.as_ref(),
         now,
     });
-    apply_status(ctx, ns, &name, canary.status.as_ref(), &decision.status).await?;
+    ctx.write_status::<Canary, _>(
+        ns,
+        &name,
+        CANARY_FIELD_MANAGER,
+        canary.status.as_ref(),
+        &decision.status,
+    )
+    .await?;
     let writes = decision
         .patches
         .iter()

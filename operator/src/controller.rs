@@ -181,7 +181,7 @@ impl Error {
     }
 }
 
-fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
+pub(crate) fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
     use kube::runtime::finalizer::Error as F;
     match e {
         F::ApplyFailed(e) | F::CleanupFailed(e) => e,
@@ -214,7 +214,7 @@ pub(crate) fn release_patch(node: &str, mode: NetworkMode) -> serde_json::Value 
 }
 
 /// The plans of a namespace as ownership resolution sees them.
-fn plan_refs(plans: &[Arc<MigrationPlan>], now: Timestamp) -> Vec<PlanRef<'_>> {
+pub(crate) fn plan_refs(plans: &[Arc<MigrationPlan>], now: Timestamp) -> Vec<PlanRef<'_>> {
     plans
         .iter()
         .map(|p| PlanRef {
@@ -345,6 +345,55 @@ impl Context {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Server-side apply `status` to a Switchyard object's status
+    /// subresource under `manager`, unless it is unchanged. Raw, so the
+    /// answer decodes even when the object's spec does not.
+    pub(crate) async fn write_status<K, S>(
+        &self,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        old: Option<&S>,
+        status: &S,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()>,
+        S: PartialEq + serde::Serialize,
+    {
+        if old == Some(status) {
+            return Ok(());
+        }
+        let ar = resource_of::<K>();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        let body = json!({"apiVersion": ar.api_version, "kind": ar.kind, "metadata": {"name": name}, "status": status});
+        api.patch_status(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Run one reconcile of `controller`, recording its duration and
+    /// outcome.
+    pub(crate) async fn timed(
+        &self,
+        controller: &str,
+        reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let timer = self
+            .metrics
+            .reconcile_seconds
+            .with_label_values(&[controller])
+            .start_timer();
+        let result = reconcile.await;
+        timer.observe_duration();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.reconciles.with_label_values(&[outcome]).inc();
+        result
+    }
+
     /// Wait for every store to hold a complete view; deciding on a
     /// half-filled node store would hide nodes from the barrier and the
     /// island guard.
@@ -419,16 +468,8 @@ pub(crate) fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
 
 /// Reconcile one MigrationPlan.
 pub async fn reconcile(plan: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_seconds
-        .with_label_values(&["migrationplan"])
-        .start_timer();
-    let result = reconcile_with_finalizer(plan, &ctx).await;
-    timer.observe_duration();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
-    result
+    ctx.timed("migrationplan", reconcile_with_finalizer(plan, &ctx))
+        .await
 }
 
 async fn reconcile_with_finalizer(
@@ -524,19 +565,14 @@ async fn unreadable_plan(
         message,
         Timestamp::now(),
     );
-    if status.as_ref() != Some(&decision.status) {
-        // Raw: the answer carries the spec that does not decode.
-        let plans: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), ns, &resource_of::<MigrationPlan>());
-        let body = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
-        plans
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
-    }
+    ctx.write_status::<MigrationPlan, _>(
+        ns,
+        &name,
+        FIELD_MANAGER,
+        status.as_ref(),
+        &decision.status,
+    )
+    .await?;
     ctx.publish(
         &obj.object_ref(&resource_of::<MigrationPlan>()),
         decision
@@ -586,7 +622,6 @@ async fn reconcile_plan(
     // between the two, its successor finds the new status and re-issues
     // the same node writes (idempotent), instead of reading the old status
     // beside nodes already moved, which would step them back.
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
     if decision.pause.is_some() {
         plans
@@ -597,12 +632,14 @@ async fn reconcile_plan(
             )
             .await?;
     }
-    let status = json!({"apiVersion": "switchyard.dev/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": name}, "status": decision.status});
-    if plan.status.as_ref() != Some(&decision.status) {
-        plans
-            .patch_status(&name, &pp, &Patch::Apply(&status))
-            .await?;
-    }
+    ctx.write_status::<MigrationPlan, _>(
+        ns,
+        &name,
+        FIELD_MANAGER,
+        plan.status.as_ref(),
+        &decision.status,
+    )
+    .await?;
     let writes: Vec<(String, serde_json::Value)> = decision
         .patches
         .iter()
