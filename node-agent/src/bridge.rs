@@ -4,19 +4,21 @@
 //! switching mode live: a stack starts before anything is routed to it; a
 //! retiring stack first stops getting new work, then drains, then stops.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::{Multiaddr, PeerId};
 use switchyard_crds::{NetworkMode, RoutingStrategy};
 
 use crate::identity::{Identity, IdentityError, peer_to_endpoint};
 use crate::metrics::NodeMetrics;
+use crate::peers::{PeerSynchronizer, PeerView};
 use crate::stack::iroh_stack::{IrohConfig, IrohStack};
 use crate::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
 use crate::stack::{Handler, StackError, StackStats, Transport};
@@ -78,6 +80,40 @@ pub enum BridgeError {
     },
 }
 
+/// How the bridge uses the second transport when both sides run both.
+///
+/// Failover (trying the other transport once the first has failed) always
+/// happens; this decides whether the second send may start *before* the
+/// first has failed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Hedge {
+    /// Only after the first transport failed.
+    Off,
+    /// Also once the first has not answered within `factor` × the smoothed
+    /// round trip to that peer on it, clamped to `min..=max` (`max` when
+    /// nothing has been measured yet). The first answer wins.
+    Delayed {
+        /// Multiple of the smoothed round trip.
+        factor: f64,
+        /// Shortest delay.
+        min: Duration,
+        /// Longest delay, and the delay before anything is measured.
+        max: Duration,
+    },
+    /// Send on both at once; the first answer wins.
+    Race,
+}
+
+impl Default for Hedge {
+    fn default() -> Self {
+        Hedge::Delayed {
+            factor: 3.0,
+            min: Duration::from_millis(2),
+            max: Duration::from_millis(250),
+        }
+    }
+}
+
 /// Node settings.
 #[derive(Debug, Clone, Default)]
 pub struct NodeConfig {
@@ -87,37 +123,43 @@ pub struct NodeConfig {
     pub iroh: IrohConfig,
     /// A strategy overriding the mode's default.
     pub strategy: Option<RoutingStrategy>,
-    /// Per-attempt timeout.
+    /// The whole budget of one request, retries included (default 10 s).
     pub request_timeout: Option<Duration>,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct PathStats {
-    /// Smoothed round trip, ms.
-    latency_ms: Option<f64>,
-    /// Smoothed success rate, 0..1.
-    success: Option<f64>,
-}
-
-#[derive(Debug, Default, Clone)]
-struct PeerState {
-    mode: Option<NetworkMode>,
-    paths: [PathStats; 2],
-    /// Answered us on each transport at least once.
-    heard: [bool; 2],
-}
-
-fn slot(t: Transport) -> usize {
-    match t {
-        Transport::LibP2p => 0,
-        Transport::Iroh => 1,
-    }
+    /// How the second transport is used (default: hedged).
+    pub hedge: Hedge,
+    /// How long after its start a request that failed on every transport
+    /// for a transient reason (a peer's stack restarting, a connection
+    /// dropped by a mode switch) is sent again (default 2 s).
+    pub retry_for: Option<Duration>,
+    /// How long a retiring stack waits for its requests, both ways, before
+    /// it stops anyway (default 30 s).
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Default)]
 struct Stacks {
     libp2p: Option<Arc<Libp2pStack>>,
     iroh: Option<Arc<IrohStack>>,
+}
+
+/// The transports to try for one request.
+struct Route {
+    /// Best first; each with whether the peer is believed to run it.
+    order: Vec<(Transport, bool)>,
+    /// Send on every transport at once (nothing measured yet under
+    /// LowestLatency).
+    race: bool,
+}
+
+/// How one attempt ended.
+enum Outcome {
+    Answer(Bytes),
+    /// Refused by the application: final, asking elsewhere gets the same.
+    Refused(String),
+    /// Worth another try (here later, or on the other transport).
+    Transient(String),
+    /// Not worth another try on this transport.
+    Failed(String),
 }
 
 /// Serves the application's handler with the node's current mode.
@@ -140,6 +182,13 @@ impl Handler for Served {
     }
 }
 
+fn slot(t: Transport) -> usize {
+    match t {
+        Transport::LibP2p => 0,
+        Transport::Iroh => 1,
+    }
+}
+
 /// A dual-stack node.
 pub struct Node {
     identity: Identity,
@@ -149,7 +198,7 @@ pub struct Node {
     stacks: RwLock<Stacks>,
     in_flight: [Arc<AtomicUsize>; 2],
     stats: [Arc<StackStats>; 2],
-    peers: Mutex<HashMap<PeerId, PeerState>>,
+    peers: Arc<PeerSynchronizer>,
     next_id: AtomicU64,
     turn: AtomicU64,
     switching: tokio::sync::Mutex<()>,
@@ -187,7 +236,7 @@ impl Node {
             stacks: RwLock::new(Stacks::default()),
             in_flight: Default::default(),
             stats: Default::default(),
-            peers: Mutex::new(HashMap::new()),
+            peers: Arc::new(PeerSynchronizer::new()),
             next_id: AtomicU64::new(1),
             turn: AtomicU64::new(0),
             switching: tokio::sync::Mutex::new(()),
@@ -204,9 +253,33 @@ impl Node {
         self.served.mode()
     }
 
-    /// The node's metrics.
+    /// The node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The node's metrics, with the peer gauges brought up to date.
     pub fn metrics(&self) -> &NodeMetrics {
+        let c = self.peers.counts();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (t, n) in [(Transport::LibP2p, c.libp2p), (Transport::Iroh, c.iroh)] {
+            self.metrics
+                .peers
+                .with_label_values(&[t.as_str()])
+                .set(gauge(n));
+        }
+        self.metrics.dual_peers.set(gauge(c.dual));
         &self.metrics
+    }
+
+    /// Every peer as both transports see it.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.peers.all()
+    }
+
+    /// One peer as both transports see it.
+    pub fn peer(&self, peer: &PeerId) -> Option<PeerView> {
+        self.peers.get(peer)
     }
 
     /// Mode switches made.
@@ -250,6 +323,7 @@ impl Node {
                 config.libp2p.clone(),
                 self.served.clone(),
                 self.stats[0].clone(),
+                self.peers.clone(),
             )
             .await?;
             // Come back on the same port after a later restart.
@@ -268,6 +342,7 @@ impl Node {
                 config.iroh.clone(),
                 self.served.clone(),
                 self.stats[1].clone(),
+                self.peers.clone(),
             )
             .await?;
             if let Some(s) = stack.addr().ip_addrs().next() {
@@ -279,8 +354,9 @@ impl Node {
     }
 
     /// Switch to `mode` without losing a request: start the stacks it
-    /// needs, route by it, then retire the stacks it drops (refuse new
-    /// inbound work, wait for in-flight requests, stop).
+    /// needs, route by it, then retire the stacks it drops: refuse new
+    /// inbound work (as `Retiring`, which the requester takes elsewhere),
+    /// wait until the requests it carries both ways are answered, stop.
     pub async fn set_mode(&self, mode: NetworkMode) -> Result<(), StackError> {
         let _one_at_a_time = self.switching.lock().await;
         self.ensure_stacks(mode).await?;
@@ -302,18 +378,27 @@ impl Node {
         if let Some(stack) = &old_iroh {
             stack.refuse_inbound();
         }
-        for t in [Transport::LibP2p, Transport::Iroh] {
-            let retiring = match t {
-                Transport::LibP2p => old_libp2p.is_some(),
-                Transport::Iroh => old_iroh.is_some(),
-            };
-            if !retiring {
-                continue;
+        let drain_for = self
+            .config
+            .lock()
+            .expect("config lock")
+            .drain_timeout
+            .unwrap_or(Duration::from_secs(30));
+        let deadline = Instant::now() + drain_for;
+        let busy = || {
+            old_libp2p.as_ref().is_some_and(|s| {
+                s.inbound() > 0
+                    || self.in_flight[slot(Transport::LibP2p)].load(Ordering::SeqCst) > 0
+            }) || old_iroh.as_ref().is_some_and(|s| {
+                s.inbound() > 0 || self.in_flight[slot(Transport::Iroh)].load(Ordering::SeqCst) > 0
+            })
+        };
+        while busy() {
+            if Instant::now() >= deadline {
+                tracing::warn!(?drain_for, "retiring stack still busy; stopping it anyway");
+                break;
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while self.in_flight[slot(t)].load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if let Some(stack) = old_libp2p {
             stack.stop();
@@ -328,15 +413,9 @@ impl Node {
     }
 
     /// The transports to try for `peer`, best first.
-    fn route(&self, peer: &PeerAddr) -> Vec<Transport> {
+    fn route(&self, peer: &PeerAddr) -> Route {
         let local = self.mode();
-        let known = self
-            .peers
-            .lock()
-            .expect("peers lock")
-            .get(&peer.peer)
-            .cloned()
-            .unwrap_or_default();
+        let known = self.peers.get(&peer.peer);
         // What this node runs and has an address for.
         let reachable = |t: Transport| match t {
             Transport::LibP2p => local.has_libp2p() && !peer.libp2p.is_empty(),
@@ -344,16 +423,20 @@ impl Node {
         };
         // What the peer last said it runs. Advisory: a peer that switched
         // since may run the other, so those come last rather than never.
+        let mode = known.as_ref().and_then(|k| k.mode);
         let advertised = |t: Transport| match t {
-            Transport::LibP2p => known.mode.is_none_or(NetworkMode::has_libp2p),
-            Transport::Iroh => known.mode.is_none_or(NetworkMode::has_iroh),
+            Transport::LibP2p => mode.is_none_or(NetworkMode::has_libp2p),
+            Transport::Iroh => mode.is_none_or(NetworkMode::has_iroh),
         };
+        let latency = |t: Transport| known.as_ref().and_then(|k| k.path(t).latency);
         let strategy = self
             .config
             .lock()
             .expect("config lock")
             .strategy
             .unwrap_or_else(|| local.default_strategy());
+        let both = [Transport::LibP2p, Transport::Iroh];
+        let mut race = false;
         let mut order = match strategy {
             RoutingStrategy::PreferLibP2p => vec![Transport::LibP2p, Transport::Iroh],
             RoutingStrategy::PreferIroh => vec![Transport::Iroh, Transport::LibP2p],
@@ -365,130 +448,250 @@ impl Node {
                 }
             }
             RoutingStrategy::LowestLatency => {
-                let l = |t: Transport| known.paths[slot(t)].latency_ms.unwrap_or(0.0);
-                let mut v = vec![Transport::LibP2p, Transport::Iroh];
-                v.sort_by(|a, b| l(*a).total_cmp(&l(*b)));
+                // Until both are measured, ask both: the answers measure them.
+                race = both
+                    .iter()
+                    .any(|t| reachable(*t) && advertised(*t) && latency(*t).is_none());
+                let mut v = both.to_vec();
+                v.sort_by_key(|t| latency(*t).unwrap_or(Duration::ZERO));
                 v
             }
             RoutingStrategy::HighestSuccessRate => {
-                let s = |t: Transport| known.paths[slot(t)].success.unwrap_or(1.0);
-                let mut v = vec![Transport::LibP2p, Transport::Iroh];
+                let s = |t: Transport| {
+                    known
+                        .as_ref()
+                        .and_then(|k| k.path(t).success_rate)
+                        .unwrap_or(1.0)
+                };
+                let mut v = both.to_vec();
                 v.sort_by(|a, b| s(*b).total_cmp(&s(*a)));
                 v
             }
         };
         order.retain(|t| reachable(*t));
         order.sort_by_key(|t| !advertised(*t));
-        order
+        Route {
+            order: order.into_iter().map(|t| (t, advertised(t))).collect(),
+            race,
+        }
     }
 
-    fn record(
-        &self,
-        peer: PeerId,
-        t: Transport,
-        ok: bool,
-        rtt: Duration,
-        mode: Option<NetworkMode>,
-    ) {
-        let mut peers = self.peers.lock().expect("peers lock");
-        let state = peers.entry(peer).or_default();
-        if let Some(m) = mode {
-            state.mode = Some(m);
+    /// When to send on the second transport if the first (`t`) has not
+    /// answered.
+    fn hedge_delay(&self, hedge: Hedge, peer: &PeerId, t: Transport) -> Option<Duration> {
+        match hedge {
+            Hedge::Off => None,
+            Hedge::Race => Some(Duration::ZERO),
+            Hedge::Delayed { factor, min, max } => Some(
+                self.peers
+                    .get(peer)
+                    .and_then(|v| v.path(t).latency)
+                    .map_or(max, |l| l.mul_f64(factor).clamp(min, max)),
+            ),
         }
-        state.heard[slot(t)] |= ok;
-        let path = &mut state.paths[slot(t)];
-        let hit = if ok { 1.0 } else { 0.0 };
-        path.success = Some(path.success.map_or(hit, |s| 0.9 * s + 0.1 * hit));
-        if ok {
-            let ms = rtt.as_secs_f64() * 1000.0;
-            path.latency_ms = Some(path.latency_ms.map_or(ms, |l| 0.8 * l + 0.2 * ms));
-            self.metrics
-                .latency
-                .with_label_values(&[t.as_str()])
-                .observe(rtt.as_secs_f64());
-        }
-        let count = |i: usize| peers.values().filter(|p| p.heard[i]).count();
-        for (i, tr) in [Transport::LibP2p, Transport::Iroh].into_iter().enumerate() {
-            self.metrics
-                .peers
-                .with_label_values(&[tr.as_str()])
-                .set(i64::try_from(count(i)).unwrap_or(i64::MAX));
-        }
-        let dual = peers.values().filter(|p| p.heard[0] && p.heard[1]).count();
-        self.metrics
-            .dual_peers
-            .set(i64::try_from(dual).unwrap_or(i64::MAX));
     }
 
     /// Send `payload` to `peer` and return its answer, trying the
-    /// transports the modes and strategy allow, best first.
+    /// transports the modes and strategy allow, best first: hedged onto
+    /// the second when the first is slow, failed over to it when the first
+    /// fails, and sent again with backoff while every failure is transient
+    /// (a stack restarting during a mode switch).
     pub async fn request(&self, peer: &PeerAddr, payload: Bytes) -> Result<Bytes, BridgeError> {
-        let timeout = self
-            .config
-            .lock()
-            .expect("config lock")
-            .request_timeout
-            .unwrap_or(Duration::from_secs(10));
+        let (timeout, retry_for, hedge) = {
+            let c = self.config.lock().expect("config lock");
+            (
+                c.request_timeout.unwrap_or(Duration::from_secs(10)),
+                c.retry_for.unwrap_or(Duration::from_secs(2)),
+                c.hedge,
+            )
+        };
+        let started = Instant::now();
+        let deadline = started + timeout;
+        // One id for every send of this request, so the answering side can
+        // tell a hedge or a retry from a new request.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let order = self.route(peer);
-        if order.is_empty() {
-            let remote = self
-                .peers
-                .lock()
-                .expect("peers lock")
-                .get(&peer.peer)
-                .and_then(|p| p.mode)
-                .map_or(
-                    "(mode unknown, no address on a common transport)".to_owned(),
-                    |m| format!("runs {m}"),
-                );
-            return Err(BridgeError::NoCommonTransport {
-                local: self.mode(),
-                peer: peer.peer,
-                remote,
-            });
-        }
-        let mut last = String::new();
+        let mut backoff = Duration::from_millis(10);
         let mut tried = Vec::new();
-        for t in order {
-            let envelope = Envelope::request(self.mode(), id, payload.clone());
-            // Take the in-flight slot before looking the stack up, so a
-            // switch that retires it waits for this request.
-            self.in_flight[slot(t)].fetch_add(1, Ordering::SeqCst);
-            let guard = InFlight(self.in_flight[slot(t)].clone());
-            let started = Instant::now();
-            let result = match t {
-                Transport::LibP2p => {
-                    let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
-                    match stack {
-                        Some(s) => {
-                            s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
-                                .await
+        let mut last;
+        loop {
+            let route = self.route(peer);
+            if route.order.is_empty() {
+                if tried.is_empty() {
+                    return Err(self.no_common_transport(peer));
+                }
+                last = format!("this node switched to {} meanwhile", self.mode());
+                break;
+            }
+            let failure = match self
+                .round(peer, route, id, &payload, hedge, deadline, &mut tried)
+                .await
+            {
+                Ok(body) => return Ok(body),
+                Err(f) => f,
+            };
+            let transient;
+            (transient, last) = failure;
+            let now = Instant::now();
+            if !transient || now + backoff >= deadline || now - started >= retry_for {
+                break;
+            }
+            self.metrics.retries.inc();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+        Err(BridgeError::Failed {
+            peer: peer.peer,
+            tried,
+            last,
+        })
+    }
+
+    fn no_common_transport(&self, peer: &PeerAddr) -> BridgeError {
+        let remote = self.peers.get(&peer.peer).and_then(|p| p.mode).map_or(
+            "(mode unknown, no address on a common transport)".to_owned(),
+            |m| format!("runs {m}"),
+        );
+        BridgeError::NoCommonTransport {
+            local: self.mode(),
+            peer: peer.peer,
+            remote,
+        }
+    }
+
+    /// One try over the route: the first transport, the second once the
+    /// hedge delay passes or the first fails. `Err((transient, reason))`
+    /// when no answer came.
+    #[allow(clippy::too_many_arguments)]
+    async fn round(
+        &self,
+        peer: &PeerAddr,
+        route: Route,
+        id: u64,
+        payload: &Bytes,
+        hedge: Hedge,
+        deadline: Instant,
+        tried: &mut Vec<Transport>,
+    ) -> Result<Bytes, (bool, String)> {
+        let mut rest = route.order.into_iter();
+        let mut running = FuturesUnordered::new();
+        let Some((first, _)) = rest.next() else {
+            return Err((false, "no transport".into()));
+        };
+        tried.push(first);
+        // When each running attempt started, to credit a loser below.
+        let mut started: Vec<(Transport, Instant)> = vec![(first, Instant::now())];
+        running.push(self.attempt(peer, first, id, payload.clone(), deadline));
+        let delay = if route.race {
+            Some(Duration::ZERO)
+        } else {
+            self.hedge_delay(hedge, &peer.peer, first)
+        };
+        let mut hedge_at = delay.map(|d| Instant::now() + d);
+        let (mut transient, mut last) = (true, String::new());
+        loop {
+            // Hedge only onto a transport the peer is believed to run.
+            let next_hedge = hedge_at.filter(|_| rest.as_slice().first().is_some_and(|n| n.1));
+            tokio::select! {
+                done = running.next() => {
+                    let Some((t, outcome)) = done else { break };
+                    started.retain(|(s, _)| *s != t);
+                    match outcome {
+                        Outcome::Answer(body) => {
+                            // A transport that lost the race took at least
+                            // this long: say so, or a path that always loses
+                            // would never look slow to LowestLatency.
+                            for (loser, at) in started {
+                                self.peers.lower_bound(peer.peer, loser, at.elapsed());
+                            }
+                            return Ok(body);
                         }
-                        None => Err(StackError::Stopped),
+                        Outcome::Refused(reason) => return Err((false, reason)),
+                        Outcome::Transient(reason) => last = reason,
+                        Outcome::Failed(reason) => {
+                            transient = false;
+                            last = reason;
+                        }
+                    }
+                    // Fail over now.
+                    if let Some((t, _)) = rest.next() {
+                        tried.push(t);
+                        started.push((t, Instant::now()));
+                        running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+                    } else if running.is_empty() {
+                        break;
                     }
                 }
-                Transport::Iroh => {
-                    let stack = self.stacks.read().expect("stacks lock").iroh.clone();
-                    match (stack, &peer.iroh) {
-                        (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
-                        _ => Err(StackError::Stopped),
+                () = tokio::time::sleep_until(next_hedge.unwrap_or(deadline).into()), if next_hedge.is_some() => {
+                    hedge_at = None;
+                    if let Some((t, _)) = rest.next() {
+                        self.metrics.hedges.with_label_values(&[t.as_str()]).inc();
+                        tried.push(t);
+                        started.push((t, Instant::now()));
+                        running.push(self.attempt(peer, t, id, payload.clone(), deadline));
                     }
                 }
-            };
-            drop(guard);
-            tried.push(t);
-            let label = t.as_str();
-            let outcome = match &result {
-                Ok(r) if r.kind == Kind::Response => "ok",
-                Ok(_) => "refused",
-                Err(_) => "error",
-            };
+            }
+        }
+        Err((transient, last))
+    }
+
+    /// One send over `t`, counted and recorded.
+    async fn attempt(
+        &self,
+        peer: &PeerAddr,
+        t: Transport,
+        id: u64,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> (Transport, Outcome) {
+        (t, self.send(peer, t, id, payload, deadline).await)
+    }
+
+    async fn send(
+        &self,
+        peer: &PeerAddr,
+        t: Transport,
+        id: u64,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Outcome {
+        let envelope = Envelope::request(self.mode(), id, payload.clone());
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        // Take the in-flight slot before looking the stack up, so a switch
+        // that retires it waits for this request.
+        let guard = InFlight(self.in_flight[slot(t)].clone());
+        self.in_flight[slot(t)].fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
+        let result = match t {
+            Transport::LibP2p => {
+                let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
+                match stack {
+                    Some(s) => {
+                        s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
+                            .await
+                    }
+                    None => Err(StackError::Stopped),
+                }
+            }
+            Transport::Iroh => {
+                let stack = self.stacks.read().expect("stacks lock").iroh.clone();
+                match (stack, &peer.iroh) {
+                    (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
+                    _ => Err(StackError::Stopped),
+                }
+            }
+        };
+        drop(guard);
+        let rtt = started.elapsed();
+        let label = t.as_str();
+        let count = |outcome: &str| {
             self.metrics
                 .requests
                 .with_label_values(&[label, outcome])
                 .inc();
-            if let Ok(r) = &result {
+        };
+        match result {
+            Ok(r) => {
                 self.metrics
                     .bytes_sent
                     .with_label_values(&[label])
@@ -497,27 +700,39 @@ impl Node {
                     .bytes_received
                     .with_label_values(&[label])
                     .inc_by(r.payload.len() as u64);
+                let answered = r.kind == Kind::Response;
+                self.peers.record(peer.peer, t, answered, rtt, Some(r.mode));
+                let reason = || String::from_utf8_lossy(&r.payload).into_owned();
+                match r.kind {
+                    Kind::Response => {
+                        count("ok");
+                        self.metrics
+                            .latency
+                            .with_label_values(&[label])
+                            .observe(rtt.as_secs_f64());
+                        Outcome::Answer(r.payload)
+                    }
+                    Kind::Retiring => {
+                        count("retiring");
+                        Outcome::Transient(format!("{label}: {}", reason()))
+                    }
+                    Kind::Refused | Kind::Request => {
+                        count("refused");
+                        Outcome::Refused(format!("refused: {}", reason()))
+                    }
+                }
             }
-            match result {
-                Ok(r) if r.kind == Kind::Response => {
-                    self.record(peer.peer, t, true, started.elapsed(), Some(r.mode));
-                    return Ok(r.payload);
-                }
-                Ok(r) => {
-                    self.record(peer.peer, t, false, started.elapsed(), Some(r.mode));
-                    last = format!("refused: {}", String::from_utf8_lossy(&r.payload));
-                }
-                Err(e) => {
-                    self.record(peer.peer, t, false, started.elapsed(), None);
-                    last = e.to_string();
+            Err(e) => {
+                count("error");
+                self.peers.record(peer.peer, t, false, rtt, None);
+                let reason = format!("{label}: {e}");
+                if e.is_transient() {
+                    Outcome::Transient(reason)
+                } else {
+                    Outcome::Failed(reason)
                 }
             }
         }
-        Err(BridgeError::Failed {
-            peer: peer.peer,
-            tried,
-            last,
-        })
     }
 
     /// Fault injection: stop one stack without changing the mode, as a

@@ -14,6 +14,7 @@
 pub mod bridge;
 pub mod identity;
 pub mod metrics;
+pub mod peers;
 pub mod stack;
 pub mod wire;
 

@@ -22,14 +22,20 @@ pub struct NodeMetrics {
     pub bytes_sent: IntCounterVec,
     /// Payload bytes received, by transport.
     pub bytes_received: IntCounterVec,
-    /// Peers heard from on each transport.
+    /// Peers connected on each transport.
     pub peers: IntGaugeVec,
-    /// Peers heard from on both transports.
+    /// Peers connected on both transports.
     pub dual_peers: IntGauge,
     /// 1 for the current mode, 0 for the others.
     pub mode: IntGaugeVec,
     /// Mode switches made.
     pub mode_switches: prometheus::IntCounter,
+    /// Second sends of a request on the other transport because the
+    /// first had not answered within the hedge delay, by the transport of
+    /// the second send.
+    pub hedges: IntCounterVec,
+    /// Requests sent again after every transport failed transiently.
+    pub retries: prometheus::IntCounter,
 }
 
 impl NodeMetrics {
@@ -69,13 +75,13 @@ impl NodeMetrics {
         )
         .expect("valid metric");
         let peers = IntGaugeVec::new(
-            Opts::new("switchyard_node_peers", "Peers heard from, per transport"),
+            Opts::new("switchyard_node_peers", "Peers connected, per transport"),
             &["transport"],
         )
         .expect("valid metric");
         let dual_peers = IntGauge::new(
             "switchyard_node_dual_stack_peers",
-            "Peers heard from on both transports",
+            "Peers connected on both transports",
         )
         .expect("valid metric");
         let mode = IntGaugeVec::new(
@@ -86,6 +92,19 @@ impl NodeMetrics {
         let mode_switches =
             prometheus::IntCounter::new("switchyard_node_mode_switches_total", "Mode switches")
                 .expect("valid metric");
+        let hedges = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_hedged_requests_total",
+                "Requests also sent on the other transport after the hedge delay",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let retries = prometheus::IntCounter::new(
+            "switchyard_node_request_retries_total",
+            "Requests sent again after every transport failed transiently",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -95,6 +114,8 @@ impl NodeMetrics {
             Box::new(dual_peers.clone()),
             Box::new(mode.clone()),
             Box::new(mode_switches.clone()),
+            Box::new(hedges.clone()),
+            Box::new(retries.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -108,6 +129,8 @@ impl NodeMetrics {
             dual_peers,
             mode,
             mode_switches,
+            hedges,
+            retries,
         }
     }
 

@@ -28,9 +28,14 @@ pub enum Kind {
     Request,
     /// A successful response.
     Response,
-    /// The request was refused: the payload is a UTF-8 reason (for example
-    /// the stack is retiring, or the frame was malformed).
+    /// The request was refused by the application: the payload is a UTF-8
+    /// reason. Final: asking again elsewhere gets the same answer.
     Refused,
+    /// The request was not handled because the transport it came on is
+    /// retiring on the answering node (a live mode switch): the payload is
+    /// a UTF-8 reason. Transient: the requester tries another transport,
+    /// or this one again once the answerer's advertised mode says so.
+    Retiring,
 }
 
 impl Kind {
@@ -39,6 +44,7 @@ impl Kind {
             Kind::Request => 0,
             Kind::Response => 1,
             Kind::Refused => 2,
+            Kind::Retiring => 3,
         }
     }
 
@@ -47,6 +53,7 @@ impl Kind {
             0 => Kind::Request,
             1 => Kind::Response,
             2 => Kind::Refused,
+            3 => Kind::Retiring,
             _ => return None,
         })
     }
@@ -202,7 +209,7 @@ mod tests {
     #[test]
     fn envelopes_round_trip_in_every_mode() {
         for mode in NetworkMode::ALL {
-            for kind in [Kind::Request, Kind::Response, Kind::Refused] {
+            for kind in [Kind::Request, Kind::Response, Kind::Refused, Kind::Retiring] {
                 let e = Envelope {
                     kind,
                     mode,

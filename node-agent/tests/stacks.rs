@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use switchyard_node_agent::NetworkMode;
 use switchyard_node_agent::identity::{Identity, endpoint_to_peer};
+use switchyard_node_agent::peers::PeerSynchronizer;
 use switchyard_node_agent::stack::iroh_stack::{ALPN, IrohConfig, IrohStack};
 use switchyard_node_agent::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
 use switchyard_node_agent::stack::{Handler, StackStats, Transport};
@@ -50,12 +51,25 @@ async fn node() -> Node {
     let id = Identity::generate();
     let s1 = Arc::new(StackStats::default());
     let s2 = Arc::new(StackStats::default());
-    let libp2p = Libp2pStack::start(&id, Libp2pConfig::default(), Arc::new(Echo), s1.clone())
-        .await
-        .expect("libp2p starts");
-    let iroh = IrohStack::start(&id, IrohConfig::default(), Arc::new(Echo), s2.clone())
-        .await
-        .expect("iroh starts");
+    let peers = Arc::new(PeerSynchronizer::new());
+    let libp2p = Libp2pStack::start(
+        &id,
+        Libp2pConfig::default(),
+        Arc::new(Echo),
+        s1.clone(),
+        peers.clone(),
+    )
+    .await
+    .expect("libp2p starts");
+    let iroh = IrohStack::start(
+        &id,
+        IrohConfig::default(),
+        Arc::new(Echo),
+        s2.clone(),
+        peers.clone(),
+    )
+    .await
+    .expect("iroh starts");
     Node {
         id,
         libp2p,
@@ -112,14 +126,14 @@ async fn a_retiring_stack_refuses_cleanly() {
         .request(&b.iroh.addr(), &req, T)
         .await
         .expect("answered");
-    assert_eq!(r.kind, Kind::Refused);
+    assert_eq!(r.kind, Kind::Retiring);
     assert!(String::from_utf8_lossy(&r.payload).contains("retiring"));
     let r = a
         .libp2p
         .request(b.id.peer_id(), b.libp2p.addrs(), req, T)
         .await
         .expect("answered");
-    assert_eq!(r.kind, Kind::Refused);
+    assert_eq!(r.kind, Kind::Retiring);
     a.iroh.stop().await;
     b.iroh.stop().await;
 }
@@ -155,6 +169,127 @@ async fn a_peer_sending_garbage_is_dropped_and_counted_and_others_carry_on() {
         .expect("the good peer is served");
     assert_eq!(r.kind, Kind::Response);
     evil.close().await;
+    good.iroh.stop().await;
+    target.iroh.stop().await;
+}
+
+/// Writes its "requests" as raw bytes: whatever garbage the test picks.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<R>(&mut self, _: &Self::Protocol, _: &mut R) -> std::io::Result<Vec<u8>>
+    where
+        R: futures::AsyncRead + Unpin + Send,
+    {
+        Ok(Vec::new())
+    }
+
+    async fn read_response<R>(&mut self, _: &Self::Protocol, io: &mut R) -> std::io::Result<Vec<u8>>
+    where
+        R: futures::AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        futures::AsyncReadExt::read_to_end(io, &mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<W>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut W,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        W: futures::AsyncWrite + Unpin + Send,
+    {
+        futures::AsyncWriteExt::write_all(io, &req).await?;
+        futures::AsyncWriteExt::close(io).await
+    }
+
+    async fn write_response<W>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut W,
+        _: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        W: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libp2p_peer_sending_garbage_or_oversized_frames_is_dropped_and_counted() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use switchyard_node_agent::stack::libp2p_stack::PROTOCOL;
+
+    let (good, target) = (node().await, node().await);
+    let mut evil = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("transport")
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .build();
+    let frames = [
+        // A body of 12 bytes of version 9: garbage.
+        vec![0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9],
+        // A frame announcing 1 GiB: refused before it is read.
+        vec![0x40, 0, 0, 0, 1, 0, 0],
+    ];
+    for (n, frame) in frames.into_iter().enumerate() {
+        evil.behaviour_mut().send_request_with_addresses(
+            &target.id.peer_id(),
+            frame,
+            target.libp2p.addrs(),
+        );
+        // The target drops the connection: the evil request fails.
+        let failed = tokio::time::timeout(T, async {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) =
+                    evil.select_next_some().await
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "frame {n}: the target dropped the peer");
+        assert_eq!(
+            target.stats.0.malformed.load(Ordering::Relaxed),
+            n as u64 + 1,
+            "frame {n} counted"
+        );
+    }
+    let req = Envelope::request(
+        NetworkMode::LibP2pOnly,
+        1,
+        Bytes::from_static(b"still here"),
+    );
+    let r = good
+        .libp2p
+        .request(target.id.peer_id(), target.libp2p.addrs(), req, T)
+        .await
+        .expect("the good peer is served");
+    assert_eq!(r.kind, Kind::Response);
     good.iroh.stop().await;
     target.iroh.stop().await;
 }

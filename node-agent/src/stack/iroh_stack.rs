@@ -7,14 +7,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use iroh::endpoint::{Connection, VarInt, presets};
+use iroh::endpoint::{Connection, IncomingAddr, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use tokio::sync::Mutex;
 
-use super::{Handler, StackError, StackStats, Transport};
+use super::{Handler, Inbound, StackError, StackStats, Transport};
 use crate::identity::{Identity, endpoint_to_peer};
+use crate::peers::{PeerEvent, PeerSynchronizer};
 use crate::wire::{self, Envelope, Kind};
 
 /// The ALPN both sides must offer.
@@ -51,48 +52,89 @@ pub struct IrohStack {
     max_frame: usize,
     /// Cleared when the stack retires: inbound requests are refused.
     accepting: Arc<AtomicBool>,
+    inbound: Inbound,
     stats: Arc<StackStats>,
+    peers: Arc<PeerSynchronizer>,
     server: tokio::task::JoinHandle<()>,
 }
 
+/// How long a restarted stack keeps trying to bind the UDP port its
+/// previous incarnation just released.
+const REBIND_FOR: Duration = Duration::from_secs(3);
+
+/// How long a response waits for the peer to have read it.
+const STOPPED_WAIT: Duration = Duration::from_secs(5);
+
 impl IrohStack {
-    /// Bind the endpoint and serve requests with `handler`.
+    /// Bind the endpoint and serve requests with `handler`. The stack
+    /// reports its connections to `peers`.
     pub async fn start(
         identity: &Identity,
         config: IrohConfig,
         handler: Arc<dyn Handler>,
         stats: Arc<StackStats>,
+        peers: Arc<PeerSynchronizer>,
     ) -> Result<Self, StackError> {
         let relay_mode = match &config.relay_url {
             Some(url) => RelayMode::custom([url.clone()]),
             None => RelayMode::Disabled,
         };
-        let endpoint = Endpoint::builder(presets::Minimal)
-            .secret_key(identity.iroh_secret())
-            .alpns(vec![ALPN.to_vec()])
-            .relay_mode(relay_mode)
-            .clear_ip_transports()
-            .bind_addr(config.bind)
-            .map_err(|e| StackError::Start(format!("iroh bind address {}: {e}", config.bind)))?
-            .bind()
-            .await
-            .map_err(|e| StackError::Start(format!("iroh endpoint: {e}")))?;
+        // A fixed port was usually ours a moment ago (a mode switch
+        // restarting the stack): the closed endpoint's socket can take a
+        // little while to let go, so retry briefly.
+        let give_up = Instant::now() + REBIND_FOR;
+        let endpoint = loop {
+            let bound = Endpoint::builder(presets::Minimal)
+                .secret_key(identity.iroh_secret())
+                .alpns(vec![ALPN.to_vec()])
+                .relay_mode(relay_mode.clone())
+                .clear_ip_transports()
+                .bind_addr(config.bind)
+                .map_err(|e| StackError::Start(format!("iroh bind address {}: {e}", config.bind)))?
+                .bind()
+                .await;
+            match bound {
+                Ok(endpoint) => break endpoint,
+                Err(e) if config.bind.port() != 0 && Instant::now() < give_up => {
+                    tracing::debug!(bind = %config.bind, error = %e, "iroh port still held; retrying");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(StackError::Start(format!(
+                        "iroh endpoint on {}: {e}",
+                        config.bind
+                    )));
+                }
+            }
+        };
         let accepting = Arc::new(AtomicBool::new(true));
+        let inbound = Inbound::default();
         let server = tokio::spawn(serve(
             endpoint.clone(),
-            handler,
-            accepting.clone(),
-            stats.clone(),
-            config.max_frame,
+            Serving {
+                handler,
+                accepting: accepting.clone(),
+                inbound: inbound.clone(),
+                stats: stats.clone(),
+                peers: peers.clone(),
+                max_frame: config.max_frame,
+            },
         ));
         Ok(IrohStack {
             endpoint,
             conns: Mutex::new(HashMap::new()),
             max_frame: config.max_frame,
             accepting,
+            inbound,
             stats,
+            peers,
             server,
         })
+    }
+
+    /// Inbound requests accepted and not yet answered.
+    pub fn inbound(&self) -> usize {
+        self.inbound.get()
     }
 
     /// This endpoint's id and bound addresses, for peers to dial.
@@ -149,12 +191,13 @@ impl IrohStack {
     }
 
     async fn connection(&self, peer: &EndpointAddr) -> Result<Connection, StackError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&peer.id)
+        if let Some(c) = self.conns.lock().await.get(&peer.id)
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
         }
+        // Dial without holding the map: a dial to a peer that does not
+        // answer must not hold up requests to every other peer.
         let conn = self
             .endpoint
             .connect(peer.clone(), ALPN)
@@ -162,8 +205,17 @@ impl IrohStack {
             .map_err(|e| {
                 StackError::Connection(format!("dialling {}: {e}", peer.id.fmt_short()))
             })?;
-        conns.insert(peer.id, conn.clone());
-        Ok(conn)
+        let addr = peer.ip_addrs().next().map(ToString::to_string);
+        watch(&self.peers, &conn, addr);
+        let mut conns = self.conns.lock().await;
+        match conns.get(&peer.id) {
+            // Another request dialled first: share its connection.
+            Some(c) if c.close_reason().is_none() => Ok(c.clone()),
+            _ => {
+                conns.insert(peer.id, conn.clone());
+                Ok(conn)
+            }
+        }
     }
 
     /// Close every connection and the endpoint.
@@ -172,63 +224,87 @@ impl IrohStack {
         self.conns.lock().await.clear();
         self.endpoint.close().await;
         self.server.abort();
+        self.peers.transport_down(Transport::Iroh);
     }
 }
 
-async fn serve(
-    endpoint: Endpoint,
+/// Report `conn` to the peer view now and when it closes.
+fn watch(peers: &Arc<PeerSynchronizer>, conn: &Connection, addr: Option<String>) {
+    let id = conn.remote_id();
+    peers.iroh(&id, PeerEvent::Connected { addr });
+    let (peers, conn) = (peers.clone(), conn.clone());
+    tokio::spawn(async move {
+        conn.closed().await;
+        peers.iroh(&id, PeerEvent::Disconnected);
+    });
+}
+
+struct Serving {
     handler: Arc<dyn Handler>,
     accepting: Arc<AtomicBool>,
+    inbound: Inbound,
     stats: Arc<StackStats>,
+    peers: Arc<PeerSynchronizer>,
     max_frame: usize,
-) {
+}
+
+async fn serve(endpoint: Endpoint, serving: Serving) {
+    let serving = Arc::new(serving);
     while let Some(incoming) = endpoint.accept().await {
-        let handler = handler.clone();
-        let accepting = accepting.clone();
-        let stats = stats.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
+            let addr = match incoming.remote_addr() {
+                IncomingAddr::Ip(a) => Some(a.to_string()),
+                _ => None,
+            };
             let Ok(conn) = incoming.await else { return };
             let Ok(peer) = endpoint_to_peer(&conn.remote_id()) else {
                 return;
             };
+            watch(&serving.peers, &conn, addr);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let handler = handler.clone();
-                let accepting = accepting.clone();
-                let stats = stats.clone();
+                let serving = serving.clone();
                 let conn = conn.clone();
                 tokio::spawn(async move {
-                    let request = match wire::read_frame(&mut recv, max_frame).await {
+                    let s = &*serving;
+                    let request = match wire::read_frame(&mut recv, s.max_frame).await {
                         Ok(r) if r.kind == Kind::Request => r,
+                        Err(e) if !e.is_malformed() => return, // the peer went away
                         Ok(_) | Err(_) => {
                             // Garbage from this peer: drop the connection.
-                            stats.malformed.fetch_add(1, Ordering::Relaxed);
+                            s.stats.malformed.fetch_add(1, Ordering::Relaxed);
                             conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
                             return;
                         }
                     };
-                    stats
+                    s.stats
                         .bytes_received
                         .fetch_add(request.payload.len() as u64, Ordering::Relaxed);
-                    let response = if accepting.load(Ordering::SeqCst) {
-                        super::answer(&*handler, peer, Transport::Iroh, request).await
+                    // Counted until the answer is delivered, so a retiring
+                    // stack is not stopped under it.
+                    let admitted = s.inbound.admit(&s.accepting);
+                    let response = if admitted.is_some() {
+                        super::answer(&*s.handler, peer, Transport::Iroh, request).await
                     } else {
-                        super::refusal(
+                        super::retiring(
                             &request,
-                            handler.mode(),
+                            s.handler.mode(),
                             "the iroh stack is retiring on this node",
                         )
                     };
-                    stats
+                    s.stats
                         .bytes_sent
                         .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
-                    if wire::write_frame(&mut send, &response, max_frame)
+                    if wire::write_frame(&mut send, &response, s.max_frame)
                         .await
                         .is_ok()
                     {
                         let _ = send.finish();
-                        // Let the peer read it before the stream goes.
-                        let _ = send.stopped().await;
+                        // Let the peer read it before the stream goes (a
+                        // peer that never reads does not hold us forever).
+                        let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
                     }
+                    drop(admitted);
                 });
             }
         });

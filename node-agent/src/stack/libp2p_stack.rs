@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Handler, StackError, StackStats, Transport};
+use super::{Handler, Inbound, InboundGuard, StackError, StackStats, Transport};
 use crate::identity::Identity;
+use crate::peers::{PeerEvent, PeerSynchronizer};
 use crate::wire::{self, Envelope, Kind};
 
 /// The request-response protocol.
@@ -54,18 +57,29 @@ fn invalid(e: wire::WireError) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
+/// An inbound request as read: an envelope, or why the frame was
+/// rejected. libp2p's request-response drops a request whose read fails
+/// without telling the behaviour who sent it, so a malformed frame is
+/// passed up as a value and the stack drops and counts the peer itself.
+pub type InboundFrame = Result<Envelope, String>;
+
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = Envelope;
+    type Request = InboundFrame;
     type Response = Envelope;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Envelope>
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<InboundFrame>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
         match wire::read_frame(io, self.max).await {
-            Ok(e) if e.kind == Kind::Request => Ok(e),
-            Ok(e) => Err(invalid(wire::WireError::Kind(e.kind as u8))),
+            Ok(e) if e.kind == Kind::Request => Ok(Ok(e)),
+            Ok(e) => Ok(Err(wire::WireError::Kind(e.kind as u8).to_string())),
+            Err(e) if e.is_malformed() => Ok(Err(e.to_string())),
             Err(e) => Err(invalid(e)),
         }
     }
@@ -85,11 +99,12 @@ impl request_response::Codec for FrameCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Envelope,
+        req: InboundFrame,
     ) -> std::io::Result<()>
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
+        let req = req.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         wire::write_frame(io, &req, self.max).await.map_err(invalid)
     }
 
@@ -128,16 +143,20 @@ pub struct Libp2pStack {
     listen: Vec<Multiaddr>,
     peer_id: PeerId,
     accepting: Arc<AtomicBool>,
+    inbound: Inbound,
+    peers: Arc<PeerSynchronizer>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Libp2pStack {
-    /// Start the swarm, listen, and serve requests with `handler`.
+    /// Start the swarm, listen, and serve requests with `handler`. The
+    /// stack reports its connections to `peers`.
     pub async fn start(
         identity: &Identity,
         config: Libp2pConfig,
         handler: Arc<dyn Handler>,
         stats: Arc<StackStats>,
+        peers: Arc<PeerSynchronizer>,
     ) -> Result<Self, StackError> {
         let max = config.max_frame;
         let request_timeout = config.request_timeout;
@@ -181,12 +200,25 @@ impl Libp2pStack {
         let peer_id = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(1024);
         let accepting = Arc::new(AtomicBool::new(true));
-        let task = tokio::spawn(run(swarm, rx, handler, accepting.clone(), stats));
+        let inbound = Inbound::default();
+        let task = tokio::spawn(run(
+            swarm,
+            rx,
+            Shared {
+                handler,
+                accepting: accepting.clone(),
+                inbound: inbound.clone(),
+                stats,
+                peers: peers.clone(),
+            },
+        ));
         Ok(Libp2pStack {
             commands,
             listen,
             peer_id,
             accepting,
+            inbound,
+            peers,
             task,
         })
     }
@@ -202,6 +234,11 @@ impl Libp2pStack {
     /// Refuse new inbound requests from now on (the stack is retiring).
     pub fn refuse_inbound(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Inbound requests accepted and not yet answered.
+    pub fn inbound(&self) -> usize {
+        self.inbound.get()
     }
 
     /// Send one request to `peer` (dialling `addrs` if not connected).
@@ -233,6 +270,7 @@ impl Libp2pStack {
     pub fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         self.task.abort();
+        self.peers.transport_down(Transport::LibP2p);
     }
 }
 
@@ -242,15 +280,30 @@ impl Drop for Libp2pStack {
     }
 }
 
+struct Shared {
+    handler: Arc<dyn Handler>,
+    accepting: Arc<AtomicBool>,
+    inbound: Inbound,
+    stats: Arc<StackStats>,
+    peers: Arc<PeerSynchronizer>,
+}
+
 async fn run(
     mut swarm: libp2p::Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
-    handler: Arc<dyn Handler>,
-    accepting: Arc<AtomicBool>,
-    stats: Arc<StackStats>,
+    shared: Shared,
 ) {
+    let Shared {
+        handler,
+        accepting,
+        inbound,
+        stats,
+        peers,
+    } = shared;
     let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Envelope, StackError>>> =
         HashMap::new();
+    // Accepted inbound requests until their response is sent or fails.
+    let mut answering: HashMap<InboundRequestId, InboundGuard> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::channel::<(ResponseChannel<Envelope>, Envelope)>(1024);
     loop {
         tokio::select! {
@@ -262,26 +315,52 @@ async fn run(
                 let id = swarm
                     .behaviour_mut()
                     .rpc
-                    .send_request_with_addresses(&peer, envelope, addrs);
+                    .send_request_with_addresses(&peer, Ok(envelope), addrs);
                 pending.insert(id, reply);
             }
             Some((channel, response)) = done_rx.recv() => {
                 stats.bytes_sent.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
                 let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
             }
-            event = swarm.select_next_some() => {
-                if let SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) = event { match e {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    let addr = Some(endpoint.get_remote_address().to_string());
+                    peers.libp2p(peer_id, PeerEvent::Connected { addr });
+                }
+                SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                    peers.libp2p(peer_id, PeerEvent::Disconnected);
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                    peer_id,
+                    info,
+                    ..
+                })) => {
+                    let addrs = info.listen_addrs.iter().map(ToString::to_string).collect();
+                    peers.libp2p(peer_id, PeerEvent::ListenAddrs(addrs));
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => match e {
                     request_response::Event::Message { peer, message, .. } => match message {
-                        request_response::Message::Request { request, channel, .. } => {
+                        request_response::Message::Request { request: Err(reason), .. } => {
+                            // Garbage from this peer: drop it (the dropped
+                            // channel answers nothing).
+                            tracing::debug!(%peer, %reason, "malformed libp2p frame; dropping the peer");
+                            stats.malformed.fetch_add(1, Ordering::Relaxed);
+                            let _ = swarm.disconnect_peer_id(peer);
+                        }
+                        request_response::Message::Request { request_id, request: Ok(request), channel } => {
                             stats.bytes_received.fetch_add(request.payload.len() as u64, Ordering::Relaxed);
                             let handler = handler.clone();
                             let done = done_tx.clone();
-                            let open = accepting.load(Ordering::SeqCst);
+                            let admitted = inbound.admit(&accepting);
+                            let open = admitted.is_some();
+                            if let Some(guard) = admitted {
+                                answering.insert(request_id, guard);
+                            }
                             tokio::spawn(async move {
                                 let response = if open {
                                     super::answer(&*handler, peer, Transport::LibP2p, request).await
                                 } else {
-                                    super::refusal(&request, handler.mode(), "the libp2p stack is retiring on this node")
+                                    super::retiring(&request, handler.mode(), "the libp2p stack is retiring on this node")
                                 };
                                 let _ = done.send((channel, response)).await;
                             });
@@ -305,7 +384,8 @@ async fn run(
                             let _ = reply.send(Err(err));
                         }
                     }
-                    request_response::Event::InboundFailure { peer, error, .. } => {
+                    request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                        answering.remove(&request_id);
                         if let request_response::InboundFailure::Io(e) = &error
                             && e.kind() == std::io::ErrorKind::InvalidData
                         {
@@ -314,8 +394,11 @@ async fn run(
                             let _ = swarm.disconnect_peer_id(peer);
                         }
                     }
-                    request_response::Event::ResponseSent { .. } => {}
-                } }
+                    request_response::Event::ResponseSent { request_id, .. } => {
+                        answering.remove(&request_id);
+                    }
+                },
+                _ => {}
             }
         }
     }

@@ -4,7 +4,8 @@
 pub mod iroh_stack;
 pub mod libp2p_stack;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,6 +79,15 @@ pub enum StackError {
     Stopped,
 }
 
+impl StackError {
+    /// Whether trying again (here or on the other transport) may work: the
+    /// connection or the stack went away, as during a peer's mode switch.
+    /// Protocol errors and timeouts are final.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StackError::Connection(_) | StackError::Stopped)
+    }
+}
+
 impl From<WireError> for StackError {
     fn from(e: WireError) -> Self {
         if e.is_malformed() {
@@ -88,10 +98,41 @@ impl From<WireError> for StackError {
     }
 }
 
-/// A refusal answering `request`, sent by a node in `mode`.
-pub fn refusal(request: &Envelope, mode: switchyard_crds::NetworkMode, reason: &str) -> Envelope {
+/// Inbound requests a stack has accepted and not yet answered; a retiring
+/// stack is stopped only once this reaches zero.
+#[derive(Debug, Default, Clone)]
+pub struct Inbound(Arc<AtomicUsize>);
+
+impl Inbound {
+    /// Requests accepted and not yet answered.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Count one request until the guard drops, if `accepting` still
+    /// holds once it is counted (so a retiring stack, which clears
+    /// `accepting` and then waits for zero, never misses one).
+    pub(crate) fn admit(&self, accepting: &std::sync::atomic::AtomicBool) -> Option<InboundGuard> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let guard = InboundGuard(self.0.clone());
+        accepting.load(Ordering::SeqCst).then_some(guard)
+    }
+}
+
+/// Uncounts an inbound request when dropped.
+#[derive(Debug)]
+pub(crate) struct InboundGuard(Arc<AtomicUsize>);
+
+impl Drop for InboundGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The answer of a retiring stack to `request`, sent by a node in `mode`.
+pub fn retiring(request: &Envelope, mode: switchyard_crds::NetworkMode, reason: &str) -> Envelope {
     Envelope {
-        kind: Kind::Refused,
+        kind: Kind::Retiring,
         mode,
         request_id: request.request_id,
         payload: Bytes::copy_from_slice(reason.as_bytes()),

@@ -1,0 +1,288 @@
+//! The PeerSynchronizer: one view of every peer, merging what each
+//! transport has seen. The libp2p stack knows a peer by its PeerId, the
+//! iroh stack by its EndpointId; both come from the same ed25519 key, so
+//! the pure mapping in [`crate::identity`] joins them without a lookup
+//! table. The bridge adds what requests teach: the mode a peer advertises,
+//! and per-transport latency and success rate.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use switchyard_crds::NetworkMode;
+
+use crate::identity::{endpoint_to_peer, peer_to_endpoint};
+use crate::stack::Transport;
+
+/// What one transport knows of a peer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PathView {
+    /// Open connections to the peer on this transport.
+    pub connections: u32,
+    /// Addresses the peer was last seen at or said it listens on.
+    pub addrs: Vec<String>,
+    /// Smoothed round trip of answered requests.
+    pub latency: Option<Duration>,
+    /// Smoothed share of requests answered, 0..1.
+    pub success_rate: Option<f64>,
+    /// When the peer was last connected or answered on this transport.
+    pub last_seen: Option<Instant>,
+}
+
+impl PathView {
+    /// Whether the peer is connected on this transport now.
+    pub fn connected(&self) -> bool {
+        self.connections > 0
+    }
+}
+
+/// One peer, as both transports see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    /// Its libp2p PeerId.
+    pub peer: PeerId,
+    /// Its iroh EndpointId: the same key.
+    pub endpoint: iroh::EndpointId,
+    /// The mode it last advertised.
+    pub mode: Option<NetworkMode>,
+    /// What libp2p knows.
+    pub libp2p: PathView,
+    /// What iroh knows.
+    pub iroh: PathView,
+}
+
+impl PeerView {
+    /// The view of one transport.
+    pub fn path(&self, t: Transport) -> &PathView {
+        match t {
+            Transport::LibP2p => &self.libp2p,
+            Transport::Iroh => &self.iroh,
+        }
+    }
+
+    fn path_mut(&mut self, t: Transport) -> &mut PathView {
+        match t {
+            Transport::LibP2p => &mut self.libp2p,
+            Transport::Iroh => &mut self.iroh,
+        }
+    }
+
+    /// Connected on both transports.
+    pub fn dual(&self) -> bool {
+        self.libp2p.connected() && self.iroh.connected()
+    }
+}
+
+/// What a stack reports about a peer.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// A connection opened, from or to `addr`.
+    Connected {
+        /// The remote address of the connection.
+        addr: Option<String>,
+    },
+    /// A connection closed.
+    Disconnected,
+    /// The peer said where it listens (libp2p identify).
+    ListenAddrs(Vec<String>),
+}
+
+/// Counts per transport, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Peers connected over libp2p.
+    pub libp2p: usize,
+    /// Peers connected over iroh.
+    pub iroh: usize,
+    /// Peers connected over both.
+    pub dual: usize,
+}
+
+/// The merged peer view, shared by both stacks and the bridge.
+#[derive(Debug, Default)]
+pub struct PeerSynchronizer {
+    peers: Mutex<HashMap<PeerId, PeerView>>,
+}
+
+impl PeerSynchronizer {
+    /// An empty view.
+    pub fn new() -> Self {
+        PeerSynchronizer::default()
+    }
+
+    fn with<R>(&self, peer: PeerId, f: impl FnOnce(&mut PeerView) -> R) -> Option<R> {
+        // A PeerId that is not ed25519 has no iroh twin; the stacks only
+        // ever admit ed25519 peers, so this only guards against misuse.
+        let endpoint = peer_to_endpoint(&peer).ok()?;
+        let mut peers = self.peers.lock().expect("peers lock");
+        let view = peers.entry(peer).or_insert_with(|| PeerView {
+            peer,
+            endpoint,
+            mode: None,
+            libp2p: PathView::default(),
+            iroh: PathView::default(),
+        });
+        Some(f(view))
+    }
+
+    /// A libp2p event about `peer`.
+    pub fn libp2p(&self, peer: PeerId, event: PeerEvent) {
+        self.apply(Transport::LibP2p, peer, event);
+    }
+
+    /// An iroh event about `endpoint`, joined to its PeerId.
+    pub fn iroh(&self, endpoint: &iroh::EndpointId, event: PeerEvent) {
+        if let Ok(peer) = endpoint_to_peer(endpoint) {
+            self.apply(Transport::Iroh, peer, event);
+        }
+    }
+
+    fn apply(&self, t: Transport, peer: PeerId, event: PeerEvent) {
+        self.with(peer, |v| {
+            let path = v.path_mut(t);
+            match event {
+                PeerEvent::Connected { addr } => {
+                    path.connections += 1;
+                    path.last_seen = Some(Instant::now());
+                    if let Some(a) = addr
+                        && !path.addrs.contains(&a)
+                    {
+                        path.addrs.push(a);
+                    }
+                }
+                PeerEvent::Disconnected => {
+                    path.connections = path.connections.saturating_sub(1);
+                }
+                PeerEvent::ListenAddrs(addrs) => path.addrs = addrs,
+            }
+        });
+    }
+
+    /// A request to `peer` over `t` finished: answered (`ok`) in `rtt`, or
+    /// not. `mode` is what its answer advertised.
+    pub fn record(
+        &self,
+        peer: PeerId,
+        t: Transport,
+        ok: bool,
+        rtt: Duration,
+        mode: Option<NetworkMode>,
+    ) {
+        self.with(peer, |v| {
+            if let Some(m) = mode {
+                v.mode = Some(m);
+            }
+            let path = v.path_mut(t);
+            let hit = if ok { 1.0 } else { 0.0 };
+            path.success_rate = Some(path.success_rate.map_or(hit, |s| 0.9 * s + 0.1 * hit));
+            if ok {
+                path.last_seen = Some(Instant::now());
+                path.latency = Some(
+                    path.latency
+                        .map_or(rtt, |l| l.mul_f64(0.8) + rtt.mul_f64(0.2)),
+                );
+            }
+        });
+    }
+
+    /// A request to `peer` over `t` was abandoned after `waited` because
+    /// the other transport answered first: its round trip is at least
+    /// that. Counts as a latency sample, not as a failure.
+    pub fn lower_bound(&self, peer: PeerId, t: Transport, waited: Duration) {
+        self.with(peer, |v| {
+            let path = v.path_mut(t);
+            path.latency = Some(
+                path.latency
+                    .map_or(waited, |l| l.max(l.mul_f64(0.8) + waited.mul_f64(0.2))),
+            );
+        });
+    }
+
+    /// One peer's view.
+    pub fn get(&self, peer: &PeerId) -> Option<PeerView> {
+        self.peers.lock().expect("peers lock").get(peer).cloned()
+    }
+
+    /// Every peer, ordered by PeerId.
+    pub fn all(&self) -> Vec<PeerView> {
+        let mut v: Vec<_> = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|p| p.peer.to_bytes());
+        v
+    }
+
+    /// Connected peers per transport.
+    pub fn counts(&self) -> PeerCounts {
+        let peers = self.peers.lock().expect("peers lock");
+        let mut c = PeerCounts::default();
+        for p in peers.values() {
+            c.libp2p += usize::from(p.libp2p.connected());
+            c.iroh += usize::from(p.iroh.connected());
+            c.dual += usize::from(p.dual());
+        }
+        c
+    }
+
+    /// Every connection on `t` is gone (the stack stopped).
+    pub fn transport_down(&self, t: Transport) {
+        for v in self.peers.lock().expect("peers lock").values_mut() {
+            v.path_mut(t).connections = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    #[test]
+    fn both_transports_land_on_one_peer_through_the_id_mapping() {
+        let sync = PeerSynchronizer::new();
+        let id = Identity::generate();
+        sync.libp2p(
+            id.peer_id(),
+            PeerEvent::Connected {
+                addr: Some("/ip4/127.0.0.1/tcp/1".into()),
+            },
+        );
+        sync.iroh(
+            &id.endpoint_id(),
+            PeerEvent::Connected {
+                addr: Some("127.0.0.1:2".into()),
+            },
+        );
+        sync.record(
+            id.peer_id(),
+            Transport::Iroh,
+            true,
+            Duration::from_millis(2),
+            Some(NetworkMode::DualPreferIroh),
+        );
+        let all = sync.all();
+        assert_eq!(all.len(), 1, "one peer, not one per transport");
+        let v = &all[0];
+        assert_eq!(v.endpoint, id.endpoint_id());
+        assert!(v.dual());
+        assert_eq!(v.mode, Some(NetworkMode::DualPreferIroh));
+        assert_eq!(v.iroh.latency, Some(Duration::from_millis(2)));
+        assert_eq!(
+            sync.counts(),
+            PeerCounts {
+                libp2p: 1,
+                iroh: 1,
+                dual: 1
+            }
+        );
+        sync.libp2p(id.peer_id(), PeerEvent::Disconnected);
+        assert_eq!(sync.counts().dual, 0);
+        sync.transport_down(Transport::Iroh);
+        assert_eq!(sync.counts().iroh, 0);
+    }
+}
