@@ -413,9 +413,9 @@ impl Node {
     }
 
     /// The transports to try for `peer`, best first.
-    fn route(&self, peer: &PeerAddr) -> Route {
+    fn route(&self, peer: &PeerAddr, strategy: Option<RoutingStrategy>) -> Route {
         let local = self.mode();
-        let known = self.peers.get(&peer.peer);
+        let known = self.peers.facts(&peer.peer).unwrap_or_default();
         // What this node runs and has an address for.
         let reachable = |t: Transport| match t {
             Transport::LibP2p => local.has_libp2p() && !peer.libp2p.is_empty(),
@@ -423,18 +423,12 @@ impl Node {
         };
         // What the peer last said it runs. Advisory: a peer that switched
         // since may run the other, so those come last rather than never.
-        let mode = known.as_ref().and_then(|k| k.mode);
         let advertised = |t: Transport| match t {
-            Transport::LibP2p => mode.is_none_or(NetworkMode::has_libp2p),
-            Transport::Iroh => mode.is_none_or(NetworkMode::has_iroh),
+            Transport::LibP2p => known.mode.is_none_or(NetworkMode::has_libp2p),
+            Transport::Iroh => known.mode.is_none_or(NetworkMode::has_iroh),
         };
-        let latency = |t: Transport| known.as_ref().and_then(|k| k.path(t).latency);
-        let strategy = self
-            .config
-            .lock()
-            .expect("config lock")
-            .strategy
-            .unwrap_or_else(|| local.default_strategy());
+        let latency = |t: Transport| known.latency(t);
+        let strategy = strategy.unwrap_or_else(|| local.default_strategy());
         let both = [Transport::LibP2p, Transport::Iroh];
         let mut race = false;
         let mut order = match strategy {
@@ -457,12 +451,7 @@ impl Node {
                 v
             }
             RoutingStrategy::HighestSuccessRate => {
-                let s = |t: Transport| {
-                    known
-                        .as_ref()
-                        .and_then(|k| k.path(t).success_rate)
-                        .unwrap_or(1.0)
-                };
+                let s = |t: Transport| known.success_rate(t).unwrap_or(1.0);
                 let mut v = both.to_vec();
                 v.sort_by(|a, b| s(*b).total_cmp(&s(*a)));
                 v
@@ -484,8 +473,8 @@ impl Node {
             Hedge::Race => Some(Duration::ZERO),
             Hedge::Delayed { factor, min, max } => Some(
                 self.peers
-                    .get(peer)
-                    .and_then(|v| v.path(t).latency)
+                    .facts(peer)
+                    .and_then(|f| f.latency(t))
                     .map_or(max, |l| l.mul_f64(factor).clamp(min, max)),
             ),
         }
@@ -497,12 +486,13 @@ impl Node {
     /// fails, and sent again with backoff while every failure is transient
     /// (a stack restarting during a mode switch).
     pub async fn request(&self, peer: &PeerAddr, payload: Bytes) -> Result<Bytes, BridgeError> {
-        let (timeout, retry_for, hedge) = {
+        let (timeout, retry_for, hedge, strategy) = {
             let c = self.config.lock().expect("config lock");
             (
                 c.request_timeout.unwrap_or(Duration::from_secs(10)),
                 c.retry_for.unwrap_or(Duration::from_secs(2)),
                 c.hedge,
+                c.strategy,
             )
         };
         let started = Instant::now();
@@ -514,7 +504,7 @@ impl Node {
         let mut tried = Vec::new();
         let mut last;
         loop {
-            let route = self.route(peer);
+            let route = self.route(peer, strategy);
             if route.order.is_empty() {
                 if tried.is_empty() {
                     return Err(self.no_common_transport(peer));
@@ -547,7 +537,7 @@ impl Node {
     }
 
     fn no_common_transport(&self, peer: &PeerAddr) -> BridgeError {
-        let remote = self.peers.get(&peer.peer).and_then(|p| p.mode).map_or(
+        let remote = self.peers.facts(&peer.peer).and_then(|p| p.mode).map_or(
             "(mode unknown, no address on a common transport)".to_owned(),
             |m| format!("runs {m}"),
         );
@@ -573,19 +563,49 @@ impl Node {
         tried: &mut Vec<Transport>,
     ) -> Result<Bytes, (bool, String)> {
         let mut rest = route.order.into_iter();
-        let mut running = FuturesUnordered::new();
         let Some((first, _)) = rest.next() else {
             return Err((false, "no transport".into()));
         };
-        tried.push(first);
-        // When each running attempt started, to credit a loser below.
-        let mut started: Vec<(Transport, Instant)> = vec![(first, Instant::now())];
-        running.push(self.attempt(peer, first, id, payload.clone(), deadline));
         let delay = if route.race {
             Some(Duration::ZERO)
         } else {
             self.hedge_delay(hedge, &peer.peer, first)
         };
+        let can_hedge = delay.is_some() && rest.as_slice().first().is_some_and(|n| n.1);
+        if !can_hedge {
+            // One transport at a time: no concurrency to manage.
+            let mut next = Some(first);
+            let (mut transient, mut last) = (true, String::new());
+            while let Some(t) = next {
+                tried.push(t);
+                match self.send(peer, t, id, payload.clone(), deadline).await {
+                    Outcome::Answer(body) => return Ok(body),
+                    Outcome::Refused(reason) => return Err((false, reason)),
+                    Outcome::Transient(reason) => last = reason,
+                    Outcome::Failed(reason) => {
+                        transient = false;
+                        last = reason;
+                    }
+                }
+                next = rest.next().map(|(t, _)| t);
+            }
+            return Err((transient, last));
+        }
+        let mut running = FuturesUnordered::new();
+        tried.push(first);
+        // When each running attempt started, to credit a loser below.
+        let mut started: Vec<(Transport, Instant)> = vec![(first, Instant::now())];
+        running.push(self.attempt(peer, first, id, payload.clone(), deadline));
+        if delay == Some(Duration::ZERO)
+            && let Some((t, _)) = rest.next()
+        {
+            // Race: both at once (a zero-length timer would still wait for
+            // the timer wheel's next millisecond tick).
+            self.metrics.of(t).hedges.inc();
+            tried.push(t);
+            started.push((t, Instant::now()));
+            running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+        }
         let mut hedge_at = delay.map(|d| Instant::now() + d);
         let (mut transient, mut last) = (true, String::new());
         loop {
@@ -624,7 +644,7 @@ impl Node {
                 () = tokio::time::sleep_until(next_hedge.unwrap_or(deadline).into()), if next_hedge.is_some() => {
                     hedge_at = None;
                     if let Some((t, _)) = rest.next() {
-                        self.metrics.hedges.with_label_values(&[t.as_str()]).inc();
+                        self.metrics.of(t).hedges.inc();
                         tried.push(t);
                         started.push((t, Instant::now()));
                         running.push(self.attempt(peer, t, id, payload.clone(), deadline));
@@ -684,46 +704,32 @@ impl Node {
         drop(guard);
         let rtt = started.elapsed();
         let label = t.as_str();
-        let count = |outcome: &str| {
-            self.metrics
-                .requests
-                .with_label_values(&[label, outcome])
-                .inc();
-        };
+        let m = self.metrics.of(t);
         match result {
             Ok(r) => {
-                self.metrics
-                    .bytes_sent
-                    .with_label_values(&[label])
-                    .inc_by(payload.len() as u64);
-                self.metrics
-                    .bytes_received
-                    .with_label_values(&[label])
-                    .inc_by(r.payload.len() as u64);
+                m.bytes_sent.inc_by(payload.len() as u64);
+                m.bytes_received.inc_by(r.payload.len() as u64);
                 let answered = r.kind == Kind::Response;
                 self.peers.record(peer.peer, t, answered, rtt, Some(r.mode));
                 let reason = || String::from_utf8_lossy(&r.payload).into_owned();
                 match r.kind {
                     Kind::Response => {
-                        count("ok");
-                        self.metrics
-                            .latency
-                            .with_label_values(&[label])
-                            .observe(rtt.as_secs_f64());
+                        m.ok.inc();
+                        m.latency.observe(rtt.as_secs_f64());
                         Outcome::Answer(r.payload)
                     }
                     Kind::Retiring => {
-                        count("retiring");
+                        m.retiring.inc();
                         Outcome::Transient(format!("{label}: {}", reason()))
                     }
                     Kind::Refused | Kind::Request => {
-                        count("refused");
+                        m.refused.inc();
                         Outcome::Refused(format!("refused: {}", reason()))
                     }
                 }
             }
             Err(e) => {
-                count("error");
+                m.error.inc();
                 self.peers.record(peer.peer, t, false, rtt, None);
                 let reason = format!("{label}: {e}");
                 if e.is_transient() {

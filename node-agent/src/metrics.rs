@@ -10,11 +10,35 @@ use switchyard_crds::NetworkMode;
 
 use crate::stack::Transport;
 
+/// One transport's series, resolved once so the request path does not
+/// look labels up.
+#[derive(Clone)]
+pub struct TransportMetrics {
+    /// Requests answered.
+    pub ok: prometheus::IntCounter,
+    /// Requests refused by the peer's application.
+    pub refused: prometheus::IntCounter,
+    /// Requests the peer turned away because the transport was retiring.
+    pub retiring: prometheus::IntCounter,
+    /// Requests that failed (connection, timeout, protocol).
+    pub error: prometheus::IntCounter,
+    /// Round trips of answered requests.
+    pub latency: prometheus::Histogram,
+    /// Payload bytes sent.
+    pub bytes_sent: prometheus::IntCounter,
+    /// Payload bytes received.
+    pub bytes_received: prometheus::IntCounter,
+    /// Hedges sent on this transport.
+    pub hedges: prometheus::IntCounter,
+}
+
 /// Every metric a node exports.
 #[derive(Clone)]
 pub struct NodeMetrics {
     registry: Registry,
-    /// Requests sent, by transport and outcome (`ok`, `refused`, `error`).
+    per_transport: [TransportMetrics; 2],
+    /// Requests sent, by transport and outcome (`ok`, `refused`,
+    /// `retiring`, `error`).
     pub requests: IntCounterVec,
     /// Round-trip time of answered requests, by transport.
     pub latency: HistogramVec,
@@ -119,7 +143,21 @@ impl NodeMetrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let resolve = |t: Transport| {
+            let l = t.as_str();
+            TransportMetrics {
+                ok: requests.with_label_values(&[l, "ok"]),
+                refused: requests.with_label_values(&[l, "refused"]),
+                retiring: requests.with_label_values(&[l, "retiring"]),
+                error: requests.with_label_values(&[l, "error"]),
+                latency: latency.with_label_values(&[l]),
+                bytes_sent: bytes_sent.with_label_values(&[l]),
+                bytes_received: bytes_received.with_label_values(&[l]),
+                hedges: hedges.with_label_values(&[l]),
+            }
+        };
         NodeMetrics {
+            per_transport: [resolve(Transport::LibP2p), resolve(Transport::Iroh)],
             registry,
             requests,
             latency,
@@ -132,6 +170,11 @@ impl NodeMetrics {
             hedges,
             retries,
         }
+    }
+
+    /// One transport's series.
+    pub fn of(&self, t: Transport) -> &TransportMetrics {
+        &self.per_transport[t as usize]
     }
 
     /// Show `current` as the mode.

@@ -74,6 +74,30 @@ impl PeerView {
     }
 }
 
+/// What routing needs to know about a peer; per-transport arrays are
+/// indexed libp2p, iroh.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteFacts {
+    /// The mode it last advertised.
+    pub mode: Option<NetworkMode>,
+    /// Smoothed round trip per transport.
+    pub latency: [Option<Duration>; 2],
+    /// Smoothed success rate per transport.
+    pub success_rate: [Option<f64>; 2],
+}
+
+impl RouteFacts {
+    /// The smoothed round trip over `t`.
+    pub fn latency(&self, t: Transport) -> Option<Duration> {
+        self.latency[t as usize]
+    }
+
+    /// The smoothed success rate over `t`.
+    pub fn success_rate(&self, t: Transport) -> Option<f64> {
+        self.success_rate[t as usize]
+    }
+}
+
 /// What a stack reports about a peer.
 #[derive(Debug, Clone)]
 pub enum PeerEvent {
@@ -112,11 +136,15 @@ impl PeerSynchronizer {
     }
 
     fn with<R>(&self, peer: PeerId, f: impl FnOnce(&mut PeerView) -> R) -> Option<R> {
-        // A PeerId that is not ed25519 has no iroh twin; the stacks only
-        // ever admit ed25519 peers, so this only guards against misuse.
-        let endpoint = peer_to_endpoint(&peer).ok()?;
         let mut peers = self.peers.lock().expect("peers lock");
-        let view = peers.entry(peer).or_insert_with(|| PeerView {
+        if let Some(view) = peers.get_mut(&peer) {
+            return Some(f(view));
+        }
+        // Mapping the id decompresses a curve point (tens of µs), so it is
+        // done once per peer, not per request. A PeerId that is not
+        // ed25519 has no iroh twin; the stacks only admit ed25519 peers.
+        let endpoint = peer_to_endpoint(&peer).ok()?;
+        let view = peers.entry(peer).or_insert(PeerView {
             peer,
             endpoint,
             mode: None,
@@ -197,6 +225,17 @@ impl PeerSynchronizer {
                     .map_or(waited, |l| l.max(l.mul_f64(0.8) + waited.mul_f64(0.2))),
             );
         });
+    }
+
+    /// What routing needs about `peer`, without copying its addresses.
+    pub fn facts(&self, peer: &PeerId) -> Option<RouteFacts> {
+        let peers = self.peers.lock().expect("peers lock");
+        let v = peers.get(peer)?;
+        Some(RouteFacts {
+            mode: v.mode,
+            latency: [v.libp2p.latency, v.iroh.latency],
+            success_rate: [v.libp2p.success_rate, v.iroh.success_rate],
+        })
     }
 
     /// One peer's view.

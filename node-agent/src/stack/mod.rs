@@ -18,9 +18,9 @@ use crate::wire::{Envelope, Kind, WireError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
     /// libp2p: TCP + Noise + Yamux, request-response.
-    LibP2p,
+    LibP2p = 0,
     /// iroh: QUIC, one bidirectional stream per request.
-    Iroh,
+    Iroh = 1,
 }
 
 impl Transport {

@@ -1,0 +1,588 @@
+//! The dual-stack transport's speed, memory and switch safety, with the
+//! raw stacks measured in the same run as baselines.
+//!
+//! Usage: `cargo bench -p switchyard-node-agent --bench transport
+//! [-- --requests N --cycle-requests M]`
+//!
+//! Prints a table, then one line of JSON (also written to
+//! target/bench/transport.json). Everything runs on 127.0.0.1.
+//!
+//! - round trip of 100-byte requests: raw libp2p, raw iroh, the bridge over
+//!   each, hedged (LowestLatency with the default hedge) and raced;
+//! - throughput of 1 MiB requests with 1 and 8 in flight, per transport;
+//! - RSS of a node with both stacks in a process of its own, idle and with
+//!   50 peers connected on both transports;
+//! - requests from 8 concurrent senders while the server cycles through
+//!   every mode: requests lost and time per switch.
+//!
+//! Targets: 0 lost; bridge p50 ≤ 1.10 × the raw stack; hedged p50 ≤ 1.10 ×
+//! the better single transport; idle RSS ≤ 25 MiB; ≤ 200 KiB per peer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use libp2p::{Multiaddr, PeerId};
+use serde_json::{Value, json};
+use switchyard_node_agent::bridge::{Hedge, Node, NodeConfig, PeerAddr};
+use switchyard_node_agent::identity::Identity;
+use switchyard_node_agent::peers::PeerSynchronizer;
+use switchyard_node_agent::stack::iroh_stack::{IrohConfig, IrohStack};
+use switchyard_node_agent::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
+use switchyard_node_agent::stack::{Handler, StackStats, Transport};
+use switchyard_node_agent::wire::Envelope;
+use switchyard_node_agent::{NetworkMode, RoutingStrategy};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const T: Duration = Duration::from_secs(30);
+const CHILD_ENV: &str = "SWITCHYARD_TRANSPORT_BENCH_CHILD";
+
+/// Echoes small requests; answers large ones with their length, so a
+/// throughput run moves its bytes one way.
+struct BenchEcho;
+
+impl Handler for BenchEcho {
+    fn handle(
+        &self,
+        _: PeerId,
+        _: Transport,
+        request: Envelope,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        Box::pin(async move {
+            if request.payload.len() <= 4096 {
+                Ok(request.payload)
+            } else {
+                Ok(Bytes::copy_from_slice(
+                    &(request.payload.len() as u64).to_be_bytes(),
+                ))
+            }
+        })
+    }
+    fn mode(&self) -> NetworkMode {
+        NetworkMode::DualPreferLibP2p
+    }
+}
+
+/// The sum of every sample of `metric` whose line contains `filter`.
+fn metric_sum(text: &str, metric: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy)]
+struct Summary {
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+}
+
+fn summarize(mut v: Vec<Duration>) -> Summary {
+    v.sort();
+    let at = |q: f64| {
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[i].as_secs_f64() * 1e6
+    };
+    let mean = v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64 * 1e6;
+    Summary {
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        mean_us: mean,
+    }
+}
+
+async fn node(mode: NetworkMode, config: NodeConfig) -> Arc<Node> {
+    Node::start(Identity::generate(), config, mode, Arc::new(BenchEcho))
+        .await
+        .expect("node starts")
+}
+
+fn client_config(strategy: Option<RoutingStrategy>, hedge: Hedge) -> NodeConfig {
+    NodeConfig {
+        strategy,
+        hedge,
+        request_timeout: Some(T),
+        ..NodeConfig::default()
+    }
+}
+
+struct Raw {
+    id: Identity,
+    libp2p: Libp2pStack,
+    iroh: IrohStack,
+}
+
+async fn raw() -> Raw {
+    let id = Identity::generate();
+    let peers = Arc::new(PeerSynchronizer::new());
+    let libp2p = Libp2pStack::start(
+        &id,
+        Libp2pConfig::default(),
+        Arc::new(BenchEcho),
+        Arc::new(StackStats::default()),
+        peers.clone(),
+    )
+    .await
+    .expect("libp2p");
+    let iroh = IrohStack::start(
+        &id,
+        IrohConfig::default(),
+        Arc::new(BenchEcho),
+        Arc::new(StackStats::default()),
+        peers,
+    )
+    .await
+    .expect("iroh");
+    Raw { id, libp2p, iroh }
+}
+
+fn row(table: &mut Vec<(String, String, String, String)>, name: &str, s: Summary) {
+    table.push((
+        name.into(),
+        format!("{:.0}", s.p50_us),
+        format!("{:.0}", s.p99_us),
+        format!("{:.0}", s.mean_us),
+    ));
+}
+
+type Send1<'a> = Box<dyn Fn() -> BoxFuture<'a, ()> + 'a>;
+
+async fn latencies(n: usize, out: &mut serde_json::Map<String, Value>) {
+    let payload = Bytes::from(vec![7u8; 100]);
+
+    // Raw stacks, no bridge.
+    let (a, b) = (raw().await, raw().await);
+    let (peer, addrs, iroh_addr) = (b.id.peer_id(), b.libp2p.addrs(), b.iroh.addr());
+    // Through the bridge, against one dual-stack server.
+    let server = node(NetworkMode::DualPreferLibP2p, NodeConfig::default()).await;
+    let addr = server.addr();
+    let lowest = Some(RoutingStrategy::LowestLatency);
+    let bridge_libp2p = node(NetworkMode::LibP2pOnly, client_config(None, Hedge::Off)).await;
+    let bridge_iroh = node(NetworkMode::IrohOnly, client_config(None, Hedge::Off)).await;
+    let hedged = node(
+        NetworkMode::DualLoadBalance,
+        client_config(lowest, Hedge::default()),
+    )
+    .await;
+    let raced = node(
+        NetworkMode::DualLoadBalance,
+        client_config(lowest, Hedge::Race),
+    )
+    .await;
+
+    let via = |client: &Arc<Node>| -> Send1<'_> {
+        let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
+        Box::new(move || {
+            let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
+            Box::pin(async move {
+                client
+                    .request(&addr, payload)
+                    .await
+                    .expect("bridge request");
+            })
+        })
+    };
+    let paths: Vec<(&str, Send1<'_>)> = vec![
+        (
+            "raw_libp2p",
+            Box::new(|| {
+                let req = Envelope::request(NetworkMode::LibP2pOnly, 1, payload.clone());
+                let (stack, addrs) = (&a.libp2p, addrs.clone());
+                Box::pin(async move {
+                    stack
+                        .request(peer, addrs, req, T)
+                        .await
+                        .expect("raw libp2p");
+                })
+            }),
+        ),
+        ("bridge_libp2p", via(&bridge_libp2p)),
+        (
+            "raw_iroh",
+            Box::new(|| {
+                let req = Envelope::request(NetworkMode::IrohOnly, 1, payload.clone());
+                let (stack, addr) = (&a.iroh, &iroh_addr);
+                Box::pin(async move {
+                    stack.request(addr, &req, T).await.expect("raw iroh");
+                })
+            }),
+        ),
+        ("bridge_iroh", via(&bridge_iroh)),
+        ("hedged", via(&hedged)),
+        ("raced", via(&raced)),
+    ];
+    // Warm up, then take the samples in interleaved rounds so drift on a
+    // shared machine lands on every path alike.
+    for (_, f) in &paths {
+        for _ in 0..n / 10 {
+            f().await;
+        }
+    }
+    let rounds = 10;
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); paths.len()];
+    for _ in 0..rounds {
+        for (i, (_, f)) in paths.iter().enumerate() {
+            for _ in 0..n / rounds {
+                let t = Instant::now();
+                f().await;
+                samples[i].push(t.elapsed());
+            }
+        }
+    }
+    let mut sums = std::collections::BTreeMap::new();
+    let mut table = Vec::new();
+    for ((name, _), v) in paths.iter().zip(samples) {
+        let s = summarize(v);
+        row(&mut table, name, s);
+        out.insert(
+            format!("rtt_{name}"),
+            json!({"p50_us": s.p50_us, "p99_us": s.p99_us, "mean_us": s.mean_us}),
+        );
+        sums.insert(*name, s);
+    }
+    drop(paths);
+    println!("\n100-byte request round trip ({n} sequential requests each, interleaved)\n");
+    println!("| path | p50 µs | p99 µs | mean µs |");
+    println!("|---|---:|---:|---:|");
+    for (a, b, c, d) in table {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+    let total = (n + n / 10) as f64;
+    for (name, client) in [("hedged", &hedged), ("raced", &raced)] {
+        // Sends per request: what the second transport costs.
+        let text = client.metrics().render();
+        let per = 1.0 + metric_sum(&text, "switchyard_node_hedged_requests_total", "") / total;
+        println!("{name}: {per:.3} sends per request");
+        out.insert(format!("{name}_sends_per_request"), json!(per));
+    }
+    for c in [bridge_libp2p, bridge_iroh, hedged, raced, server] {
+        c.stop().await;
+    }
+    a.iroh.stop().await;
+    b.iroh.stop().await;
+    a.libp2p.stop();
+    b.libp2p.stop();
+
+    let r = |k: &str| sums[k].p50_us;
+    let overhead_libp2p = r("bridge_libp2p") / r("raw_libp2p");
+    let overhead_iroh = r("bridge_iroh") / r("raw_iroh");
+    let best = r("bridge_libp2p").min(r("bridge_iroh"));
+    let hedged_ratio = r("hedged") / best;
+    let raced_ratio = r("raced") / best;
+    println!(
+        "\nbridge/raw p50: libp2p {overhead_libp2p:.3}, iroh {overhead_iroh:.3} (target ≤ 1.10)"
+    );
+    println!(
+        "hedged/best single p50: {hedged_ratio:.3} (target ≤ 1.10); raced/best single: {raced_ratio:.3}"
+    );
+    out.insert(
+        "ratios".into(),
+        json!({
+            "bridge_over_raw_libp2p": overhead_libp2p,
+            "bridge_over_raw_iroh": overhead_iroh,
+            "hedged_over_best_single": hedged_ratio,
+            "raced_over_best_single": raced_ratio,
+        }),
+    );
+}
+
+async fn throughput(out: &mut serde_json::Map<String, Value>) {
+    let payload = Bytes::from(vec![1u8; 1024 * 1024]);
+    let server = node(NetworkMode::DualPreferLibP2p, NodeConfig::default()).await;
+    let addr = server.addr();
+    println!("\n1 MiB requests (answers are 8 bytes)\n");
+    println!("| transport | in flight | requests | MiB/s |");
+    println!("|---|---:|---:|---:|");
+    for (t, mode) in [
+        (Transport::LibP2p, NetworkMode::LibP2pOnly),
+        (Transport::Iroh, NetworkMode::IrohOnly),
+    ] {
+        let client = node(mode, client_config(None, Hedge::Off)).await;
+        client
+            .request(&addr, payload.clone())
+            .await
+            .expect("warm-up");
+        for in_flight in [1usize, 8] {
+            let total = 64 * in_flight.min(4);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..in_flight {
+                let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..total / in_flight {
+                        client
+                            .request(&addr, payload.clone())
+                            .await
+                            .expect("1 MiB request");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("sender");
+            }
+            let mib_s = total as f64 / started.elapsed().as_secs_f64();
+            println!("| {} | {in_flight} | {total} | {mib_s:.0} |", t.as_str());
+            out.insert(
+                format!("throughput_{}_{in_flight}_mib_s", t.as_str()),
+                json!(mib_s),
+            );
+        }
+        client.stop().await;
+    }
+    server.stop().await;
+}
+
+/// The RSS child: one node with both stacks; prints its addresses, then
+/// answers `rss` with its resident set in KiB until `quit`.
+async fn child() {
+    let node = node(NetworkMode::DualLoadBalance, NodeConfig::default()).await;
+    let a = node.addr();
+    let iroh: Vec<String> = a
+        .iroh
+        .as_ref()
+        .map(|i| i.ip_addrs().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let libp2p: Vec<String> = a.libp2p.iter().map(ToString::to_string).collect();
+    println!(
+        "{}",
+        json!({"peer": a.peer.to_string(), "libp2p": libp2p, "iroh": iroh})
+    );
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        match line.trim() {
+            "rss" => println!("{}", rss_kib(std::process::id())),
+            _ => break,
+        }
+    }
+    node.stop().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn memory(out: &mut serde_json::Map<String, Value>) {
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("child starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read").expect("addresses");
+    let v: Value = serde_json::from_str(&first).expect("json");
+    let peer: PeerId = v["peer"].as_str().expect("peer").parse().expect("peer id");
+    let libp2p: Vec<Multiaddr> = v["libp2p"]
+        .as_array()
+        .expect("libp2p")
+        .iter()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    let iroh: Vec<SocketAddr> = v["iroh"]
+        .as_array()
+        .expect("iroh")
+        .iter()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect();
+    let target = PeerAddr::new(peer, libp2p, iroh).expect("address");
+    let mut ask = async || {
+        stdin.write_all(b"rss\n").await.expect("ask");
+        lines
+            .next_line()
+            .await
+            .expect("read")
+            .expect("rss")
+            .parse::<u64>()
+            .expect("kib")
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = ask().await;
+    let peers = 50usize;
+    let mut nodes = Vec::new();
+    for _ in 0..peers {
+        // One request on each transport, so the child holds both.
+        let n = node(
+            NetworkMode::DualLoadBalance,
+            client_config(Some(RoutingStrategy::LoadBalance), Hedge::Off),
+        )
+        .await;
+        for _ in 0..2 {
+            n.request(&target, Bytes::from_static(b"hello"))
+                .await
+                .expect("peer request");
+        }
+        nodes.push(n);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_peers = ask().await;
+    drop(stdin);
+    let _ = child.wait().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    let per_peer = (with_peers.saturating_sub(idle)) as f64 / peers as f64;
+    println!("\nRSS of a node with both stacks (a process of its own)\n");
+    println!("| state | RSS MiB | target |");
+    println!("|---|---:|---:|");
+    println!("| idle | {:.1} | 25.0 |", idle as f64 / 1024.0);
+    println!(
+        "| {peers} peers on both transports | {:.1} | – |",
+        with_peers as f64 / 1024.0
+    );
+    println!("| per peer | {per_peer:.0} KiB | 200 KiB |");
+    out.insert(
+        "rss".into(),
+        json!({"idle_kib": idle, "with_50_peers_kib": with_peers, "per_peer_kib": per_peer}),
+    );
+}
+
+async fn cycling(total: u64, out: &mut serde_json::Map<String, Value>) {
+    let server = node(NetworkMode::DualPreferLibP2p, NodeConfig::default()).await;
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let client = node(
+            NetworkMode::DualLoadBalance,
+            client_config(None, Hedge::default()),
+        )
+        .await;
+        let (stop, sent, lost, addr) = (stop.clone(), sent.clone(), lost.clone(), addr.clone());
+        senders.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) && sent.fetch_add(1, Ordering::SeqCst) < total {
+                if let Err(e) = client.request(&addr, Bytes::from_static(b"cycle")).await {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                    if errors.len() < 5 {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            let text = client.metrics().render();
+            client.stop().await;
+            (errors, text)
+        }));
+    }
+    let cycle = [
+        NetworkMode::DualLoadBalance,
+        NetworkMode::DualPreferIroh,
+        NetworkMode::IrohOnly,
+        NetworkMode::DualPreferIroh,
+        NetworkMode::DualLoadBalance,
+        NetworkMode::DualPreferLibP2p,
+        NetworkMode::LibP2pOnly,
+        NetworkMode::DualPreferLibP2p,
+        NetworkMode::IrohOnly,
+        NetworkMode::LibP2pOnly,
+    ];
+    let started = Instant::now();
+    let mut switch_times = Vec::new();
+    let mut i = 0;
+    while sent.load(Ordering::SeqCst) < total {
+        let mode = cycle[i % cycle.len()];
+        i += 1;
+        let t = Instant::now();
+        server.set_mode(mode).await.expect("switch");
+        switch_times.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut errors = Vec::new();
+    let (mut retries, mut retiring, mut hedges, mut failovers) = (0.0, 0.0, 0.0, 0.0);
+    for s in senders {
+        let (e, text) = s.await.expect("sender");
+        errors.extend(e);
+        retries += metric_sum(&text, "switchyard_node_request_retries_total", "");
+        retiring += metric_sum(&text, "switchyard_node_requests_total", "retiring");
+        failovers += metric_sum(&text, "switchyard_node_requests_total", "error");
+        hedges += metric_sum(&text, "switchyard_node_hedged_requests_total", "");
+    }
+    let elapsed = started.elapsed();
+    let done = sent.load(Ordering::SeqCst).min(total);
+    let lost = lost.load(Ordering::SeqCst);
+    let switches = switch_times.len();
+    let sw = summarize(switch_times);
+    server.stop().await;
+    println!("\n{done} requests from 8 senders while the server cycles its mode every 50 ms\n");
+    println!("| measure | value | target |");
+    println!("|---|---:|---:|");
+    println!("| requests lost | {lost} | 0 |");
+    println!("| mode switches | {switches} | – |");
+    println!(
+        "| time per switch p50 / p99 | {:.2} / {:.2} ms | – |",
+        sw.p50_us / 1000.0,
+        sw.p99_us / 1000.0
+    );
+    println!(
+        "| requests per second | {:.0} | – |",
+        done as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "| sends answered Retiring / failed and retried elsewhere | {retiring:.0} / {failovers:.0} | – |"
+    );
+    println!("| requests sent again after backoff | {retries:.0} | – |");
+    println!("| hedges | {hedges:.0} | – |");
+    for e in &errors {
+        println!("lost: {e}");
+    }
+    out.insert(
+        "cycling".into(),
+        json!({
+            "requests": done, "lost": lost, "switches": switches,
+            "switch_p50_ms": sw.p50_us / 1000.0, "switch_p99_ms": sw.p99_us / 1000.0,
+            "requests_per_s": done as f64 / elapsed.as_secs_f64(),
+            "retiring_answers": retiring, "failed_sends": failovers,
+            "retries": retries, "hedges": hedges,
+        }),
+    );
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if std::env::var_os(CHILD_ENV).is_some() {
+        rt.block_on(child());
+        return Ok(());
+    }
+    let n = arg("--requests", 5000);
+    let cycle_requests = arg("--cycle-requests", 100_000) as u64;
+    let mut out = serde_json::Map::new();
+    rt.block_on(async {
+        latencies(n, &mut out).await;
+        throughput(&mut out).await;
+        memory(&mut out).await;
+        cycling(cycle_requests, &mut out).await;
+    });
+    let json = Value::Object(out);
+    println!("\n{json}");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(format!("{dir}/transport.json"), json.to_string())?;
+    Ok(())
+}
