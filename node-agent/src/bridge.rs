@@ -166,6 +166,7 @@ enum Outcome {
 struct Served {
     inner: Arc<dyn Handler>,
     mode: Arc<RwLock<NetworkMode>>,
+    peers: Arc<PeerSynchronizer>,
 }
 
 impl Handler for Served {
@@ -175,6 +176,10 @@ impl Handler for Served {
         transport: Transport,
         request: Envelope,
     ) -> BoxFuture<'static, Result<Bytes, String>> {
+        // Requests advertise the sender's mode too: a peer's capabilities
+        // are known from its first request, before this node asks it
+        // anything.
+        self.peers.advertised(from, request.mode);
         self.inner.handle(from, transport, request)
     }
     fn mode(&self) -> NetworkMode {
@@ -225,18 +230,20 @@ impl Node {
         handler: Arc<dyn Handler>,
     ) -> Result<Arc<Self>, StackError> {
         let mode_cell = Arc::new(RwLock::new(mode));
+        let peers = Arc::new(PeerSynchronizer::new());
         let node = Arc::new(Node {
             identity,
             config: Mutex::new(config),
             served: Arc::new(Served {
                 inner: handler,
                 mode: mode_cell.clone(),
+                peers: peers.clone(),
             }),
             mode: mode_cell,
             stacks: RwLock::new(Stacks::default()),
             in_flight: Default::default(),
             stats: Default::default(),
-            peers: Arc::new(PeerSynchronizer::new()),
+            peers,
             next_id: AtomicU64::new(1),
             turn: AtomicU64::new(0),
             switching: tokio::sync::Mutex::new(()),

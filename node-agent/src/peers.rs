@@ -214,6 +214,11 @@ impl PeerSynchronizer {
         });
     }
 
+    /// `peer` said it runs `mode` (in a request it sent).
+    pub fn advertised(&self, peer: PeerId, mode: NetworkMode) {
+        self.with(peer, |v| v.mode = Some(mode));
+    }
+
     /// A request to `peer` over `t` was abandoned after `waited` because
     /// the other transport answered first: its round trip is at least
     /// that. Counts as a latency sample, not as a failure.

@@ -86,6 +86,9 @@ async fn killing_one_transport_fails_over_to_the_other() {
         .await
         .expect("ok");
     assert_eq!(&first[..], b"libp2p:1", "libp2p preferred");
+    // b learned a's mode from the request alone.
+    let seen_by_b = b.peer(&a.identity().peer_id()).expect("b knows a");
+    assert_eq!(seen_by_b.mode, Some(NetworkMode::DualPreferLibP2p));
     b.kill_transport(Transport::LibP2p).await;
     for i in 0..20u8 {
         let r = a

@@ -139,7 +139,8 @@ async fn a_retiring_stack_refuses_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_sending_garbage_is_dropped_and_counted_and_others_carry_on() {
+async fn an_iroh_peer_sending_garbage_or_oversized_frames_is_dropped_and_counted_and_others_carry_on()
+ {
     let (good, target) = (node().await, node().await);
     // A raw iroh endpoint speaking the ALPN but sending nonsense.
     let evil = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
@@ -161,6 +162,18 @@ async fn a_peer_sending_garbage_is_dropped_and_counted_and_others_carry_on() {
     let closed = tokio::time::timeout(T, conn.closed()).await;
     assert!(closed.is_ok(), "the target dropped the connection");
     assert_eq!(target.stats.1.malformed.load(Ordering::Relaxed), 1);
+    // A frame announcing 1 GiB is refused before a byte of it is read.
+    let conn = evil
+        .connect(target.iroh.addr(), ALPN)
+        .await
+        .expect("connects again");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&[0x40, 0, 0, 0, 1, 0, 0])
+        .await
+        .expect("sent");
+    let closed = tokio::time::timeout(T, conn.closed()).await;
+    assert!(closed.is_ok(), "the target dropped the connection again");
+    assert_eq!(target.stats.1.malformed.load(Ordering::Relaxed), 2);
     let req = Envelope::request(NetworkMode::IrohOnly, 1, Bytes::from_static(b"still here"));
     let r = good
         .iroh
