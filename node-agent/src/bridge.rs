@@ -599,19 +599,24 @@ impl Node {
             return Err((transient, last));
         }
         let mut running = FuturesUnordered::new();
-        tried.push(first);
         // When each running attempt started, to credit a loser below.
-        let mut started: Vec<(Transport, Instant)> = vec![(first, Instant::now())];
-        running.push(self.attempt(peer, first, id, payload.clone(), deadline));
+        let mut started: Vec<(Transport, Instant)> = Vec::with_capacity(2);
+        macro_rules! launch {
+            ($t:expr) => {{
+                let t = $t;
+                tried.push(t);
+                started.push((t, Instant::now()));
+                running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+            }};
+        }
+        launch!(first);
         if delay == Some(Duration::ZERO)
             && let Some((t, _)) = rest.next()
         {
             // Race: both at once (a zero-length timer would still wait for
             // the timer wheel's next millisecond tick).
             self.metrics.of(t).hedges.inc();
-            tried.push(t);
-            started.push((t, Instant::now()));
-            running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+            launch!(t);
         }
         let mut hedge_at = delay.map(|d| Instant::now() + d);
         let (mut transient, mut last) = (true, String::new());
@@ -641,9 +646,7 @@ impl Node {
                     }
                     // Fail over now.
                     if let Some((t, _)) = rest.next() {
-                        tried.push(t);
-                        started.push((t, Instant::now()));
-                        running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+                        launch!(t);
                     } else if running.is_empty() {
                         break;
                     }
@@ -652,9 +655,7 @@ impl Node {
                     hedge_at = None;
                     if let Some((t, _)) = rest.next() {
                         self.metrics.of(t).hedges.inc();
-                        tried.push(t);
-                        started.push((t, Instant::now()));
-                        running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+                        launch!(t);
                     }
                 }
             }

@@ -266,23 +266,17 @@ async fn a_slow_preferred_transport_is_hedged_onto_the_other_with_the_same_reque
     );
     hedged.stop().await;
 
-    // Without hedging the preferred transport's answer is awaited.
-    let plain = client_with(Hedge::Off).await;
-    let r = plain
-        .request(&server.addr(), Bytes::from_static(b"x"))
-        .await
-        .expect("answered");
-    assert_eq!(&r[..], b"libp2p");
-    plain.stop().await;
-
-    // Racing sends on both at once; the fast one wins.
-    let racer = client_with(Hedge::Race).await;
-    let r = racer
-        .request(&server.addr(), Bytes::from_static(b"x"))
-        .await
-        .expect("answered");
-    assert_eq!(&r[..], b"iroh");
-    racer.stop().await;
+    // Without hedging the preferred transport's answer is awaited; racing
+    // sends on both at once and the fast one wins.
+    for (hedge, winner) in [(Hedge::Off, "libp2p"), (Hedge::Race, "iroh")] {
+        let client = client_with(hedge).await;
+        let r = client
+            .request(&server.addr(), Bytes::from_static(b"x"))
+            .await
+            .expect("answered");
+        assert_eq!(&r[..], winner.as_bytes(), "{hedge:?}");
+        client.stop().await;
+    }
     server.stop().await;
 }
 
