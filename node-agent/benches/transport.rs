@@ -231,7 +231,7 @@ async fn latencies(n: usize, out: &mut serde_json::Map<String, Value>) {
             f().await;
         }
     }
-    let rounds = 10;
+    let rounds = 50;
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); paths.len()];
     for _ in 0..rounds {
         for (i, (_, f)) in paths.iter().enumerate() {

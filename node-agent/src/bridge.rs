@@ -21,7 +21,7 @@ use crate::metrics::NodeMetrics;
 use crate::peers::{PeerSynchronizer, PeerView};
 use crate::stack::iroh_stack::{IrohConfig, IrohStack};
 use crate::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
-use crate::stack::{Handler, StackError, StackStats, Transport};
+use crate::stack::{Dedup, Handler, StackError, StackStats, Transport};
 use crate::wire::{Envelope, Kind};
 
 /// Where to reach a peer on each transport.
@@ -134,6 +134,11 @@ pub struct NodeConfig {
     /// How long a retiring stack waits for its requests, both ways, before
     /// it stops anyway (default 30 s).
     pub drain_timeout: Option<Duration>,
+    /// Answer a request that arrives again (a hedge or a retry, on either
+    /// transport) from the first arrival instead of running the handler
+    /// twice, remembering this many recent requests; 0 turns it off for
+    /// handlers that are idempotent anyway (default 4096).
+    pub dedup_window: Option<usize>,
 }
 
 #[derive(Default)]
@@ -231,6 +236,19 @@ impl Node {
     ) -> Result<Arc<Self>, StackError> {
         let mode_cell = Arc::new(RwLock::new(mode));
         let peers = Arc::new(PeerSynchronizer::new());
+        let handler: Arc<dyn Handler> = match config.dedup_window.unwrap_or(4096) {
+            0 => handler,
+            n => Arc::new(Dedup::new(handler, n)),
+        };
+        // Request ids start at a random point, so peers that de-duplicate
+        // by id do not mistake this node's requests for those of an
+        // earlier run.
+        let first_id = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
         let node = Arc::new(Node {
             identity,
             config: Mutex::new(config),
@@ -244,7 +262,7 @@ impl Node {
             in_flight: Default::default(),
             stats: Default::default(),
             peers,
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id),
             turn: AtomicU64::new(0),
             switching: tokio::sync::Mutex::new(()),
             switches: AtomicU64::new(0),

@@ -200,16 +200,23 @@ impl Handler for SlowLibp2p {
     }
 }
 
-async fn slow_libp2p_server() -> (Arc<Node>, Arc<std::sync::Mutex<Vec<(Transport, u64)>>>) {
+/// A server whose libp2p answers take `libp2p_delay`; `dedup_window` as
+/// in [`NodeConfig`].
+async fn slow_libp2p_server(
+    libp2p_delay: Duration,
+    dedup_window: usize,
+) -> (Arc<Node>, Arc<std::sync::Mutex<Vec<(Transport, u64)>>>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let handler = SlowLibp2p {
-        // Far beyond the hedge delay, so which answer wins is not a race.
-        libp2p_delay: Duration::from_secs(3),
+        libp2p_delay,
         seen: seen.clone(),
     };
     let server = Node::start(
         Identity::generate(),
-        NodeConfig::default(),
+        NodeConfig {
+            dedup_window: Some(dedup_window),
+            ..NodeConfig::default()
+        },
         NetworkMode::DualPreferLibP2p,
         Arc::new(handler),
     )
@@ -236,7 +243,11 @@ async fn client_with(hedge: Hedge) -> Arc<Node> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_preferred_transport_is_hedged_onto_the_other_with_the_same_request_id() {
-    let (server, seen) = slow_libp2p_server().await;
+    // The slow path is simulated in the handler, so the server must run it
+    // per arrival (no de-duplication) for the hedge to be seen winning.
+    // The delay is far beyond the hedge delay, so which answer wins is not
+    // a race.
+    let (server, seen) = slow_libp2p_server(Duration::from_secs(3), 0).await;
     let hedged = client_with(Hedge::Delayed {
         factor: 3.0,
         min: Duration::from_millis(1),
@@ -347,4 +358,30 @@ async fn five_nodes_in_five_modes_talk_in_every_pair_at_once_and_merge_their_pee
     for n in nodes {
         n.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
+    // De-duplication on (the default): a raced request reaches the server
+    // on both transports and both get the first arrival's answer.
+    let (server, seen) = slow_libp2p_server(Duration::ZERO, 4096).await;
+    let racer = client_with(Hedge::Race).await;
+    for i in 0..20u8 {
+        racer
+            .request(&server.addr(), Bytes::from(vec![i]))
+            .await
+            .expect("answered");
+    }
+    let text = racer.metrics().render();
+    assert!(
+        text.contains("switchyard_node_hedged_requests_total{transport=\"iroh\"} 20"),
+        "every request was sent twice: {text}"
+    );
+    let s = seen.lock().expect("seen").clone();
+    let mut ids: Vec<u64> = s.iter().map(|(_, id)| *id).collect();
+    ids.dedup();
+    assert_eq!(s.len(), 20, "the handler ran once per request: {s:?}");
+    assert_eq!(ids.len(), 20);
+    racer.stop().await;
+    server.stop().await;
 }

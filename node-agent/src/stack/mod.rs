@@ -48,6 +48,64 @@ pub trait Handler: Send + Sync + 'static {
     fn mode(&self) -> switchyard_crds::NetworkMode;
 }
 
+/// Runs a handler at most once per (peer, request id) among the last
+/// `capacity` requests: a hedged or retried request that arrives again
+/// (on either transport) gets the first arrival's answer, so handlers need
+/// not be idempotent. Requesters start their ids at a random point, so a
+/// restarted peer does not collide with its earlier life.
+pub struct Dedup {
+    inner: Arc<dyn Handler>,
+    capacity: usize,
+    seen: std::sync::Mutex<DedupState>,
+}
+
+type SharedAnswer = futures::future::Shared<BoxFuture<'static, Result<Bytes, String>>>;
+
+#[derive(Default)]
+struct DedupState {
+    answers: std::collections::HashMap<(PeerId, u64), SharedAnswer>,
+    order: std::collections::VecDeque<(PeerId, u64)>,
+}
+
+impl Dedup {
+    /// Wrap `inner`, remembering the last `capacity` requests.
+    pub fn new(inner: Arc<dyn Handler>, capacity: usize) -> Self {
+        Dedup {
+            inner,
+            capacity: capacity.max(1),
+            seen: std::sync::Mutex::new(DedupState::default()),
+        }
+    }
+}
+
+impl Handler for Dedup {
+    fn handle(
+        &self,
+        from: PeerId,
+        transport: Transport,
+        request: Envelope,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        use futures::FutureExt;
+        let key = (from, request.request_id);
+        let mut seen = self.seen.lock().expect("dedup lock");
+        if let Some(answer) = seen.answers.get(&key) {
+            return answer.clone().boxed();
+        }
+        let answer = self.inner.handle(from, transport, request).shared();
+        if seen.order.len() >= self.capacity
+            && let Some(old) = seen.order.pop_front()
+        {
+            seen.answers.remove(&old);
+        }
+        seen.order.push_back(key);
+        seen.answers.insert(key, answer.clone());
+        answer.boxed()
+    }
+    fn mode(&self) -> switchyard_crds::NetworkMode {
+        self.inner.mode()
+    }
+}
+
 /// Counters a stack keeps; the metrics read them.
 #[derive(Debug, Default)]
 pub struct StackStats {
