@@ -139,6 +139,9 @@ pub struct NodeConfig {
     /// twice, remembering this many recent requests; 0 turns it off for
     /// handlers that are idempotent anyway (default 4096).
     pub dedup_window: Option<usize>,
+    /// When not empty, only these identities may connect, on either
+    /// transport; the others are refused at the handshake and counted.
+    pub allowlist: Vec<PeerId>,
 }
 
 #[derive(Default)]
@@ -294,6 +297,11 @@ impl Node {
                 .set(gauge(n));
         }
         self.metrics.dual_peers.set(gauge(c.dual));
+        for t in [Transport::LibP2p, Transport::Iroh] {
+            let seen = self.stats[slot(t)].rejected.load(Ordering::Relaxed);
+            let counter = &self.metrics.of(t).rejected;
+            counter.inc_by(seen.saturating_sub(counter.get()));
+        }
         &self.metrics
     }
 
@@ -341,7 +349,9 @@ impl Node {
                 mode.has_iroh() && s.iroh.is_none(),
             )
         };
-        let config = self.config.lock().expect("config lock").clone();
+        let mut config = self.config.lock().expect("config lock").clone();
+        config.libp2p.allowlist.clone_from(&config.allowlist);
+        config.iroh.allowlist.clone_from(&config.allowlist);
         if need_libp2p {
             let stack = Libp2pStack::start(
                 &self.identity,
@@ -748,7 +758,7 @@ impl Node {
                         m.retiring.inc();
                         Outcome::Transient(format!("{label}: {}", reason()))
                     }
-                    Kind::Refused | Kind::Request => {
+                    Kind::Refused | Kind::Request | Kind::Ping | Kind::Pong => {
                         m.refused.inc();
                         Outcome::Refused(format!("refused: {}", reason()))
                     }
@@ -764,6 +774,68 @@ impl Node {
                     Outcome::Failed(reason)
                 }
             }
+        }
+    }
+
+    /// One heartbeat to `peer` over `t`: a `Ping` the peer's stack answers
+    /// itself (dialling first if there is no connection). Returns the
+    /// round trip, which also feeds the peer view and LowestLatency.
+    pub async fn ping(
+        &self,
+        peer: &PeerAddr,
+        t: Transport,
+        timeout: Duration,
+    ) -> Result<Duration, StackError> {
+        let envelope = Envelope {
+            kind: Kind::Ping,
+            mode: self.mode(),
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            payload: Bytes::new(),
+        };
+        let started = Instant::now();
+        let result = match t {
+            Transport::LibP2p => {
+                let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
+                match stack {
+                    Some(s) if !peer.libp2p.is_empty() => {
+                        s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
+                            .await
+                    }
+                    _ => Err(StackError::Stopped),
+                }
+            }
+            Transport::Iroh => {
+                let stack = self.stacks.read().expect("stacks lock").iroh.clone();
+                match (stack, &peer.iroh) {
+                    (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
+                    _ => Err(StackError::Stopped),
+                }
+            }
+        };
+        let rtt = started.elapsed();
+        match result {
+            Ok(r) if r.kind == Kind::Pong => {
+                self.peers.record(peer.peer, t, true, rtt, Some(r.mode));
+                Ok(rtt)
+            }
+            Ok(r) => Err(StackError::Protocol(format!(
+                "a ping was answered with {:?}",
+                r.kind
+            ))),
+            Err(e) => {
+                self.peers.record(peer.peer, t, false, rtt, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Dial a libp2p address whose peer is not known yet (a DNS name's
+    /// address) and return the peer found there.
+    pub async fn dial_libp2p(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, StackError> {
+        let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
+        match stack {
+            Some(s) => s.dial(addr, timeout).await,
+            None => Err(StackError::Stopped),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct TransportMetrics {
     pub bytes_received: prometheus::IntCounter,
     /// Hedges sent on this transport.
     pub hedges: prometheus::IntCounter,
+    /// Connections refused because the peer is not on the allowlist.
+    pub rejected: prometheus::IntCounter,
 }
 
 /// Every metric a node exports.
@@ -129,6 +131,14 @@ impl NodeMetrics {
             "Requests sent again after every transport failed transiently",
         )
         .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_auth_rejections_total",
+                "Connections refused because the peer is not on the allowlist",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -140,6 +150,7 @@ impl NodeMetrics {
             Box::new(mode_switches.clone()),
             Box::new(hedges.clone()),
             Box::new(retries.clone()),
+            Box::new(rejected.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -154,6 +165,7 @@ impl NodeMetrics {
                 bytes_sent: bytes_sent.with_label_values(&[l]),
                 bytes_received: bytes_received.with_label_values(&[l]),
                 hedges: hedges.with_label_values(&[l]),
+                rejected: rejected.with_label_values(&[l]),
             }
         };
         NodeMetrics {
@@ -170,6 +182,11 @@ impl NodeMetrics {
             hedges,
             retries,
         }
+    }
+
+    /// The registry, for other parts of the agent to add their metrics to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// One transport's series.

@@ -36,6 +36,12 @@ pub enum Kind {
     /// a UTF-8 reason. Transient: the requester tries another transport,
     /// or this one again once the answerer's advertised mode says so.
     Retiring,
+    /// A heartbeat: answered by the stack itself with a `Pong`, never
+    /// passed to the application.
+    Ping,
+    /// The answer to a `Ping`; it carries the answerer's mode like every
+    /// envelope.
+    Pong,
 }
 
 impl Kind {
@@ -45,6 +51,8 @@ impl Kind {
             Kind::Response => 1,
             Kind::Refused => 2,
             Kind::Retiring => 3,
+            Kind::Ping => 4,
+            Kind::Pong => 5,
         }
     }
 
@@ -54,6 +62,8 @@ impl Kind {
             1 => Kind::Response,
             2 => Kind::Refused,
             3 => Kind::Retiring,
+            4 => Kind::Ping,
+            5 => Kind::Pong,
             _ => return None,
         })
     }
@@ -209,7 +219,14 @@ mod tests {
     #[test]
     fn envelopes_round_trip_in_every_mode() {
         for mode in NetworkMode::ALL {
-            for kind in [Kind::Request, Kind::Response, Kind::Refused, Kind::Retiring] {
+            for kind in [
+                Kind::Request,
+                Kind::Response,
+                Kind::Refused,
+                Kind::Retiring,
+                Kind::Ping,
+                Kind::Pong,
+            ] {
                 let e = Envelope {
                     kind,
                     mode,

@@ -3,18 +3,20 @@
 //! ALPN `switchyard/rpc/1`, one bidirectional stream per request carrying
 //! one frame each way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use iroh::endpoint::{Connection, IncomingAddr, VarInt, presets};
+use iroh::endpoint::{
+    AfterHandshakeOutcome, Connection, EndpointHooks, IncomingAddr, VarInt, presets,
+};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use tokio::sync::Mutex;
 
 use super::{Handler, Inbound, StackError, StackStats, Transport};
-use crate::identity::{Identity, endpoint_to_peer};
+use crate::identity::{Identity, endpoint_to_peer, peer_to_endpoint};
 use crate::peers::{PeerEvent, PeerSynchronizer};
 use crate::wire::{self, Envelope, Kind};
 
@@ -33,6 +35,10 @@ pub struct IrohConfig {
     pub relay_url: Option<iroh::RelayUrl>,
     /// Largest frame body accepted or sent.
     pub max_frame: usize,
+    /// When not empty, only these peers (by their libp2p PeerId; the iroh
+    /// id follows) may connect, either way; others are refused once the
+    /// TLS handshake has told who they are.
+    pub allowlist: Vec<libp2p::PeerId>,
 }
 
 impl Default for IrohConfig {
@@ -41,6 +47,7 @@ impl Default for IrohConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             relay_url: None,
             max_frame: wire::DEFAULT_MAX_FRAME,
+            allowlist: Vec::new(),
         }
     }
 }
@@ -82,9 +89,27 @@ impl IrohStack {
         // A fixed port was usually ours a moment ago (a mode switch
         // restarting the stack): the closed endpoint's socket can take a
         // little while to let go, so retry briefly.
+        let allow = if config.allowlist.is_empty() {
+            None
+        } else {
+            let mut ids = HashSet::new();
+            for p in &config.allowlist {
+                ids.insert(peer_to_endpoint(p).map_err(|e| {
+                    StackError::Start(format!("iroh allowlist entry {p}: {e}"))
+                })?);
+            }
+            Some(Arc::new(ids))
+        };
         let give_up = Instant::now() + REBIND_FOR;
         let endpoint = loop {
-            let bound = Endpoint::builder(presets::Minimal)
+            let mut builder = Endpoint::builder(presets::Minimal);
+            if let Some(ids) = &allow {
+                builder = builder.hooks(Allowlist {
+                    ids: ids.clone(),
+                    stats: stats.clone(),
+                });
+            }
+            let bound = builder
                 .secret_key(identity.iroh_secret())
                 .alpns(vec![ALPN.to_vec()])
                 .relay_mode(relay_mode.clone())
@@ -228,6 +253,32 @@ impl IrohStack {
     }
 }
 
+/// Refuses connections, either way, from identities not on the list.
+#[derive(Debug)]
+struct Allowlist {
+    ids: Arc<HashSet<EndpointId>>,
+    stats: Arc<StackStats>,
+}
+
+/// Close code for a peer that is not on the allowlist.
+const CLOSE_NOT_ALLOWED: u32 = 2;
+
+impl EndpointHooks for Allowlist {
+    async fn after_handshake(&self, conn: &Connection) -> AfterHandshakeOutcome {
+        let remote = conn.remote_id();
+        if self.ids.contains(&remote) {
+            return AfterHandshakeOutcome::accept();
+        }
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let peer = endpoint_to_peer(&remote).map_or_else(|_| remote.to_string(), |p| p.to_string());
+        tracing::warn!(%peer, "iroh connection refused: not on the allowlist");
+        AfterHandshakeOutcome::Reject {
+            error_code: VarInt::from_u32(CLOSE_NOT_ALLOWED),
+            reason: b"not on the allowlist".to_vec(),
+        }
+    }
+}
+
 /// Report `conn` to the peer view now and when it closes.
 fn watch(peers: &Arc<PeerSynchronizer>, conn: &Connection, addr: Option<String>) {
     let id = conn.remote_id();
@@ -268,6 +319,14 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
                 tokio::spawn(async move {
                     let s = &*serving;
                     let request = match wire::read_frame(&mut recv, s.max_frame).await {
+                        Ok(r) if r.kind == Kind::Ping => {
+                            let pong = super::pong(&r, s.handler.mode());
+                            if wire::write_frame(&mut send, &pong, s.max_frame).await.is_ok() {
+                                let _ = send.finish();
+                                let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
+                            }
+                            return;
+                        }
                         Ok(r) if r.kind == Kind::Request => r,
                         Err(e) if !e.is_malformed() => return, // the peer went away
                         Ok(_) | Err(_) => {

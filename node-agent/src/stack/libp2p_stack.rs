@@ -11,8 +11,12 @@ use futures::StreamExt;
 use libp2p::request_response::{
     self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, identify, noise, ping, tcp, yamux};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, allow_block_list, identify, noise, ping, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Handler, Inbound, InboundGuard, StackError, StackStats, Transport};
@@ -34,6 +38,9 @@ pub struct Libp2pConfig {
     pub max_frame: usize,
     /// Give up on a request after this long.
     pub request_timeout: Duration,
+    /// When not empty, only these peers may connect, either way; others
+    /// are refused once the handshake has told who they are.
+    pub allowlist: Vec<PeerId>,
 }
 
 impl Default for Libp2pConfig {
@@ -43,6 +50,7 @@ impl Default for Libp2pConfig {
             idle_timeout: Duration::from_secs(60),
             max_frame: wire::DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(10),
+            allowlist: Vec::new(),
         }
     }
 }
@@ -77,7 +85,7 @@ impl request_response::Codec for FrameCodec {
         T: futures::AsyncRead + Unpin + Send,
     {
         match wire::read_frame(io, self.max).await {
-            Ok(e) if e.kind == Kind::Request => Ok(Ok(e)),
+            Ok(e) if super::is_inbound(e.kind) => Ok(Ok(e)),
             Ok(e) => Ok(Err(wire::WireError::Kind(e.kind as u8).to_string())),
             Err(e) if e.is_malformed() => Ok(Err(e.to_string())),
             Err(e) => Err(invalid(e)),
@@ -123,6 +131,7 @@ impl request_response::Codec for FrameCodec {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -134,6 +143,12 @@ enum Command {
         addrs: Vec<Multiaddr>,
         envelope: Envelope,
         reply: oneshot::Sender<Result<Envelope, StackError>>,
+    },
+    /// Dial an address whose peer is not known yet; answers with the peer
+    /// the handshake found.
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, StackError>>,
     },
 }
 
@@ -169,6 +184,13 @@ impl Libp2pStack {
             )
             .map_err(|e| StackError::Start(format!("libp2p transport: {e}")))?
             .with_behaviour(|key| Behaviour {
+                allow: Toggle::from((!config.allowlist.is_empty()).then(|| {
+                    let mut allow = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                    for p in &config.allowlist {
+                        allow.allow_peer(*p);
+                    }
+                    allow
+                })),
                 rpc: request_response::Behaviour::with_codec(
                     FrameCodec { max },
                     [(PROTOCOL, ProtocolSupport::Full)],
@@ -241,6 +263,20 @@ impl Libp2pStack {
         self.inbound.get()
     }
 
+    /// Dial `addr` (no peer id in it) and return the peer that answered.
+    pub async fn dial(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, StackError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dial { addr, reply })
+            .await
+            .map_err(|_| StackError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StackError::Stopped),
+            Err(_) => Err(StackError::Timeout(timeout)),
+        }
+    }
+
     /// Send one request to `peer` (dialling `addrs` if not connected).
     pub async fn request(
         &self,
@@ -304,31 +340,67 @@ async fn run(
         HashMap::new();
     // Accepted inbound requests until their response is sent or fails.
     let mut answering: HashMap<InboundRequestId, InboundGuard> = HashMap::new();
+    let mut dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, StackError>>> =
+        HashMap::new();
     let (done_tx, mut done_rx) = mpsc::channel::<(ResponseChannel<Envelope>, Envelope)>(1024);
     loop {
         tokio::select! {
             command = commands.recv() => {
-                let Some(Command::Request { peer, addrs, envelope, reply }) = command else {
-                    return;
-                };
-                stats.bytes_sent.fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
-                let id = swarm
-                    .behaviour_mut()
-                    .rpc
-                    .send_request_with_addresses(&peer, Ok(envelope), addrs);
-                pending.insert(id, reply);
+                match command {
+                    None => return,
+                    Some(Command::Request { peer, addrs, envelope, reply }) => {
+                        stats.bytes_sent.fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
+                        let id = swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_request_with_addresses(&peer, Ok(envelope), addrs);
+                        pending.insert(id, reply);
+                    }
+                    Some(Command::Dial { addr, reply }) => {
+                        let opts = DialOpts::unknown_peer_id().address(addr).build();
+                        let id = opts.connection_id();
+                        match swarm.dial(opts) {
+                            Ok(()) => {
+                                dials.insert(id, reply);
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(StackError::Connection(e.to_string())));
+                            }
+                        }
+                    }
+                }
             }
             Some((channel, response)) = done_rx.recv() => {
                 stats.bytes_sent.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
                 let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
             }
             event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
+                    if let Some(reply) = dials.remove(&connection_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    }
                     let addr = Some(endpoint.get_remote_address().to_string());
                     peers.libp2p(peer_id, PeerEvent::Connected { addr });
                 }
                 SwarmEvent::ConnectionClosed { peer_id, .. } => {
                     peers.libp2p(peer_id, PeerEvent::Disconnected);
+                }
+                SwarmEvent::IncomingConnectionError { error: ListenError::Denied { cause }, send_back_addr, .. } => {
+                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(from = %send_back_addr, reason = %cause, "libp2p connection refused: not on the allowlist");
+                }
+                SwarmEvent::OutgoingConnectionError { error, peer_id, connection_id } => {
+                    if let DialError::Denied { cause } = &error {
+                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = ?peer_id, reason = %cause, "libp2p connection refused: not on the allowlist");
+                    }
+                    if let Some(reply) = dials.remove(&connection_id) {
+                        let err = match &error {
+                            DialError::Denied { cause } => StackError::NotAllowed(cause.to_string()),
+                            other => StackError::Connection(other.to_string()),
+                        };
+                        let _ = reply.send(Err(err));
+                    }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                     peer_id,
@@ -346,6 +418,12 @@ async fn run(
                             tracing::debug!(%peer, %reason, "malformed libp2p frame; dropping the peer");
                             stats.malformed.fetch_add(1, Ordering::Relaxed);
                             let _ = swarm.disconnect_peer_id(peer);
+                        }
+                        request_response::Message::Request { request: Ok(request), channel, .. }
+                            if request.kind == Kind::Ping =>
+                        {
+                            let pong = super::pong(&request, handler.mode());
+                            let _ = swarm.behaviour_mut().rpc.send_response(channel, pong);
                         }
                         request_response::Message::Request { request_id, request: Ok(request), channel } => {
                             stats.bytes_received.fetch_add(request.payload.len() as u64, Ordering::Relaxed);

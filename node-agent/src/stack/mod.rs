@@ -115,6 +115,8 @@ pub struct StackStats {
     pub bytes_received: AtomicU64,
     /// Malformed frames received (each drops its connection).
     pub malformed: AtomicU64,
+    /// Connections refused because the peer is not on the allowlist.
+    pub rejected: AtomicU64,
 }
 
 /// Why a stack could not do something.
@@ -135,6 +137,9 @@ pub enum StackError {
     /// The stack is stopped.
     #[error("the stack is stopped")]
     Stopped,
+    /// The peer is not on this node's allowlist.
+    #[error("{0} is not on the allowlist")]
+    NotAllowed(String),
 }
 
 impl StackError {
@@ -184,6 +189,21 @@ pub(crate) struct InboundGuard(Arc<AtomicUsize>);
 impl Drop for InboundGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whether an inbound frame is one a stack serves: a request, or a ping.
+pub(crate) fn is_inbound(kind: Kind) -> bool {
+    matches!(kind, Kind::Request | Kind::Ping)
+}
+
+/// The stack's own answer to a ping.
+pub(crate) fn pong(ping: &Envelope, mode: switchyard_crds::NetworkMode) -> Envelope {
+    Envelope {
+        kind: Kind::Pong,
+        mode,
+        request_id: ping.request_id,
+        payload: Bytes::new(),
     }
 }
 
