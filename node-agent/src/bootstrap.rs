@@ -54,8 +54,7 @@ pub struct BadEntry {
     pub reason: String,
 }
 
-const FORMS: &str =
-    "expected <peer id>@<multiaddr>, <endpoint id>@<ip>:<port>, or dns:<name>";
+const FORMS: &str = "expected <peer id>@<multiaddr>, <endpoint id>@<ip>:<port>, or dns:<name>";
 
 /// Parse one entry.
 pub fn parse_entry(entry: &str) -> Result<Bootstrap, String> {
@@ -106,12 +105,12 @@ pub fn parse_entry(entry: &str) -> Result<Bootstrap, String> {
         }
         return Ok(Bootstrap::Libp2p { peer, addr });
     }
+    let addr: SocketAddr = addr.parse().map_err(|e| {
+        format!("{addr:?} is neither a multiaddr (/ip4/…/tcp/…) nor <ip>:<port>: {e}")
+    })?;
     let endpoint: iroh::EndpointId = id
         .parse()
         .map_err(|e| format!("{id:?} is not an iroh endpoint id: {e}"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| format!("{addr:?} is not <ip>:<port>: {e}"))?;
     if addr.port() == 0 {
         return Err(format!("{addr} has port 0"));
     }
@@ -152,8 +151,15 @@ mod tests {
                 addr: "/ip4/10.0.0.7/tcp/4001".parse().expect("addr"),
             })
         );
-        let with_p2p = format!("{}@/ip4/10.0.0.7/tcp/4001/p2p/{}", id.peer_id(), id.peer_id());
-        assert!(matches!(parse_entry(&with_p2p), Ok(Bootstrap::Libp2p { .. })));
+        let with_p2p = format!(
+            "{}@/ip4/10.0.0.7/tcp/4001/p2p/{}",
+            id.peer_id(),
+            id.peer_id()
+        );
+        assert!(matches!(
+            parse_entry(&with_p2p),
+            Ok(Bootstrap::Libp2p { .. })
+        ));
         let iroh = format!("{}@10.0.0.7:4002", id.endpoint_id());
         assert_eq!(
             parse_entry(&iroh),
@@ -181,7 +187,11 @@ mod tests {
             "not-an-entry".into(),
             format!("{rsa}@/ip4/10.0.0.8/tcp/4001"),
             format!("{}@/ip4/10.0.0.9", id.peer_id()),
-            format!("{}@/ip4/10.0.0.9/tcp/1/p2p/{}", id.peer_id(), other.peer_id()),
+            format!(
+                "{}@/ip4/10.0.0.9/tcp/1/p2p/{}",
+                id.peer_id(),
+                other.peer_id()
+            ),
             "zzzz@10.0.0.7:4002".into(),
             format!("{}@10.0.0.7", id.endpoint_id()),
             "dns:bad_name!".into(),
@@ -192,7 +202,11 @@ mod tests {
         let indexes: Vec<usize> = bad.iter().map(|b| b.index).collect();
         assert_eq!(indexes, vec![1, 2, 3, 4, 5, 6, 7]);
         let text: Vec<String> = bad.iter().map(ToString::to_string).collect();
-        assert!(text[0].contains("no '@'") && text[0].contains("dns:<name>"), "{}", text[0]);
+        assert!(
+            text[0].contains("no '@'") && text[0].contains("dns:<name>"),
+            "{}",
+            text[0]
+        );
         assert!(text[1].contains("ed25519"), "{}", text[1]);
         assert!(text[2].contains("no port"), "{}", text[2]);
         assert!(text[3].contains("names peer"), "{}", text[3]);

@@ -175,6 +175,8 @@ struct Served {
     inner: Arc<dyn Handler>,
     mode: Arc<RwLock<NetworkMode>>,
     peers: Arc<PeerSynchronizer>,
+    advert: RwLock<Bytes>,
+    paused: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Handler for Served {
@@ -193,6 +195,12 @@ impl Handler for Served {
     fn mode(&self) -> NetworkMode {
         self.mode.read().map_or(NetworkMode::LibP2pOnly, |m| *m)
     }
+    fn advert(&self) -> Bytes {
+        self.advert.read().map(|a| a.clone()).unwrap_or_default()
+    }
+    fn paused(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.paused.clone())
+    }
 }
 
 fn slot(t: Transport) -> usize {
@@ -207,7 +215,8 @@ pub struct Node {
     identity: Identity,
     config: Mutex<NodeConfig>,
     mode: Arc<RwLock<NetworkMode>>,
-    served: Arc<dyn Handler>,
+    served: Arc<Served>,
+    paused: tokio::sync::watch::Sender<bool>,
     stacks: RwLock<Stacks>,
     in_flight: [Arc<AtomicUsize>; 2],
     stats: [Arc<StackStats>; 2],
@@ -252,13 +261,17 @@ impl Node {
                 .build_hasher()
                 .finish()
         };
+        let (paused, paused_rx) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
+            paused,
             identity,
             config: Mutex::new(config),
             served: Arc::new(Served {
                 inner: handler,
                 mode: mode_cell.clone(),
                 peers: peers.clone(),
+                advert: RwLock::new(Bytes::new()),
+                paused: paused_rx,
             }),
             mode: mode_cell,
             stacks: RwLock::new(Stacks::default()),
@@ -385,7 +398,39 @@ impl Node {
             }
             self.stacks.write().expect("stacks lock").iroh = Some(Arc::new(stack));
         }
+        self.refresh_advert();
         Ok(())
+    }
+
+    /// Put the current addresses in what pongs carry.
+    fn refresh_advert(&self) {
+        let a = self.addr();
+        let advert = crate::stack::Advert {
+            libp2p: a
+                .libp2p
+                .iter()
+                .map(|m| {
+                    m.iter()
+                        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                        .collect::<Multiaddr>()
+                        .to_string()
+                })
+                .collect(),
+            iroh: a
+                .iroh
+                .iter()
+                .flat_map(|i| i.ip_addrs().map(ToString::to_string))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&advert).unwrap_or_default();
+        *self.served.advert.write().expect("advert lock") = Bytes::from(bytes);
+    }
+
+    /// Fault injection: a paused node answers nothing, on either stack,
+    /// until resumed, as if its process were stopped (connections stay
+    /// open).
+    pub fn pause(&self, paused: bool) {
+        let _ = self.paused.send(paused);
     }
 
     /// Switch to `mode` without losing a request: start the stacks it
@@ -441,6 +486,7 @@ impl Node {
         if let Some(stack) = old_iroh {
             stack.stop().await;
         }
+        self.refresh_advert();
         self.switches.fetch_add(1, Ordering::Relaxed);
         self.metrics.mode_switches.inc();
         self.metrics.set_mode(mode);
@@ -816,6 +862,9 @@ impl Node {
         match result {
             Ok(r) if r.kind == Kind::Pong => {
                 self.peers.record(peer.peer, t, true, rtt, Some(r.mode));
+                if let Ok(advert) = serde_json::from_slice::<crate::stack::Advert>(&r.payload) {
+                    self.peers.advertised_addrs(peer.peer, advert);
+                }
                 Ok(rtt)
             }
             Ok(r) => Err(StackError::Protocol(format!(
@@ -831,7 +880,11 @@ impl Node {
 
     /// Dial a libp2p address whose peer is not known yet (a DNS name's
     /// address) and return the peer found there.
-    pub async fn dial_libp2p(&self, addr: Multiaddr, timeout: Duration) -> Result<PeerId, StackError> {
+    pub async fn dial_libp2p(
+        &self,
+        addr: Multiaddr,
+        timeout: Duration,
+    ) -> Result<PeerId, StackError> {
         let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
         match stack {
             Some(s) => s.dial(addr, timeout).await,
@@ -856,6 +909,7 @@ impl Node {
                 }
             }
         }
+        self.refresh_advert();
     }
 
     /// Stop both stacks.

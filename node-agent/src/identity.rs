@@ -61,6 +61,12 @@ impl Identity {
         Identity { secret }
     }
 
+    /// The raw secret, to persist it or to start the same node again.
+    /// Never log it.
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret
+    }
+
     /// The identity with this secret.
     pub fn from_secret(secret: [u8; 32]) -> Self {
         Identity { secret }

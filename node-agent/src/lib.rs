@@ -14,6 +14,7 @@
 pub mod bootstrap;
 pub mod bridge;
 pub mod identity;
+pub mod manager;
 pub mod metrics;
 pub mod peers;
 pub mod stack;

@@ -20,8 +20,11 @@ use crate::stack::Transport;
 pub struct PathView {
     /// Open connections to the peer on this transport.
     pub connections: u32,
-    /// Addresses the peer was last seen at or said it listens on.
+    /// Remote addresses of its connections (for iroh, whose one socket
+    /// both dials and listens, that is where it listens).
     pub addrs: Vec<String>,
+    /// Where it says it listens (libp2p identify).
+    pub listen: Vec<String>,
     /// Smoothed round trip of answered requests.
     pub latency: Option<Duration>,
     /// Smoothed share of requests answered, 0..1.
@@ -182,7 +185,7 @@ impl PeerSynchronizer {
                 PeerEvent::Disconnected => {
                     path.connections = path.connections.saturating_sub(1);
                 }
-                PeerEvent::ListenAddrs(addrs) => path.addrs = addrs,
+                PeerEvent::ListenAddrs(addrs) => path.listen = addrs,
             }
         });
     }
@@ -217,6 +220,14 @@ impl PeerSynchronizer {
     /// `peer` said it runs `mode` (in a request it sent).
     pub fn advertised(&self, peer: PeerId, mode: NetworkMode) {
         self.with(peer, |v| v.mode = Some(mode));
+    }
+
+    /// `peer` said where it listens on both transports (in a pong).
+    pub fn advertised_addrs(&self, peer: PeerId, advert: crate::stack::Advert) {
+        self.with(peer, |v| {
+            v.libp2p.listen = advert.libp2p;
+            v.iroh.listen = advert.iroh;
+        });
     }
 
     /// A request to `peer` over `t` was abandoned after `waited` because

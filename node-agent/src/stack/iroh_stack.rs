@@ -69,6 +69,9 @@ pub struct IrohStack {
 /// previous incarnation just released.
 const REBIND_FOR: Duration = Duration::from_secs(3);
 
+/// How long stopping waits for peers to acknowledge the close.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 /// How long a response waits for the peer to have read it.
 const STOPPED_WAIT: Duration = Duration::from_secs(5);
 
@@ -94,9 +97,10 @@ impl IrohStack {
         } else {
             let mut ids = HashSet::new();
             for p in &config.allowlist {
-                ids.insert(peer_to_endpoint(p).map_err(|e| {
-                    StackError::Start(format!("iroh allowlist entry {p}: {e}"))
-                })?);
+                ids.insert(
+                    peer_to_endpoint(p)
+                        .map_err(|e| StackError::Start(format!("iroh allowlist entry {p}: {e}")))?,
+                );
             }
             Some(Arc::new(ids))
         };
@@ -211,7 +215,13 @@ impl IrohStack {
                 self.conns.lock().await.remove(&peer.id);
                 Err(e)
             }
-            Err(_) => Err(StackError::Timeout(timeout)),
+            Err(_) => {
+                // No answer over this connection: it may be stale (the
+                // peer restarted and never said goodbye); the next
+                // request dials afresh.
+                self.conns.lock().await.remove(&peer.id);
+                Err(StackError::Timeout(timeout))
+            }
         }
     }
 
@@ -247,7 +257,14 @@ impl IrohStack {
     pub async fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         self.conns.lock().await.clear();
-        self.endpoint.close().await;
+        // A graceful close waits for every peer to acknowledge; a peer
+        // that is gone never does. Bound it: the socket goes either way.
+        if tokio::time::timeout(CLOSE_WAIT, self.endpoint.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("iroh endpoint close timed out; dropping it");
+        }
         self.server.abort();
         self.peers.transport_down(Transport::Iroh);
     }
@@ -318,10 +335,16 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
                 let conn = conn.clone();
                 tokio::spawn(async move {
                     let s = &*serving;
-                    let request = match wire::read_frame(&mut recv, s.max_frame).await {
+                    let read = wire::read_frame(&mut recv, s.max_frame).await;
+                    // A paused node (fault injection) answers nothing.
+                    super::wait_unpaused(&*s.handler).await;
+                    let request = match read {
                         Ok(r) if r.kind == Kind::Ping => {
-                            let pong = super::pong(&r, s.handler.mode());
-                            if wire::write_frame(&mut send, &pong, s.max_frame).await.is_ok() {
+                            let pong = super::pong(&r, &*s.handler);
+                            if wire::write_frame(&mut send, &pong, s.max_frame)
+                                .await
+                                .is_ok()
+                            {
                                 let _ = send.finish();
                                 let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
                             }

@@ -185,7 +185,8 @@ impl Libp2pStack {
             .map_err(|e| StackError::Start(format!("libp2p transport: {e}")))?
             .with_behaviour(|key| Behaviour {
                 allow: Toggle::from((!config.allowlist.is_empty()).then(|| {
-                    let mut allow = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                    let mut allow =
+                        allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
                     for p in &config.allowlist {
                         allow.allow_peer(*p);
                     }
@@ -343,7 +344,15 @@ async fn run(
     let mut dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, StackError>>> =
         HashMap::new();
     let (done_tx, mut done_rx) = mpsc::channel::<(ResponseChannel<Envelope>, Envelope)>(1024);
+    let mut paused = handler.paused();
     loop {
+        // A paused node (fault injection) does nothing at all, as if its
+        // process were stopped: nothing is read, answered or sent.
+        if let Some(rx) = &mut paused
+            && *rx.borrow()
+        {
+            let _ = rx.wait_for(|p| !p).await;
+        }
         tokio::select! {
             command = commands.recv() => {
                 match command {
@@ -422,7 +431,7 @@ async fn run(
                         request_response::Message::Request { request: Ok(request), channel, .. }
                             if request.kind == Kind::Ping =>
                         {
-                            let pong = super::pong(&request, handler.mode());
+                            let pong = super::pong(&request, &*handler);
                             let _ = swarm.behaviour_mut().rpc.send_response(channel, pong);
                         }
                         request_response::Message::Request { request_id, request: Ok(request), channel } => {

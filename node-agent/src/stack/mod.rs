@@ -46,6 +46,34 @@ pub trait Handler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Bytes, String>>;
     /// The mode this node advertises in its responses.
     fn mode(&self) -> switchyard_crds::NetworkMode;
+    /// What a `Pong` carries: the node's addresses on both transports
+    /// ([`Advert`]), so a peer met on one transport learns the other.
+    fn advert(&self) -> Bytes {
+        Bytes::new()
+    }
+    /// Whether the node is paused (fault injection): a paused node's
+    /// stacks answer nothing until it resumes.
+    fn paused(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+}
+
+/// Wait while `handler`'s node is paused.
+pub(crate) async fn wait_unpaused(handler: &dyn Handler) {
+    if let Some(mut rx) = handler.paused() {
+        let _ = rx.wait_for(|paused| !paused).await;
+    }
+}
+
+/// A node's addresses, as a `Pong` carries them (JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Advert {
+    /// libp2p listen addresses.
+    #[serde(default)]
+    pub libp2p: Vec<String>,
+    /// iroh socket addresses.
+    #[serde(default)]
+    pub iroh: Vec<String>,
 }
 
 /// Runs a handler at most once per (peer, request id) among the last
@@ -103,6 +131,12 @@ impl Handler for Dedup {
     }
     fn mode(&self) -> switchyard_crds::NetworkMode {
         self.inner.mode()
+    }
+    fn advert(&self) -> Bytes {
+        self.inner.advert()
+    }
+    fn paused(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.inner.paused()
     }
 }
 
@@ -198,12 +232,12 @@ pub(crate) fn is_inbound(kind: Kind) -> bool {
 }
 
 /// The stack's own answer to a ping.
-pub(crate) fn pong(ping: &Envelope, mode: switchyard_crds::NetworkMode) -> Envelope {
+pub(crate) fn pong(ping: &Envelope, handler: &dyn Handler) -> Envelope {
     Envelope {
         kind: Kind::Pong,
-        mode,
+        mode: handler.mode(),
         request_id: ping.request_id,
-        payload: Bytes::new(),
+        payload: handler.advert(),
     }
 }
 

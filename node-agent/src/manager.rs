@@ -1,0 +1,671 @@
+//! The PeerManager: bootstrap, heartbeats, failure detection and
+//! reconnection, on both transports.
+//!
+//! It runs as its own task, apart from the transports. It asks them for
+//! heartbeats and dials (each a `Ping` the peer's stack answers itself,
+//! dialling first when there is no connection) and takes their answers
+//! back as events; callers talk to it over a bounded command channel.
+//!
+//! Each (peer, transport) pair both sides' modes allow has a state:
+//!
+//! - `Connected`: the last heartbeat was answered;
+//! - `Unresponsive`: the connection has not failed, but
+//!   `unresponsive_after` heartbeats in a row went unanswered (a paused or
+//!   overloaded peer); heartbeats go on, and one answer brings it back;
+//! - `Disconnected`: the connection failed or was refused, or the peer
+//!   stayed `Unresponsive` for `disconnect_after`; redialled with
+//!   exponential backoff and jitter up to `backoff_max`;
+//! - `Failed`: `max_retries` redials failed; redialled every `slow_retry`.
+//!
+//! A successful heartbeat resets everything. Dials to peers that are not
+//! connected share `max_concurrent_dials` permits, so a fleet restarting at
+//! once causes no connection storm. Every transition is logged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::bootstrap::{self, BadEntry, Bootstrap};
+use crate::bridge::{Node, PeerAddr};
+use crate::stack::{StackError, Transport};
+
+/// PeerManager settings.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Bootstrap entries (see [`crate::bootstrap`]).
+    pub bootstrap: Vec<String>,
+    /// The libp2p port dialled on a `dns:` entry's addresses.
+    pub dns_libp2p_port: u16,
+    /// The iroh port on a `dns:` entry's addresses.
+    pub dns_iroh_port: u16,
+    /// How often `dns:` entries are resolved again (pods come and go).
+    pub dns_refresh: Duration,
+    /// Time between heartbeats to a peer, per transport.
+    pub heartbeat_interval: Duration,
+    /// A heartbeat unanswered this long is a miss.
+    pub heartbeat_timeout: Duration,
+    /// Misses in a row that make a connected peer `Unresponsive`.
+    pub unresponsive_after: u32,
+    /// How long a peer stays `Unresponsive` before its connection is
+    /// given up as dead and redialled (`Disconnected`). Over UDP a stopped
+    /// peer and a dead one look alike: this bounds how long it is hoped
+    /// the silence is a pause.
+    pub disconnect_after: Duration,
+    /// The first redial delay.
+    pub backoff_initial: Duration,
+    /// The longest redial delay.
+    pub backoff_max: Duration,
+    /// Each delay is spread by up to this share either way (0..1).
+    pub jitter: f64,
+    /// Redials before a peer is `Failed` and redialled only slowly.
+    pub max_retries: u32,
+    /// The redial period of a `Failed` peer.
+    pub slow_retry: Duration,
+    /// Dials in progress at once, over all peers and transports.
+    pub max_concurrent_dials: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            bootstrap: Vec::new(),
+            dns_libp2p_port: 4001,
+            dns_iroh_port: 4002,
+            dns_refresh: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(1),
+            unresponsive_after: 2,
+            disconnect_after: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(8),
+            jitter: 0.2,
+            max_retries: 10,
+            slow_retry: Duration::from_secs(30),
+            max_concurrent_dials: 8,
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// The redial delay after `attempt` failed redials (from 1), before
+    /// jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(20);
+        self.backoff_initial
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+/// The state of one peer on one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerState {
+    /// Heartbeats are answered.
+    Connected,
+    /// The connection failed; redialling with backoff.
+    Disconnected,
+    /// Connected, but heartbeats go unanswered.
+    Unresponsive,
+    /// Redials exhausted; redialling slowly.
+    Failed,
+}
+
+impl PeerState {
+    /// Every state.
+    pub const ALL: [PeerState; 4] = [
+        PeerState::Connected,
+        PeerState::Disconnected,
+        PeerState::Unresponsive,
+        PeerState::Failed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Connected => "Connected",
+            PeerState::Disconnected => "Disconnected",
+            PeerState::Unresponsive => "Unresponsive",
+            PeerState::Failed => "Failed",
+        }
+    }
+}
+
+/// One peer on one transport.
+#[derive(Debug, Clone)]
+pub struct PathStatus {
+    /// Its state.
+    pub state: PeerState,
+    /// Since when.
+    pub since: Instant,
+    /// The last heartbeat round trip.
+    pub rtt: Option<Duration>,
+    /// Heartbeats missed in a row.
+    pub misses: u32,
+    /// Redials since the last success.
+    pub attempts: u32,
+    /// When the recent redials started (the last 32).
+    pub redials: Vec<Instant>,
+    /// Why it last changed state.
+    pub reason: String,
+}
+
+/// One peer, as the manager sees it.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its addresses.
+    pub addr: PeerAddr,
+    /// Its libp2p state, if both sides may use libp2p.
+    pub libp2p: Option<PathStatus>,
+    /// Its iroh state, if both sides may use iroh.
+    pub iroh: Option<PathStatus>,
+}
+
+impl PeerStatus {
+    /// The state on `t`, if tracked.
+    pub fn state(&self, t: Transport) -> Option<PeerState> {
+        match t {
+            Transport::LibP2p => self.libp2p.as_ref().map(|p| p.state),
+            Transport::Iroh => self.iroh.as_ref().map(|p| p.state),
+        }
+    }
+}
+
+enum Command {
+    Status(oneshot::Sender<Vec<PeerStatus>>),
+    Add(PeerAddr),
+}
+
+/// The peer manager's metrics, registered in the node's registry.
+#[derive(Clone)]
+struct Metrics {
+    states: IntGaugeVec,
+    rtt: HistogramVec,
+    redials: IntCounterVec,
+}
+
+impl Metrics {
+    fn new(node: &Node) -> Self {
+        let states = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_node_peer_states",
+                "Peers by heartbeat state, per transport",
+            ),
+            &["transport", "state"],
+        )
+        .expect("valid metric");
+        let rtt = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_node_heartbeat_rtt_seconds",
+                "Heartbeat round trips",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let redials = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_reconnect_attempts_total",
+                "Redials of peers that were not connected",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let registry = node.metrics().registry();
+        // A second manager on the same node reuses the first one's series.
+        let _ = registry.register(Box::new(states.clone()));
+        let _ = registry.register(Box::new(rtt.clone()));
+        let _ = registry.register(Box::new(redials.clone()));
+        Metrics {
+            states,
+            rtt,
+            redials,
+        }
+    }
+}
+
+/// A running peer manager.
+pub struct PeerManager {
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<()>,
+    dns: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PeerManager {
+    /// Start managing `node`'s peers. The bootstrap entries that could not
+    /// be used are returned (and logged); the others are dialled.
+    pub fn start(node: Arc<Node>, config: ManagerConfig) -> (Self, Vec<BadEntry>) {
+        let (entries, bad) = bootstrap::parse(&config.bootstrap);
+        for b in &bad {
+            tracing::warn!("{b}; skipped");
+        }
+        let (commands, rx) = mpsc::channel(256);
+        let mut initial = Vec::new();
+        let mut names = Vec::new();
+        for e in entries {
+            match e {
+                Bootstrap::Libp2p { peer, addr } => {
+                    if let Ok(a) = PeerAddr::new(peer, vec![addr], vec![]) {
+                        initial.push(a);
+                    }
+                }
+                Bootstrap::Iroh { peer, addr } => {
+                    if let Ok(a) = PeerAddr::new(peer, vec![], vec![addr]) {
+                        initial.push(a);
+                    }
+                }
+                Bootstrap::Dns { name } => names.push(name),
+            }
+        }
+        let dns = (!names.is_empty()).then(|| {
+            tokio::spawn(resolve_names(
+                node.clone(),
+                config.clone(),
+                names,
+                commands.clone(),
+            ))
+        });
+        let metrics = Metrics::new(&node);
+        let task = tokio::spawn(run(node, config, metrics, initial, rx));
+        (
+            PeerManager {
+                commands,
+                task,
+                dns,
+            },
+            bad,
+        )
+    }
+
+    /// Every tracked peer's state.
+    pub async fn status(&self) -> Vec<PeerStatus> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Status(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Track a peer learned elsewhere.
+    pub async fn add_peer(&self, addr: PeerAddr) {
+        let _ = self.commands.send(Command::Add(addr)).await;
+    }
+
+    /// Stop the manager (the node keeps running).
+    pub fn stop(&self) {
+        self.task.abort();
+        if let Some(d) = &self.dns {
+            d.abort();
+        }
+    }
+}
+
+impl Drop for PeerManager {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Path {
+    status: PathStatus,
+    next_at: Instant,
+    busy: bool,
+    /// Dialled at least once: later dials are redials.
+    dialled: bool,
+}
+
+impl Path {
+    fn new(now: Instant) -> Self {
+        Path {
+            status: PathStatus {
+                state: PeerState::Disconnected,
+                since: now,
+                rtt: None,
+                misses: 0,
+                attempts: 0,
+                redials: Vec::new(),
+                reason: "not dialled yet".into(),
+            },
+            next_at: now,
+            busy: false,
+            dialled: false,
+        }
+    }
+
+    fn connected(&self) -> bool {
+        matches!(
+            self.status.state,
+            PeerState::Connected | PeerState::Unresponsive
+        )
+    }
+}
+
+struct Tracked {
+    addr: PeerAddr,
+    paths: [Option<Path>; 2],
+}
+
+type Beat = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
+
+fn jittered(d: Duration, jitter: f64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh random 64-bit value per call; no RNG dependency needed.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // 0..1
+    d.mul_f64(1.0 + jitter.clamp(0.0, 1.0) * (2.0 * unit - 1.0))
+}
+
+fn transition(peer: &PeerId, t: Transport, path: &mut PathStatus, to: PeerState, reason: String) {
+    if path.state != to {
+        tracing::info!(%peer, transport = t.as_str(), from = path.state.as_str(), to = to.as_str(), %reason, "peer state");
+        path.state = to;
+        path.since = Instant::now();
+    }
+    path.reason = reason;
+}
+
+/// Add what the transports have learned (identify's listen addresses,
+/// iroh's remote sockets) and the peers that connected to us.
+fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
+    let me = node.identity().peer_id();
+    for view in node.peers() {
+        if view.peer == me {
+            continue;
+        }
+        let libp2p: Vec<Multiaddr> = view
+            .libp2p
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .map(|a: Multiaddr| {
+                a.into_iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect()
+            })
+            .collect();
+        let iroh: Vec<SocketAddr> = view
+            .iroh
+            .listen
+            .iter()
+            .chain(&view.iroh.addrs)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if libp2p.is_empty() && iroh.is_empty() {
+            continue;
+        }
+        let Ok(found) = PeerAddr::new(view.peer, libp2p, iroh) else {
+            continue;
+        };
+        merge(peers, found);
+    }
+}
+
+fn merge(peers: &mut HashMap<PeerId, Tracked>, found: PeerAddr) {
+    let tracked = peers.entry(found.peer).or_insert_with(|| Tracked {
+        addr: PeerAddr {
+            peer: found.peer,
+            libp2p: Vec::new(),
+            iroh: None,
+        },
+        paths: [None, None],
+    });
+    for a in found.libp2p {
+        if !tracked.addr.libp2p.contains(&a) {
+            tracked.addr.libp2p.push(a);
+        }
+    }
+    match (&mut tracked.addr.iroh, found.iroh) {
+        (None, Some(i)) => tracked.addr.iroh = Some(i),
+        (Some(mine), Some(i)) => {
+            for s in i.ip_addrs() {
+                if !mine.ip_addrs().any(|m| m == s) {
+                    *mine = mine.clone().with_ip_addr(*s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn run(
+    node: Arc<Node>,
+    config: ManagerConfig,
+    metrics: Metrics,
+    initial: Vec<PeerAddr>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut peers: HashMap<PeerId, Tracked> = HashMap::new();
+    for a in initial {
+        merge(&mut peers, a);
+    }
+    let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
+    let mut beats: FuturesUnordered<Beat> = FuturesUnordered::new();
+    let mut learned_at = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= learned_at {
+            learn(&node, &mut peers);
+            learned_at = now + config.heartbeat_interval;
+        }
+        // Which transports each peer can be reached on, by both modes.
+        let local = node.mode();
+        let facts = |p: &PeerId| node.peer(p).and_then(|v| v.mode);
+        let mut next_due = learned_at;
+        for (id, tracked) in &mut peers {
+            let remote = facts(id);
+            for t in [Transport::LibP2p, Transport::Iroh] {
+                let usable = match t {
+                    Transport::LibP2p => {
+                        local.has_libp2p()
+                            && !tracked.addr.libp2p.is_empty()
+                            && remote.is_none_or(|m| m.has_libp2p())
+                    }
+                    Transport::Iroh => {
+                        local.has_iroh()
+                            && tracked.addr.iroh.is_some()
+                            && remote.is_none_or(|m| m.has_iroh())
+                    }
+                };
+                let slot = &mut tracked.paths[t as usize];
+                if !usable {
+                    *slot = None;
+                    continue;
+                }
+                let path = slot.get_or_insert_with(|| Path::new(now));
+                if path.busy {
+                    continue;
+                }
+                if path.next_at > now {
+                    next_due = next_due.min(path.next_at);
+                    continue;
+                }
+                path.busy = true;
+                let dial = !path.connected();
+                if dial && path.dialled {
+                    path.status.attempts += 1;
+                    path.status.redials.push(now);
+                    if path.status.redials.len() > 32 {
+                        path.status.redials.remove(0);
+                    }
+                    metrics.redials.with_label_values(&[t.as_str()]).inc();
+                }
+                path.dialled = true;
+                let (node, addr, dials) = (node.clone(), tracked.addr.clone(), dials.clone());
+                let timeout = config.heartbeat_timeout;
+                let peer = *id;
+                beats.push(Box::pin(async move {
+                    // Dials share the permits; heartbeats on live
+                    // connections do not wait for them.
+                    let _permit = if dial {
+                        dials.acquire_owned().await.ok()
+                    } else {
+                        None
+                    };
+                    (peer, t, node.ping(&addr, t, timeout).await)
+                }));
+            }
+        }
+        // The gauges, from the states just seen.
+        let mut counts: HashMap<(Transport, PeerState), i64> = HashMap::new();
+        for tracked in peers.values() {
+            for t in [Transport::LibP2p, Transport::Iroh] {
+                if let Some(p) = &tracked.paths[t as usize] {
+                    *counts.entry((t, p.status.state)).or_default() += 1;
+                }
+            }
+        }
+        for t in [Transport::LibP2p, Transport::Iroh] {
+            for s in PeerState::ALL {
+                metrics
+                    .states
+                    .with_label_values(&[t.as_str(), s.as_str()])
+                    .set(counts.get(&(t, s)).copied().unwrap_or(0));
+            }
+        }
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Add(addr)) => merge(&mut peers, addr),
+                Some(Command::Status(reply)) => {
+                    let mut out: Vec<PeerStatus> = peers
+                        .values()
+                        .map(|t| PeerStatus {
+                            peer: t.addr.peer,
+                            addr: t.addr.clone(),
+                            libp2p: t.paths[0].as_ref().map(|p| p.status.clone()),
+                            iroh: t.paths[1].as_ref().map(|p| p.status.clone()),
+                        })
+                        .collect();
+                    out.sort_by_key(|p| p.peer.to_bytes());
+                    let _ = reply.send(out);
+                }
+            },
+            Some((peer, t, result)) = beats.next() => {
+                let Some(path) = peers
+                    .get_mut(&peer)
+                    .and_then(|p| p.paths[t as usize].as_mut())
+                else {
+                    continue;
+                };
+                path.busy = false;
+                let now = Instant::now();
+                let s = &mut path.status;
+                match result {
+                    Ok(rtt) => {
+                        metrics.rtt.with_label_values(&[t.as_str()]).observe(rtt.as_secs_f64());
+                        s.rtt = Some(rtt);
+                        s.misses = 0;
+                        s.attempts = 0;
+                        transition(&peer, t, s, PeerState::Connected, "heartbeat answered".into());
+                        path.next_at = now + config.heartbeat_interval;
+                    }
+                    Err(e)
+                        if path_connected(s.state)
+                            && matches!(e, StackError::Timeout(_))
+                            && !(s.state == PeerState::Unresponsive
+                                && s.since.elapsed() >= config.disconnect_after) =>
+                    {
+                        // Alive connection, no answer: a paused or
+                        // overloaded peer. Keep beating at the usual pace.
+                        s.misses += 1;
+                        if s.misses >= config.unresponsive_after {
+                            let reason = format!("{} heartbeats in a row unanswered", s.misses);
+                            transition(&peer, t, s, PeerState::Unresponsive, reason);
+                        }
+                        path.next_at = now + config.heartbeat_interval;
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        if path_connected(s.state) {
+                            s.attempts = 0;
+                        }
+                        let (state, delay) = if s.attempts >= config.max_retries {
+                            (PeerState::Failed, config.slow_retry)
+                        } else {
+                            (PeerState::Disconnected, config.backoff(s.attempts + 1))
+                        };
+                        transition(&peer, t, s, state, reason);
+                        path.next_at = now + jittered(delay, config.jitter);
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(next_due.into()) => {}
+        }
+    }
+}
+
+fn path_connected(state: PeerState) -> bool {
+    matches!(state, PeerState::Connected | PeerState::Unresponsive)
+}
+
+/// Resolve `dns:` entries now and every `dns_refresh`; dial each new
+/// address over libp2p to learn who is there, and hand the peer over.
+async fn resolve_names(
+    node: Arc<Node>,
+    config: ManagerConfig,
+    names: Vec<String>,
+    commands: mpsc::Sender<Command>,
+) {
+    let mut known: HashMap<std::net::IpAddr, PeerId> = HashMap::new();
+    let me = node.identity().peer_id();
+    loop {
+        for name in &names {
+            let addrs = match tokio::net::lookup_host((name.as_str(), config.dns_libp2p_port)).await
+            {
+                Ok(a) => a.collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(%name, error = %e, "bootstrap name does not resolve");
+                    continue;
+                }
+            };
+            for sock in addrs {
+                if known.contains_key(&sock.ip()) {
+                    continue;
+                }
+                let proto = match sock.ip() {
+                    std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
+                    std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),
+                };
+                let addr: Multiaddr = Multiaddr::empty()
+                    .with(proto)
+                    .with(Protocol::Tcp(config.dns_libp2p_port));
+                match node
+                    .dial_libp2p(addr.clone(), config.heartbeat_timeout * 3)
+                    .await
+                {
+                    Ok(peer) if peer == me => {
+                        known.insert(sock.ip(), peer);
+                    }
+                    Ok(peer) => {
+                        known.insert(sock.ip(), peer);
+                        let iroh = SocketAddr::new(sock.ip(), config.dns_iroh_port);
+                        if let Ok(found) = PeerAddr::new(peer, vec![addr], vec![iroh]) {
+                            tracing::info!(%name, %peer, ip = %sock.ip(), "bootstrap name resolved to a peer");
+                            if commands.send(Command::Add(found)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%name, ip = %sock.ip(), error = %e, "bootstrap address did not answer");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(config.dns_refresh).await;
+    }
+}

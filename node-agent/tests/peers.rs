@@ -1,0 +1,441 @@
+//! The PeerManager over real transports on 127.0.0.1: bootstrap with a bad
+//! entry, failure detection of a paused node and its recovery, redials
+//! with growing spacing after a kill and reconnection after a restart, the
+//! allowlist on both transports, and a 10-node mesh under random kills.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use switchyard_node_agent::NetworkMode;
+use switchyard_node_agent::bridge::{Node, NodeConfig};
+use switchyard_node_agent::identity::Identity;
+use switchyard_node_agent::manager::{ManagerConfig, PeerManager, PeerState, PeerStatus};
+use switchyard_node_agent::stack::{Handler, Transport};
+use switchyard_node_agent::wire::Envelope;
+
+struct Echo;
+
+impl Handler for Echo {
+    fn handle(
+        &self,
+        _: PeerId,
+        _: Transport,
+        r: Envelope,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        Box::pin(async move { Ok(r.payload) })
+    }
+    fn mode(&self) -> NetworkMode {
+        NetworkMode::DualPreferLibP2p
+    }
+}
+
+/// Await `check` every 20 ms until it holds or `within` passes.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start(identity: Identity, config: NodeConfig) -> Arc<Node> {
+    Node::start(
+        identity,
+        config,
+        NetworkMode::DualPreferLibP2p,
+        Arc::new(Echo),
+    )
+    .await
+    .expect("node starts")
+}
+
+fn fast() -> ManagerConfig {
+    ManagerConfig {
+        heartbeat_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(400),
+        unresponsive_after: 2,
+        disconnect_after: Duration::from_secs(3),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+        jitter: 0.2,
+        ..ManagerConfig::default()
+    }
+}
+
+fn libp2p_entry(n: &Node) -> String {
+    let a = n.addr();
+    let addr: libp2p::Multiaddr = a.libp2p[0]
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    format!("{}@{addr}", a.peer)
+}
+
+fn iroh_entry(n: &Node) -> String {
+    let a = n.addr();
+    let iroh = a.iroh.expect("iroh runs");
+    let sock = iroh.ip_addrs().next().expect("a socket");
+    format!("{}@{sock}", iroh.id)
+}
+
+fn state_of(status: &[PeerStatus], peer: &PeerId, t: Transport) -> Option<PeerState> {
+    status.iter().find(|s| s.peer == *peer)?.state(t)
+}
+
+async fn both_connected(m: &PeerManager, peer: &PeerId) -> bool {
+    let s = m.status().await;
+    state_of(&s, peer, Transport::LibP2p) == Some(PeerState::Connected)
+        && state_of(&s, peer, Transport::Iroh) == Some(PeerState::Connected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_bootstrap_past_a_bad_entry_and_learn_the_other_transport() {
+    let (b, c) = (
+        start(Identity::generate(), NodeConfig::default()).await,
+        start(Identity::generate(), NodeConfig::default()).await,
+    );
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    let config = ManagerConfig {
+        // b by libp2p only, c by iroh only, and one entry that is nonsense.
+        bootstrap: vec![
+            libp2p_entry(&b),
+            "12D3KooWnotapeer@nowhere".into(),
+            iroh_entry(&c),
+        ],
+        ..fast()
+    };
+    let (ma, bad) = PeerManager::start(a.clone(), config);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0].index, 1);
+    assert!(
+        bad[0].reason.contains("\"nowhere\" is neither a multiaddr"),
+        "{}",
+        bad[0]
+    );
+    let (mb, _) = PeerManager::start(
+        b.clone(),
+        ManagerConfig {
+            bootstrap: vec![libp2p_entry(&c)],
+            ..fast()
+        },
+    );
+    let (mc, _) = PeerManager::start(c.clone(), fast());
+    // Each peer is reached on both transports: the one in the entry, and
+    // the other learned from the first pong.
+    let (bid, cid, aid) = (b.addr().peer, c.addr().peer, a.addr().peer);
+    eventually(
+        Duration::from_secs(10),
+        "a reaches b and c on both",
+        || async { both_connected(&ma, &bid).await && both_connected(&ma, &cid).await },
+    )
+    .await;
+    // b and c learned a from its connections (it was in nobody's list).
+    eventually(Duration::from_secs(10), "b and c track a", || async {
+        both_connected(&mb, &aid).await
+            && both_connected(&mb, &cid).await
+            && both_connected(&mc, &aid).await
+            && both_connected(&mc, &bid).await
+    })
+    .await;
+    let text = a.metrics().render();
+    assert!(
+        text.contains("switchyard_node_peer_states{state=\"Connected\",transport=\"iroh\"} 2"),
+        "{text}"
+    );
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_unresponsive_within_the_bound_and_recovers_when_resumed() {
+    let (a, b) = (
+        start(Identity::generate(), NodeConfig::default()).await,
+        start(Identity::generate(), NodeConfig::default()).await,
+    );
+    let config = ManagerConfig {
+        bootstrap: vec![libp2p_entry(&b), iroh_entry(&b)],
+        ..fast()
+    };
+    // Worst case: a beat just answered, then `unresponsive_after` beats
+    // each waiting an interval and timing out.
+    let bound = (config.heartbeat_interval + config.heartbeat_timeout) * config.unresponsive_after
+        + config.heartbeat_interval;
+    let (ma, _) = PeerManager::start(a.clone(), config);
+    let bid = b.addr().peer;
+    eventually(Duration::from_secs(10), "connected", || {
+        both_connected(&ma, &bid)
+    })
+    .await;
+    b.pause(true);
+    let paused_at = Instant::now();
+    eventually(
+        bound + Duration::from_secs(2),
+        "detected on both",
+        || async {
+            let s = ma.status().await;
+            state_of(&s, &bid, Transport::LibP2p) == Some(PeerState::Unresponsive)
+                && state_of(&s, &bid, Transport::Iroh) == Some(PeerState::Unresponsive)
+        },
+    )
+    .await;
+    let detected = paused_at.elapsed();
+    b.pause(false);
+    eventually(Duration::from_secs(5), "recovered on both", || {
+        both_connected(&ma, &bid)
+    })
+    .await;
+    eprintln!("paused peer detected in {detected:?} (bound {bound:?})");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_redialled_with_growing_spacing_and_reconnected_after_restart() {
+    let b_id = Identity::generate();
+    let b_secret = b_id.secret_bytes();
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    let b = start(b_id, NodeConfig::default()).await;
+    let b_addr = b.addr();
+    let config = ManagerConfig {
+        bootstrap: vec![libp2p_entry(&b), iroh_entry(&b)],
+        max_retries: 100,
+        ..fast()
+    };
+    let (ma, _) = PeerManager::start(a.clone(), config);
+    let bid = b_addr.peer;
+    eventually(Duration::from_secs(10), "connected", || {
+        both_connected(&ma, &bid)
+    })
+    .await;
+    // Kill b: both stacks go.
+    b.stop().await;
+    drop(b);
+    // Wait for five redials on each transport, then check their spacing.
+    // iroh first waits out `disconnect_after`: over UDP a dead peer and a
+    // paused one look the same for a while.
+    eventually(Duration::from_secs(30), "five redials on each", || async {
+        let s = ma.status().await;
+        let p = s.iter().find(|p| p.peer == bid).expect("tracked");
+        [&p.libp2p, &p.iroh]
+            .iter()
+            .all(|x| x.as_ref().is_some_and(|x| x.redials.len() >= 5))
+    })
+    .await;
+    let s = ma.status().await;
+    let p = s.iter().find(|p| p.peer == bid).expect("tracked");
+    for (t, path) in [("libp2p", &p.libp2p), ("iroh", &p.iroh)] {
+        let path = path.as_ref().expect("tracked");
+        assert!(
+            matches!(path.state, PeerState::Disconnected),
+            "{t}: {:?}",
+            path.state
+        );
+        let gaps: Vec<Duration> = path.redials.windows(2).map(|w| w[1] - w[0]).collect();
+        // Doubling with ±20% jitter: each gap exceeds the one before
+        // (2 × 0.8 / 1.2 > 1), until the cap.
+        for w in gaps.windows(2).take(3) {
+            assert!(w[1] > w[0], "{t}: redials spread out: {gaps:?}");
+        }
+    }
+    // Restart b with the same identity on the same ports.
+    let mut config = NodeConfig::default();
+    config.libp2p.listen = b_addr.libp2p[0]
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    config.iroh.bind = *b_addr
+        .iroh
+        .as_ref()
+        .expect("iroh")
+        .ip_addrs()
+        .next()
+        .expect("socket");
+    let restarted_at = Instant::now();
+    let b = start(Identity::from_secret(b_secret), config).await;
+    eventually(Duration::from_secs(10), "reconnected on both", || {
+        both_connected(&ma, &bid)
+    })
+    .await;
+    eprintln!("reconnected {:?} after the restart", restarted_at.elapsed());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_identities_connect_on_either_transport() {
+    let (friend_id, stranger_id) = (Identity::generate(), Identity::generate());
+    let guarded = start(
+        Identity::generate(),
+        NodeConfig {
+            allowlist: vec![friend_id.peer_id()],
+            ..NodeConfig::default()
+        },
+    )
+    .await;
+    let friend = start(friend_id, NodeConfig::default()).await;
+    let stranger = start(stranger_id, NodeConfig::default()).await;
+    let to = guarded.addr();
+    for t in [Transport::LibP2p, Transport::Iroh] {
+        friend
+            .ping(&to, t, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("the listed peer is accepted on {t:?}: {e}"));
+        let refused = stranger.ping(&to, t, Duration::from_secs(5)).await;
+        assert!(refused.is_err(), "the unlisted peer is refused on {t:?}");
+    }
+    let text = guarded.metrics().render();
+    for t in ["libp2p", "iroh"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("switchyard_node_auth_rejections_total")
+                    && l.contains(&format!("transport=\"{t}\""))
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .expect("value")
+            .parse()
+            .expect("number");
+        assert!(n >= 1.0, "{line}");
+    }
+    // The guarded node keeps no connection to the stranger.
+    let view = guarded.peer(&stranger.addr().peer);
+    assert!(
+        view.as_ref()
+            .is_none_or(|v| !v.libp2p.connected() && !v.iroh.connected()),
+        "{view:?}"
+    );
+    for n in [guarded, friend, stranger] {
+        n.stop().await;
+    }
+}
+
+/// The node config that brings a node back on the ports it had.
+fn same_ports(addr: &switchyard_node_agent::bridge::PeerAddr) -> NodeConfig {
+    let mut config = NodeConfig::default();
+    config.libp2p.listen = addr.libp2p[0]
+        .iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    config.iroh.bind = *addr
+        .iroh
+        .as_ref()
+        .expect("iroh")
+        .ip_addrs()
+        .next()
+        .expect("socket");
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() {
+    const N: usize = 10;
+    let ids: Vec<Identity> = (0..N).map(|_| Identity::generate()).collect();
+    let mut nodes = Vec::new();
+    for id in &ids {
+        nodes.push(start(id.clone(), NodeConfig::default()).await);
+    }
+    let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
+    let entries: Vec<String> = nodes.iter().map(|n| libp2p_entry(n)).collect();
+    let config = |me: usize| ManagerConfig {
+        bootstrap: entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != me)
+            .map(|(_, e)| e.clone())
+            .collect(),
+        backoff_max: Duration::from_secs(1),
+        disconnect_after: Duration::from_secs(2),
+        max_retries: 6,
+        slow_retry: Duration::from_secs(3),
+        ..fast()
+    };
+    let mut running: Vec<Option<(Arc<Node>, PeerManager)>> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (m, bad) = PeerManager::start(n.clone(), config(i));
+            assert!(bad.is_empty());
+            Some((n, m))
+        })
+        .collect();
+    // Chaos for a bounded time: every 250 ms a pseudo-random node dies or
+    // comes back (same identity, same ports).
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let chaos_until = Instant::now() + Duration::from_secs(5);
+    let mut kills = 0;
+    while Instant::now() < chaos_until {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let i = (seed >> 33) as usize % N;
+        match running[i].take() {
+            Some((node, manager)) => {
+                manager.stop();
+                node.stop().await;
+                kills += 1;
+            }
+            None => {
+                let node = start(ids[i].clone(), same_ports(&addrs[i])).await;
+                let (m, _) = PeerManager::start(node.clone(), config(i));
+                running[i] = Some((node, m));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for i in 0..N {
+        if running[i].is_none() {
+            let node = start(ids[i].clone(), same_ports(&addrs[i])).await;
+            let (m, _) = PeerManager::start(node.clone(), config(i));
+            running[i] = Some((node, m));
+        }
+    }
+    assert!(kills >= 5, "the chaos killed nodes ({kills})");
+    let settled_at = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "every pair connected on both transports",
+        || {
+            let running = &running;
+            let addrs = &addrs;
+            async move {
+                for (i, slot) in running.iter().enumerate() {
+                    let (_, m) = slot.as_ref().expect("running");
+                    let status = m.status().await;
+                    for (j, a) in addrs.iter().enumerate() {
+                        if i == j {
+                            continue;
+                        }
+                        for t in [Transport::LibP2p, Transport::Iroh] {
+                            let st = state_of(&status, &a.peer, t);
+                            if st != Some(PeerState::Connected) {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{kills} kills; fully connected {:?} after the last restart",
+        settled_at.elapsed()
+    );
+    for (node, manager) in running.into_iter().flatten() {
+        manager.stop();
+        node.stop().await;
+    }
+}
