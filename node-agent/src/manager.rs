@@ -186,6 +186,31 @@ enum Command {
     Add(PeerAddr),
 }
 
+/// Dials in progress now, and the most ever at once.
+#[derive(Debug, Default)]
+struct DialCount {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a dial while it holds a permit.
+struct Dialling(Arc<DialCount>);
+
+impl Dialling {
+    fn new(count: &Arc<DialCount>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = count.now.fetch_add(1, SeqCst) + 1;
+        count.peak.fetch_max(now, SeqCst);
+        Dialling(count.clone())
+    }
+}
+
+impl Drop for Dialling {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The peer manager's metrics, registered in the node's registry.
 #[derive(Clone)]
 struct Metrics {
@@ -239,6 +264,7 @@ impl Metrics {
 /// A running peer manager.
 pub struct PeerManager {
     commands: mpsc::Sender<Command>,
+    dialling: Arc<DialCount>,
     task: tokio::task::JoinHandle<()>,
     dns: Option<tokio::task::JoinHandle<()>>,
 }
@@ -278,10 +304,12 @@ impl PeerManager {
             ))
         });
         let metrics = Metrics::new(&node);
-        let task = tokio::spawn(run(node, config, metrics, initial, rx));
+        let dialling = Arc::new(DialCount::default());
+        let task = tokio::spawn(run(node, config, metrics, initial, rx, dialling.clone()));
         (
             PeerManager {
                 commands,
+                dialling,
                 task,
                 dns,
             },
@@ -296,6 +324,11 @@ impl PeerManager {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// The most dials that were ever in progress at once.
+    pub fn peak_dials(&self) -> usize {
+        self.dialling.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Track a peer learned elsewhere.
@@ -447,6 +480,7 @@ async fn run(
     metrics: Metrics,
     initial: Vec<PeerAddr>,
     mut commands: mpsc::Receiver<Command>,
+    dialling: Arc<DialCount>,
 ) {
     let mut peers: HashMap<PeerId, Tracked> = HashMap::new();
     for a in initial {
@@ -505,13 +539,15 @@ async fn run(
                 }
                 path.dialled = true;
                 let (node, addr, dials) = (node.clone(), tracked.addr.clone(), dials.clone());
+                let dialling = dialling.clone();
                 let timeout = config.heartbeat_timeout;
                 let peer = *id;
                 beats.push(Box::pin(async move {
                     // Dials share the permits; heartbeats on live
                     // connections do not wait for them.
                     let _permit = if dial {
-                        dials.acquire_owned().await.ok()
+                        let permit = dials.acquire_owned().await.ok();
+                        Some((permit, Dialling::new(&dialling)))
                     } else {
                         None
                     };

@@ -439,3 +439,90 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_to_many_silent_peers_never_exceed_the_bound() {
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    // Twelve iroh peers at UDP ports nobody answers on: each dial hangs
+    // until the heartbeat timeout, so the permits are what limits them.
+    let mut bootstrap = Vec::new();
+    let mut silent_sockets = Vec::new();
+    for _ in 0..12 {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let port = silent.local_addr().expect("addr").port();
+        bootstrap.push(format!(
+            "{}@127.0.0.1:{port}",
+            Identity::generate().endpoint_id()
+        ));
+        // Kept bound (and silent) until the test ends.
+        silent_sockets.push(silent);
+    }
+    let (m, bad) = PeerManager::start(
+        a.clone(),
+        ManagerConfig {
+            bootstrap,
+            max_concurrent_dials: 3,
+            ..fast()
+        },
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+    eventually(
+        Duration::from_secs(10),
+        "every peer dialled and failed",
+        || async {
+            let s = m.status().await;
+            s.len() == 12
+                && s.iter().all(|p| {
+                    p.iroh.as_ref().is_some_and(|x| {
+                        x.state == PeerState::Disconnected && x.reason != "not dialled yet"
+                    })
+                })
+        },
+    )
+    .await;
+    assert_eq!(m.peak_dials(), 3, "the bound was reached and held");
+    m.stop();
+    a.stop().await;
+    drop(silent_sockets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_bootstraps_peers_whose_identity_is_learned_on_connect() {
+    let b = start(Identity::generate(), NodeConfig::default()).await;
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    let b_addr = b.addr();
+    let libp2p_port = b_addr.libp2p[0]
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port");
+    let iroh_port = b_addr
+        .iroh
+        .as_ref()
+        .and_then(|i| i.ip_addrs().next())
+        .expect("iroh")
+        .port();
+    // `localhost` stands in for a headless Service: it resolves to the
+    // address b listens on, and nothing says who is there.
+    let (m, bad) = PeerManager::start(
+        a.clone(),
+        ManagerConfig {
+            bootstrap: vec!["dns:localhost".into()],
+            dns_libp2p_port: libp2p_port,
+            dns_iroh_port: iroh_port,
+            ..fast()
+        },
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+    eventually(
+        Duration::from_secs(10),
+        "b found and connected on both",
+        || both_connected(&m, &b_addr.peer),
+    )
+    .await;
+    m.stop();
+    a.stop().await;
+    b.stop().await;
+}
