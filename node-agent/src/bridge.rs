@@ -323,6 +323,12 @@ impl Node {
         self.peers.all()
     }
 
+    /// What routing knows of a peer (its advertised mode, latency and
+    /// success per transport), without copying its addresses.
+    pub fn peer_facts(&self, peer: &PeerId) -> Option<crate::peers::RouteFacts> {
+        self.peers.facts(peer)
+    }
+
     /// One peer as both transports see it.
     pub fn peer(&self, peer: &PeerId) -> Option<PeerView> {
         self.peers.get(peer)
@@ -824,19 +830,35 @@ impl Node {
     }
 
     /// One heartbeat to `peer` over `t`: a `Ping` the peer's stack answers
-    /// itself (dialling first if there is no connection). Returns the
-    /// round trip, which also feeds the peer view and LowestLatency.
+    /// itself (dialling first if there is no connection), asking for its
+    /// addresses on both transports. Returns the round trip, which also
+    /// feeds the peer view and LowestLatency.
     pub async fn ping(
         &self,
         peer: &PeerAddr,
         t: Transport,
         timeout: Duration,
     ) -> Result<Duration, StackError> {
+        self.heartbeat(peer, t, timeout, true).await
+    }
+
+    /// [`Node::ping`], asking for the peer's addresses only if `advert`.
+    pub async fn heartbeat(
+        &self,
+        peer: &PeerAddr,
+        t: Transport,
+        timeout: Duration,
+        advert: bool,
+    ) -> Result<Duration, StackError> {
         let envelope = Envelope {
             kind: Kind::Ping,
             mode: self.mode(),
             request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            payload: Bytes::new(),
+            payload: if advert {
+                Bytes::from_static(crate::stack::ASK_ADVERT)
+            } else {
+                Bytes::new()
+            },
         };
         let started = Instant::now();
         let result = match t {
@@ -862,7 +884,9 @@ impl Node {
         match result {
             Ok(r) if r.kind == Kind::Pong => {
                 self.peers.record(peer.peer, t, true, rtt, Some(r.mode));
-                if let Ok(advert) = serde_json::from_slice::<crate::stack::Advert>(&r.payload) {
+                if !r.payload.is_empty()
+                    && let Ok(advert) = serde_json::from_slice::<crate::stack::Advert>(&r.payload)
+                {
                     self.peers.advertised_addrs(peer.peer, advert);
                 }
                 Ok(rtt)

@@ -81,7 +81,7 @@ impl Default for ManagerConfig {
             dns_libp2p_port: 4001,
             dns_iroh_port: 4002,
             dns_refresh: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(1),
             unresponsive_after: 2,
             disconnect_after: Duration::from_secs(10),
@@ -440,10 +440,22 @@ fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
         if libp2p.is_empty() && iroh.is_empty() {
             continue;
         }
-        let Ok(found) = PeerAddr::new(view.peer, libp2p, iroh) else {
-            continue;
-        };
-        merge(peers, found);
+        // The view already holds the iroh id: no mapping (a curve-point
+        // decompression) per peer per round.
+        let iroh = (!iroh.is_empty()).then(|| {
+            iroh.into_iter()
+                .fold(iroh::EndpointAddr::new(view.endpoint), |a, s| {
+                    a.with_ip_addr(s)
+                })
+        });
+        merge(
+            peers,
+            PeerAddr {
+                peer: view.peer,
+                libp2p,
+                iroh,
+            },
+        );
     }
 }
 
@@ -489,6 +501,7 @@ async fn run(
     let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
     let mut beats: FuturesUnordered<Beat> = FuturesUnordered::new();
     let mut learned_at = Instant::now();
+    let mut published = [[-1i64; 4]; 2];
     loop {
         let now = Instant::now();
         if now >= learned_at {
@@ -497,7 +510,7 @@ async fn run(
         }
         // Which transports each peer can be reached on, by both modes.
         let local = node.mode();
-        let facts = |p: &PeerId| node.peer(p).and_then(|v| v.mode);
+        let facts = |p: &PeerId| node.peer_facts(p).and_then(|f| f.mode);
         let mut next_due = learned_at;
         for (id, tracked) in &mut peers {
             let remote = facts(id);
@@ -551,25 +564,31 @@ async fn run(
                     } else {
                         None
                     };
-                    (peer, t, node.ping(&addr, t, timeout).await)
+                    // A new connection asks for the peer's addresses on
+                    // both transports; a live one's beats carry nothing.
+                    (peer, t, node.heartbeat(&addr, t, timeout, dial).await)
                 }));
             }
         }
-        // The gauges, from the states just seen.
-        let mut counts: HashMap<(Transport, PeerState), i64> = HashMap::new();
+        // The gauges, from the states just seen; the label lookups only
+        // after a change.
+        let mut counts = [[0i64; 4]; 2];
         for tracked in peers.values() {
             for t in [Transport::LibP2p, Transport::Iroh] {
                 if let Some(p) = &tracked.paths[t as usize] {
-                    *counts.entry((t, p.status.state)).or_default() += 1;
+                    counts[t as usize][p.status.state as usize] += 1;
                 }
             }
         }
-        for t in [Transport::LibP2p, Transport::Iroh] {
-            for s in PeerState::ALL {
-                metrics
-                    .states
-                    .with_label_values(&[t.as_str(), s.as_str()])
-                    .set(counts.get(&(t, s)).copied().unwrap_or(0));
+        if counts != published {
+            published = counts;
+            for t in [Transport::LibP2p, Transport::Iroh] {
+                for s in PeerState::ALL {
+                    metrics
+                        .states
+                        .with_label_values(&[t.as_str(), s.as_str()])
+                        .set(counts[t as usize][s as usize]);
+                }
             }
         }
         tokio::select! {
@@ -621,8 +640,13 @@ async fn run(
                         if s.misses >= config.unresponsive_after {
                             let reason = format!("{} heartbeats in a row unanswered", s.misses);
                             transition(&peer, t, s, PeerState::Unresponsive, reason);
+                            path.next_at = now + config.heartbeat_interval;
+                        } else {
+                            // The timeout already spaced it: ask again now,
+                            // so a silent peer is found in `unresponsive_after`
+                            // timeouts.
+                            path.next_at = now;
                         }
-                        path.next_at = now + config.heartbeat_interval;
                     }
                     Err(e) => {
                         let reason = e.to_string();

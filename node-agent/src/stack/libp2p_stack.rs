@@ -353,7 +353,19 @@ async fn run(
         {
             let _ = rx.wait_for(|p| !p).await;
         }
+        let pause_flips = async {
+            match &mut paused {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            // Pausing takes effect at once, not after the next event.
+            () = pause_flips => {}
             command = commands.recv() => {
                 match command {
                     None => return,

@@ -231,13 +231,22 @@ pub(crate) fn is_inbound(kind: Kind) -> bool {
     matches!(kind, Kind::Request | Kind::Ping)
 }
 
+/// A ping with this payload asks for the answerer's [`Advert`].
+pub const ASK_ADVERT: &[u8] = b"advert";
+
 /// The stack's own answer to a ping.
 pub(crate) fn pong(ping: &Envelope, handler: &dyn Handler) -> Envelope {
     Envelope {
         kind: Kind::Pong,
         mode: handler.mode(),
         request_id: ping.request_id,
-        payload: handler.advert(),
+        // Addresses only when asked (on a new connection): most heartbeats
+        // carry nothing.
+        payload: if ping.payload.as_ref() == ASK_ADVERT {
+            handler.advert()
+        } else {
+            Bytes::new()
+        },
     }
 }
 
