@@ -11,6 +11,7 @@
 //!   failover and live mode switching.
 //! - [`metrics`]: the node's Prometheus metrics.
 
+pub mod agent;
 pub mod bootstrap;
 pub mod bridge;
 pub mod identity;

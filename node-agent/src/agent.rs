@@ -1,0 +1,719 @@
+//! The node-agent on Kubernetes: registers the node's FleetNode, applies
+//! `spec.mode` through the transport's live switch, reports status, serves
+//! `/metrics`, `/healthz`, `/readyz` and `/status`, sends probe requests so
+//! health metrics exist without application traffic, and shuts down
+//! cleanly on SIGTERM.
+//!
+//! The mode is never defaulted behind the operator's back: at start the
+//! agent reads its FleetNode first (retrying while the API server is
+//! unreachable) and starts its stacks in the mode found there; only a
+//! FleetNode that does not exist yet gets the configured initial mode.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use libp2p::PeerId;
+use serde_json::json;
+use switchyard_crds::{FleetNode, NetworkMode};
+
+use crate::bridge::{Node, NodeConfig};
+use crate::identity::Identity;
+use crate::manager::{ManagerConfig, PeerManager, PeerState};
+use crate::stack::{Handler, Transport};
+use crate::wire::Envelope;
+
+/// What the agent needs to run; see the binary's flags.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The FleetNode's name (the pod's name).
+    pub name: String,
+    /// The namespace of the FleetNode (the pod's).
+    pub namespace: String,
+    /// The address peers and the operator reach this pod at.
+    pub pod_ip: IpAddr,
+    /// The Kubernetes node it runs on, recorded as a label.
+    pub node_name: Option<String>,
+    /// The mode of a FleetNode this agent creates.
+    pub initial_mode: NetworkMode,
+    /// Where the identity secret lives: a file.
+    pub identity_file: Option<PathBuf>,
+    /// Where the identity secret lives: a Kubernetes Secret, created when
+    /// missing.
+    pub identity_secret: Option<String>,
+    /// libp2p TCP port (0: any).
+    pub libp2p_port: u16,
+    /// iroh UDP port (0: any).
+    pub iroh_port: u16,
+    /// Address of the HTTP server.
+    pub http_addr: SocketAddr,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<String>,
+    /// Connected peers needed for `/readyz`.
+    pub min_peers: usize,
+    /// Probe requests per second to random known peers (0: none).
+    pub probe_rate: f64,
+    /// How long SIGTERM may take.
+    pub shutdown_timeout: Duration,
+    /// Peer management settings (its `bootstrap` is replaced by the one
+    /// above).
+    pub manager: ManagerConfig,
+}
+
+/// Answers probes and application requests alike with their payload.
+struct EchoHandler;
+
+impl Handler for EchoHandler {
+    fn handle(
+        &self,
+        _: PeerId,
+        _: Transport,
+        request: Envelope,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        Box::pin(async move { Ok(request.payload) })
+    }
+    fn mode(&self) -> NetworkMode {
+        NetworkMode::LibP2pOnly
+    }
+}
+
+/// The agent's own metrics, in the node's registry.
+#[derive(Clone)]
+struct AgentMetrics {
+    probes: prometheus::IntCounterVec,
+    api_errors: prometheus::IntCounter,
+    switch_seconds: prometheus::Histogram,
+}
+
+impl AgentMetrics {
+    fn new(node: &Node) -> Self {
+        let probes = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "switchyard_agent_probes_total",
+                "Probe requests to random known peers, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let api_errors = prometheus::IntCounter::new(
+            "switchyard_agent_api_errors_total",
+            "Failed calls to the Kubernetes API",
+        )
+        .expect("valid metric");
+        let switch_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "switchyard_agent_mode_switch_seconds",
+                "Time to apply a new spec.mode",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )
+        .expect("valid metric");
+        let r = node.metrics().registry();
+        let _ = r.register(Box::new(probes.clone()));
+        let _ = r.register(Box::new(api_errors.clone()));
+        let _ = r.register(Box::new(switch_seconds.clone()));
+        AgentMetrics {
+            probes,
+            api_errors,
+            switch_seconds,
+        }
+    }
+}
+
+fn fleet_nodes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::erase::<FleetNode>(&()),
+    )
+}
+
+/// What `spec.mode` says: absent, a mode, or a value this agent does not
+/// know (written around validation).
+#[derive(Debug, Clone, PartialEq)]
+enum Wanted {
+    Unset,
+    Mode(NetworkMode),
+    Unknown(String),
+}
+
+fn wanted(obj: &DynamicObject) -> Wanted {
+    match obj.data.pointer("/spec/mode") {
+        None | Some(serde_json::Value::Null) => Wanted::Unset,
+        Some(serde_json::Value::String(s)) => match s.parse::<NetworkMode>() {
+            Ok(m) => Wanted::Mode(m),
+            Err(_) => Wanted::Unknown(s.clone()),
+        },
+        Some(other) => Wanted::Unknown(other.to_string()),
+    }
+}
+
+/// Retry `f` with backoff (0.2 s doubling to 5 s) until it succeeds.
+async fn retrying<T, F, Fut>(what: &str, metrics: Option<&AgentMetrics>, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                if let Some(m) = metrics {
+                    m.api_errors.inc();
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "{what}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn load_identity(client: &kube::Client, config: &AgentConfig) -> anyhow::Result<Identity> {
+    if let Some(path) = &config.identity_file {
+        return Identity::load_or_generate(path)
+            .with_context(|| format!("identity file {}", path.display()));
+    }
+    let Some(name) = &config.identity_secret else {
+        tracing::warn!("no --identity-file or --identity-secret: a new identity each start");
+        return Ok(Identity::generate());
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    if let Some(s) = secrets.get_opt(name).await? {
+        let raw = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ed25519"))
+            .with_context(|| format!("Secret {name} has no key ed25519"))?;
+        let secret: [u8; 32] = raw.0.as_slice().try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "Secret {name} key ed25519 holds {} bytes; it must hold 32",
+                raw.0.len()
+            )
+        })?;
+        return Ok(Identity::from_secret(secret));
+    }
+    let identity = Identity::generate();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "ed25519".to_owned(),
+            k8s_openapi::ByteString(identity.secret_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(identity),
+        // Another start created it first: use that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(load_identity(client, config)).await,
+        Err(e) => Err(e).with_context(|| format!("creating Secret {name}")),
+    }
+}
+
+/// Find or create this agent's FleetNode; the mode to start in.
+async fn register(
+    client: &kube::Client,
+    config: &AgentConfig,
+) -> anyhow::Result<(NetworkMode, Option<String>)> {
+    let api = fleet_nodes(client, &config.namespace);
+    if let Some(existing) = api.get_opt(&config.name).await? {
+        return Ok(match wanted(&existing) {
+            Wanted::Mode(m) => (m, None),
+            Wanted::Unset => (
+                existing
+                    .data
+                    .pointer("/status/appliedMode")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(config.initial_mode),
+                None,
+            ),
+            // Keep what it last ran, if it says.
+            Wanted::Unknown(v) => (
+                existing
+                    .data
+                    .pointer("/status/appliedMode")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(config.initial_mode),
+                Some(v),
+            ),
+        });
+    }
+    // Labels from the pod, so plans can select by them.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+    let mut labels = match pods.get_opt(&config.name).await {
+        Ok(Some(p)) => p.metadata.labels.unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
+    if let Some(n) = &config.node_name {
+        labels.insert("switchyard.dev/k8s-node".into(), n.clone());
+    }
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "FleetNode",
+        "metadata": {"name": config.name, "labels": labels},
+        "spec": {"mode": config.initial_mode},
+    }))?;
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok((config.initial_mode, None)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(register(client, config)).await,
+        Err(e) => Err(e).context("creating the FleetNode"),
+    }
+}
+
+/// The health summary `/status` serves.
+fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json::Value {
+    let m = node.metrics();
+    let mut transports = serde_json::Map::new();
+    for t in [Transport::LibP2p, Transport::Iroh] {
+        let tracked: Vec<_> = peers.iter().filter_map(|p| p.state(t)).collect();
+        let connected = tracked
+            .iter()
+            .filter(|s| **s == PeerState::Connected)
+            .count();
+        let success = m.success_rate(t);
+        let latency = m.mean_latency(t);
+        // The seed's weighting: 0.5 success + 0.3 latency + 0.2 connection.
+        let latency_score = latency.map(|l| (1.0 - l.as_secs_f64() / 0.5).clamp(0.0, 1.0));
+        let connection_score = if tracked.is_empty() {
+            None
+        } else {
+            Some(connected as f64 / tracked.len() as f64)
+        };
+        let score = 0.5 * success.unwrap_or(1.0)
+            + 0.3 * latency_score.unwrap_or(1.0)
+            + 0.2 * connection_score.unwrap_or(1.0);
+        transports.insert(
+            t.as_str().into(),
+            json!({
+                "peers": tracked.len(),
+                "connected": connected,
+                "successRate": success,
+                "meanLatencyMs": latency.map(|l| l.as_secs_f64() * 1000.0),
+                "healthScore": score,
+            }),
+        );
+    }
+    json!({
+        "mode": node.mode(),
+        "transports": transports,
+        "partitionRisk": partition_risk(peers),
+    })
+}
+
+/// The share of known peers unreachable on every transport both sides
+/// allow (0 when there are none).
+pub fn partition_risk(peers: &[crate::manager::PeerStatus]) -> f64 {
+    let known: Vec<_> = peers
+        .iter()
+        .filter(|p| p.libp2p.is_some() || p.iroh.is_some())
+        .collect();
+    if known.is_empty() {
+        return 0.0;
+    }
+    let cut = known
+        .iter()
+        .filter(|p| {
+            [Transport::LibP2p, Transport::Iroh]
+                .iter()
+                .all(|t| p.state(*t) != Some(PeerState::Connected))
+        })
+        .count();
+    cut as f64 / known.len() as f64
+}
+
+struct Shared {
+    node: Arc<Node>,
+    manager: PeerManager,
+    min_peers: usize,
+    stopping: AtomicBool,
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(SocketAddr, BoxFuture<'static, ()>)> {
+    use axum::routing::get;
+    use axum::{Json, Router, http::StatusCode};
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get({
+                let s = shared.clone();
+                move || async move { s.node.metrics().render() }
+            }),
+        )
+        .route(
+            "/readyz",
+            get({
+                let s = shared.clone();
+                move || async move {
+                    if s.stopping.load(Ordering::SeqCst) {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "stopping".to_owned());
+                    }
+                    let peers = s.manager.status().await;
+                    let connected = peers
+                        .iter()
+                        .filter(|p| {
+                            p.state(Transport::LibP2p) == Some(PeerState::Connected)
+                                || p.state(Transport::Iroh) == Some(PeerState::Connected)
+                        })
+                        .count();
+                    let addr = s.node.addr();
+                    let mode = s.node.mode();
+                    let stacks_up = (!mode.has_libp2p() || !addr.libp2p.is_empty())
+                        && (!mode.has_iroh() || addr.iroh.is_some());
+                    if !stacks_up {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the stacks of {mode} are not up"),
+                        )
+                    } else if connected < s.min_peers {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{connected} peers connected; {} needed", s.min_peers),
+                        )
+                    } else {
+                        (StatusCode::OK, "ready".to_owned())
+                    }
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get({
+                let s = shared.clone();
+                move || async move {
+                    let peers = s.manager.status().await;
+                    Json(status_json(&s.node, &peers))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP server to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let server = Box::pin(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((bound, server))
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: &str, generation: i64) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: Some(generation),
+        last_transition_time: Time(jiff_now()),
+    }
+}
+
+fn jiff_now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+/// What the agent last reported, to patch only on change.
+#[derive(Default)]
+struct Reported {
+    body: Option<serde_json::Value>,
+    transition: Option<Time>,
+    conditions: Vec<Condition>,
+}
+
+/// Build the status and patch it if anything but timestamps changed.
+async fn report(
+    api: &Api<DynamicObject>,
+    config: &AgentConfig,
+    node: &Node,
+    metrics_url: &str,
+    generation: i64,
+    problem: Option<&str>,
+    reported: &Mutex<Reported>,
+) -> anyhow::Result<()> {
+    let addr = node.addr();
+    let mode = node.mode();
+    let (mode_ok, reason, message) = match problem {
+        None => (true, "Applied", format!("running {mode}")),
+        Some(p) => (false, "UnknownMode", p.to_owned()),
+    };
+    let core = json!({
+        "appliedMode": mode,
+        "observedGeneration": generation,
+        "identity": {
+            "peerId": node.identity().peer_id().to_string(),
+            "endpointId": node.identity().endpoint_id().to_string(),
+        },
+        "addresses": {
+            "libp2p": addr.libp2p.iter().map(|a| {
+                a.iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .collect::<libp2p::Multiaddr>()
+                    .to_string()
+            }).collect::<Vec<_>>(),
+            "iroh": addr.iroh.iter().flat_map(|i| i.ip_addrs().map(ToString::to_string)).collect::<Vec<_>>(),
+        },
+        "metricsEndpoint": metrics_url,
+        "conditionsKey": [mode_ok, reason, &message],
+    });
+    let (body, changed) = {
+        let mut r = reported.lock().expect("reported lock");
+        if r.body.as_ref() == Some(&core) {
+            return Ok(());
+        }
+        let mode_changed =
+            r.body.as_ref().and_then(|b| b.get("appliedMode")) != core.get("appliedMode");
+        if mode_changed || r.transition.is_none() {
+            r.transition = Some(Time(jiff_now()));
+        }
+        let keep = |t: &str, ok: bool| {
+            r.conditions
+                .iter()
+                .find(|c| c.type_ == t && (c.status == "True") == ok)
+                .map(|c| c.last_transition_time.clone())
+        };
+        let mut ready = condition(
+            "Ready",
+            true,
+            "Running",
+            &format!("serving in {mode}"),
+            generation,
+        );
+        if let Some(t) = keep("Ready", true) {
+            ready.last_transition_time = t;
+        }
+        let mut applied = condition("ModeApplied", mode_ok, reason, &message, generation);
+        if let Some(t) = keep("ModeApplied", mode_ok) {
+            applied.last_transition_time = t;
+        }
+        let mut body = core.clone();
+        let obj = body.as_object_mut().expect("an object");
+        obj.remove("conditionsKey");
+        obj.insert("lastTransitionTime".into(), json!(r.transition));
+        obj.insert("conditions".into(), json!([ready, applied]));
+        r.conditions = vec![ready, applied];
+        (body, core)
+    };
+    api.patch_status(
+        &config.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": body })),
+    )
+    .await
+    .context("patching the FleetNode status")?;
+    reported.lock().expect("reported lock").body = Some(changed);
+    Ok(())
+}
+
+/// Run the agent until SIGTERM (or SIGINT).
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
+    let identity = retrying("loading the identity", None, || {
+        load_identity(&client, &config)
+    })
+    .await;
+    tracing::info!(peer = %identity.peer_id(), endpoint = %identity.endpoint_id(), "identity");
+    // The mode comes from the FleetNode before any stack starts.
+    let (mode, unknown) =
+        retrying("reading the FleetNode", None, || register(&client, &config)).await;
+    match &unknown {
+        None => tracing::info!(%mode, "starting in the FleetNode's mode"),
+        Some(v) => {
+            tracing::warn!(%mode, "spec.mode {v:?} is not a network mode; starting in the initial mode")
+        }
+    }
+    let mut node_config = NodeConfig::default();
+    node_config.libp2p.listen = libp2p::Multiaddr::empty()
+        .with(match config.pod_ip {
+            IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
+            IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
+        })
+        .with(libp2p::multiaddr::Protocol::Tcp(config.libp2p_port));
+    node_config.iroh.bind = SocketAddr::new(config.pod_ip, config.iroh_port);
+    let node = Node::start(identity, node_config, mode, Arc::new(EchoHandler))
+        .await
+        .context("starting the transports")?;
+    let metrics = AgentMetrics::new(&node);
+    let (manager, bad) = PeerManager::start(
+        node.clone(),
+        ManagerConfig {
+            bootstrap: config.bootstrap.clone(),
+            ..config.manager.clone()
+        },
+    );
+    for b in bad {
+        tracing::warn!("{b}");
+    }
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        manager,
+        min_peers: config.min_peers,
+        stopping: AtomicBool::new(false),
+    });
+    let (http_addr, server) = serve_http(config.http_addr, shared.clone()).await?;
+    tokio::spawn(server);
+    let metrics_url = format!(
+        "http://{}/metrics",
+        SocketAddr::new(config.pod_ip, http_addr.port())
+    );
+    tracing::info!(%http_addr, "serving /metrics /healthz /readyz /status");
+
+    let api = fleet_nodes(&client, &config.namespace);
+    let reported = Arc::new(Mutex::new(Reported::default()));
+    let probe = tokio::spawn(probes(shared.clone(), config.probe_rate, metrics.clone()));
+
+    // Watch only this node's FleetNode; apply each spec.mode.
+    let watch = {
+        let (api, config, node, reported, metrics) = (
+            api.clone(),
+            config.clone(),
+            node.clone(),
+            reported.clone(),
+            metrics.clone(),
+        );
+        async move {
+            let mut problem: Option<String>;
+            let wc = watcher::Config::default().fields(&format!("metadata.name={}", config.name));
+            let mut events = watcher(api.clone(), wc)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            loop {
+                let obj = match events.try_next().await {
+                    Ok(Some(o)) => o,
+                    Ok(None) => return,
+                    Err(e) => {
+                        metrics.api_errors.inc();
+                        tracing::warn!(error = %e, "watching the FleetNode; keeping {}", node.mode());
+                        continue;
+                    }
+                };
+                let generation = obj.metadata.generation.unwrap_or(0);
+                match wanted(&obj) {
+                    Wanted::Mode(m) => {
+                        problem = None;
+                        if m != node.mode() {
+                            let started = Instant::now();
+                            match node.set_mode(m).await {
+                                Ok(()) => {
+                                    metrics
+                                        .switch_seconds
+                                        .observe(started.elapsed().as_secs_f64());
+                                    tracing::info!(mode = %m, took = ?started.elapsed(), "switched mode");
+                                }
+                                Err(e) => {
+                                    problem = Some(format!("switching to {m} failed: {e}"));
+                                    tracing::error!(mode = %m, error = %e, "switching mode failed");
+                                }
+                            }
+                        }
+                    }
+                    Wanted::Unset => problem = None,
+                    Wanted::Unknown(v) => {
+                        let p = format!(
+                            "spec.mode {v:?} is not a network mode; keeping {}",
+                            node.mode()
+                        );
+                        tracing::warn!("{p}");
+                        problem = Some(p);
+                    }
+                }
+                let r = report(
+                    &api,
+                    &config,
+                    &node,
+                    &metrics_url,
+                    generation,
+                    problem.as_deref(),
+                    &reported,
+                );
+                if let Err(e) = r.await {
+                    metrics.api_errors.inc();
+                    tracing::warn!(error = %format!("{e:#}"), "reporting status; the next change retries");
+                    // Force the next event to report again.
+                    reported.lock().expect("reported lock").body = None;
+                }
+            }
+        }
+    };
+    let watch = tokio::spawn(watch);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    shared.stopping.store(true, Ordering::SeqCst);
+    probe.abort();
+    watch.abort();
+    let stop = async {
+        shared.manager.stop();
+        node.stop().await;
+    };
+    if tokio::time::timeout(config.shutdown_timeout, stop)
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown took too long; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Probe requests at `rate` per second to random known peers.
+async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
+    if rate <= 0.0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut turn: usize = 0;
+    loop {
+        tick.tick().await;
+        let peers = shared.manager.status().await;
+        let reachable: Vec<_> = peers
+            .iter()
+            .filter(|p| {
+                p.state(Transport::LibP2p) == Some(PeerState::Connected)
+                    || p.state(Transport::Iroh) == Some(PeerState::Connected)
+            })
+            .collect();
+        if reachable.is_empty() {
+            continue;
+        }
+        turn = turn.wrapping_add(1);
+        let target = reachable[turn % reachable.len()].addr.clone();
+        let node = shared.node.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let outcome = match node.request(&target, Bytes::from_static(b"probe")).await {
+                Ok(_) => "ok",
+                Err(e) => {
+                    tracing::warn!(peer = %target.peer, error = %e, "probe failed");
+                    "error"
+                }
+            };
+            metrics.probes.with_label_values(&[outcome]).inc();
+        });
+    }
+}

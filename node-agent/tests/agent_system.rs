@@ -1,0 +1,311 @@
+//! The node-agent binary as real processes on 127.0.0.1 against the
+//! in-memory API server: registration, live mode changes from the API with
+//! no failed probe, an unknown mode written around validation, and a
+//! restart that keeps the identity and the mode.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+use switchyard_crds::{FleetNode, NetworkMode};
+use switchyard_testbed::apiserver::Config;
+use switchyard_testbed::cluster::TestCluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "fleet";
+
+/// An agent process, killed if the test ends early.
+struct Agent {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(cluster: &TestCluster, name: &str, bootstrap: &[String]) -> Agent {
+        let log = std::fs::File::create(cluster.dir.join(format!("{name}.log"))).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard-node-agent"));
+        cmd.env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info,switchyard_node_agent=debug")
+            .args(["--name", name, "--namespace", NS, "--pod-ip", "127.0.0.1"])
+            .args(["--libp2p-port", "0", "--iroh-port", "0"])
+            .args(["--http-addr", "127.0.0.1:0", "--probe-rate", "10"])
+            .args(["--heartbeat-ms", "500"])
+            .arg("--identity-file")
+            .arg(cluster.dir.join(format!("{name}.key")))
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
+        if !bootstrap.is_empty() {
+            cmd.arg("--bootstrap").arg(bootstrap.join(","));
+        }
+        Agent {
+            name: name.into(),
+            child: cmd.spawn().expect("agent starts"),
+        }
+    }
+
+    /// SIGTERM, and the exit status within `bound`.
+    fn terminate(mut self, bound: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {bound:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GET a URL of the form http://127.0.0.1:PORT/path (HTTP/1.0, no deps).
+async fn get(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    Some(buf.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+fn metric(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn log_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+async fn fleet_node(api: &Api<FleetNode>, name: &str) -> Option<FleetNode> {
+    api.get_opt(name).await.ok().flatten()
+}
+
+/// The node's metrics URL, once it has reported one.
+async fn metrics_url(api: &Api<FleetNode>, name: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        "the agent reports its status",
+        || async { fleet_node(api, name).await?.status?.metrics_endpoint },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_agents_register_switch_live_and_keep_their_identity_across_a_restart() {
+    let cluster = TestCluster::start(
+        Config {
+            // So a FleetNode with an unknown spec.mode can be written.
+            validate_custom_resources: false,
+            ..Config::default()
+        },
+        "agents",
+    )
+    .await
+    .expect("cluster");
+    cluster.namespace(NS).await.expect("namespace");
+    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
+
+    // The first agent, then the others bootstrapping from its status.
+    let mut agents = vec![Agent::start(&cluster, "n0", &[])];
+    metrics_url(&api, "n0").await;
+    let n0 = fleet_node(&api, "n0")
+        .await
+        .expect("n0")
+        .status
+        .expect("status");
+    let peer = n0.identity.expect("identity").peer_id;
+    let bootstrap = vec![format!(
+        "{peer}@{}",
+        n0.addresses.expect("addresses").libp2p[0]
+    )];
+    for i in 1..5 {
+        agents.push(Agent::start(&cluster, &format!("n{i}"), &bootstrap));
+    }
+    let mut urls = Vec::new();
+    for i in 0..5 {
+        let name = format!("n{i}");
+        urls.push(metrics_url(&api, &name).await);
+        let n = fleet_node(&api, &name).await.expect("registered");
+        assert_eq!(
+            n.spec.mode,
+            Some(NetworkMode::LibP2pOnly),
+            "the initial mode"
+        );
+        let s = n.status.expect("status");
+        assert_eq!(s.applied_mode, Some(NetworkMode::LibP2pOnly));
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        );
+    }
+    // Probes flow everywhere before anything switches.
+    for url in &urls {
+        eventually(Duration::from_secs(30), "probes answered", || async {
+            let text = get(url).await?;
+            (metric(&text, "switchyard_agent_probes_total", "outcome=\"ok\"") >= 5.0).then_some(())
+        })
+        .await;
+    }
+
+    // Live switches from the API, each acknowledged in status.
+    let mut latencies = Vec::new();
+    for (node, mode) in [
+        ("n2", NetworkMode::DualPreferLibP2p),
+        ("n3", NetworkMode::DualLoadBalance),
+        ("n2", NetworkMode::DualPreferIroh),
+        ("n3", NetworkMode::DualPreferLibP2p),
+        ("n2", NetworkMode::DualPreferLibP2p),
+    ] {
+        let written = Instant::now();
+        let after = api
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"mode": mode}})),
+            )
+            .await
+            .expect("spec written");
+        let generation = after.metadata.generation.expect("generation");
+        eventually(
+            Duration::from_secs(10),
+            "the switch is acknowledged",
+            || async {
+                let s = fleet_node(&api, node).await?.status?;
+                (s.applied_mode == Some(mode) && s.observed_generation >= Some(generation))
+                    .then_some(())
+            },
+        )
+        .await;
+        latencies.push(written.elapsed());
+    }
+    eprintln!("API write to acknowledgement: {latencies:?}");
+
+    // An unknown mode, written around validation, changes nothing but a
+    // condition saying why.
+    // (Read raw: the typed client cannot decode the object any more.)
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        NS,
+        &ApiResource::erase::<FleetNode>(&()),
+    );
+    raw.patch(
+        "n4",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"mode": "Carrier"}})),
+    )
+    .await
+    .expect("written unvalidated");
+    eventually(Duration::from_secs(10), "the agent says why", || async {
+        let n = raw.get("n4").await.ok()?;
+        let status = n.data.get("status")?;
+        let conditions = status.get("conditions")?.as_array()?;
+        conditions.iter().find(|c| {
+            c["type"] == "ModeApplied"
+                && c["status"] == "False"
+                && c["reason"] == "UnknownMode"
+                && c["message"].as_str().is_some_and(|m| m.contains("Carrier"))
+        })?;
+        (status["appliedMode"] == "LibP2pOnly").then_some(())
+    })
+    .await;
+
+    // Let probes run across all that, then count failures fleet-wide.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut failed = 0.0;
+    let mut ok = 0.0;
+    for url in &urls {
+        let text = get(url).await.expect("metrics");
+        failed += metric(&text, "switchyard_agent_probes_total", "outcome=\"error\"");
+        ok += metric(&text, "switchyard_agent_probes_total", "outcome=\"ok\"");
+    }
+    assert_eq!(
+        failed, 0.0,
+        "no probe failed across the switches ({ok} answered)"
+    );
+
+    // Restart n1: SIGTERM exits 0 in time; the operator changes its mode
+    // meanwhile; it comes back with the same identity, straight into it.
+    let before = fleet_node(&api, "n1")
+        .await
+        .expect("n1")
+        .status
+        .expect("status");
+    let n1 = agents.remove(1);
+    let exit = n1.terminate(Duration::from_secs(10));
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    api.patch(
+        "n1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"mode": "DualPreferLibP2p"}})),
+    )
+    .await
+    .expect("spec written");
+    agents.push(Agent::start(&cluster, "n1", &bootstrap));
+    let url = eventually(
+        Duration::from_secs(30),
+        "n1 back in its new mode",
+        || async {
+            let s = fleet_node(&api, "n1").await?.status?;
+            (s.applied_mode == Some(NetworkMode::DualPreferLibP2p)).then_some(s.metrics_endpoint?)
+        },
+    )
+    .await;
+    let after = fleet_node(&api, "n1")
+        .await
+        .expect("n1")
+        .status
+        .expect("status");
+    assert_eq!(
+        after.identity, before.identity,
+        "same PeerId and EndpointId"
+    );
+    let text = get(&url).await.expect("metrics");
+    assert_eq!(
+        metric(&text, "switchyard_node_mode_switches_total", ""),
+        0.0,
+        "started in the FleetNode's mode, never in a default one: {text}"
+    );
+    assert!(log_of(&cluster.dir, "n1").contains("starting in the FleetNode's mode"));
+
+    for a in agents {
+        let name = a.name.clone();
+        let exit = a.terminate(Duration::from_secs(10));
+        assert!(exit.success(), "{name}: {exit:?}");
+    }
+    cluster.stop().await;
+}
