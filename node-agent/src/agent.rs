@@ -159,6 +159,41 @@ fn wanted(obj: &DynamicObject) -> Wanted {
     }
 }
 
+/// The watch's retry delays: 0.2 s doubling to 5 s, ±20%. kube's default
+/// grows to 30 s, which after a long API outage would leave the agent deaf
+/// for up to half a minute after the server is back.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        use std::hash::{BuildHasher, Hasher};
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+        Some(now.mul_f64(0.8 + 0.4 * unit))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        *self = WatchBackoff::default();
+    }
+}
+
 /// Retry `f` with backoff (0.2 s doubling to 5 s) until it succeeds.
 async fn retrying<T, F, Fut>(what: &str, metrics: Option<&AgentMetrics>, mut f: F) -> T
 where
@@ -596,7 +631,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let mut problem: Option<String>;
             let wc = watcher::Config::default().fields(&format!("metadata.name={}", config.name));
             let mut events = watcher(api.clone(), wc)
-                .default_backoff()
+                .backoff(WatchBackoff::default())
                 .applied_objects()
                 .boxed();
             loop {

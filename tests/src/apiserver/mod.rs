@@ -65,6 +65,8 @@ pub struct App {
     pub store: Store,
     config: Config,
     addr: SocketAddr,
+    /// Bumped to end every open watch (an outage).
+    cut: tokio::sync::watch::Sender<u64>,
 }
 
 /// A running server; dropping it stops the server.
@@ -90,7 +92,48 @@ impl ApiServer {
             },
             config,
             addr,
+            cut: tokio::sync::watch::channel(0).0,
         });
+        Ok(Self::serve(listener, app))
+    }
+
+    /// An outage: stop answering and drop every connection, watches
+    /// included, keeping every object. [`ApiServer::resume`] serves them
+    /// again at the same address.
+    pub async fn outage(mut self) -> Arc<App> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.app.cut.send_modify(|n| *n += 1);
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        self.app.clone()
+    }
+
+    /// Serve `app` (from [`ApiServer::outage`]) again at its address.
+    pub async fn resume(app: Arc<App>) -> std::io::Result<ApiServer> {
+        // The old listener's port can take a moment to be free again.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(app.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "rebinding the API server");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Self::serve(listener, app))
+    }
+
+    fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> ApiServer {
+        let addr = app.addr;
         let router = Router::new().fallback(dispatch).with_state(app.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -100,12 +143,12 @@ impl ApiServer {
                 })
                 .await;
         });
-        Ok(ApiServer {
+        ApiServer {
             addr,
             app,
             shutdown: Some(tx),
             task,
-        })
+        }
     }
 
     /// `http://127.0.0.1:PORT`.

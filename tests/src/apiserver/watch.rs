@@ -140,6 +140,7 @@ pub(super) fn serve(
         }
     };
     let bookmark_every = app.config.bookmark_interval;
+    let mut cut = app.cut.subscribe();
 
     tokio::spawn(async move {
         let send = |b: Bytes| {
@@ -189,6 +190,8 @@ pub(super) fn serve(
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                // An outage ends every watch.
+                _ = cut.changed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if !send(bookmark(last, false)).await { return; }
                 }
