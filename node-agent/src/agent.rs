@@ -703,15 +703,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     shared.stopping.store(true, Ordering::SeqCst);
     probe.abort();
     watch.abort();
-    let stop = async {
-        shared.manager.stop();
-        node.stop().await;
-    };
-    if tokio::time::timeout(config.shutdown_timeout, stop)
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown took too long; exiting anyway");
+    // Stop accepting (peers are answered Retiring and go elsewhere),
+    // drain what is in flight both ways, close both stacks; bounded.
+    shared.manager.stop();
+    let budget = config.shutdown_timeout;
+    match tokio::time::timeout(budget, node.shutdown(budget.mul_f64(0.8))).await {
+        Ok(true) => tracing::info!("drained and stopped"),
+        Ok(false) => {
+            tracing::warn!(
+                ?budget,
+                "requests still in flight at the deadline; stopped anyway"
+            );
+        }
+        Err(_) => tracing::warn!(?budget, "shutdown took too long; exiting anyway"),
     }
     Ok(())
 }

@@ -936,6 +936,39 @@ impl Node {
         self.refresh_advert();
     }
 
+    /// Stop gracefully within `within`: answer new inbound requests
+    /// `Retiring` (peers take them elsewhere), wait for the requests in
+    /// flight both ways, then stop both stacks. True when everything
+    /// drained in time.
+    pub async fn shutdown(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let (l, i) = {
+            let s = self.stacks.read().expect("stacks lock");
+            (s.libp2p.clone(), s.iroh.clone())
+        };
+        if let Some(l) = &l {
+            l.refuse_inbound();
+        }
+        if let Some(i) = &i {
+            i.refuse_inbound();
+        }
+        let busy = || {
+            l.as_ref().is_some_and(|s| s.inbound() > 0)
+                || i.as_ref().is_some_and(|s| s.inbound() > 0)
+                || self.in_flight.iter().any(|c| c.load(Ordering::SeqCst) > 0)
+        };
+        let mut drained = true;
+        while busy() {
+            if Instant::now() >= deadline {
+                drained = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.stop().await;
+        drained
+    }
+
     /// Stop both stacks.
     pub async fn stop(&self) {
         let (l, i) = {

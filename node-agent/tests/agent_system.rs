@@ -31,6 +31,21 @@ impl Drop for Agent {
 
 impl Agent {
     fn start(cluster: &TestCluster, name: &str, bootstrap: &[String]) -> Agent {
+        let key = cluster.dir.join(format!("{name}.key"));
+        Self::start_with(
+            cluster,
+            name,
+            bootstrap,
+            &["--identity-file", &key.to_string_lossy()],
+        )
+    }
+
+    fn start_with(
+        cluster: &TestCluster,
+        name: &str,
+        bootstrap: &[String],
+        extra: &[&str],
+    ) -> Agent {
         let log = std::fs::File::create(cluster.dir.join(format!("{name}.log"))).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard-node-agent"));
         cmd.env("KUBECONFIG", &cluster.kubeconfig)
@@ -39,8 +54,7 @@ impl Agent {
             .args(["--libp2p-port", "0", "--iroh-port", "0"])
             .args(["--http-addr", "127.0.0.1:0", "--probe-rate", "10"])
             .args(["--heartbeat-ms", "500"])
-            .arg("--identity-file")
-            .arg(cluster.dir.join(format!("{name}.key")))
+            .args(extra)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
         if !bootstrap.is_empty() {
@@ -434,5 +448,106 @@ async fn agents_keep_routing_through_a_30_s_api_outage_and_resume_watching() {
         let exit = a.terminate(Duration::from_secs(10));
         assert!(exit.success(), "{name}: {exit:?}");
     }
+    cluster.stop().await;
+}
+
+#[test]
+fn malformed_configuration_exits_non_zero_with_a_clear_error() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard-node-agent"))
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env("KUBECONFIG", "/nonexistent")
+            .args(args)
+            .output()
+            .expect("runs");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, err) = run(&["--namespace", "fleet"]);
+    assert!(!status.success());
+    assert!(err.contains("POD_NAME"), "{err}");
+    let (status, err) = run(&[
+        "--name",
+        "n0",
+        "--namespace",
+        "fleet",
+        "--initial-mode",
+        "Carrier",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.contains("Carrier") && err.contains("LibP2pOnly"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join(format!("switchyard-agent-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("agent.yaml");
+    std::fs::write(&file, "probeRate: 2\nprobeRat: 3\n").expect("write");
+    let (status, err) = run(&[
+        "--name",
+        "n0",
+        "--namespace",
+        "fleet",
+        "--config",
+        &file.to_string_lossy(),
+    ]);
+    assert!(!status.success());
+    assert!(err.contains("probeRat"), "names the unknown key: {err}");
+    std::fs::write(&file, "probeRate: -1\n").expect("write");
+    let (status, err) = run(&[
+        "--name",
+        "n0",
+        "--namespace",
+        "fleet",
+        "--config",
+        &file.to_string_lossy(),
+    ]);
+    assert!(!status.success());
+    assert!(err.contains("--probe-rate must be 0 or more"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_lives_in_a_secret_created_on_first_start() {
+    let cluster = TestCluster::start(Config::default(), "secret")
+        .await
+        .expect("cluster");
+    cluster.namespace(NS).await.expect("namespace");
+    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), NS);
+    let agent = Agent::start_with(&cluster, "s0", &[], &["--identity-secret", "s0-identity"]);
+    metrics_url(&api, "s0").await;
+    let first = fleet_node(&api, "s0")
+        .await
+        .expect("s0")
+        .status
+        .expect("status")
+        .identity;
+    let secret = secrets
+        .get("s0-identity")
+        .await
+        .expect("the Secret was created");
+    let key = secret.data.expect("data").remove("ed25519").expect("key");
+    assert_eq!(key.0.len(), 32);
+    assert!(agent.terminate(Duration::from_secs(10)).success());
+    // A new FleetNode name, the same Secret: the same identity.
+    let again = Agent::start_with(&cluster, "s1", &[], &["--identity-secret", "s0-identity"]);
+    metrics_url(&api, "s1").await;
+    let second = fleet_node(&api, "s1")
+        .await
+        .expect("s1")
+        .status
+        .expect("status")
+        .identity;
+    assert_eq!(first, second);
+    assert!(
+        !log_of(&cluster.dir, "s1").contains(&format!("{:?}", key.0)),
+        "the secret is never logged"
+    );
+    assert!(again.terminate(Duration::from_secs(10)).success());
     cluster.stop().await;
 }
