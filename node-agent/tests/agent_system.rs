@@ -511,7 +511,7 @@ fn malformed_configuration_exits_non_zero_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_identity_lives_in_a_secret_created_on_first_start() {
+async fn the_identity_lives_in_a_secret_created_on_first_start_and_pod_labels_are_copied() {
     let cluster = TestCluster::start(Config::default(), "secret")
         .await
         .expect("cluster");
@@ -519,8 +519,31 @@ async fn the_identity_lives_in_a_secret_created_on_first_start() {
     let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(cluster.client.clone(), NS);
+    // The pod exists with labels, as on a cluster: the FleetNode gets them.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), NS);
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "s0", "labels": {"app": "storage", "zone": "a"}},
+        "spec": {"containers": [{"name": "agent", "image": "switchyard/node-agent:test"}]},
+    }))
+    .expect("pod");
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("pod created");
     let agent = Agent::start_with(&cluster, "s0", &[], &["--identity-secret", "s0-identity"]);
     metrics_url(&api, "s0").await;
+    let labels = fleet_node(&api, "s0")
+        .await
+        .expect("s0")
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("app").map(String::as_str),
+        Some("storage"),
+        "{labels:?}"
+    );
+    assert_eq!(labels.get("zone").map(String::as_str), Some("a"));
     let first = fleet_node(&api, "s0")
         .await
         .expect("s0")
