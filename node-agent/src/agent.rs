@@ -26,7 +26,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::{WatchStreamExt, watcher};
 use libp2p::PeerId;
 use serde_json::json;
-use switchyard_crds::{FleetNode, NetworkMode};
+use switchyard_crds::{FleetNode, NetworkMode, RoutingStrategy};
 
 use crate::bridge::{Node, NodeConfig};
 use crate::identity::Identity;
@@ -489,10 +489,15 @@ async fn report(
     let mode = node.mode();
     let (mode_ok, reason, message) = match problem {
         None => (true, "Applied", format!("running {mode}")),
-        Some(p) => (false, "UnknownMode", p.to_owned()),
+        Some(p) if p.starts_with("spec.mode") => (false, "UnknownMode", p.to_owned()),
+        Some(p) if p.starts_with("spec.routingStrategy") => {
+            (false, "UnknownStrategy", p.to_owned())
+        }
+        Some(p) => (false, "SwitchFailed", p.to_owned()),
     };
     let core = json!({
         "appliedMode": mode,
+        "appliedStrategy": node.strategy(),
         "observedGeneration": generation,
         "identity": {
             "peerId": node.identity().peer_id().to_string(),
@@ -673,6 +678,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         tracing::warn!("{p}");
                         problem = Some(p);
                     }
+                }
+                // The strategy override and LoadBalance's iroh share.
+                let share = obj
+                    .data
+                    .pointer("/spec/irohShare")
+                    .and_then(serde_json::Value::as_u64)
+                    .map(|v| u8::try_from(v.min(100)).unwrap_or(100));
+                match obj.data.pointer("/spec/routingStrategy") {
+                    None | Some(serde_json::Value::Null) => node.set_routing(None, share),
+                    Some(v) => match v.as_str().map(str::parse::<RoutingStrategy>) {
+                        Some(Ok(st)) => node.set_routing(Some(st), share),
+                        _ => {
+                            let p = format!(
+                                "spec.routingStrategy {v} is not a routing strategy; keeping {}",
+                                node.strategy()
+                            );
+                            tracing::warn!("{p}");
+                            problem.get_or_insert(p);
+                        }
+                    },
                 }
                 let r = report(
                     &api,

@@ -123,6 +123,9 @@ pub struct NodeConfig {
     pub iroh: IrohConfig,
     /// A strategy overriding the mode's default.
     pub strategy: Option<RoutingStrategy>,
+    /// Under LoadBalance, the percent of requests sent over iroh first
+    /// (default 50): a Canary's A/B share.
+    pub iroh_share: Option<u8>,
     /// The whole budget of one request, retries included (default 10 s).
     pub request_timeout: Option<Duration>,
     /// How the second transport is used (default: hedged).
@@ -292,6 +295,24 @@ impl Node {
     /// The node's current mode.
     pub fn mode(&self) -> NetworkMode {
         self.served.mode()
+    }
+
+    /// Override the mode's routing strategy (`None`: the mode's default)
+    /// and set LoadBalance's iroh share (`None`: 50%). Takes effect with
+    /// the next request.
+    pub fn set_routing(&self, strategy: Option<RoutingStrategy>, iroh_share: Option<u8>) {
+        let mut c = self.config.lock().expect("config lock");
+        c.strategy = strategy;
+        c.iroh_share = iroh_share.map(|s| s.min(100));
+    }
+
+    /// The strategy in effect: the override, or the mode's default.
+    pub fn strategy(&self) -> RoutingStrategy {
+        self.config
+            .lock()
+            .expect("config lock")
+            .strategy
+            .unwrap_or_else(|| self.mode().default_strategy())
     }
 
     /// The node's identity.
@@ -500,7 +521,7 @@ impl Node {
     }
 
     /// The transports to try for `peer`, best first.
-    fn route(&self, peer: &PeerAddr, strategy: Option<RoutingStrategy>) -> Route {
+    fn route(&self, peer: &PeerAddr, strategy: Option<RoutingStrategy>, iroh_share: u8) -> Route {
         let local = self.mode();
         let known = self.peers.facts(&peer.peer).unwrap_or_default();
         // What this node runs and has an address for.
@@ -522,10 +543,14 @@ impl Node {
             RoutingStrategy::PreferLibP2p => vec![Transport::LibP2p, Transport::Iroh],
             RoutingStrategy::PreferIroh => vec![Transport::Iroh, Transport::LibP2p],
             RoutingStrategy::LoadBalance => {
-                if self.turn.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
-                    vec![Transport::LibP2p, Transport::Iroh]
-                } else {
+                // Spread evenly: iroh goes first on `iroh_share` of every
+                // 100 turns, interleaved rather than in runs.
+                let n = self.turn.fetch_add(1, Ordering::Relaxed) % 100;
+                let share = u64::from(iroh_share.min(100));
+                if (n + 1) * share / 100 > n * share / 100 {
                     vec![Transport::Iroh, Transport::LibP2p]
+                } else {
+                    vec![Transport::LibP2p, Transport::Iroh]
                 }
             }
             RoutingStrategy::LowestLatency => {
@@ -573,13 +598,14 @@ impl Node {
     /// fails, and sent again with backoff while every failure is transient
     /// (a stack restarting during a mode switch).
     pub async fn request(&self, peer: &PeerAddr, payload: Bytes) -> Result<Bytes, BridgeError> {
-        let (timeout, retry_for, hedge, strategy) = {
+        let (timeout, retry_for, hedge, strategy, iroh_share) = {
             let c = self.config.lock().expect("config lock");
             (
                 c.request_timeout.unwrap_or(Duration::from_secs(10)),
                 c.retry_for.unwrap_or(Duration::from_secs(2)),
                 c.hedge,
                 c.strategy,
+                c.iroh_share.unwrap_or(50),
             )
         };
         let started = Instant::now();
@@ -591,7 +617,7 @@ impl Node {
         let mut tried = Vec::new();
         let mut last;
         loop {
-            let route = self.route(peer, strategy);
+            let route = self.route(peer, strategy, iroh_share);
             if route.order.is_empty() {
                 if tried.is_empty() {
                     return Err(self.no_common_transport(peer));

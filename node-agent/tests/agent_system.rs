@@ -238,6 +238,24 @@ async fn five_agents_register_switch_live_and_keep_their_identity_across_a_resta
         latencies[latencies.len() - 1]
     );
 
+    // A strategy override and an A/B share reach the node too.
+    api.patch(
+        "n3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"routingStrategy": "PreferIroh", "irohShare": 30}})),
+    )
+    .await
+    .expect("spec written");
+    eventually(
+        Duration::from_secs(10),
+        "the strategy is applied",
+        || async {
+            let s = fleet_node(&api, "n3").await?.status?;
+            (s.applied_strategy == Some(switchyard_crds::RoutingStrategy::PreferIroh)).then_some(())
+        },
+    )
+    .await;
+
     // An unknown mode, written around validation, changes nothing but a
     // condition saying why.
     // (Read raw: the typed client cannot decode the object any more.)

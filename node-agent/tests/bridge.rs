@@ -385,3 +385,36 @@ async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
     racer.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancing_sends_the_configured_share_over_iroh() {
+    let server = node(NetworkMode::DualPreferLibP2p).await;
+    // No hedging, so which transport answers is the one routed first.
+    let client = Node::start(
+        Identity::generate(),
+        NodeConfig {
+            hedge: Hedge::Off,
+            ..NodeConfig::default()
+        },
+        NetworkMode::DualLoadBalance,
+        Arc::new(Echo),
+    )
+    .await
+    .expect("client starts");
+    client.set_routing(None, Some(20));
+    let mut iroh = 0;
+    for i in 0..100u8 {
+        let r = client
+            .request(&server.addr(), Bytes::from(vec![i]))
+            .await
+            .expect("answered");
+        iroh += usize::from(r.starts_with(b"iroh:"));
+    }
+    assert_eq!(iroh, 20, "20% of requests over iroh");
+    assert_eq!(
+        client.strategy(),
+        switchyard_node_agent::RoutingStrategy::LoadBalance
+    );
+    client.stop().await;
+    server.stop().await;
+}
