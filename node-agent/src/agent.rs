@@ -94,6 +94,7 @@ struct AgentMetrics {
     probes: prometheus::IntCounterVec,
     api_errors: prometheus::IntCounter,
     switch_seconds: prometheus::Histogram,
+    partition_risk: prometheus::Gauge,
 }
 
 impl AgentMetrics {
@@ -119,7 +120,13 @@ impl AgentMetrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
         )
         .expect("valid metric");
+        let partition_risk = prometheus::Gauge::new(
+            "switchyard_agent_partition_risk",
+            "Share of known peers reachable on no transport both sides allow (0..1)",
+        )
+        .expect("valid metric");
         let r = node.metrics().registry();
+        let _ = r.register(Box::new(partition_risk.clone()));
         let _ = r.register(Box::new(probes.clone()));
         let _ = r.register(Box::new(api_errors.clone()));
         let _ = r.register(Box::new(switch_seconds.clone()));
@@ -127,6 +134,7 @@ impl AgentMetrics {
             probes,
             api_errors,
             switch_seconds,
+            partition_risk,
         }
     }
 }
@@ -622,6 +630,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let api = fleet_nodes(&client, &config.namespace);
     let reported = Arc::new(Mutex::new(Reported::default()));
     let probe = tokio::spawn(probes(shared.clone(), config.probe_rate, metrics.clone()));
+    let risk = {
+        let (shared, metrics) = (shared.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let peers = shared.manager.status().await;
+                metrics.partition_risk.set(partition_risk(&peers));
+            }
+        })
+    };
 
     // Watch only this node's FleetNode; apply each spec.mode.
     let watch = {
@@ -727,6 +746,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     shared.stopping.store(true, Ordering::SeqCst);
     probe.abort();
+    risk.abort();
     watch.abort();
     // Stop accepting (peers are answered Retiring and go elsewhere),
     // drain what is in flight both ways, close both stacks; bounded.

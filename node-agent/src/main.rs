@@ -119,6 +119,8 @@ fn settings(args: Args) -> anyhow::Result<AgentConfig> {
         "--probe-rate must be 0 or more, e.g. 1"
     );
     let heartbeat = Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(2000));
+    let libp2p_port = args.libp2p_port.or(file.libp2p_port).unwrap_or(4001);
+    let iroh_port = args.iroh_port.or(file.iroh_port).unwrap_or(4002);
     anyhow::ensure!(
         heartbeat >= Duration::from_millis(50),
         "--heartbeat-ms must be at least 50"
@@ -137,8 +139,8 @@ fn settings(args: Args) -> anyhow::Result<AgentConfig> {
             .unwrap_or(NetworkMode::LibP2pOnly),
         identity_file: args.identity_file.or(file.identity_file),
         identity_secret: args.identity_secret.or(file.identity_secret),
-        libp2p_port: args.libp2p_port.or(file.libp2p_port).unwrap_or(4001),
-        iroh_port: args.iroh_port.or(file.iroh_port).unwrap_or(4002),
+        libp2p_port,
+        iroh_port,
         http_addr: args
             .http_addr
             .or(file.http_addr)
@@ -153,6 +155,9 @@ fn settings(args: Args) -> anyhow::Result<AgentConfig> {
         ),
         manager: ManagerConfig {
             heartbeat_interval: heartbeat,
+            // A fleet's agents share their ports: `dns:` entries use ours.
+            dns_libp2p_port: if libp2p_port == 0 { 4001 } else { libp2p_port },
+            dns_iroh_port: if iroh_port == 0 { 4002 } else { iroh_port },
             ..ManagerConfig::default()
         },
     })

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Switchyard's end-to-end suite on kind: create a cluster from
+# kind-config.yaml, build and load the images, install the chart, wait for
+# the sample fleet, run a MigrationPlan through canary and waves to
+# Succeeded, then roll it back and check every node returns. Dumps logs and
+# events on failure; deletes the cluster at the end.
+#
+# Needs docker (with a running daemon), kind, helm and kubectl; without
+# them it says what is missing and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+missing=()
+for tool in docker kind helm kubectl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -eq 0 ] && ! docker info >/dev/null 2>&1; then
+  missing+=("a running Docker daemon")
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "skipping the kind e2e suite: it needs docker, kind, helm and kubectl (missing: ${missing[*]})"
+  exit 0
+fi
+
+cluster=switchyard-e2e
+ns=switchyard-system
+tag=e2e
+context="kind-$cluster"
+
+dump() {
+  echo "== e2e failed; state of the cluster" >&2
+  kubectl --context "$context" -n "$ns" get all,fleetnodes,migrationplans,canaries -o wide >&2 || true
+  kubectl --context "$context" -n "$ns" get events --sort-by=.lastTimestamp >&2 || true
+  kubectl --context "$context" -n "$ns" logs -l app.kubernetes.io/component=operator --tail=200 --prefix >&2 || true
+  kubectl --context "$context" -n "$ns" logs -l app.kubernetes.io/component=node-agent --tail=50 --prefix >&2 || true
+}
+finish() {
+  status=$?
+  [ "$status" -ne 0 ] && dump
+  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  exit "$status"
+}
+trap finish EXIT
+
+kind create cluster --config kind-config.yaml --name "$cluster" --wait 120s
+docker build -f docker/operator.Dockerfile -t "switchyard-operator:$tag" .
+docker build -f docker/node-agent.Dockerfile -t "switchyard-node-agent:$tag" .
+kind load docker-image --name "$cluster" "switchyard-operator:$tag" "switchyard-node-agent:$tag"
+
+kubectl --context "$context" apply --server-side -f crds/
+helm --kube-context "$context" install switchyard charts/switchyard \
+  --namespace "$ns" --create-namespace \
+  --set operator.image.repository=switchyard-operator --set operator.image.tag="$tag" \
+  --set agents.image.repository=switchyard-node-agent --set agents.image.tag="$tag" \
+  --set agents.replicas=4 --wait --timeout 5m
+
+echo "== waiting for 4 FleetNodes"
+for _ in $(seq 1 60); do
+  count=$(kubectl --context "$context" -n "$ns" get fleetnodes -o name | wc -l)
+  [ "$count" -ge 4 ] && break
+  sleep 2
+done
+[ "$count" -ge 4 ] || { echo "only $count FleetNodes registered" >&2; exit 1; }
+
+echo "== canary, waves, Succeeded"
+kubectl --context "$context" apply -f tests/e2e/plan.yaml
+kubectl --context "$context" -n "$ns" wait migrationplan/e2e-to-iroh \
+  --for=jsonpath='{.status.phase}'=Succeeded --timeout=10m
+for node in $(kubectl --context "$context" -n "$ns" get fleetnodes -o name); do
+  applied=$(kubectl --context "$context" -n "$ns" get "$node" -o jsonpath='{.status.appliedMode}')
+  [ "$applied" = DualPreferIroh ] || { echo "$node runs $applied" >&2; exit 1; }
+done
+
+echo "== rollback"
+kubectl --context "$context" -n "$ns" patch migrationplan e2e-to-iroh --type merge \
+  -p '{"spec":{"rollbackRequest":{"reason":"e2e"}}}'
+kubectl --context "$context" -n "$ns" wait migrationplan/e2e-to-iroh \
+  --for=jsonpath='{.status.phase}'=RolledBack --timeout=10m
+for node in $(kubectl --context "$context" -n "$ns" get fleetnodes -o name); do
+  applied=$(kubectl --context "$context" -n "$ns" get "$node" -o jsonpath='{.status.appliedMode}')
+  [ "$applied" = LibP2pOnly ] || { echo "$node runs $applied after the rollback" >&2; exit 1; }
+done
+echo "== e2e passed"
