@@ -40,6 +40,11 @@ pub trait Analysis: Send + Sync + 'static {
     fn canary_verdict(&self, _canary: &Canary) -> Option<AnalysisInput> {
         None
     }
+    /// Bumped when a verdict or trigger may have changed outside any watched
+    /// object (an alert arrived): every plan is reconciled again at once.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Fencing: whether this replica may still write. Checked before every
@@ -986,7 +991,14 @@ pub async fn run(
     });
     let plans_for_map = plan_reader;
     let ar = plan_ar;
+    let nudges = match ctx.analysis.changes() {
+        Some(rx) => tokio_stream::wrappers::WatchStream::from_changes(rx)
+            .map(|_| ())
+            .boxed(),
+        None => futures::stream::pending().boxed(),
+    };
     let plan_controller = plan_controller
+        .reconcile_all_on(nudges)
         .watches_shared_stream(node_for_plans, move |node: Arc<FleetNode>| {
             interested(&plans_for_map, &ar, &node, LABEL_PLAN)
         })

@@ -1,5 +1,6 @@
 //! The operator's HTTP port: `/healthz` (the process serves), `/readyz`
-//! (the controller is running), `/metrics` (Prometheus text).
+//! (the controller is running), `/metrics` (Prometheus text),
+//! `POST /webhook/alertmanager` (see [`crate::alerts`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use crate::alerts::{self, AlertBook};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -24,6 +26,7 @@ pub async fn bind(
     addr: SocketAddr,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    alerts: Arc<AlertBook>,
 ) -> std::io::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
@@ -51,6 +54,15 @@ pub async fn bind(
                 )
             }),
         )
-        .with_state(AppState { metrics, ready });
+        .with_state(AppState { metrics, ready })
+        .merge(
+            Router::new()
+                .route(
+                    "/webhook/alertmanager",
+                    axum::routing::post(alerts::webhook),
+                )
+                .layer(axum::extract::DefaultBodyLimit::max(alerts::MAX_BODY))
+                .with_state(alerts),
+        );
     Ok((local, async move { axum::serve(listener, app).await }))
 }

@@ -2,6 +2,7 @@
 //! per-node NetworkMode changes. Decisions come from [`planner`], pure code
 //! with no Kubernetes I/O; [`controller`] carries them out.
 
+pub mod alerts;
 pub mod canary;
 pub mod controller;
 pub mod http;

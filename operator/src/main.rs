@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
+use switchyard_operator::alerts::{AlertAnalysis, AlertBook};
 use switchyard_operator::controller::{self, LeaseFence, NoAnalysis, Settings};
 use switchyard_operator::{http, metrics::Metrics};
 
@@ -52,6 +53,13 @@ struct Args {
     /// Seconds before expiry at which the leader renews.
     #[arg(long, env = "SWITCHYARD_LEASE_GRACE", default_value_t = 5)]
     lease_grace: u64,
+    /// Secret (in the Lease's namespace) holding the Alertmanager webhook's
+    /// bearer token; without it the webhook answers 503.
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET")]
+    webhook_secret: Option<String>,
+    /// Key of the token in that Secret.
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET_KEY", default_value = "token")]
+    webhook_secret_key: String,
 }
 
 #[tokio::main]
@@ -73,7 +81,8 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let (addr, server) = http::bind(args.http_addr, metrics.clone(), ready.clone())
+    let book = AlertBook::new(metrics.webhook_requests.clone());
+    let (addr, server) = http::bind(args.http_addr, metrics.clone(), ready.clone(), book.clone())
         .await
         .with_context(|| format!("binding {}", args.http_addr))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
@@ -102,6 +111,14 @@ async fn main() -> anyhow::Result<()> {
         .build()
         .await
         .with_context(|| format!("setting up Lease {lease_ns}/{}", args.lease_name))?;
+    if let Some(name) = args.webhook_secret.clone() {
+        tokio::spawn(load_token(
+            kube::Api::namespaced(client.clone(), &lease_ns),
+            name,
+            args.webhook_secret_key.clone(),
+            book.clone(),
+        ));
+    }
     let (mut leader, _lease_task) = lease.watch().await;
     tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
     while !*leader.borrow_and_update() {
@@ -128,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
     let run = controller::run(
         client,
         args.namespace,
-        Arc::new(NoAnalysis),
+        Arc::new(AlertAnalysis {
+            inner: NoAnalysis,
+            book,
+        }),
         settings,
         metrics.clone(),
         Arc::new(fence),
@@ -146,5 +166,43 @@ async fn main() -> anyhow::Result<()> {
             metrics.leader.set(0);
             anyhow::bail!("lost the Lease {lease_ns}/{}; exiting so a restart rejoins as a standby", args.lease_name)
         }
+    }
+}
+
+/// Keep the webhook token current: read the Secret now and every 10 s (a
+/// rotated token takes effect within that).
+async fn load_token(
+    secrets: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: String,
+    key: String,
+    book: Arc<AlertBook>,
+) {
+    let mut warned = false;
+    loop {
+        match secrets.get_opt(&name).await {
+            Ok(Some(s)) => {
+                let token = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&key))
+                    .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                    .map(|t| t.trim().to_owned());
+                if token.is_none() && !warned {
+                    tracing::warn!(secret = %name, %key, "the webhook Secret has no such key; the webhook answers 503");
+                    warned = true;
+                }
+                book.set_token(token);
+            }
+            Ok(None) => {
+                if !warned {
+                    tracing::warn!(secret = %name, "the webhook Secret does not exist; the webhook answers 503");
+                    warned = true;
+                }
+                book.set_token(None);
+            }
+            // Keep the last token through API hiccups.
+            Err(e) => tracing::warn!(secret = %name, error = %e, "reading the webhook Secret"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     }
 }

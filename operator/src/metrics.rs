@@ -28,6 +28,9 @@ pub struct Metrics {
     pub node_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
+    /// Alertmanager webhook calls by outcome (`ok`, `unauthorized`,
+    /// `bad_request`, `too_large`, `unavailable`).
+    pub webhook_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,6 +109,14 @@ impl Metrics {
         let leader =
             prometheus::IntGauge::new("switchyard_operator_leader", "1 while this replica leads")
                 .expect("valid metric");
+        let webhook_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_webhook_requests_total",
+                "Alertmanager webhook calls by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(leader.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -117,6 +128,7 @@ impl Metrics {
             Box::new(canaries.clone()),
             Box::new(rollbacks.clone()),
             Box::new(node_writes.clone()),
+            Box::new(webhook_requests.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -132,6 +144,7 @@ impl Metrics {
             rollbacks,
             node_writes,
             leader,
+            webhook_requests,
         }
     }
 

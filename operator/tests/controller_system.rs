@@ -47,6 +47,32 @@ async fn http_get(port: u16, path: &str) -> String {
     }
 }
 
+/// A plain HTTP POST on 127.0.0.1: the status code and the body.
+async fn http_post(port: u16, path: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    let auth = auth.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    // A server refusing an oversized body may close before it is all sent.
+    let _ = conn.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
+    (code, body)
+}
+
 type History = Arc<Mutex<BTreeMap<String, Vec<NetworkMode>>>>;
 
 /// Check the island invariant on every watch event; count violations and
@@ -159,6 +185,7 @@ impl Harness {
             .env("POD_NAME", identity)
             .env("SWITCHYARD_LEASE_DURATION", lease_seconds.to_string())
             .env("SWITCHYARD_LEASE_GRACE", "2")
+            .env("SWITCHYARD_WEBHOOK_SECRET", "switchyard-webhook")
             // SWITCHYARD_TEST_OPERATOR_LOG=debug to see the operator's logs.
             .env(
                 "RUST_LOG",
@@ -1038,5 +1065,187 @@ async fn deleting_a_plan_releases_its_nodes_where_they_are() {
     }
     assert_eq!(h.islands(), 0);
     let _ = operator.kill().await;
+    h.stop().await;
+}
+
+/// An Alertmanager (payload version 4) notification.
+fn notification(status: &str, alerts: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
+    let alerts: Vec<serde_json::Value> = alerts
+        .iter()
+        .map(|(fingerprint, labels)| {
+            let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+            json!({"status": status, "labels": labels, "annotations": {},
+                   "startsAt": "2026-11-29T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                   "generatorURL": "", "fingerprint": fingerprint})
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": status,
+        "receiver": "switchyard", "groupLabels": {}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093", "alerts": alerts,
+    }))
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_change_nothing() {
+    let h = Harness::start("alerts", 10, Config::default(), acks_after(20)).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.client.clone(), NS);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "switchyard-webhook"},
+        "data": {"token": "czNjcmV0LXRva2Vu"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
+    let (mut operator, port) = h.operator("only-replica", 15);
+    let mut p = plan("guarded", &[50, 100], "30s");
+    p.spec.rollback.alert_matchers = vec![
+        serde_json::from_value(json!({"labels": {"alertname": "FleetErrors", "fleet": "storage"}}))
+            .expect("matcher"),
+    ];
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    h.wait_for(
+        "guarded",
+        phase_is(PlanPhase::Progressing),
+        "the first wave",
+    )
+    .await;
+    let generation_before = h
+        .plans()
+        .get("guarded")
+        .await
+        .expect("plan")
+        .metadata
+        .generation;
+
+    // Bad calls: each refused, nothing recorded.
+    let path = "/webhook/alertmanager";
+    let hit = notification(
+        "firing",
+        &[(
+            "fp-hit",
+            &[
+                ("alertname", "FleetErrors"),
+                ("fleet", "storage"),
+                ("severity", "critical"),
+            ],
+        )],
+    );
+    let good = Some("Bearer s3cret-token");
+    assert_eq!(http_post(port, path, None, &hit).await.0, 401, "no token");
+    assert_eq!(
+        http_post(port, path, Some("Bearer wrong"), &hit).await.0,
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        http_post(port, path, Some("s3cret-token"), &hit).await.0,
+        401,
+        "not a bearer token"
+    );
+    let (code, body) = http_post(port, path, good, b"{not json").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("not an Alertmanager webhook payload"),
+        "{body}"
+    );
+    let v3 = String::from_utf8(hit.clone())
+        .expect("utf8")
+        .replace("\"version\":\"4\"", "\"version\":\"3\"");
+    assert_eq!(
+        http_post(port, path, good, v3.as_bytes()).await.0,
+        400,
+        "version 3"
+    );
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(http_post(port, path, good, &huge).await.0, 413, "oversized");
+    // An alert no matcher selects is accepted and changes nothing.
+    let other = notification("firing", &[("fp-other", &[("alertname", "DiskFull")])]);
+    assert_eq!(http_post(port, path, good, &other).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p = h.plans().get("guarded").await.expect("plan");
+    assert_eq!(
+        p.status.as_ref().map(|s| s.phase),
+        Some(PlanPhase::Progressing)
+    );
+    assert_eq!(
+        p.metadata.generation, generation_before,
+        "the spec is untouched"
+    );
+
+    // The matching alert: the plan rolls back, recording why.
+    let sent = std::time::Instant::now();
+    assert_eq!(http_post(port, path, good, &hit).await.0, 200);
+    let p = h
+        .wait_for(
+            "guarded",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
+                })
+            },
+            "the rollback",
+        )
+        .await;
+    let to_rollback = sent.elapsed();
+    let record = p
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.rollback
+                .clone()
+                .or_else(|| s.rollback_history.last().cloned())
+        })
+        .expect("a rollback record");
+    assert_eq!(record.trigger, "Alert");
+    assert!(record.reason.contains("FleetErrors"), "{}", record.reason);
+    eprintln!("webhook to RollingBack: {to_rollback:?}");
+    // Repeats are idempotent; resolving does not resume.
+    assert_eq!(http_post(port, path, good, &hit).await.0, 200);
+    let resolved = notification(
+        "resolved",
+        &[(
+            "fp-hit",
+            &[
+                ("alertname", "FleetErrors"),
+                ("fleet", "storage"),
+                ("severity", "critical"),
+            ],
+        )],
+    );
+    assert_eq!(http_post(port, path, good, &resolved).await.0, 200);
+    let p = h
+        .wait_for("guarded", phase_is(PlanPhase::RolledBack), "rolled back")
+        .await;
+    let s = p.status.expect("status");
+    assert_eq!(
+        s.rollback_history.len(),
+        1,
+        "one rollback, not one per notification"
+    );
+    assert!(
+        h.all_nodes()
+            .await
+            .iter()
+            .all(|n| n.spec.mode.is_none_or(|m| m == NetworkMode::LibP2pOnly)),
+        "every node back on LibP2pOnly"
+    );
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_operator_webhook_requests_total{outcome=\"unauthorized\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_operator_webhook_requests_total{outcome=\"bad_request\"} 2")
+    );
+    assert_eq!(h.islands(), 0);
+    operator.kill().await.expect("kill");
     h.stop().await;
 }
