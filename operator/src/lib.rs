@@ -9,3 +9,4 @@ pub mod http;
 pub mod metrics;
 pub mod planner;
 pub mod ratelimit;
+pub mod scrape;
