@@ -82,6 +82,11 @@ impl AlertBook {
         self.changed.subscribe()
     }
 
+    /// Wake the controller (a verdict changed elsewhere).
+    pub fn nudge(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// How many alerts are firing.
     pub fn firing_count(&self) -> usize {
         self.firing.lock().expect("alerts lock").len()

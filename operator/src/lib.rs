@@ -3,6 +3,7 @@
 //! with no Kubernetes I/O; [`controller`] carries them out.
 
 pub mod alerts;
+pub mod analysis;
 pub mod canary;
 pub mod controller;
 pub mod http;

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Parser;
 use switchyard_operator::alerts::{AlertAnalysis, AlertBook};
-use switchyard_operator::controller::{self, LeaseFence, NoAnalysis, Settings};
+use switchyard_operator::analysis::ScrapeAnalysis;
+use switchyard_operator::controller::{self, LeaseFence, Settings};
 use switchyard_operator::{http, metrics::Metrics};
 
 #[derive(Parser)]
@@ -142,13 +143,19 @@ async fn main() -> anyhow::Result<()> {
         identity: identity.clone(),
         margin: std::time::Duration::from_secs(1),
     };
+    let analysis = Arc::new(AlertAnalysis {
+        // Built-in analysis from the agents' scraped metrics; a new verdict
+        // wakes the controller like an alert does.
+        inner: ScrapeAnalysis::start(client.clone(), args.namespace.clone(), {
+            let book = book.clone();
+            move || book.nudge()
+        }),
+        book,
+    });
     let run = controller::run(
         client,
         args.namespace,
-        Arc::new(AlertAnalysis {
-            inner: NoAnalysis,
-            book,
-        }),
+        analysis,
         settings,
         metrics.clone(),
         Arc::new(fence),

@@ -1249,3 +1249,196 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     operator.kill().await.expect("kill");
     h.stop().await;
 }
+
+/// Stand-in agents' `/metrics`: per node, cumulative counters served at
+/// `/<node>/metrics`, fed every 100 ms with the traffic `feed(moved)` says
+/// (iroh requests, iroh errors, libp2p requests); a node is "moved" while
+/// its spec.mode is DualPreferIroh.
+async fn fake_metrics(
+    h: &Harness,
+    feed: fn(bool) -> (f64, f64, f64),
+) -> (u16, Vec<tokio::task::JoinHandle<()>>) {
+    use axum::extract::{Path, State};
+    type Counters = Arc<Mutex<BTreeMap<String, [f64; 3]>>>;
+    let counters: Counters = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/{node}/metrics",
+            axum::routing::get(
+                |State(c): State<Counters>, Path(node): Path<String>| async move {
+                    let [ir, ie, lr] = c
+                        .lock()
+                        .expect("counters")
+                        .get(&node)
+                        .copied()
+                        .unwrap_or_default();
+                    format!(
+                        "# TYPE switchyard_node_requests_total counter\n\
+                     switchyard_node_requests_total{{outcome=\"ok\",transport=\"iroh\"}} {}\n\
+                     switchyard_node_requests_total{{outcome=\"error\",transport=\"iroh\"}} {ie}\n\
+                     switchyard_node_requests_total{{outcome=\"ok\",transport=\"libp2p\"}} {lr}\n",
+                        ir - ie
+                    )
+                },
+            ),
+        )
+        .with_state(counters.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    for n in h.all_nodes().await {
+        let url = format!("http://127.0.0.1:{port}/{}/metrics", n.name_any());
+        h.nodes()
+            .patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"metricsEndpoint": url}})),
+            )
+            .await
+            .expect("endpoint reported");
+    }
+    let nodes = h.nodes();
+    let traffic = tokio::spawn(async move {
+        loop {
+            if let Ok(list) = nodes.list(&ListParams::default()).await {
+                let mut c = counters.lock().expect("counters");
+                for n in list.items {
+                    let moved = n.spec.mode == Some(NetworkMode::DualPreferIroh);
+                    let (ir, ie, lr) = feed(moved);
+                    let e = c.entry(n.name_any()).or_default();
+                    e[0] += ir;
+                    e[1] += ie;
+                    e[2] += lr;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (port, vec![server, traffic])
+}
+
+fn analysed_plan(name: &str, min_sample: u32) -> MigrationPlan {
+    serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferIroh"],
+            "canary": {"count": 2, "duration": "4s"},
+            "waves": [100],
+            "waveInterval": "1s",
+            "maxUnavailable": "50%",
+            "analysis": {
+                "interval": "1s",
+                "minSampleSize": min_sample,
+                "metrics": [{"name": "iroh-errors", "builtin": "ErrorRate", "transport": "Iroh", "max": 0.05}],
+            },
+        }
+    }))
+    .expect("plan")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_rolls_back() {
+    let h = Harness::start("analysis-fail", 10, Config::default(), acks_after(20)).await;
+    // Canary nodes fail half their iroh requests; the rest use libp2p cleanly.
+    let (_port, fakes) = fake_metrics(&h, |moved| {
+        if moved {
+            (20.0, 10.0, 0.0)
+        } else {
+            (0.0, 0.0, 20.0)
+        }
+    })
+    .await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    h.plans()
+        .create(&PostParams::default(), &analysed_plan("errors", 20))
+        .await
+        .expect("plan created");
+    let p = h
+        .wait_for(
+            "errors",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
+                })
+            },
+            "the canary's failed analysis",
+        )
+        .await;
+    let s = p.status.expect("status");
+    let record = s
+        .rollback
+        .clone()
+        .or_else(|| s.rollback_history.last().cloned())
+        .expect("record");
+    assert_eq!(record.trigger, "AnalysisFailed", "{record:?}");
+    let analysis = s.last_analysis.expect("the measurement is in status");
+    let m = analysis
+        .metrics
+        .iter()
+        .find(|m| m.name == "iroh-errors")
+        .expect("the check");
+    assert!((m.value.expect("a value") - 0.5).abs() < 0.01, "{m:?}");
+    assert_eq!(m.verdict, switchyard_crds::Verdict::Fail);
+    h.wait_for("errors", phase_is(PlanPhase::RolledBack), "rolled back")
+        .await;
+    // Only the two canaries were ever moved.
+    let moved: Vec<String> = h
+        .history
+        .lock()
+        .expect("history")
+        .iter()
+        .filter(|(_, modes)| modes.contains(&NetworkMode::DualPreferIroh))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(moved.len(), 2, "only the canaries moved: {moved:?}");
+    operator.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_too_few_samples_is_inconclusive_and_the_plan_pauses() {
+    let h = Harness::start("analysis-few", 10, Config::default(), acks_after(20)).await;
+    // One iroh request per 100 ms per canary: far below minSampleSize.
+    let (_port, fakes) = fake_metrics(&h, |moved| {
+        if moved {
+            (1.0, 0.0, 0.0)
+        } else {
+            (0.0, 0.0, 1.0)
+        }
+    })
+    .await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    h.plans()
+        .create(&PostParams::default(), &analysed_plan("few", 1000))
+        .await
+        .expect("plan created");
+    let p = h
+        .wait_for("few", phase_is(PlanPhase::Paused), "the pause")
+        .await;
+    assert!(p.spec.paused, "the operator set spec.paused");
+    let s = p.status.expect("status");
+    let analysis = s.last_analysis.expect("the measurement is in status");
+    assert_eq!(analysis.verdict, switchyard_crds::Verdict::Inconclusive);
+    assert!(
+        analysis
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("fewer than minSampleSize 1000")),
+        "{analysis:?}"
+    );
+    operator.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    h.stop().await;
+}

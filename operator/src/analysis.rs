@@ -1,0 +1,457 @@
+//! The built-in analysis: every `spec.analysis.interval`, scrape the
+//! `/metrics` of the nodes a plan has moved (the canary cohort) and of the
+//! ones it has not (the baseline), compute each check over the window
+//! since the previous scrape, and keep a verdict the planner reads.
+//!
+//! - Fewer requests than `minSampleSize` in the window (or no data, or a
+//!   scrape that failed on every node) is Inconclusive, never a pass.
+//! - One more failed measurement than `failureLimit` makes the verdict
+//!   Fail; one more inconclusive than `inconclusiveLimit` makes it
+//!   Inconclusive (the planner pauses or fails the plan, per
+//!   `onInconclusive`).
+//! - Counting starts over whenever the plan moves to another step.
+//!
+//! PromQL checks, HealthScore and the metric rollback triggers are not
+//! evaluated yet: such a check is Inconclusive with that reason.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use switchyard_crds::plan::{AnalysisResult, MetricResult};
+use switchyard_crds::{
+    ANNOTATION_START_MODE, BuiltinMetric, FleetNode, LABEL_PLAN, MetricCheck, MigrationPlan,
+    PlanPhase, Verdict,
+};
+
+use crate::controller::Analysis;
+use crate::planner::{AnalysisInput, TriggerInput};
+use crate::scrape::{self, NodeSample, Window};
+
+/// The largest `/metrics` body read from an agent.
+pub const MAX_SCRAPE_BODY: usize = 4 * 1024 * 1024;
+
+/// Verdicts kept per plan, and a signal when one changes.
+pub struct ScrapeAnalysis {
+    verdicts: Mutex<HashMap<String, AnalysisInput>>,
+    nudge: Box<dyn Fn() + Send + Sync>,
+}
+
+impl ScrapeAnalysis {
+    /// Start measuring the plans of `namespace` (all when `None`);
+    /// `nudge` is called whenever a verdict changes.
+    pub fn start(
+        client: Client,
+        namespace: Option<String>,
+        nudge: impl Fn() + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let me = Arc::new(ScrapeAnalysis {
+            verdicts: Mutex::new(HashMap::new()),
+            nudge: Box::new(nudge),
+        });
+        tokio::spawn(run(client, namespace, me.clone()));
+        me
+    }
+
+    fn publish(&self, key: String, input: AnalysisInput) {
+        let changed = {
+            let mut v = self.verdicts.lock().expect("verdicts lock");
+            let changed = v.get(&key).map(|i| i.verdict) != Some(input.verdict);
+            v.insert(key, input);
+            changed
+        };
+        if changed {
+            (self.nudge)();
+        }
+    }
+}
+
+impl Analysis for Arc<ScrapeAnalysis> {
+    fn verdict(&self, plan: &MigrationPlan) -> Option<AnalysisInput> {
+        self.verdicts
+            .lock()
+            .expect("verdicts lock")
+            .get(&key_of(plan))
+            .cloned()
+    }
+    fn trigger(&self, _: &MigrationPlan) -> Option<TriggerInput> {
+        None
+    }
+}
+
+fn key_of(plan: &MigrationPlan) -> String {
+    format!(
+        "{}/{}",
+        plan.namespace().unwrap_or_default(),
+        plan.name_any()
+    )
+}
+
+/// What is being counted for one plan.
+struct Tracker {
+    /// The plan step the counts belong to.
+    step: (PlanPhase, u32, Option<u32>),
+    /// Start of the current accumulation.
+    since: Timestamp,
+    next_due: Instant,
+    previous: HashMap<String, (NodeSample, Timestamp)>,
+    failures: u32,
+    inconclusives: u32,
+}
+
+async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>) {
+    let plans: Api<MigrationPlan> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut trackers: HashMap<String, Tracker> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        // An undecodable plan fails the typed list; the controller reports
+        // it Invalid, and analysis waits for the list to decode again.
+        let Ok(list) = plans.list(&ListParams::default()).await else {
+            continue;
+        };
+        let mut live = Vec::new();
+        for plan in list.items {
+            let Some(status) = plan.status.clone() else {
+                continue;
+            };
+            // A canary may have analysis of its own; otherwise the plan's.
+            let canary_analysis = (status.phase == PlanPhase::Canary)
+                .then(|| plan.spec.canary.as_ref().and_then(|c| c.analysis.clone()))
+                .flatten();
+            let Some(analysis) = canary_analysis.or_else(|| plan.spec.analysis.clone()) else {
+                continue;
+            };
+            if !matches!(status.phase, PlanPhase::Canary | PlanPhase::Progressing) {
+                continue;
+            }
+            let key = key_of(&plan);
+            live.push(key.clone());
+            let step = (status.phase, status.stage, status.wave);
+            let now = Instant::now();
+            let tracker = trackers.entry(key.clone()).or_insert_with(|| Tracker {
+                step,
+                since: Timestamp::now(),
+                next_due: now,
+                previous: HashMap::new(),
+                failures: 0,
+                inconclusives: 0,
+            });
+            if tracker.step != step {
+                *tracker = Tracker {
+                    step,
+                    since: Timestamp::now(),
+                    next_due: now,
+                    previous: HashMap::new(),
+                    failures: 0,
+                    inconclusives: 0,
+                };
+            }
+            if now < tracker.next_due {
+                continue;
+            }
+            let interval = Duration::from(analysis.interval).max(Duration::from_millis(200));
+            tracker.next_due = now + interval;
+            let ns = plan.namespace().unwrap_or_default();
+            let nodes: Api<FleetNode> = Api::namespaced(client.clone(), &ns);
+            let Ok(nodes) = nodes
+                .list(&ListParams::default().labels(&format!("{LABEL_PLAN}={}", plan.name_any())))
+                .await
+            else {
+                continue;
+            };
+            let timeout = (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
+            let measured = measure(&nodes.items, tracker, timeout).await;
+            let Some(m) = measured else { continue };
+            let (verdict_now, metrics, message) =
+                evaluate(&analysis.metrics, analysis.min_sample_size, &m);
+            match verdict_now {
+                Verdict::Fail => tracker.failures += 1,
+                Verdict::Inconclusive => tracker.inconclusives += 1,
+                Verdict::Pass => {}
+            }
+            let overall = if tracker.failures > analysis.failure_limit {
+                Verdict::Fail
+            } else if tracker.inconclusives > analysis.inconclusive_limit {
+                Verdict::Inconclusive
+            } else if verdict_now == Verdict::Pass {
+                Verdict::Pass
+            } else {
+                // Within the limits: keep the last verdict standing (none
+                // yet means not passed).
+                out.verdicts
+                    .lock()
+                    .expect("verdicts lock")
+                    .get(&key)
+                    .filter(|i| i.window_start >= tracker.since)
+                    .map_or(Verdict::Inconclusive, |i| i.verdict)
+            };
+            let message = format!(
+                "{message} ({} failed, {} inconclusive of this step's measurements; limits {} and {})",
+                tracker.failures,
+                tracker.inconclusives,
+                analysis.failure_limit,
+                analysis.inconclusive_limit
+            );
+            tracing::info!(plan = %key, verdict = ?overall, %message, "analysis");
+            out.publish(
+                key,
+                AnalysisInput {
+                    verdict: overall,
+                    window_start: m.window_start,
+                    result: Some(AnalysisResult {
+                        time: Some(Time(Timestamp::now())),
+                        verdict: overall,
+                        metrics,
+                        message: Some(message),
+                    }),
+                },
+            );
+        }
+        trackers.retain(|k, _| live.contains(k));
+    }
+}
+
+/// One window's data, per cohort.
+struct Measurement {
+    window_start: Timestamp,
+    /// Per transport, and both: canary, baseline.
+    canary: [Window; 2],
+    baseline: [Window; 2],
+    partition_risk: Option<f64>,
+    min_peers: Option<f64>,
+    scraped: usize,
+    failed: Vec<String>,
+}
+
+async fn measure(
+    nodes: &[FleetNode],
+    tracker: &mut Tracker,
+    timeout: Duration,
+) -> Option<Measurement> {
+    let targets: Vec<(String, String, bool)> = nodes
+        .iter()
+        .filter_map(|n| {
+            let url = n.status.as_ref()?.metrics_endpoint.clone()?;
+            let start = n.annotations().get(ANNOTATION_START_MODE).cloned();
+            let moved = n
+                .spec
+                .mode
+                .is_some_and(|m| start.as_deref().is_some_and(|s| s != m.as_str()));
+            Some((n.name_any(), url, moved))
+        })
+        .collect();
+    let results: Vec<_> = futures::stream::iter(targets)
+        .map(|(name, url, moved)| async move {
+            let r = scrape::scrape(&url, timeout, MAX_SCRAPE_BODY).await;
+            (name, moved, r)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let now = Timestamp::now();
+    let mut m = Measurement {
+        window_start: now,
+        canary: Default::default(),
+        baseline: Default::default(),
+        partition_risk: None,
+        min_peers: None,
+        scraped: 0,
+        failed: Vec::new(),
+    };
+    let mut any_window = false;
+    for (name, moved, r) in results {
+        let sample = match r {
+            Ok(s) => s,
+            Err(e) => {
+                m.failed.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        m.scraped += 1;
+        if moved {
+            m.partition_risk = match (m.partition_risk, sample.partition_risk) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let peers: f64 = sample.peers.iter().flatten().sum();
+            m.min_peers = Some(m.min_peers.map_or(peers, |p: f64| p.min(peers)));
+        }
+        if let Some((before, at)) = tracker.previous.get(&name) {
+            any_window = true;
+            m.window_start = m.window_start.min(*at);
+            for i in 0..2 {
+                let w = Window::between(&before.transports[i], &sample.transports[i]);
+                if moved {
+                    m.canary[i].add(&w);
+                } else {
+                    m.baseline[i].add(&w);
+                }
+            }
+        }
+        tracker.previous.insert(name, (sample, now));
+    }
+    // The first scrape of a step only sets the starting point.
+    (any_window || !m.failed.is_empty()).then_some(m)
+}
+
+fn pick(windows: &[Window; 2], transport: Option<switchyard_crds::Transport>) -> Window {
+    match transport {
+        Some(switchyard_crds::Transport::Libp2p) => windows[0].clone(),
+        Some(switchyard_crds::Transport::Iroh) => windows[1].clone(),
+        None => {
+            let mut w = windows[0].clone();
+            w.add(&windows[1]);
+            w
+        }
+    }
+}
+
+/// Every check over one measurement: the measurement's verdict, the
+/// per-check results, and a summary.
+fn evaluate(
+    checks: &[MetricCheck],
+    min_sample: u32,
+    m: &Measurement,
+) -> (Verdict, Vec<MetricResult>, String) {
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    if m.scraped == 0 {
+        notes.push(format!(
+            "no node could be scraped: {}",
+            m.failed
+                .first()
+                .map_or("no metrics endpoints", String::as_str)
+        ));
+    } else if !m.failed.is_empty() {
+        notes.push(format!(
+            "{} node(s) not scraped, e.g. {}",
+            m.failed.len(),
+            m.failed[0]
+        ));
+    }
+    for check in checks {
+        let (value, baseline, why) = match (check.builtin, &check.promql) {
+            (Some(b), _) => builtin(b, check.transport, min_sample, m),
+            (None, Some(_)) => (
+                None,
+                None,
+                Some("PromQL checks are not evaluated yet".into()),
+            ),
+            (None, None) => (None, None, Some("no metric".into())),
+        };
+        let mut threshold = Vec::new();
+        let mut failed = false;
+        if let Some(max) = check.max {
+            threshold.push(format!("<= {max}"));
+            failed |= value.is_some_and(|v| v > max);
+        }
+        if let Some(min) = check.min {
+            threshold.push(format!(">= {min}"));
+            failed |= value.is_some_and(|v| v < min);
+        }
+        if let Some(p) = check.max_increase_percent {
+            threshold.push(format!("<= baseline + {p}%"));
+            if let (Some(v), Some(b)) = (value, baseline)
+                && b > 0.0
+            {
+                failed |= v > b * (1.0 + p / 100.0);
+            }
+        }
+        if let Some(p) = check.max_decrease_percent {
+            threshold.push(format!(">= baseline - {p}%"));
+            if let (Some(v), Some(b)) = (value, baseline) {
+                failed |= v < b * (1.0 - p / 100.0);
+            }
+        }
+        let verdict = match (value, failed) {
+            (_, true) => Verdict::Fail,
+            (None, false) => Verdict::Inconclusive,
+            (Some(_), false) => Verdict::Pass,
+        };
+        if let Some(why) = why {
+            notes.push(format!("{}: {why}", check.name));
+        }
+        if verdict == Verdict::Fail {
+            notes.push(format!(
+                "{} = {} breaks {}",
+                check.name,
+                value.map_or("?".into(), |v| format!("{v:.4}")),
+                threshold.join(" and ")
+            ));
+        }
+        results.push(MetricResult {
+            name: check.name.clone(),
+            value,
+            baseline,
+            threshold: threshold.join(", "),
+            verdict,
+        });
+    }
+    let verdict = if results.iter().any(|r| r.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if results.iter().any(|r| r.verdict == Verdict::Inconclusive) || m.scraped == 0 {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    };
+    let summary = if notes.is_empty() {
+        format!("{verdict:?}: every check met its threshold")
+    } else {
+        format!("{verdict:?}: {}", notes.join("; "))
+    };
+    (verdict, results, summary)
+}
+
+/// A built-in metric on the canary cohort, its baseline value, and why
+/// there is no value when there is none.
+fn builtin(
+    metric: BuiltinMetric,
+    transport: Option<switchyard_crds::Transport>,
+    min_sample: u32,
+    m: &Measurement,
+) -> (Option<f64>, Option<f64>, Option<String>) {
+    let canary = pick(&m.canary, transport);
+    let baseline = pick(&m.baseline, transport);
+    let enough = |w: &Window| w.requests >= f64::from(min_sample);
+    let few = |w: &Window| {
+        Some(format!(
+            "{} requests in the window, fewer than minSampleSize {min_sample}",
+            w.requests
+        ))
+    };
+    let rate_or_latency = |f: &dyn Fn(&Window) -> Option<f64>| {
+        if !enough(&canary) {
+            return (None, None, few(&canary));
+        }
+        let b = enough(&baseline).then(|| f(&baseline)).flatten();
+        (f(&canary), b, None)
+    };
+    match metric {
+        BuiltinMetric::ErrorRate => rate_or_latency(&|w: &Window| w.error_rate()),
+        BuiltinMetric::LatencyP50 => rate_or_latency(&|w: &Window| w.latency_ms(0.5)),
+        BuiltinMetric::LatencyP95 => rate_or_latency(&|w: &Window| w.latency_ms(0.95)),
+        BuiltinMetric::LatencyP99 => rate_or_latency(&|w: &Window| w.latency_ms(0.99)),
+        BuiltinMetric::PartitionRisk => match m.partition_risk {
+            Some(r) => (Some(r), None, None),
+            None => (
+                None,
+                None,
+                Some("no agent reported a partition risk".into()),
+            ),
+        },
+        BuiltinMetric::PeerCount => match m.min_peers {
+            Some(p) => (Some(p), None, None),
+            None => (None, None, Some("no agent reported its peers".into())),
+        },
+        BuiltinMetric::HealthScore => (None, None, Some("HealthScore is not evaluated yet".into())),
+    }
+}
