@@ -11,7 +11,11 @@
 //!   `onInconclusive`).
 //! - Counting starts over whenever the plan moves to another step.
 //!
-//! PromQL checks, HealthScore and the metric rollback triggers are not
+//! The same scrapes drive the rollback triggers over all of a plan's
+//! nodes, whatever step it is in (every `TRIGGER_INTERVAL` when the plan
+//! has no analysis): HighErrorRate (above the threshold for `for`),
+//! LatencyRegression (p95) and NetworkPartition (the highest partition
+//! risk). PromQL checks, HealthScore and HealthCheckFailure are not
 //! evaluated yet: such a check is Inconclusive with that reason.
 
 use std::collections::HashMap;
@@ -39,8 +43,13 @@ pub const MAX_SCRAPE_BODY: usize = 4 * 1024 * 1024;
 /// Verdicts kept per plan, and a signal when one changes.
 pub struct ScrapeAnalysis {
     verdicts: Mutex<HashMap<String, AnalysisInput>>,
+    triggers: Mutex<HashMap<String, TriggerInput>>,
     nudge: Box<dyn Fn() + Send + Sync>,
 }
+
+/// How often the rollback triggers are measured for a plan without an
+/// analysis interval of its own.
+pub const TRIGGER_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ScrapeAnalysis {
     /// Start measuring the plans of `namespace` (all when `None`);
@@ -52,6 +61,7 @@ impl ScrapeAnalysis {
     ) -> Arc<Self> {
         let me = Arc::new(ScrapeAnalysis {
             verdicts: Mutex::new(HashMap::new()),
+            triggers: Mutex::new(HashMap::new()),
             nudge: Box::new(nudge),
         });
         tokio::spawn(run(client, namespace, me.clone()));
@@ -79,8 +89,12 @@ impl Analysis for Arc<ScrapeAnalysis> {
             .get(&key_of(plan))
             .cloned()
     }
-    fn trigger(&self, _: &MigrationPlan) -> Option<TriggerInput> {
-        None
+    fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput> {
+        self.triggers
+            .lock()
+            .expect("triggers lock")
+            .get(&key_of(plan))
+            .cloned()
     }
 }
 
@@ -102,6 +116,8 @@ struct Tracker {
     previous: HashMap<String, (NodeSample, Timestamp)>,
     failures: u32,
     inconclusives: u32,
+    /// Since when the error rate has been above HighErrorRate's threshold.
+    errors_above_since: Option<Instant>,
 }
 
 async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>) {
@@ -127,10 +143,20 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             let canary_analysis = (status.phase == PlanPhase::Canary)
                 .then(|| plan.spec.canary.as_ref().and_then(|c| c.analysis.clone()))
                 .flatten();
-            let Some(analysis) = canary_analysis.or_else(|| plan.spec.analysis.clone()) else {
+            let analysis = canary_analysis.or_else(|| plan.spec.analysis.clone());
+            let triggers = &plan.spec.rollback.triggers;
+            let any_trigger = triggers.high_error_rate.is_some()
+                || triggers.latency_regression.is_some()
+                || triggers.network_partition.is_some();
+            if analysis.is_none() && !any_trigger {
                 continue;
-            };
-            if !matches!(status.phase, PlanPhase::Canary | PlanPhase::Progressing) {
+            }
+            // The triggers watch a migration "whatever step it is in";
+            // once it rolls back or ends there is nothing to start.
+            if !matches!(
+                status.phase,
+                PlanPhase::Canary | PlanPhase::Progressing | PlanPhase::Paused
+            ) {
                 continue;
             }
             let key = key_of(&plan);
@@ -144,21 +170,24 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 previous: HashMap::new(),
                 failures: 0,
                 inconclusives: 0,
+                errors_above_since: None,
             });
             if tracker.step != step {
-                *tracker = Tracker {
-                    step,
-                    since: Timestamp::now(),
-                    next_due: now,
-                    previous: HashMap::new(),
-                    failures: 0,
-                    inconclusives: 0,
-                };
+                // A new step: the analysis counts start over (the error
+                // trigger's clock keeps running across steps).
+                tracker.step = step;
+                tracker.since = Timestamp::now();
+                tracker.previous.clear();
+                tracker.failures = 0;
+                tracker.inconclusives = 0;
             }
             if now < tracker.next_due {
                 continue;
             }
-            let interval = Duration::from(analysis.interval).max(Duration::from_millis(200));
+            let interval = analysis
+                .as_ref()
+                .map_or(TRIGGER_INTERVAL, |a| Duration::from(a.interval))
+                .max(Duration::from_millis(200));
             tracker.next_due = now + interval;
             let ns = plan.namespace().unwrap_or_default();
             let nodes: Api<FleetNode> = Api::namespaced(client.clone(), &ns);
@@ -171,6 +200,15 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             let timeout = (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
             let measured = measure(&nodes.items, tracker, timeout).await;
             let Some(m) = measured else { continue };
+            if let Some(t) = check_triggers(&plan, tracker, &m) {
+                tracing::warn!(plan = %key, trigger = %t.trigger, reason = %t.reason, "rollback trigger fired");
+                out.triggers
+                    .lock()
+                    .expect("triggers lock")
+                    .insert(key.clone(), t);
+                (out.nudge)();
+            }
+            let Some(analysis) = &analysis else { continue };
             let (verdict_now, metrics, message) =
                 evaluate(&analysis.metrics, analysis.min_sample_size, &m);
             match verdict_now {
@@ -217,6 +255,10 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             );
         }
         trackers.retain(|k, _| live.contains(k));
+        out.triggers
+            .lock()
+            .expect("triggers lock")
+            .retain(|k, _| live.contains(k));
     }
 }
 
@@ -227,6 +269,8 @@ struct Measurement {
     canary: [Window; 2],
     baseline: [Window; 2],
     partition_risk: Option<f64>,
+    /// The highest partition risk any of the plan's nodes reports.
+    partition_risk_all: Option<f64>,
     min_peers: Option<f64>,
     scraped: usize,
     failed: Vec<String>,
@@ -263,6 +307,7 @@ async fn measure(
         canary: Default::default(),
         baseline: Default::default(),
         partition_risk: None,
+        partition_risk_all: None,
         min_peers: None,
         scraped: 0,
         failed: Vec::new(),
@@ -277,6 +322,9 @@ async fn measure(
             }
         };
         m.scraped += 1;
+        if let Some(r) = sample.partition_risk {
+            m.partition_risk_all = Some(m.partition_risk_all.map_or(r, |a: f64| a.max(r)));
+        }
         if moved {
             m.partition_risk = match (m.partition_risk, sample.partition_risk) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -454,4 +502,65 @@ fn builtin(
         },
         BuiltinMetric::HealthScore => (None, None, Some("HealthScore is not evaluated yet".into())),
     }
+}
+
+/// The plan's rollback triggers over all its nodes: the first that fires.
+fn check_triggers(
+    plan: &MigrationPlan,
+    tracker: &mut Tracker,
+    m: &Measurement,
+) -> Option<TriggerInput> {
+    let triggers = &plan.spec.rollback.triggers;
+    let mut all = pick(&m.canary, None);
+    all.add(&pick(&m.baseline, None));
+    // A handful of requests says nothing about a rate.
+    let min_requests = plan
+        .spec
+        .analysis
+        .as_ref()
+        .map_or(20.0, |a| f64::from(a.min_sample_size));
+    let enough = all.requests >= min_requests;
+    if let Some(t) = &triggers.high_error_rate {
+        match all.error_rate().filter(|r| enough && *r > t.threshold) {
+            Some(rate) => {
+                let since = *tracker.errors_above_since.get_or_insert_with(Instant::now);
+                let hold = Duration::from(t.for_);
+                if since.elapsed() >= hold {
+                    return Some(TriggerInput {
+                        trigger: "HighErrorRate".into(),
+                        reason: format!(
+                            "error rate {:.4} above {} for {:?} ({} of {} requests in the last window)",
+                            rate,
+                            t.threshold,
+                            since.elapsed(),
+                            all.errors,
+                            all.requests
+                        ),
+                    });
+                }
+            }
+            None if enough => tracker.errors_above_since = None,
+            None => {}
+        }
+    }
+    if let Some(t) = &triggers.latency_regression
+        && enough
+        && let Some(p95) = all.latency_ms(0.95)
+        && p95 > f64::from(t.p95_millis)
+    {
+        return Some(TriggerInput {
+            trigger: "LatencyRegression".into(),
+            reason: format!("p95 latency {p95:.1} ms above {} ms", t.p95_millis),
+        });
+    }
+    if let Some(t) = &triggers.network_partition
+        && let Some(risk) = m.partition_risk_all
+        && risk > t.risk_above
+    {
+        return Some(TriggerInput {
+            trigger: "NetworkPartition".into(),
+            reason: format!("partition risk {risk:.2} above {}", t.risk_above),
+        });
+    }
+    None
 }

@@ -159,6 +159,10 @@ pub struct Context {
     pub(crate) limiter: RateLimiter,
     pub(crate) metrics: Metrics,
     pub(crate) fence: Arc<dyn Fence>,
+    /// The resourceVersion of this replica's last status write per object
+    /// (kind/namespace/name): a reconcile that sees an older version is
+    /// looking at a store that has not caught up with its own write.
+    pub(crate) written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A reconcile failure.
@@ -371,13 +375,45 @@ impl Context {
         let ar = resource_of::<K>();
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
         let body = json!({"apiVersion": ar.api_version, "kind": ar.kind, "metadata": {"name": name}, "status": status});
-        api.patch_status(
-            name,
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
+        let written = api
+            .patch_status(
+                name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        if let Some(rv) = written
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.written
+                .lock()
+                .expect("written lock")
+                .insert(format!("{}/{ns}/{name}", ar.kind), rv);
+        }
         Ok(())
+    }
+
+    /// Whether `obj` is older than this replica's last status write to it
+    /// (resourceVersions compared as the integers etcd-backed servers use;
+    /// anything else is never called stale).
+    pub(crate) fn stale(&self, kind: &str, obj: &DynamicObject) -> bool {
+        let key = format!(
+            "{kind}/{}/{}",
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        );
+        let seen = obj
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok());
+        match (seen, self.written.lock().expect("written lock").get(&key)) {
+            (Some(seen), Some(written)) => seen < *written,
+            _ => false,
+        }
     }
 
     /// Run one reconcile of `controller`, recording its duration and
@@ -485,6 +521,12 @@ async fn reconcile_with_finalizer(
     tracing::debug!(plan = %name, "reconcile");
     if !ctx.synced() {
         return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    // Planning on a status older than our own last write would undo it
+    // (e.g. drop lastAnalysis when the pause's spec event arrives before
+    // the status event): wait for the store to catch up.
+    if ctx.stale("MigrationPlan", &plan) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
     }
     let ns = plan
         .namespace()
@@ -988,6 +1030,7 @@ pub async fn run(
         settings,
         metrics,
         fence,
+        written: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let plans_for_map = plan_reader;
     let ar = plan_ar;

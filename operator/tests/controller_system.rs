@@ -1442,3 +1442,53 @@ async fn a_canary_with_too_few_samples_is_inconclusive_and_the_plan_pauses() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_error_rate_across_the_plans_nodes_triggers_a_rollback_without_analysis() {
+    let h = Harness::start("trigger-errors", 10, Config::default(), acks_after(20)).await;
+    // Every node fails a third of its requests, moved or not.
+    let (_port, fakes) = fake_metrics(&h, |_| (30.0, 10.0, 0.0)).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let p: MigrationPlan = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "noisy", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferLibP2p"],
+            "canary": {"count": 2, "duration": "60s"},
+            "waves": [100],
+            "waveInterval": "60s",
+            "rollback": {"triggers": {"highErrorRate": {"threshold": 0.05, "for": "1s"}}},
+        }
+    }))
+    .expect("plan");
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    let p = h
+        .wait_for(
+            "noisy",
+            |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
+                })
+            },
+            "the error-rate trigger",
+        )
+        .await;
+    let s = p.status.expect("status");
+    let record = s
+        .rollback
+        .clone()
+        .or_else(|| s.rollback_history.last().cloned())
+        .expect("record");
+    assert_eq!(record.trigger, "HighErrorRate", "{record:?}");
+    assert!(record.reason.contains("above 0.05"), "{}", record.reason);
+    operator.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    h.stop().await;
+}
