@@ -769,6 +769,37 @@ impl Node {
         Err((transient, last))
     }
 
+    /// One envelope to `peer` over `t` and its answer, on whichever stack
+    /// runs now (`Stopped` when that stack does not, or the peer has no
+    /// address on it).
+    async fn exchange(
+        &self,
+        peer: &PeerAddr,
+        t: Transport,
+        envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, StackError> {
+        match t {
+            Transport::LibP2p => {
+                let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
+                match stack {
+                    Some(s) if !peer.libp2p.is_empty() => {
+                        s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
+                            .await
+                    }
+                    _ => Err(StackError::Stopped),
+                }
+            }
+            Transport::Iroh => {
+                let stack = self.stacks.read().expect("stacks lock").iroh.clone();
+                match (stack, &peer.iroh) {
+                    (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
+                    _ => Err(StackError::Stopped),
+                }
+            }
+        }
+    }
+
     /// One send over `t`, counted and recorded.
     async fn attempt(
         &self,
@@ -796,25 +827,7 @@ impl Node {
         let guard = InFlight(self.in_flight[slot(t)].clone());
         self.in_flight[slot(t)].fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
-        let result = match t {
-            Transport::LibP2p => {
-                let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
-                match stack {
-                    Some(s) => {
-                        s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
-                            .await
-                    }
-                    None => Err(StackError::Stopped),
-                }
-            }
-            Transport::Iroh => {
-                let stack = self.stacks.read().expect("stacks lock").iroh.clone();
-                match (stack, &peer.iroh) {
-                    (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
-                    _ => Err(StackError::Stopped),
-                }
-            }
-        };
+        let result = self.exchange(peer, t, envelope, timeout).await;
         drop(guard);
         let rtt = started.elapsed();
         let label = t.as_str();
@@ -887,25 +900,7 @@ impl Node {
             },
         };
         let started = Instant::now();
-        let result = match t {
-            Transport::LibP2p => {
-                let stack = self.stacks.read().expect("stacks lock").libp2p.clone();
-                match stack {
-                    Some(s) if !peer.libp2p.is_empty() => {
-                        s.request(peer.peer, peer.libp2p.clone(), envelope, timeout)
-                            .await
-                    }
-                    _ => Err(StackError::Stopped),
-                }
-            }
-            Transport::Iroh => {
-                let stack = self.stacks.read().expect("stacks lock").iroh.clone();
-                match (stack, &peer.iroh) {
-                    (Some(s), Some(addr)) => s.request(addr, &envelope, timeout).await,
-                    _ => Err(StackError::Stopped),
-                }
-            }
-        };
+        let result = self.exchange(peer, t, envelope, timeout).await;
         let rtt = started.elapsed();
         match result {
             Ok(r) if r.kind == Kind::Pong => {

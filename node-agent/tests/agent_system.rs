@@ -139,6 +139,36 @@ async fn metrics_url(api: &Api<FleetNode>, name: &str) -> String {
     .await
 }
 
+/// `n` agents `n0`..: the first, then the others bootstrapping from its
+/// reported address. The agents, their metrics URLs, and the bootstrap
+/// entry.
+async fn fleet(
+    cluster: &TestCluster,
+    api: &Api<FleetNode>,
+    n: usize,
+) -> (Vec<Agent>, Vec<String>, Vec<String>) {
+    let mut agents = vec![Agent::start(cluster, "n0", &[])];
+    metrics_url(api, "n0").await;
+    let n0 = fleet_node(api, "n0")
+        .await
+        .expect("n0")
+        .status
+        .expect("status");
+    let peer = n0.identity.expect("identity").peer_id;
+    let bootstrap = vec![format!(
+        "{peer}@{}",
+        n0.addresses.expect("addresses").libp2p[0]
+    )];
+    for i in 1..n {
+        agents.push(Agent::start(cluster, &format!("n{i}"), &bootstrap));
+    }
+    let mut urls = Vec::new();
+    for i in 0..n {
+        urls.push(metrics_url(api, &format!("n{i}")).await);
+    }
+    (agents, urls, bootstrap)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_agents_register_switch_live_and_keep_their_identity_across_a_restart() {
     let cluster = TestCluster::start(
@@ -154,26 +184,9 @@ async fn five_agents_register_switch_live_and_keep_their_identity_across_a_resta
     cluster.namespace(NS).await.expect("namespace");
     let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
 
-    // The first agent, then the others bootstrapping from its status.
-    let mut agents = vec![Agent::start(&cluster, "n0", &[])];
-    metrics_url(&api, "n0").await;
-    let n0 = fleet_node(&api, "n0")
-        .await
-        .expect("n0")
-        .status
-        .expect("status");
-    let peer = n0.identity.expect("identity").peer_id;
-    let bootstrap = vec![format!(
-        "{peer}@{}",
-        n0.addresses.expect("addresses").libp2p[0]
-    )];
-    for i in 1..5 {
-        agents.push(Agent::start(&cluster, &format!("n{i}"), &bootstrap));
-    }
-    let mut urls = Vec::new();
+    let (mut agents, urls, bootstrap) = fleet(&cluster, &api, 5).await;
     for i in 0..5 {
         let name = format!("n{i}");
-        urls.push(metrics_url(&api, &name).await);
         let n = fleet_node(&api, &name).await.expect("registered");
         assert_eq!(
             n.spec.mode,
@@ -369,25 +382,7 @@ async fn agents_keep_routing_through_a_30_s_api_outage_and_resume_watching() {
         .expect("cluster");
     cluster.namespace(NS).await.expect("namespace");
     let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
-    let mut agents = vec![Agent::start(&cluster, "n0", &[])];
-    metrics_url(&api, "n0").await;
-    let n0 = fleet_node(&api, "n0")
-        .await
-        .expect("n0")
-        .status
-        .expect("status");
-    let peer = n0.identity.expect("identity").peer_id;
-    let bootstrap = vec![format!(
-        "{peer}@{}",
-        n0.addresses.expect("addresses").libp2p[0]
-    )];
-    for i in 1..3 {
-        agents.push(Agent::start(&cluster, &format!("n{i}"), &bootstrap));
-    }
-    let mut urls = Vec::new();
-    for i in 0..3 {
-        urls.push(metrics_url(&api, &format!("n{i}")).await);
-    }
+    let (agents, urls, _) = fleet(&cluster, &api, 3).await;
     for url in &urls {
         eventually(Duration::from_secs(30), "probes answered", || async {
             let text = get(url).await?;

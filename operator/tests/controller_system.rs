@@ -280,6 +280,33 @@ impl Harness {
         }
     }
 
+    /// Wait until `plan` is rolling back or rolled back; the plan and the
+    /// rollback's record (in progress, or the latest finished).
+    async fn wait_rollback(
+        &self,
+        plan: &str,
+        what: &str,
+    ) -> (MigrationPlan, switchyard_crds::plan::RollbackRecord) {
+        let p = self
+            .wait_for(
+                plan,
+                |p| {
+                    p.status.as_ref().is_some_and(|s| {
+                        matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
+                    })
+                },
+                what,
+            )
+            .await;
+        let s = p.status.as_ref().expect("status");
+        let record = s
+            .rollback
+            .clone()
+            .or_else(|| s.rollback_history.last().cloned())
+            .expect("a rollback record");
+        (p, record)
+    }
+
     fn islands(&self) -> usize {
         self.violations.load(Ordering::SeqCst)
     }
@@ -1183,27 +1210,8 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     // The matching alert: the plan rolls back, recording why.
     let sent = std::time::Instant::now();
     assert_eq!(http_post(port, path, good, &hit).await.0, 200);
-    let p = h
-        .wait_for(
-            "guarded",
-            |p| {
-                p.status.as_ref().is_some_and(|s| {
-                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
-                })
-            },
-            "the rollback",
-        )
-        .await;
+    let (_, record) = h.wait_rollback("guarded", "the rollback").await;
     let to_rollback = sent.elapsed();
-    let record = p
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.rollback
-                .clone()
-                .or_else(|| s.rollback_history.last().cloned())
-        })
-        .expect("a rollback record");
     assert_eq!(record.trigger, "Alert");
     assert!(record.reason.contains("FleetErrors"), "{}", record.reason);
     eprintln!("webhook to RollingBack: {to_rollback:?}");
@@ -1360,23 +1368,10 @@ async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_ro
         .create(&PostParams::default(), &analysed_plan("errors", 20))
         .await
         .expect("plan created");
-    let p = h
-        .wait_for(
-            "errors",
-            |p| {
-                p.status.as_ref().is_some_and(|s| {
-                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
-                })
-            },
-            "the canary's failed analysis",
-        )
+    let (p, record) = h
+        .wait_rollback("errors", "the canary's failed analysis")
         .await;
-    let s = p.status.expect("status");
-    let record = s
-        .rollback
-        .clone()
-        .or_else(|| s.rollback_history.last().cloned())
-        .expect("record");
+    let s = p.status.clone().expect("status");
     assert_eq!(record.trigger, "AnalysisFailed", "{record:?}");
     let analysis = s.last_analysis.expect("the measurement is in status");
     let m = analysis
@@ -1467,23 +1462,7 @@ async fn a_high_error_rate_across_the_plans_nodes_triggers_a_rollback_without_an
         .create(&PostParams::default(), &p)
         .await
         .expect("plan created");
-    let p = h
-        .wait_for(
-            "noisy",
-            |p| {
-                p.status.as_ref().is_some_and(|s| {
-                    matches!(s.phase, PlanPhase::RollingBack | PlanPhase::RolledBack)
-                })
-            },
-            "the error-rate trigger",
-        )
-        .await;
-    let s = p.status.expect("status");
-    let record = s
-        .rollback
-        .clone()
-        .or_else(|| s.rollback_history.last().cloned())
-        .expect("record");
+    let (_, record) = h.wait_rollback("noisy", "the error-rate trigger").await;
     assert_eq!(record.trigger, "HighErrorRate", "{record:?}");
     assert!(record.reason.contains("above 0.05"), "{}", record.reason);
     operator.kill().await.expect("kill");
