@@ -34,6 +34,7 @@ use switchyard_crds::{
 };
 
 use crate::controller::Analysis;
+use crate::metrics::Metrics;
 use crate::planner::{AnalysisInput, TriggerInput};
 use crate::scrape::{self, NodeSample, Window};
 
@@ -42,6 +43,7 @@ pub const MAX_SCRAPE_BODY: usize = 4 * 1024 * 1024;
 
 /// Verdicts kept per plan, and a signal when one changes.
 pub struct ScrapeAnalysis {
+    metrics: Metrics,
     verdicts: Mutex<HashMap<String, AnalysisInput>>,
     triggers: Mutex<HashMap<String, TriggerInput>>,
     nudge: Box<dyn Fn() + Send + Sync>,
@@ -57,9 +59,11 @@ impl ScrapeAnalysis {
     pub fn start(
         client: Client,
         namespace: Option<String>,
+        metrics: Metrics,
         nudge: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
         let me = Arc::new(ScrapeAnalysis {
+            metrics,
             verdicts: Mutex::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
             nudge: Box::new(nudge),
@@ -211,6 +215,18 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             let Some(analysis) = &analysis else { continue };
             let (verdict_now, metrics, message) =
                 evaluate(&analysis.metrics, analysis.min_sample_size, &m);
+            out.metrics
+                .analysis_measurements
+                .with_label_values(&[key.as_str(), &format!("{verdict_now:?}")])
+                .inc();
+            for r in &metrics {
+                if let Some(v) = r.value {
+                    out.metrics
+                        .analysis_values
+                        .with_label_values(&[key.as_str(), r.name.as_str()])
+                        .set(v);
+                }
+            }
             match verdict_now {
                 Verdict::Fail => tracker.failures += 1,
                 Verdict::Inconclusive => tracker.inconclusives += 1,

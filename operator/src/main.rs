@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
     let analysis = Arc::new(AlertAnalysis {
         // Built-in analysis from the agents' scraped metrics; a new verdict
         // wakes the controller like an alert does.
-        inner: ScrapeAnalysis::start(client.clone(), args.namespace.clone(), {
+        inner: ScrapeAnalysis::start(client.clone(), args.namespace.clone(), metrics.clone(), {
             let book = book.clone();
             move || book.nudge()
         }),

@@ -31,6 +31,10 @@ pub struct Metrics {
     /// Alertmanager webhook calls by outcome (`ok`, `unauthorized`,
     /// `bad_request`, `too_large`, `unavailable`).
     pub webhook_requests: IntCounterVec,
+    /// The latest value of each analysis check, per plan.
+    pub analysis_values: prometheus::GaugeVec,
+    /// Analysis measurements by plan and verdict.
+    pub analysis_measurements: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +121,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let analysis_values = prometheus::GaugeVec::new(
+            Opts::new(
+                "switchyard_operator_analysis_value",
+                "Latest value of each analysis check (canary cohort)",
+            ),
+            &["plan", "check"],
+        )
+        .expect("valid metric");
+        let analysis_measurements = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_analysis_measurements_total",
+                "Analysis measurements by verdict",
+            ),
+            &["plan", "verdict"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(leader.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconciles.clone()),
@@ -129,6 +149,8 @@ impl Metrics {
             Box::new(rollbacks.clone()),
             Box::new(node_writes.clone()),
             Box::new(webhook_requests.clone()),
+            Box::new(analysis_values.clone()),
+            Box::new(analysis_measurements.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -145,6 +167,8 @@ impl Metrics {
             node_writes,
             leader,
             webhook_requests,
+            analysis_values,
+            analysis_measurements,
         }
     }
 

@@ -1363,7 +1363,7 @@ async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_ro
         }
     })
     .await;
-    let (mut operator, _) = h.operator("only-replica", 15);
+    let (mut operator, port) = h.operator("only-replica", 15);
     h.plans()
         .create(&PostParams::default(), &analysed_plan("errors", 20))
         .await
@@ -1381,6 +1381,20 @@ async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_ro
         .expect("the check");
     assert!((m.value.expect("a value") - 0.5).abs() < 0.01, "{m:?}");
     assert_eq!(m.verdict, switchyard_crds::Verdict::Fail);
+    // The measurements are in the operator's metrics too.
+    let text = http_get(port, "/metrics").await;
+    assert!(
+        text.contains(
+            "switchyard_operator_analysis_measurements_total{plan=\"fleet/errors\",verdict=\"Fail\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "switchyard_operator_analysis_value{check=\"iroh-errors\",plan=\"fleet/errors\"} 0.5"
+        ),
+        "{text}"
+    );
     h.wait_for("errors", phase_is(PlanPhase::RolledBack), "rolled back")
         .await;
     // Only the two canaries were ever moved.
