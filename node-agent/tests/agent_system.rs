@@ -298,15 +298,13 @@ async fn five_agents_register_switch_live_and_keep_their_identity_across_a_resta
     })
     .await;
 
-    // Let probes run across all that, then count failures fleet-wide.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut failed = 0.0;
-    let mut ok = 0.0;
-    for url in &urls {
-        let text = get(url).await.expect("metrics");
-        failed += metric(&text, "switchyard_agent_probes_total", "outcome=\"error\"");
-        ok += metric(&text, "switchyard_agent_probes_total", "outcome=\"ok\"");
-    }
+    // Let more probes run after all that, then count failures fleet-wide.
+    let (answered, _) = probe_counts(&urls).await;
+    eventually(Duration::from_secs(10), "more probes answered", || async {
+        (probe_counts(&urls).await.0 >= answered + 20.0).then_some(())
+    })
+    .await;
+    let (ok, failed) = probe_counts(&urls).await;
     assert_eq!(
         failed, 0.0,
         "no probe failed across the switches ({ok} answered)"

@@ -251,20 +251,8 @@ async fn a_killed_node_is_redialled_with_growing_spacing_and_reconnected_after_r
         }
     }
     // Restart b with the same identity on the same ports.
-    let mut config = NodeConfig::default();
-    config.libp2p.listen = b_addr.libp2p[0]
-        .iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-        .collect();
-    config.iroh.bind = *b_addr
-        .iroh
-        .as_ref()
-        .expect("iroh")
-        .ip_addrs()
-        .next()
-        .expect("socket");
     let restarted_at = Instant::now();
-    let b = start(Identity::from_secret(b_secret), config).await;
+    let b = start(Identity::from_secret(b_secret), same_ports(&b_addr)).await;
     eventually(Duration::from_secs(10), "reconnected on both", || {
         both_connected(&ma, &bid)
     })

@@ -1195,8 +1195,24 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     assert_eq!(http_post(port, path, good, &huge).await.0, 413, "oversized");
     // An alert no matcher selects is accepted and changes nothing.
     let other = notification("firing", &[("fp-other", &[("alertname", "DiskFull")])]);
+    let reconciles = |text: String| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_operator_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = reconciles(http_get(port, "/metrics").await);
     assert_eq!(http_post(port, path, good, &other).await.0, 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The new alert wakes the controller: wait for the plan's next
+    // reconcile, then check it changed nothing.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reconciles(http_get(port, "/metrics").await) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconcile after the alert"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let p = h.plans().get("guarded").await.expect("plan");
     assert_eq!(
         p.status.as_ref().map(|s| s.phase),
