@@ -45,6 +45,11 @@ pub const ANNOTATION_START_MODE: &str = "switchyard.dev/start-mode";
 /// Annotation on a FleetNode: the plan step that last moved it, as
 /// `<stage>/<wave>`, `<stage>/canary` or `rollback`.
 pub const ANNOTATION_STEP: &str = "switchyard.dev/step";
+/// Annotation on a FleetNode, for tests and game days: failures its agent
+/// injects into its own outbound sends, as `libp2p=<0-1>,iroh=<0-1>` (or
+/// `all=<0-1>`). Honoured only by agents started with
+/// `--allow-fault-injection`; removing it ends the faults.
+pub const ANNOTATION_INJECT_FAULTS: &str = "switchyard.dev/inject-faults";
 /// Label on a FleetNode naming the standalone Canary trying a mode on it.
 pub const LABEL_CANARY: &str = "switchyard.dev/canary";
 /// Finalizer on MigrationPlans and standalone Canaries: the operator

@@ -26,7 +26,8 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::runtime::{WatchStreamExt, watcher};
 use libp2p::PeerId;
 use serde_json::json;
-use switchyard_crds::{FleetNode, NetworkMode, RoutingStrategy};
+use kube::ResourceExt as _;
+use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode, RoutingStrategy};
 
 use crate::bridge::{Node, NodeConfig};
 use crate::identity::Identity;
@@ -69,6 +70,41 @@ pub struct AgentConfig {
     /// Peer management settings (its `bootstrap` is replaced by the one
     /// above).
     pub manager: ManagerConfig,
+    /// Honour the FleetNode's `switchyard.dev/inject-faults` annotation.
+    pub allow_fault_injection: bool,
+}
+
+/// The failure rates an `inject-faults` annotation asks for: (libp2p,
+/// iroh). Absent means none.
+pub fn parse_faults(value: Option<&str>) -> Result<(f64, f64), String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok((0.0, 0.0));
+    };
+    let (mut libp2p, mut iroh) = (0.0, 0.0);
+    for part in value.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("{ANNOTATION_INJECT_FAULTS} entry {part:?} is not <transport>=<rate>, e.g. libp2p=0.5")
+        })?;
+        let rate: f64 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|r: &f64| (0.0..=1.0).contains(r))
+            .ok_or_else(|| {
+                format!("{ANNOTATION_INJECT_FAULTS} rate {v:?} is not a number from 0 to 1")
+            })?;
+        match k.trim() {
+            "libp2p" => libp2p = rate,
+            "iroh" => iroh = rate,
+            "all" => (libp2p, iroh) = (rate, rate),
+            other => {
+                return Err(format!(
+                    "{ANNOTATION_INJECT_FAULTS} transport {other:?} is not libp2p, iroh or all"
+                ));
+            }
+        }
+    }
+    Ok((libp2p, iroh))
 }
 
 /// Answers probes and application requests alike with their payload.
@@ -698,6 +734,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         problem = Some(p);
                     }
                 }
+                // Fault injection, where this agent allows it.
+                let faults = obj.annotations().get(ANNOTATION_INJECT_FAULTS).map(String::as_str);
+                match (config.allow_fault_injection, parse_faults(faults)) {
+                    (true, Ok((l, i))) => {
+                        node.inject_faults(Transport::LibP2p, l);
+                        node.inject_faults(Transport::Iroh, i);
+                    }
+                    (true, Err(p)) => {
+                        tracing::warn!("{p}");
+                        problem.get_or_insert(p);
+                    }
+                    (false, _) if faults.is_some() => {
+                        tracing::warn!("ignoring {ANNOTATION_INJECT_FAULTS}: this agent runs without --allow-fault-injection");
+                    }
+                    (false, _) => {}
+                }
                 // The strategy override and LoadBalance's iroh share.
                 let share = obj
                     .data
@@ -799,5 +851,28 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
             };
             metrics.probes.with_label_values(&[outcome]).inc();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_faults;
+
+    #[test]
+    fn fault_annotations_parse_or_say_what_to_change() {
+        assert_eq!(parse_faults(None), Ok((0.0, 0.0)));
+        assert_eq!(parse_faults(Some(" ")), Ok((0.0, 0.0)));
+        assert_eq!(parse_faults(Some("libp2p=0.5")), Ok((0.5, 0.0)));
+        assert_eq!(parse_faults(Some("iroh=1, libp2p=0.25")), Ok((0.25, 1.0)));
+        assert_eq!(parse_faults(Some("all=0.1")), Ok((0.1, 0.1)));
+        for (bad, says) in [
+            ("libp2p", "is not <transport>=<rate>"),
+            ("libp2p=2", "from 0 to 1"),
+            ("libp2p=NaN", "from 0 to 1"),
+            ("quic=0.5", "is not libp2p, iroh or all"),
+        ] {
+            let e = parse_faults(Some(bad)).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -229,6 +229,16 @@ pub struct Node {
     switching: tokio::sync::Mutex<()>,
     switches: AtomicU64,
     metrics: NodeMetrics,
+    faults: [Mutex<Fault>; 2],
+}
+
+/// Injected failures on one transport: `rate` of sends fail, spread
+/// evenly (every send adds `rate` to `debt`; a send fails whenever the
+/// debt reaches 1), so a rate is exact over any run of sends.
+#[derive(Default)]
+struct Fault {
+    rate: f64,
+    debt: f64,
 }
 
 /// Decrements an in-flight counter when dropped.
@@ -286,6 +296,7 @@ impl Node {
             switching: tokio::sync::Mutex::new(()),
             switches: AtomicU64::new(0),
             metrics: NodeMetrics::new(),
+            faults: Default::default(),
         });
         node.metrics.set_mode(mode);
         node.ensure_stacks(mode).await?;
@@ -458,6 +469,42 @@ impl Node {
     /// open).
     pub fn pause(&self, paused: bool) {
         let _ = self.paused.send(paused);
+    }
+
+    /// Fault injection: fail `rate` (0 to 1, clamped) of this node's
+    /// outbound sends over `t` before they leave, as errors that are not
+    /// retried on that transport (the other one, where the mode has it,
+    /// still takes the request). 0 turns it off.
+    pub fn inject_faults(&self, t: Transport, rate: f64) {
+        let rate = if rate.is_finite() {
+            rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let mut f = self.faults[slot(t)].lock().expect("fault lock");
+        if f.rate != rate {
+            tracing::warn!(transport = t.as_str(), rate, "fault injection");
+        }
+        *f = Fault { rate, debt: 0.0 };
+    }
+
+    /// The injected failure rate on `t`.
+    pub fn injected_faults(&self, t: Transport) -> f64 {
+        self.faults[slot(t)].lock().expect("fault lock").rate
+    }
+
+    /// Whether this send over `t` is to fail by fault injection.
+    fn fault_hits(&self, t: Transport) -> bool {
+        let mut f = self.faults[slot(t)].lock().expect("fault lock");
+        if f.rate <= 0.0 {
+            return false;
+        }
+        f.debt += f.rate;
+        if f.debt >= 1.0 {
+            f.debt -= 1.0;
+            return true;
+        }
+        false
     }
 
     /// Switch to `mode` without losing a request: start the stacks it
@@ -820,6 +867,13 @@ impl Node {
         payload: Bytes,
         deadline: Instant,
     ) -> Outcome {
+        if self.fault_hits(t) {
+            let m = self.metrics.of(t);
+            m.injected.inc();
+            m.error.inc();
+            self.peers.record(peer.peer, t, false, Duration::ZERO, None);
+            return Outcome::Failed(format!("{}: injected fault", t.as_str()));
+        }
         let envelope = Envelope::request(self.mode(), id, payload.clone());
         let timeout = deadline.saturating_duration_since(Instant::now());
         // Take the in-flight slot before looking the stack up, so a switch

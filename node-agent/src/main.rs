@@ -69,6 +69,10 @@ struct Args {
     /// Seconds SIGTERM may take (default 10).
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_SECONDS")]
     shutdown_seconds: Option<u64>,
+    /// Honour the FleetNode annotation `switchyard.dev/inject-faults`
+    /// (for tests and game days; off by default).
+    #[arg(long, env = "SWITCHYARD_ALLOW_FAULT_INJECTION")]
+    allow_fault_injection: Option<bool>,
 }
 
 /// The same settings from a file.
@@ -90,6 +94,7 @@ struct FileConfig {
     probe_rate: Option<f64>,
     heartbeat_ms: Option<u64>,
     shutdown_seconds: Option<u64>,
+    allow_fault_injection: Option<bool>,
 }
 
 fn settings(args: Args) -> anyhow::Result<AgentConfig> {
@@ -153,6 +158,10 @@ fn settings(args: Args) -> anyhow::Result<AgentConfig> {
                 .or(file.shutdown_seconds)
                 .unwrap_or(10),
         ),
+        allow_fault_injection: args
+            .allow_fault_injection
+            .or(file.allow_fault_injection)
+            .unwrap_or(false),
         manager: ManagerConfig {
             heartbeat_interval: heartbeat,
             // A fleet's agents share their ports: `dns:` entries use ours.

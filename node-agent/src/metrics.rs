@@ -32,6 +32,8 @@ pub struct TransportMetrics {
     pub hedges: prometheus::IntCounter,
     /// Connections refused because the peer is not on the allowlist.
     pub rejected: prometheus::IntCounter,
+    /// Sends failed on purpose by fault injection.
+    pub injected: prometheus::IntCounter,
 }
 
 /// Every metric a node exports.
@@ -139,8 +141,17 @@ impl NodeMetrics {
             &["transport"],
         )
         .expect("valid metric");
+        let injected = IntCounterVec::new(
+            Opts::new(
+                "switchyard_node_injected_faults_total",
+                "Sends failed on purpose by fault injection (also counted as errors)",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(injected.clone()),
             Box::new(latency.clone()),
             Box::new(bytes_sent.clone()),
             Box::new(bytes_received.clone()),
@@ -166,6 +177,7 @@ impl NodeMetrics {
                 bytes_received: bytes_received.with_label_values(&[l]),
                 hedges: hedges.with_label_values(&[l]),
                 rejected: rejected.with_label_values(&[l]),
+                injected: injected.with_label_values(&[l]),
             }
         };
         NodeMetrics {

@@ -102,6 +102,56 @@ async fn killing_one_transport_fails_over_to_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_fail_the_given_share_of_sends_and_count_as_errors() {
+    let (a, b) = (
+        node(NetworkMode::LibP2pOnly).await,
+        node(NetworkMode::LibP2pOnly).await,
+    );
+    let addr = b.addr();
+    a.inject_faults(Transport::LibP2p, 0.25);
+    let mut failed = 0;
+    for i in 0..100u8 {
+        match a.request(&addr, Bytes::from(vec![i])).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(e.to_string().contains("injected fault"), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 25, "a quarter of the sends, exactly");
+    let text = a.metrics().render();
+    assert!(
+        text.contains("switchyard_node_injected_faults_total{transport=\"libp2p\"} 25"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_node_requests_total{outcome=\"error\",transport=\"libp2p\"} 25"),
+        "{text}"
+    );
+    // With both transports the failed libp2p sends go over iroh instead.
+    a.set_mode(NetworkMode::DualPreferLibP2p)
+        .await
+        .expect("switch");
+    b.set_mode(NetworkMode::DualPreferLibP2p)
+        .await
+        .expect("switch");
+    a.inject_faults(Transport::LibP2p, 1.0);
+    let addr = b.addr();
+    for i in 0..10u8 {
+        let r = a
+            .request(&addr, Bytes::from(vec![i]))
+            .await
+            .expect("fails over");
+        assert!(r.starts_with(b"iroh:"), "{r:?}");
+    }
+    a.inject_faults(Transport::LibP2p, 0.0);
+    assert_eq!(a.injected_faults(Transport::LibP2p), 0.0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycling_every_mode_under_load_fails_no_request() {
     let server = node(NetworkMode::DualPreferLibP2p).await;
     let addr = server.addr();
