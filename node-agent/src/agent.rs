@@ -22,11 +22,11 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use libp2p::PeerId;
 use serde_json::json;
-use kube::ResourceExt as _;
 use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode, RoutingStrategy};
 
 use crate::bridge::{Node, NodeConfig};
@@ -537,6 +537,9 @@ async fn report(
         Some(p) if p.starts_with("spec.routingStrategy") => {
             (false, "UnknownStrategy", p.to_owned())
         }
+        Some(p) if p.starts_with(ANNOTATION_INJECT_FAULTS) => {
+            (false, "BadFaultInjection", p.to_owned())
+        }
         Some(p) => (false, "SwitchFailed", p.to_owned()),
     };
     let core = json!({
@@ -613,6 +616,25 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
+    run_with(client, config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The agent on `client` until `stop` completes (the binary: SIGTERM or
+/// SIGINT), then a bounded drain and shutdown.
+pub async fn run_with(
+    client: kube::Client,
+    config: AgentConfig,
+    stop: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let identity = retrying("loading the identity", None, || {
         load_identity(&client, &config)
     })
@@ -735,7 +757,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     }
                 }
                 // Fault injection, where this agent allows it.
-                let faults = obj.annotations().get(ANNOTATION_INJECT_FAULTS).map(String::as_str);
+                let faults = obj
+                    .annotations()
+                    .get(ANNOTATION_INJECT_FAULTS)
+                    .map(String::as_str);
                 match (config.allow_fault_injection, parse_faults(faults)) {
                     (true, Ok((l, i))) => {
                         node.inject_faults(Transport::LibP2p, l);
@@ -746,7 +771,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         problem.get_or_insert(p);
                     }
                     (false, _) if faults.is_some() => {
-                        tracing::warn!("ignoring {ANNOTATION_INJECT_FAULTS}: this agent runs without --allow-fault-injection");
+                        tracing::warn!(
+                            "ignoring {ANNOTATION_INJECT_FAULTS}: this agent runs without --allow-fault-injection"
+                        );
                     }
                     (false, _) => {}
                 }
@@ -790,12 +817,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let watch = tokio::spawn(watch);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
+    stop.await?;
     shared.stopping.store(true, Ordering::SeqCst);
     probe.abort();
     risk.abort();
