@@ -53,8 +53,13 @@ pub struct Analysis {
     #[serde(default)]
     pub inconclusive_limit: u32,
 
+    /// Passing measurements in a row a step needs before it passes.
+    #[serde(default = "default_consecutive_successes")]
+    #[schemars(range(min = 1, max = 100))]
+    pub consecutive_successes: u32,
     /// What an inconclusive verdict does: Pause (default) stops the plan
-    /// until a person resumes it; Fail treats it as a failed verdict.
+    /// until a person resumes it; Rollback treats it as a failed verdict;
+    /// Continue lets the step pass without data (use with care).
     #[serde(default)]
     pub on_inconclusive: InconclusiveAction,
 
@@ -72,6 +77,7 @@ impl Default for Analysis {
             min_sample_size: default_min_sample_size(),
             failure_limit: 0,
             inconclusive_limit: 0,
+            consecutive_successes: default_consecutive_successes(),
             on_inconclusive: InconclusiveAction::default(),
             metrics: default_metrics(),
         }
@@ -87,7 +93,24 @@ pub enum InconclusiveAction {
     #[default]
     Pause,
     /// Treat it as a failed verdict (rollback if automatic rollback is on).
-    Fail,
+    Rollback,
+    /// Let the step pass as if the analysis had passed.
+    Continue,
+}
+
+/// What a relative threshold compares a check's value with.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum Reference {
+    /// The same metric on the nodes the plan has not moved (default).
+    #[default]
+    Baseline,
+    /// The same metric over libp2p on the same (canary) nodes: set
+    /// `transport: Iroh` to compare iroh with libp2p where both run.
+    Libp2p,
+    /// The same metric over iroh on the same (canary) nodes.
+    Iroh,
 }
 
 /// A metric the operator computes from the agents' scraped /metrics.
@@ -115,7 +138,8 @@ pub enum BuiltinMetric {
 #[x_kube(
     validation = Rule::new("has(self.builtin) != has(self.promql)").message("set exactly one of builtin or promql"),
     validation = Rule::new("has(self.max) || has(self.min) || has(self.maxIncreasePercent) || has(self.maxDecreasePercent)").message("set at least one threshold: max, min, maxIncreasePercent or maxDecreasePercent"),
-    validation = Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("min must not exceed max")
+    validation = Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("min must not exceed max"),
+    validation = Rule::new("!has(self.compareWith) || has(self.builtin)").message("compareWith applies to builtin metrics; a PromQL check states its comparison in its query")
 )]
 pub struct MetricCheck {
     /// Name of the check, unique within the analysis; shown in status.
@@ -152,6 +176,9 @@ pub struct MetricCheck {
     #[schemars(range(min = 0.0, max = 10000.0))]
     pub max_increase_percent: Option<f64>,
 
+    /// What maxIncreasePercent and maxDecreasePercent compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_with: Option<Reference>,
     /// Fail when the value falls below the baseline's by more than this
     /// percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +190,10 @@ fn default_interval() -> Duration {
     // Long enough for a few hundred probe RPCs per node at the agents'
     // default probe rate, short enough that a bad wave is caught quickly.
     Duration::from_secs(60)
+}
+
+fn default_consecutive_successes() -> u32 {
+    1
 }
 
 fn default_min_sample_size() -> u32 {

@@ -22,7 +22,9 @@ pub mod mode;
 pub mod plan;
 pub mod validate;
 
-pub use analysis::{Analysis, BuiltinMetric, InconclusiveAction, MetricCheck, Transport};
+pub use analysis::{
+    Analysis, BuiltinMetric, InconclusiveAction, MetricCheck, Reference, Transport,
+};
 pub use canary::{Canary, CanaryPhase, CanarySpec, CanaryStatus};
 pub use duration::Duration;
 pub use fleet_node::{FleetNode, FleetNodeSpec, FleetNodeStatus, NodeAddresses, NodeIdentity};

@@ -203,6 +203,16 @@ pub struct RollbackPolicy {
     #[schemars(length(max = 32))]
     pub alert_matchers: Vec<AlertMatcher>,
 
+    /// What a matching alert does: Rollback (default; or phase Failed when
+    /// rollback is not automatic) or Pause (sets spec.paused).
+    #[serde(default)]
+    pub alert_action: AlertAction,
+
+    /// With alertAction Pause: resume by itself once every matching alert
+    /// has resolved. Off by default: a person resumes.
+    #[serde(default)]
+    pub resume_when_alerts_resolve: bool,
+
     /// Also roll back when nodes miss the progress deadline (by default the
     /// plan only reports them and waits).
     #[serde(default)]
@@ -218,9 +228,23 @@ impl Default for RollbackPolicy {
             scope: RollbackScope::default(),
             triggers: RollbackTriggers::default(),
             alert_matchers: Vec::new(),
+            alert_action: AlertAction::default(),
+            resume_when_alerts_resolve: false,
             on_progress_deadline: false,
         }
     }
+}
+
+/// What a matching Alertmanager alert does to a plan.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum AlertAction {
+    /// Roll back (or stop in phase Failed when rollback is not automatic).
+    #[default]
+    Rollback,
+    /// Pause the plan: in-flight switches finish, nothing new starts.
+    Pause,
 }
 
 /// How fast a rollback moves nodes.
@@ -620,6 +644,13 @@ pub struct MetricResult {
     pub threshold: String,
     /// This metric's verdict.
     pub verdict: Verdict,
+    /// Whose data the value is, e.g. "canary (2 nodes), iroh" or
+    /// "prometheus"; the baseline's, after "vs".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cohort: String,
+    /// Why there is no value, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An analysis verdict.

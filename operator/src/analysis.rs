@@ -30,12 +30,13 @@ use kube::{Client, ResourceExt};
 use switchyard_crds::plan::{AnalysisResult, MetricResult};
 use switchyard_crds::{
     ANNOTATION_START_MODE, BuiltinMetric, FleetNode, LABEL_PLAN, MetricCheck, MigrationPlan,
-    PlanPhase, Verdict,
+    PlanPhase, Reference, Verdict,
 };
 
 use crate::controller::Analysis;
 use crate::metrics::Metrics;
 use crate::planner::{AnalysisInput, TriggerInput};
+use crate::promql::{Placeholders, Prometheus};
 use crate::scrape::{self, NodeSample, Window};
 
 /// The largest `/metrics` body read from an agent.
@@ -44,6 +45,7 @@ pub const MAX_SCRAPE_BODY: usize = 4 * 1024 * 1024;
 /// Verdicts kept per plan, and a signal when one changes.
 pub struct ScrapeAnalysis {
     metrics: Metrics,
+    prometheus: Option<Arc<Prometheus>>,
     verdicts: Mutex<HashMap<String, AnalysisInput>>,
     triggers: Mutex<HashMap<String, TriggerInput>>,
     nudge: Box<dyn Fn() + Send + Sync>,
@@ -60,10 +62,12 @@ impl ScrapeAnalysis {
         client: Client,
         namespace: Option<String>,
         metrics: Metrics,
+        prometheus: Option<Prometheus>,
         nudge: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
         let me = Arc::new(ScrapeAnalysis {
             metrics,
+            prometheus: prometheus.map(Arc::new),
             verdicts: Mutex::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
             nudge: Box::new(nudge),
@@ -75,7 +79,8 @@ impl ScrapeAnalysis {
     fn publish(&self, key: String, input: AnalysisInput) {
         let changed = {
             let mut v = self.verdicts.lock().expect("verdicts lock");
-            let changed = v.get(&key).map(|i| i.verdict) != Some(input.verdict);
+            let changed =
+                v.get(&key).map(|i| (i.verdict, i.pending)) != Some((input.verdict, input.pending));
             v.insert(key, input);
             changed
         };
@@ -120,6 +125,8 @@ struct Tracker {
     previous: HashMap<String, (NodeSample, Timestamp)>,
     failures: u32,
     inconclusives: u32,
+    /// Passing measurements in a row.
+    successes: u32,
     /// Since when the error rate has been above HighErrorRate's threshold.
     errors_above_since: Option<Instant>,
 }
@@ -174,6 +181,7 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 previous: HashMap::new(),
                 failures: 0,
                 inconclusives: 0,
+                successes: 0,
                 errors_above_since: None,
             });
             if tracker.step != step {
@@ -184,6 +192,7 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 tracker.previous.clear();
                 tracker.failures = 0;
                 tracker.inconclusives = 0;
+                tracker.successes = 0;
             }
             if now < tracker.next_due {
                 continue;
@@ -203,7 +212,16 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             };
             let timeout = (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
             let measured = measure(&nodes.items, tracker, timeout).await;
-            let Some(m) = measured else { continue };
+            let promql_only = analysis
+                .as_ref()
+                .is_some_and(|a| a.metrics.iter().all(|c| c.promql.is_some()))
+                && !any_trigger;
+            let m = match measured {
+                Some(m) => m,
+                // Nothing to scrape for: PromQL checks still run.
+                None if promql_only => Measurement::empty(),
+                None => continue,
+            };
             if let Some(t) = check_triggers(&plan, tracker, &m) {
                 tracing::warn!(plan = %key, trigger = %t.trigger, reason = %t.reason, "rollback trigger fired");
                 out.triggers
@@ -213,8 +231,26 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 (out.nudge)();
             }
             let Some(analysis) = &analysis else { continue };
+            let placeholders = Placeholders {
+                namespace: ns.clone(),
+                plan: plan.name_any(),
+                interval,
+                canary: nodes
+                    .items
+                    .iter()
+                    .filter(|n| moved(n))
+                    .map(ResourceExt::name_any)
+                    .collect(),
+                baseline: nodes
+                    .items
+                    .iter()
+                    .filter(|n| !moved(n))
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            };
+            let promql = queries(out.prometheus.as_deref(), &analysis.metrics, &placeholders).await;
             let (verdict_now, metrics, message) =
-                evaluate(&analysis.metrics, analysis.min_sample_size, &m);
+                evaluate(&analysis.metrics, analysis.min_sample_size, &m, &promql);
             out.metrics
                 .analysis_measurements
                 .with_label_values(&[key.as_str(), &format!("{verdict_now:?}")])
@@ -228,38 +264,42 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 }
             }
             match verdict_now {
-                Verdict::Fail => tracker.failures += 1,
-                Verdict::Inconclusive => tracker.inconclusives += 1,
-                Verdict::Pass => {}
+                Verdict::Fail => {
+                    tracker.failures += 1;
+                    tracker.successes = 0;
+                }
+                Verdict::Inconclusive => {
+                    tracker.inconclusives += 1;
+                    tracker.successes = 0;
+                }
+                Verdict::Pass => tracker.successes += 1,
             }
-            let overall = if tracker.failures > analysis.failure_limit {
-                Verdict::Fail
+            let need = analysis.consecutive_successes.max(1);
+            // A verdict once a limit is crossed or enough passes came in a
+            // row; until then the measurement is shown and the step waits.
+            let (overall, pending) = if tracker.failures > analysis.failure_limit {
+                (Verdict::Fail, false)
             } else if tracker.inconclusives > analysis.inconclusive_limit {
-                Verdict::Inconclusive
-            } else if verdict_now == Verdict::Pass {
-                Verdict::Pass
+                (Verdict::Inconclusive, false)
+            } else if tracker.successes >= need {
+                (Verdict::Pass, false)
             } else {
-                // Within the limits: keep the last verdict standing (none
-                // yet means not passed).
-                out.verdicts
-                    .lock()
-                    .expect("verdicts lock")
-                    .get(&key)
-                    .filter(|i| i.window_start >= tracker.since)
-                    .map_or(Verdict::Inconclusive, |i| i.verdict)
+                (verdict_now, true)
             };
             let message = format!(
-                "{message} ({} failed, {} inconclusive of this step's measurements; limits {} and {})",
+                "{message} ({} failed, {} inconclusive of this step's measurements, limits {} and {}; {} of {need} passes in a row)",
                 tracker.failures,
                 tracker.inconclusives,
                 analysis.failure_limit,
-                analysis.inconclusive_limit
+                analysis.inconclusive_limit,
+                tracker.successes,
             );
-            tracing::info!(plan = %key, verdict = ?overall, %message, "analysis");
+            tracing::info!(plan = %key, verdict = ?overall, pending, %message, "analysis");
             out.publish(
                 key,
                 AnalysisInput {
                     verdict: overall,
+                    pending,
                     window_start: m.window_start,
                     result: Some(AnalysisResult {
                         time: Some(Time(Timestamp::now())),
@@ -278,6 +318,38 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
     }
 }
 
+/// Whether the plan has moved `n` from the mode it started in.
+fn moved(n: &FleetNode) -> bool {
+    let start = n.annotations().get(ANNOTATION_START_MODE);
+    n.spec
+        .mode
+        .is_some_and(|m| start.is_some_and(|s| s != m.as_str()))
+}
+
+/// Run the PromQL checks, all at once: each one's value or why not.
+async fn queries(
+    prometheus: Option<&Prometheus>,
+    checks: &[MetricCheck],
+    placeholders: &Placeholders,
+) -> HashMap<String, Result<f64, String>> {
+    let runs = checks.iter().filter_map(|c| {
+        let q = c.promql.as_ref()?;
+        Some(async move {
+            let r = match prometheus {
+                None => Err(
+                    "no Prometheus is configured: start the operator with --prometheus-url".into(),
+                ),
+                Some(p) => p
+                    .query(&placeholders.fill(q))
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            (c.name.clone(), r)
+        })
+    });
+    futures::future::join_all(runs).await.into_iter().collect()
+}
+
 /// One window's data, per cohort.
 struct Measurement {
     window_start: Timestamp,
@@ -288,8 +360,34 @@ struct Measurement {
     /// The highest partition risk any of the plan's nodes reports.
     partition_risk_all: Option<f64>,
     min_peers: Option<f64>,
+    /// The lowest health score of the moved nodes, and of all nodes.
+    health: Option<f64>,
+    health_all: Option<f64>,
+    /// Nodes scraped in each cohort.
+    canary_nodes: usize,
+    baseline_nodes: usize,
     scraped: usize,
     failed: Vec<String>,
+}
+
+impl Measurement {
+    /// No scrape data (PromQL checks only).
+    fn empty() -> Measurement {
+        Measurement {
+            window_start: Timestamp::now(),
+            canary: Default::default(),
+            baseline: Default::default(),
+            partition_risk: None,
+            partition_risk_all: None,
+            min_peers: None,
+            health: None,
+            health_all: None,
+            canary_nodes: 0,
+            baseline_nodes: 0,
+            scraped: 0,
+            failed: Vec::new(),
+        }
+    }
 }
 
 async fn measure(
@@ -301,12 +399,7 @@ async fn measure(
         .iter()
         .filter_map(|n| {
             let url = n.status.as_ref()?.metrics_endpoint.clone()?;
-            let start = n.annotations().get(ANNOTATION_START_MODE).cloned();
-            let moved = n
-                .spec
-                .mode
-                .is_some_and(|m| start.as_deref().is_some_and(|s| s != m.as_str()));
-            Some((n.name_any(), url, moved))
+            Some((n.name_any(), url, moved(n)))
         })
         .collect();
     let results: Vec<_> = futures::stream::iter(targets)
@@ -325,6 +418,10 @@ async fn measure(
         partition_risk: None,
         partition_risk_all: None,
         min_peers: None,
+        health: None,
+        health_all: None,
+        canary_nodes: 0,
+        baseline_nodes: 0,
         scraped: 0,
         failed: Vec::new(),
     };
@@ -338,6 +435,19 @@ async fn measure(
             }
         };
         m.scraped += 1;
+        if moved {
+            m.canary_nodes += 1;
+        } else {
+            m.baseline_nodes += 1;
+        }
+        let lowest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        m.health_all = lowest(m.health_all, sample.health_score);
+        if moved {
+            m.health = lowest(m.health, sample.health_score);
+        }
         if let Some(r) = sample.partition_risk {
             m.partition_risk_all = Some(m.partition_risk_all.map_or(r, |a: f64| a.max(r)));
         }
@@ -380,22 +490,25 @@ fn pick(windows: &[Window; 2], transport: Option<switchyard_crds::Transport>) ->
 }
 
 /// Every check over one measurement: the measurement's verdict, the
-/// per-check results, and a summary.
+/// per-check results, and a summary. `promql` holds each PromQL check's
+/// value (or why there is none), by check name.
 fn evaluate(
     checks: &[MetricCheck],
     min_sample: u32,
     m: &Measurement,
+    promql: &HashMap<String, Result<f64, String>>,
 ) -> (Verdict, Vec<MetricResult>, String) {
     let mut results = Vec::new();
     let mut notes = Vec::new();
-    if m.scraped == 0 {
+    let builtins = checks.iter().any(|c| c.builtin.is_some());
+    if builtins && m.scraped == 0 {
         notes.push(format!(
             "no node could be scraped: {}",
             m.failed
                 .first()
                 .map_or("no metrics endpoints", String::as_str)
         ));
-    } else if !m.failed.is_empty() {
+    } else if builtins && !m.failed.is_empty() {
         notes.push(format!(
             "{} node(s) not scraped, e.g. {}",
             m.failed.len(),
@@ -403,15 +516,20 @@ fn evaluate(
         ));
     }
     for check in checks {
-        let (value, baseline, why) = match (check.builtin, &check.promql) {
-            (Some(b), _) => builtin(b, check.transport, min_sample, m),
-            (None, Some(_)) => (
-                None,
-                None,
-                Some("PromQL checks are not evaluated yet".into()),
-            ),
-            (None, None) => (None, None, Some("no metric".into())),
+        let v = match (check.builtin, &check.promql) {
+            (Some(b), _) => builtin(b, check, min_sample, m),
+            (None, Some(_)) => match promql.get(&check.name) {
+                Some(Ok(v)) => Value {
+                    value: Some(*v),
+                    cohort: "prometheus".into(),
+                    ..Value::default()
+                },
+                Some(Err(why)) => Value::missing("prometheus", why.clone()),
+                None => Value::missing("prometheus", "not queried".into()),
+            },
+            (None, None) => Value::missing("", "no metric".into()),
         };
+        let (value, baseline) = (v.value, v.reference);
         let mut threshold = Vec::new();
         let mut failed = false;
         if let Some(max) = check.max {
@@ -422,8 +540,13 @@ fn evaluate(
             threshold.push(format!(">= {min}"));
             failed |= value.is_some_and(|v| v < min);
         }
+        let reference = match check.compare_with.unwrap_or_default() {
+            Reference::Baseline => "baseline",
+            Reference::Libp2p => "libp2p",
+            Reference::Iroh => "iroh",
+        };
         if let Some(p) = check.max_increase_percent {
-            threshold.push(format!("<= baseline + {p}%"));
+            threshold.push(format!("<= {reference} + {p}%"));
             if let (Some(v), Some(b)) = (value, baseline)
                 && b > 0.0
             {
@@ -431,7 +554,7 @@ fn evaluate(
             }
         }
         if let Some(p) = check.max_decrease_percent {
-            threshold.push(format!(">= baseline - {p}%"));
+            threshold.push(format!(">= {reference} - {p}%"));
             if let (Some(v), Some(b)) = (value, baseline) {
                 failed |= v < b * (1.0 - p / 100.0);
             }
@@ -441,7 +564,7 @@ fn evaluate(
             (None, false) => Verdict::Inconclusive,
             (Some(_), false) => Verdict::Pass,
         };
-        if let Some(why) = why {
+        if let Some(why) = &v.why {
             notes.push(format!("{}: {why}", check.name));
         }
         if verdict == Verdict::Fail {
@@ -458,11 +581,15 @@ fn evaluate(
             baseline,
             threshold: threshold.join(", "),
             verdict,
+            cohort: v.cohort,
+            reason: v.why,
         });
     }
     let verdict = if results.iter().any(|r| r.verdict == Verdict::Fail) {
         Verdict::Fail
-    } else if results.iter().any(|r| r.verdict == Verdict::Inconclusive) || m.scraped == 0 {
+    } else if results.iter().any(|r| r.verdict == Verdict::Inconclusive)
+        || (builtins && m.scraped == 0)
+    {
         Verdict::Inconclusive
     } else {
         Verdict::Pass
@@ -475,48 +602,97 @@ fn evaluate(
     (verdict, results, summary)
 }
 
-/// A built-in metric on the canary cohort, its baseline value, and why
+/// One check's value, what it is compared with, whose data it is, and why
 /// there is no value when there is none.
-fn builtin(
-    metric: BuiltinMetric,
-    transport: Option<switchyard_crds::Transport>,
-    min_sample: u32,
-    m: &Measurement,
-) -> (Option<f64>, Option<f64>, Option<String>) {
-    let canary = pick(&m.canary, transport);
-    let baseline = pick(&m.baseline, transport);
-    let enough = |w: &Window| w.requests >= f64::from(min_sample);
-    let few = |w: &Window| {
-        Some(format!(
-            "{} requests in the window, fewer than minSampleSize {min_sample}",
-            w.requests
-        ))
-    };
-    let rate_or_latency = |f: &dyn Fn(&Window) -> Option<f64>| {
-        if !enough(&canary) {
-            return (None, None, few(&canary));
+#[derive(Default)]
+struct Value {
+    value: Option<f64>,
+    reference: Option<f64>,
+    cohort: String,
+    why: Option<String>,
+}
+
+impl Value {
+    fn missing(cohort: &str, why: String) -> Value {
+        Value {
+            cohort: cohort.into(),
+            why: Some(why),
+            ..Value::default()
         }
-        let b = enough(&baseline).then(|| f(&baseline)).flatten();
-        (f(&canary), b, None)
+    }
+}
+
+/// A built-in metric on the canary cohort, and what it is compared with:
+/// the baseline cohort, or the other transport on the same nodes.
+fn builtin(metric: BuiltinMetric, check: &MetricCheck, min_sample: u32, m: &Measurement) -> Value {
+    let transport = check.transport;
+    let canary = pick(&m.canary, transport);
+    let on = |t: Option<switchyard_crds::Transport>| match t {
+        Some(switchyard_crds::Transport::Libp2p) => ", libp2p",
+        Some(switchyard_crds::Transport::Iroh) => ", iroh",
+        None => "",
+    };
+    let canary_cohort = format!("canary ({} nodes){}", m.canary_nodes, on(transport));
+    let (reference, reference_cohort) = match check.compare_with.unwrap_or_default() {
+        Reference::Baseline => (
+            pick(&m.baseline, transport),
+            format!("baseline ({} nodes){}", m.baseline_nodes, on(transport)),
+        ),
+        Reference::Libp2p => (m.canary[0].clone(), "libp2p on the same nodes".into()),
+        Reference::Iroh => (m.canary[1].clone(), "iroh on the same nodes".into()),
+    };
+    let relative = check.max_increase_percent.is_some() || check.max_decrease_percent.is_some();
+    let cohort = if relative {
+        format!("{canary_cohort} vs {reference_cohort}")
+    } else {
+        canary_cohort.clone()
+    };
+    let enough = |w: &Window| w.requests >= f64::from(min_sample);
+    let gauge = |v: Option<f64>, what: &str| match v {
+        Some(v) => Value {
+            value: Some(v),
+            cohort: canary_cohort.clone(),
+            ..Value::default()
+        },
+        None => Value::missing(&canary_cohort, format!("no agent reported its {what}")),
+    };
+    let windowed = |f: &dyn Fn(&Window) -> Option<f64>| {
+        if !enough(&canary) {
+            return Value::missing(
+                &cohort,
+                format!(
+                    "{} requests in the window, fewer than minSampleSize {min_sample}",
+                    canary.requests
+                ),
+            );
+        }
+        let r = enough(&reference).then(|| f(&reference)).flatten();
+        if relative && r.is_none() {
+            return Value {
+                value: f(&canary),
+                cohort: cohort.clone(),
+                why: Some(format!(
+                    "{reference_cohort}: {} requests, fewer than minSampleSize {min_sample}; the relative threshold is not applied",
+                    reference.requests
+                )),
+                ..Value::default()
+            };
+        }
+        Value {
+            value: f(&canary),
+            reference: r,
+            cohort: cohort.clone(),
+            why: None,
+        }
     };
     match metric {
-        BuiltinMetric::ErrorRate => rate_or_latency(&|w: &Window| w.error_rate()),
-        BuiltinMetric::LatencyP50 => rate_or_latency(&|w: &Window| w.latency_ms(0.5)),
-        BuiltinMetric::LatencyP95 => rate_or_latency(&|w: &Window| w.latency_ms(0.95)),
-        BuiltinMetric::LatencyP99 => rate_or_latency(&|w: &Window| w.latency_ms(0.99)),
-        BuiltinMetric::PartitionRisk => match m.partition_risk {
-            Some(r) => (Some(r), None, None),
-            None => (
-                None,
-                None,
-                Some("no agent reported a partition risk".into()),
-            ),
-        },
-        BuiltinMetric::PeerCount => match m.min_peers {
-            Some(p) => (Some(p), None, None),
-            None => (None, None, Some("no agent reported its peers".into())),
-        },
-        BuiltinMetric::HealthScore => (None, None, Some("HealthScore is not evaluated yet".into())),
+        BuiltinMetric::ErrorRate => windowed(&|w: &Window| w.error_rate()),
+        BuiltinMetric::LatencyP50 => windowed(&|w: &Window| w.latency_ms(0.5)),
+        BuiltinMetric::LatencyP95 => windowed(&|w: &Window| w.latency_ms(0.95)),
+        BuiltinMetric::LatencyP99 => windowed(&|w: &Window| w.latency_ms(0.99)),
+        BuiltinMetric::PartitionRisk => gauge(m.partition_risk, "partition risk"),
+        BuiltinMetric::PeerCount => gauge(m.min_peers, "peers"),
+        BuiltinMetric::HealthScore => gauge(m.health, "health score"),
     }
 }
 

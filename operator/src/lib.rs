@@ -9,5 +9,6 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod planner;
+pub mod promql;
 pub mod ratelimit;
 pub mod scrape;

@@ -61,6 +61,21 @@ struct Args {
     /// Key of the token in that Secret.
     #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET_KEY", default_value = "token")]
     webhook_secret_key: String,
+    /// Prometheus for PromQL analysis checks, e.g. http://prometheus:9090;
+    /// without it PromQL checks are Inconclusive.
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Seconds a PromQL query may take.
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_TIMEOUT", default_value_t = 5.0)]
+    prometheus_timeout: f64,
+    /// The whole Authorization header sent to Prometheus, e.g.
+    /// `Bearer <token>` (from a Secret, through the environment).
+    #[arg(
+        long,
+        env = "SWITCHYARD_PROMETHEUS_AUTHORIZATION",
+        hide_env_values = true
+    )]
+    prometheus_authorization: Option<String>,
 }
 
 #[tokio::main]
@@ -77,6 +92,21 @@ async fn main() -> anyhow::Result<()> {
         args.lease_grace < args.lease_duration,
         "--lease-grace must be below --lease-duration"
     );
+    anyhow::ensure!(
+        args.prometheus_timeout.is_finite() && args.prometheus_timeout > 0.0,
+        "--prometheus-timeout must be a number of seconds above 0, e.g. 5"
+    );
+    let prometheus = args
+        .prometheus_url
+        .as_deref()
+        .map(|url| {
+            switchyard_operator::promql::Prometheus::new(
+                url,
+                std::time::Duration::from_secs_f64(args.prometheus_timeout),
+                args.prometheus_authorization.as_deref(),
+            )
+        })
+        .transpose()?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
@@ -146,10 +176,16 @@ async fn main() -> anyhow::Result<()> {
     let analysis = Arc::new(AlertAnalysis {
         // Built-in analysis from the agents' scraped metrics; a new verdict
         // wakes the controller like an alert does.
-        inner: ScrapeAnalysis::start(client.clone(), args.namespace.clone(), metrics.clone(), {
-            let book = book.clone();
-            move || book.nudge()
-        }),
+        inner: ScrapeAnalysis::start(
+            client.clone(),
+            args.namespace.clone(),
+            metrics.clone(),
+            prometheus,
+            {
+                let book = book.clone();
+                move || book.nudge()
+            },
+        ),
         book,
     });
     let run = controller::run(

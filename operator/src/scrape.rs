@@ -25,6 +25,8 @@ pub struct NodeSample {
     pub partition_risk: Option<f64>,
     /// Connected peers per transport.
     pub peers: [Option<f64>; 2],
+    /// The agent's health score (0-1).
+    pub health_score: Option<f64>,
 }
 
 /// Cumulative request counters and latency histogram of one transport.
@@ -47,9 +49,9 @@ pub enum ScrapeError {
     /// The connection or request failed.
     #[error("request failed: {0}")]
     Http(String),
-    /// A status other than 200.
+    /// A status other than 200, and the body that came with it.
     #[error("HTTP status {0}")]
-    Status(u16),
+    Status(u16, bytes::Bytes),
     /// The body was larger than allowed.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
@@ -75,16 +77,35 @@ pub async fn scrape(
             "{url:?}: only http:// is scraped"
         )));
     }
+    let body = get(uri, None, timeout, max_body).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ScrapeError::NotMetrics("the body is not UTF-8".into()))?;
+    parse(text)
+}
+
+/// GET `uri` (with an `Authorization` header when given): the body of a
+/// 200 answer, at most `max_body` bytes, within `timeout`.
+pub async fn get(
+    uri: hyper::Uri,
+    authorization: Option<&hyper::header::HeaderValue>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<bytes::Bytes, ScrapeError> {
     let fetch = async {
         let client: Client<_, Empty<bytes::Bytes>> =
             Client::builder(TokioExecutor::new()).build_http();
+        let mut request = hyper::Request::get(uri);
+        if let Some(a) = authorization {
+            request = request.header(hyper::header::AUTHORIZATION, a.clone());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| ScrapeError::Http(e.to_string()))?;
         let response = client
-            .get(uri)
+            .request(request)
             .await
             .map_err(|e| ScrapeError::Http(e.to_string()))?;
-        if response.status() != hyper::StatusCode::OK {
-            return Err(ScrapeError::Status(response.status().as_u16()));
-        }
+        let status = response.status();
         let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
@@ -98,9 +119,10 @@ pub async fn scrape(
                 }
             })?
             .to_bytes();
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| ScrapeError::NotMetrics("the body is not UTF-8".into()))?;
-        parse(text)
+        if status != hyper::StatusCode::OK {
+            return Err(ScrapeError::Status(status.as_u16(), body));
+        }
+        Ok(body)
     };
     tokio::time::timeout(timeout, fetch)
         .await
@@ -130,6 +152,7 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
         transports: Default::default(),
         partition_risk: None,
         peers: [None, None],
+        health_score: None,
     };
     let mut saw_requests = false;
     for s in &scrape.samples {
@@ -157,6 +180,15 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
             }
             ("switchyard_agent_partition_risk", Value::Gauge(v) | Value::Untyped(v), _) => {
                 sample.partition_risk = Some(checked("switchyard_agent_partition_risk", *v)?);
+            }
+            ("switchyard_agent_health_score", Value::Gauge(v) | Value::Untyped(v), _) => {
+                let v = checked("switchyard_agent_health_score", *v)?;
+                if v > 1.0 {
+                    return Err(ScrapeError::Invalid(format!(
+                        "switchyard_agent_health_score is {v}, above 1"
+                    )));
+                }
+                sample.health_score = Some(v);
             }
             ("switchyard_node_peers", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
                 sample.peers[i] = Some(checked("switchyard_node_peers", *v)?);

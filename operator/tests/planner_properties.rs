@@ -101,12 +101,13 @@ fn rollback() -> impl Strategy<Value = RollbackPolicy> {
 fn analysis() -> impl Strategy<Value = Option<Analysis>> {
     prop_oneof![
         Just(None),
-        any::<bool>().prop_map(|fail| Some(Analysis {
-            on_inconclusive: if fail {
-                InconclusiveAction::Fail
-            } else {
-                InconclusiveAction::Pause
-            },
+        prop_oneof![
+            Just(InconclusiveAction::Pause),
+            Just(InconclusiveAction::Rollback),
+            Just(InconclusiveAction::Continue),
+        ]
+        .prop_map(|on_inconclusive| Some(Analysis {
+            on_inconclusive,
             ..Analysis::default()
         })),
     ]

@@ -581,6 +581,7 @@ mod tests {
             verdict: Verdict::Fail,
             window_start: at(0),
             result: None,
+            pending: false,
         };
         let waiting = step(&spec, Some(&d.status), &nodes, Some(&stale), at(2));
         assert_eq!(

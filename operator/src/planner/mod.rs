@@ -87,6 +87,10 @@ pub struct AnalysisInput {
     pub window_start: Timestamp,
     /// Details for status.lastAnalysis.
     pub result: Option<AnalysisResult>,
+    /// Not a verdict yet: the latest measurement, within failureLimit and
+    /// inconclusiveLimit but short of consecutiveSuccesses. The planner
+    /// shows it and keeps waiting.
+    pub pending: bool,
 }
 
 /// A rollback trigger that fired: a metric trigger or a matching alert.
@@ -791,12 +795,23 @@ impl<'a> Planner<'a> {
             return Gate::Pass;
         };
         match self.input.analysis {
+            Some(a) if a.window_start >= since && a.pending => {
+                self.st.last_analysis = a.result.clone();
+                self.requeue(add(self.now(), cfg.interval));
+                Gate::Waiting
+            }
             Some(a) if a.window_start >= since => {
                 self.st.last_analysis = a.result.clone();
                 let msg = a.result.as_ref().and_then(|r| r.message.clone());
                 match a.verdict {
                     Verdict::Pass => Gate::Pass,
                     Verdict::Fail => Gate::Fail(msg.unwrap_or_else(|| "analysis failed".into())),
+                    // The plan says to go on without data.
+                    Verdict::Inconclusive
+                        if cfg.on_inconclusive == InconclusiveAction::Continue =>
+                    {
+                        Gate::Pass
+                    }
                     Verdict::Inconclusive => {
                         Gate::Inconclusive(msg.unwrap_or_else(|| "not enough data to judge".into()))
                     }
@@ -828,7 +843,9 @@ impl<'a> Planner<'a> {
                         self.pause = Some(reason.clone());
                         self.transitions.push(Transition::Paused(reason));
                     }
-                    InconclusiveAction::Fail => self.failure("AnalysisInconclusive", msg),
+                    InconclusiveAction::Rollback => self.failure("AnalysisInconclusive", msg),
+                    // The gate passed it; nothing to do.
+                    InconclusiveAction::Continue => {}
                 }
             }
         }

@@ -198,6 +198,7 @@ impl Sim {
             verdict,
             window_start: self.now,
             result: None,
+            pending: false,
         });
     }
 
