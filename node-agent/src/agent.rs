@@ -131,6 +131,7 @@ struct AgentMetrics {
     api_errors: prometheus::IntCounter,
     switch_seconds: prometheus::Histogram,
     partition_risk: prometheus::Gauge,
+    health_score: prometheus::Gauge,
 }
 
 impl AgentMetrics {
@@ -161,8 +162,15 @@ impl AgentMetrics {
             "Share of known peers reachable on no transport both sides allow (0..1)",
         )
         .expect("valid metric");
+        let health_score = prometheus::Gauge::new(
+            "switchyard_agent_health_score",
+            "Share of probes answered over the last 30 s times (1 - partition risk), 0..1",
+        )
+        .expect("valid metric");
+        health_score.set(1.0);
         let r = node.metrics().registry();
         let _ = r.register(Box::new(partition_risk.clone()));
+        let _ = r.register(Box::new(health_score.clone()));
         let _ = r.register(Box::new(probes.clone()));
         let _ = r.register(Box::new(api_errors.clone()));
         let _ = r.register(Box::new(switch_seconds.clone()));
@@ -171,6 +179,7 @@ impl AgentMetrics {
             api_errors,
             switch_seconds,
             partition_risk,
+            health_score,
         }
     }
 }
@@ -395,6 +404,18 @@ fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json:
         "transports": transports,
         "partitionRisk": partition_risk(peers),
     })
+}
+
+/// The window of the health score's probe success rate, in seconds.
+const HEALTH_WINDOW_SECS: usize = 30;
+
+/// The agent's health: the share of its probes answered in the window
+/// (1 when it sent none) times the share of known peers it can still
+/// reach (1 - partition risk). 1 is healthy, 0 is cut off or failing.
+pub fn health_score(probes_ok: f64, probes_failed: f64, partition_risk: f64) -> f64 {
+    let sent = probes_ok + probes_failed;
+    let answered = if sent > 0.0 { probes_ok / sent } else { 1.0 };
+    (answered * (1.0 - partition_risk)).clamp(0.0, 1.0)
 }
 
 /// The share of known peers unreachable on every transport both sides
@@ -691,11 +712,27 @@ pub async fn run_with(
     let risk = {
         let (shared, metrics) = (shared.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // Probe counters a window ago, one entry per second.
+            let mut history: std::collections::VecDeque<(f64, f64)> =
+                std::collections::VecDeque::new();
             loop {
                 tick.tick().await;
                 let peers = shared.manager.status().await;
-                metrics.partition_risk.set(partition_risk(&peers));
+                let risk = partition_risk(&peers);
+                metrics.partition_risk.set(risk);
+                let now = (
+                    metrics.probes.with_label_values(&["ok"]).get() as f64,
+                    metrics.probes.with_label_values(&["error"]).get() as f64,
+                );
+                history.push_back(now);
+                if history.len() > HEALTH_WINDOW_SECS {
+                    history.pop_front();
+                }
+                let then = history.front().copied().unwrap_or(now);
+                metrics
+                    .health_score
+                    .set(health_score(now.0 - then.0, now.1 - then.1, risk));
             }
         })
     };
@@ -878,7 +915,16 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_faults;
+    use super::{health_score, parse_faults};
+
+    #[test]
+    fn health_is_answered_probes_times_reachable_peers() {
+        assert_eq!(health_score(0.0, 0.0, 0.0), 1.0);
+        assert_eq!(health_score(30.0, 10.0, 0.0), 0.75);
+        assert_eq!(health_score(30.0, 10.0, 0.5), 0.375);
+        assert_eq!(health_score(0.0, 5.0, 0.0), 0.0);
+        assert_eq!(health_score(0.0, 0.0, 1.0), 0.0);
+    }
 
     #[test]
     fn fault_annotations_parse_or_say_what_to_change() {

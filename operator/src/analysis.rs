@@ -7,16 +7,21 @@
 //!   scrape that failed on every node) is Inconclusive, never a pass.
 //! - One more failed measurement than `failureLimit` makes the verdict
 //!   Fail; one more inconclusive than `inconclusiveLimit` makes it
-//!   Inconclusive (the planner pauses or fails the plan, per
-//!   `onInconclusive`).
+//!   Inconclusive (the planner pauses, rolls back or goes on, per
+//!   `onInconclusive`); `consecutiveSuccesses` passes in a row make it
+//!   Pass. Until one of those, each measurement is shown as pending and
+//!   the step waits.
 //! - Counting starts over whenever the plan moves to another step.
 //!
 //! The same scrapes drive the rollback triggers over all of a plan's
 //! nodes, whatever step it is in (every `TRIGGER_INTERVAL` when the plan
 //! has no analysis): HighErrorRate (above the threshold for `for`),
-//! LatencyRegression (p95) and NetworkPartition (the highest partition
-//! risk). PromQL checks, HealthScore and HealthCheckFailure are not
-//! evaluated yet: such a check is Inconclusive with that reason.
+//! LatencyRegression (p95), HealthCheckFailure (the lowest agent health
+//! score) and NetworkPartition (the highest partition risk).
+//!
+//! PromQL checks go to the Prometheus the operator was given
+//! (`--prometheus-url`); without one they are Inconclusive, with that
+//! reason.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -158,7 +163,8 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             let triggers = &plan.spec.rollback.triggers;
             let any_trigger = triggers.high_error_rate.is_some()
                 || triggers.latency_regression.is_some()
-                || triggers.network_partition.is_some();
+                || triggers.network_partition.is_some()
+                || triggers.health_check_failure.is_some();
             if analysis.is_none() && !any_trigger {
                 continue;
             }
@@ -743,6 +749,18 @@ fn check_triggers(
         return Some(TriggerInput {
             trigger: "LatencyRegression".into(),
             reason: format!("p95 latency {p95:.1} ms above {} ms", t.p95_millis),
+        });
+    }
+    if let Some(t) = &triggers.health_check_failure
+        && let Some(h) = m.health_all
+        && h < t.min_health_score
+    {
+        return Some(TriggerInput {
+            trigger: "HealthCheckFailure".into(),
+            reason: format!(
+                "lowest agent health score {h:.2} below {} (of {} nodes scraped)",
+                t.min_health_score, m.scraped
+            ),
         });
     }
     if let Some(t) = &triggers.network_partition
