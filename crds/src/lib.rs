@@ -52,6 +52,11 @@ pub const ANNOTATION_STEP: &str = "switchyard.dev/step";
 /// `all=<0-1>`). Honoured only by agents started with
 /// `--allow-fault-injection`; removing it ends the faults.
 pub const ANNOTATION_INJECT_FAULTS: &str = "switchyard.dev/inject-faults";
+/// Annotation on a MigrationPlan the operator paused for a firing alert
+/// (value `alert`): with `rollback.resumeWhenAlertsResolve` the operator
+/// resumes it once no matching alert fires. A pause set by a person has
+/// no such annotation and is never lifted by the operator.
+pub const ANNOTATION_PAUSED_BY: &str = "switchyard.dev/paused-by";
 /// Label on a FleetNode naming the standalone Canary trying a mode on it.
 pub const LABEL_CANARY: &str = "switchyard.dev/canary";
 /// Finalizer on MigrationPlans and standalone Canaries: the operator

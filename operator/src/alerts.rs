@@ -9,6 +9,9 @@
 //! stops in `Failed` when its rollback is not automatic). Notifications
 //! repeat: the same alert is recorded once, by fingerprint. A resolved
 //! alert is forgotten, which does not resume a plan already rolling back.
+//! A plan with `rollback.alertAction: Pause` is paused instead; with
+//! `resumeWhenAlertsResolve` the operator resumes it once none of its
+//! alerts fires.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -192,7 +195,7 @@ impl AlertBook {
                 ),
             );
         }
-        let mut newly_firing = 0;
+        let (mut newly_firing, mut resolved) = (0, 0);
         {
             let mut firing = self.firing.lock().expect("alerts lock");
             for a in payload.alerts {
@@ -214,7 +217,7 @@ impl AlertBook {
                         newly_firing += usize::from(!known);
                     }
                     "resolved" => {
-                        firing.remove(&key);
+                        resolved += usize::from(firing.remove(&key).is_some());
                     }
                     other => {
                         return (
@@ -225,8 +228,8 @@ impl AlertBook {
                 }
             }
         }
-        if newly_firing > 0 {
-            tracing::info!(newly_firing, "Alertmanager: alerts firing");
+        if newly_firing > 0 || resolved > 0 {
+            tracing::info!(newly_firing, resolved, "Alertmanager: alerts changed");
             self.changed.send_modify(|n| *n += 1);
         }
         (StatusCode::OK, "ok".into())

@@ -18,10 +18,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use switchyard_crds::plan::AlertAction;
 use switchyard_crds::{
-    ANNOTATION_START_MODE, ANNOTATION_STEP, Canary, CanaryPhase, CanarySpec, CanaryStatus,
-    FIELD_MANAGER, FINALIZER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan, NetworkMode,
-    Verdict,
+    ANNOTATION_PAUSED_BY, ANNOTATION_START_MODE, ANNOTATION_STEP, Canary, CanaryPhase, CanarySpec,
+    CanaryStatus, FIELD_MANAGER, FINALIZER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan,
+    NetworkMode, Verdict,
 };
 
 use crate::metrics::Metrics;
@@ -654,6 +655,40 @@ async fn reconcile_plan(
         .collect();
     let analysis = ctx.analysis.verdict(&plan);
     let trigger = ctx.analysis.trigger(&plan);
+    // Paused by alerts that have all resolved, and the plan asks to go on.
+    if plan.spec.paused
+        && plan.spec.rollback.resume_when_alerts_resolve
+        && plan
+            .annotations()
+            .get(ANNOTATION_PAUSED_BY)
+            .map(String::as_str)
+            == Some("alert")
+        && trigger.is_none()
+    {
+        let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
+        plans
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"annotations": {ANNOTATION_PAUSED_BY: null}},
+                    "spec": {"paused": false},
+                })),
+            )
+            .await?;
+        tracing::info!(plan = %name, "the alerts that paused the plan resolved; resuming");
+        ctx.publish(
+            &plan.object_ref(&()),
+            vec![(
+                "AlertsResolved".to_owned(),
+                "the alerts that paused the plan resolved; resuming".to_owned(),
+                false,
+            )],
+        )
+        .await;
+        // The spec change brings the plan back; nothing else to do now.
+        return Ok(Action::await_change());
+    }
     let decision = planner::plan(&PlanInput {
         name: &name,
         generation: plan.metadata.generation.unwrap_or(0),
@@ -671,12 +706,14 @@ async fn reconcile_plan(
     // beside nodes already moved, which would step them back.
     let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
     if decision.pause.is_some() {
+        let by_alert = trigger.as_ref().is_some_and(|t| t.trigger == "Alert")
+            && plan.spec.rollback.alert_action == AlertAction::Pause;
+        let mut patch = json!({"spec": {"paused": true}});
+        if by_alert {
+            patch["metadata"] = json!({"annotations": {ANNOTATION_PAUSED_BY: "alert"}});
+        }
         plans
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"paused": true}})),
-            )
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
     }
     ctx.write_status::<MigrationPlan, _>(

@@ -1114,9 +1114,8 @@ fn notification(status: &str, alerts: &[(&str, &[(&str, &str)])]) -> Vec<u8> {
     .expect("json")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_change_nothing() {
-    let h = Harness::start("alerts", 10, Config::default(), acks_after(20)).await;
+/// The webhook's token, `s3cret-token`, in the Secret the operator reads.
+async fn webhook_secret(h: &Harness) {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.client.clone(), NS);
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -1128,6 +1127,120 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
         .create(&PostParams::default(), &secret)
         .await
         .expect("secret created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_pauses_plans_that_ask_for_it_and_only_the_one_that_says_so_resumes_on_resolve() {
+    let h = Harness::start("alert-pause", 10, Config::default(), acks_after(20)).await;
+    let cache: BTreeMap<String, String> = [("app".into(), "cache".into())].into();
+    h.c.register_nodes(
+        NS,
+        (0..10).map(|i| format!("cache-{i:02}")),
+        &cache,
+        NetworkMode::LibP2pOnly,
+    )
+    .await
+    .expect("cache nodes");
+    webhook_secret(&h).await;
+    let (mut operator, port) = h.operator("only-replica", 15);
+    let pausing = |name: &str, app: &str, alert: &str, resume: bool| {
+        let mut p = plan(name, &[50, 100], "1s");
+        // Stop short of IrohOnly: the island checker sees both groups as
+        // one fleet.
+        p.spec.stages.pop();
+        p.spec.selector =
+            serde_json::from_value(json!({"matchLabels": {"app": app}})).expect("selector");
+        p.spec.rollback.alert_matchers =
+            vec![serde_json::from_value(json!({"labels": {"alertname": alert}})).expect("matcher")];
+        p.spec.rollback.alert_action = switchyard_crds::plan::AlertAction::Pause;
+        p.spec.rollback.resume_when_alerts_resolve = resume;
+        p
+    };
+    for p in [
+        pausing("resumes", "storage", "StorageErrors", true),
+        pausing("holds", "cache", "CacheErrors", false),
+    ] {
+        h.plans()
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("plan created");
+    }
+    for name in ["resumes", "holds"] {
+        h.wait_for(
+            name,
+            |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| matches!(s.phase, PlanPhase::Canary | PlanPhase::Progressing))
+            },
+            "under way",
+        )
+        .await;
+    }
+    let alerts: [(&str, &[(&str, &str)]); 2] = [
+        ("fp-storage", &[("alertname", "StorageErrors")]),
+        ("fp-cache", &[("alertname", "CacheErrors")]),
+    ];
+    let (path, good) = ("/webhook/alertmanager", Some("Bearer s3cret-token"));
+    assert_eq!(
+        http_post(port, path, good, &notification("firing", &alerts))
+            .await
+            .0,
+        200
+    );
+    for name in ["resumes", "holds"] {
+        let p = h
+            .wait_for(name, phase_is(PlanPhase::Paused), "paused by the alert")
+            .await;
+        assert!(p.spec.paused, "{name}: spec.paused set");
+        assert_eq!(
+            p.annotations().get(switchyard_crds::ANNOTATION_PAUSED_BY),
+            Some(&"alert".to_owned())
+        );
+        let s = p.status.expect("status");
+        assert!(s.rollback.is_none(), "{name}: paused, not rolled back");
+        // The Event says which alert, and what happens next.
+        h.wait_event(name, "Paused", "Errors firing since").await;
+    }
+    h.wait_event("resumes", "Paused", "it resumes when the alert resolves")
+        .await;
+    h.wait_event("holds", "Paused", "set spec.paused to false")
+        .await;
+    assert_eq!(
+        http_post(port, path, good, &notification("resolved", &alerts))
+            .await
+            .0,
+        200
+    );
+    // The one that asks resumes and finishes; the other stays paused.
+    let p = h
+        .wait_for(
+            "resumes",
+            phase_is(PlanPhase::Succeeded),
+            "resumed and done",
+        )
+        .await;
+    assert!(!p.spec.paused);
+    assert!(
+        !p.annotations()
+            .contains_key(switchyard_crds::ANNOTATION_PAUSED_BY)
+    );
+    h.wait_event("resumes", "AlertsResolved", "resolved").await;
+    let held = h.plans().get("holds").await.expect("plan");
+    assert!(
+        held.spec.paused,
+        "no resume without resumeWhenAlertsResolve"
+    );
+    assert_eq!(held.status.map(|s| s.phase), Some(PlanPhase::Paused));
+    assert_eq!(h.islands(), 0);
+    operator.kill().await.expect("kill");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_change_nothing() {
+    let h = Harness::start("alerts", 10, Config::default(), acks_after(20)).await;
+    webhook_secret(&h).await;
     let (mut operator, port) = h.operator("only-replica", 15);
     let mut p = plan("guarded", &[50, 100], "30s");
     p.spec.rollback.alert_matchers = vec![

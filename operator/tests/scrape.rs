@@ -142,9 +142,18 @@ async fn promql_answers_that_are_not_one_number_are_errors_with_their_reason() {
     assert_eq!(p.query("two").await, Err(QueryError::TooMany(2)));
     let e = p.query("two").await.expect_err("two");
     assert!(e.to_string().contains("aggregate it to one"), "{e}");
-    assert_eq!(p.query("nan").await, Err(QueryError::NotFinite("NaN".into())));
-    assert!(matches!(p.query("range").await, Err(QueryError::Malformed(_))));
-    assert!(matches!(p.query("garbage").await, Err(QueryError::Malformed(_))));
+    assert_eq!(
+        p.query("nan").await,
+        Err(QueryError::NotFinite("NaN".into()))
+    );
+    assert!(matches!(
+        p.query("range").await,
+        Err(QueryError::Malformed(_))
+    ));
+    assert!(matches!(
+        p.query("garbage").await,
+        Err(QueryError::Malformed(_))
+    ));
     let e = p.query("huge").await.expect_err("huge");
     assert!(e.to_string().contains("larger than"), "{e}");
     let e = p.query("slow").await.expect_err("slow");
@@ -159,6 +168,9 @@ async fn promql_answers_that_are_not_one_number_are_errors_with_their_reason() {
     let e = anonymous.query("one").await.expect_err("401");
     assert_eq!(e, QueryError::Fetch("HTTP status 401".into()));
     let nobody = Prometheus::new("http://127.0.0.1:1", t, None).expect("client");
-    assert!(matches!(nobody.query("one").await, Err(QueryError::Fetch(_))));
+    assert!(matches!(
+        nobody.query("one").await,
+        Err(QueryError::Fetch(_))
+    ));
     server.abort();
 }

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use switchyard_crds::plan::{AnalysisResult, BlockedNode, ModeCounts, NodeCounts, RollbackRecord};
+use switchyard_crds::plan::{
+    AlertAction, AnalysisResult, BlockedNode, ModeCounts, NodeCounts, RollbackRecord,
+};
 use switchyard_crds::{
     ANNOTATION_START_MODE, ANNOTATION_STEP, Analysis, Duration, FleetNode, InconclusiveAction,
     LABEL_PLAN, MigrationPlanSpec, MigrationPlanStatus, NetworkMode, PlanPhase, RollbackScope,
@@ -545,6 +547,21 @@ impl<'a> Planner<'a> {
             && self.st.phase != PlanPhase::Pending
         {
             let (trigger, reason) = (t.trigger.clone(), t.reason.clone());
+            if trigger == "Alert" && self.spec.rollback.alert_action == AlertAction::Pause {
+                // The plan asks alerts to pause it, not to roll it back.
+                if !self.spec.paused && self.st.phase != PlanPhase::Paused {
+                    let then = if self.spec.rollback.resume_when_alerts_resolve {
+                        "it resumes when the alert resolves"
+                    } else {
+                        "set spec.paused to false to continue"
+                    };
+                    let reason = format!("{reason}; {then}");
+                    self.st.phase = PlanPhase::Paused;
+                    self.pause = Some(reason.clone());
+                    self.transitions.push(Transition::Paused(reason));
+                }
+                return;
+            }
             return self.failure(&trigger, reason);
         }
         if self.spec.paused {
