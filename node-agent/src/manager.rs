@@ -514,6 +514,13 @@ async fn run(
         let mut next_due = learned_at;
         for (id, tracked) in &mut peers {
             let remote = facts(id);
+            // A peer that now runs a transport we both have, but whose
+            // address on it we never learned (it switched modes after we
+            // met): ask again, or we would never use that transport.
+            let missing = remote.is_some_and(|m| {
+                (m.has_iroh() && local.has_iroh() && tracked.addr.iroh.is_none())
+                    || (m.has_libp2p() && local.has_libp2p() && tracked.addr.libp2p.is_empty())
+            });
             for t in [Transport::LibP2p, Transport::Iroh] {
                 let usable = match t {
                     Transport::LibP2p => {
@@ -565,8 +572,13 @@ async fn run(
                         None
                     };
                     // A new connection asks for the peer's addresses on
-                    // both transports; a live one's beats carry nothing.
-                    (peer, t, node.heartbeat(&addr, t, timeout, dial).await)
+                    // both transports, as does a beat to a peer with an
+                    // address missing; other beats carry nothing.
+                    (
+                        peer,
+                        t,
+                        node.heartbeat(&addr, t, timeout, dial || missing).await,
+                    )
                 }));
             }
         }

@@ -81,17 +81,14 @@ impl ScrapeAnalysis {
         me
     }
 
+    /// Keep a plan's latest measurement and wake the controller, which
+    /// shows it in the plan's status and acts on its verdict.
     fn publish(&self, key: String, input: AnalysisInput) {
-        let changed = {
-            let mut v = self.verdicts.lock().expect("verdicts lock");
-            let changed =
-                v.get(&key).map(|i| (i.verdict, i.pending)) != Some((input.verdict, input.pending));
-            v.insert(key, input);
-            changed
-        };
-        if changed {
-            (self.nudge)();
-        }
+        self.verdicts
+            .lock()
+            .expect("verdicts lock")
+            .insert(key, input);
+        (self.nudge)();
     }
 }
 

@@ -791,9 +791,15 @@ impl<'a> Planner<'a> {
         let Some(started) = ts(&self.st.step_started_at) else {
             return false;
         };
+        // Every fresh measurement shows in status, also during a soak.
+        if let Some(a) = self.input.analysis
+            && a.window_start >= started
+            && a.result.is_some()
+        {
+            self.st.last_analysis = a.result.clone();
+        }
         match self.input.analysis {
-            Some(a) if a.verdict == Verdict::Fail && a.window_start >= started => {
-                self.st.last_analysis = a.result.clone();
+            Some(a) if a.verdict == Verdict::Fail && !a.pending && a.window_start >= started => {
                 let msg = a
                     .result
                     .as_ref()
