@@ -156,6 +156,60 @@ async fn three_nodes_bootstrap_past_a_bad_entry_and_learn_the_other_transport() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iroh() {
+    let only_libp2p = |m| async move {
+        Node::start(Identity::generate(), NodeConfig::default(), m, Arc::new(Echo))
+            .await
+            .expect("node starts")
+    };
+    let (a, b) = (
+        only_libp2p(NetworkMode::LibP2pOnly).await,
+        only_libp2p(NetworkMode::LibP2pOnly).await,
+    );
+    let (ma, _) = PeerManager::start(
+        a.clone(),
+        ManagerConfig {
+            bootstrap: vec![libp2p_entry(&b)],
+            ..fast()
+        },
+    );
+    let (mb, _) = PeerManager::start(b.clone(), fast());
+    let (aid, bid) = (a.addr().peer, b.addr().peer);
+    eventually(Duration::from_secs(10), "met on libp2p", || async {
+        let (sa, sb) = (ma.status().await, mb.status().await);
+        state_of(&sa, &bid, Transport::LibP2p) == Some(PeerState::Connected)
+            && state_of(&sb, &aid, Transport::LibP2p) == Some(PeerState::Connected)
+    })
+    .await;
+    // Both add iroh: neither advertised an iroh address when they met.
+    a.set_mode(NetworkMode::DualPreferIroh).await.expect("a");
+    b.set_mode(NetworkMode::DualPreferIroh).await.expect("b");
+    eventually(Duration::from_secs(10), "each finds the other on iroh", || async {
+        both_connected(&ma, &bid).await && both_connected(&mb, &aid).await
+    })
+    .await;
+    let addr = ma
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.peer == bid)
+        .expect("b tracked")
+        .addr;
+    a.request(&addr, bytes::Bytes::from_static(b"x"))
+        .await
+        .expect("answered");
+    assert!(
+        a.metrics()
+            .render()
+            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
+        "the request went over iroh, as DualPreferIroh prefers"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_unresponsive_within_the_bound_and_recovers_when_resumed() {
     let (a, b) = (
         start(Identity::generate(), NodeConfig::default()).await,
