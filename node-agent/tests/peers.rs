@@ -158,9 +158,14 @@ async fn three_nodes_bootstrap_past_a_bad_entry_and_learn_the_other_transport() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iroh() {
     let only_libp2p = |m| async move {
-        Node::start(Identity::generate(), NodeConfig::default(), m, Arc::new(Echo))
-            .await
-            .expect("node starts")
+        Node::start(
+            Identity::generate(),
+            NodeConfig::default(),
+            m,
+            Arc::new(Echo),
+        )
+        .await
+        .expect("node starts")
     };
     let (a, b) = (
         only_libp2p(NetworkMode::LibP2pOnly).await,
@@ -184,9 +189,11 @@ async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iro
     // Both add iroh: neither advertised an iroh address when they met.
     a.set_mode(NetworkMode::DualPreferIroh).await.expect("a");
     b.set_mode(NetworkMode::DualPreferIroh).await.expect("b");
-    eventually(Duration::from_secs(10), "each finds the other on iroh", || async {
-        both_connected(&ma, &bid).await && both_connected(&mb, &aid).await
-    })
+    eventually(
+        Duration::from_secs(10),
+        "each finds the other on iroh",
+        || async { both_connected(&ma, &bid).await && both_connected(&mb, &aid).await },
+    )
     .await;
     let addr = ma
         .status()

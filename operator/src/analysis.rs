@@ -266,29 +266,8 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                         .set(v);
                 }
             }
-            match verdict_now {
-                Verdict::Fail => {
-                    tracker.failures += 1;
-                    tracker.successes = 0;
-                }
-                Verdict::Inconclusive => {
-                    tracker.inconclusives += 1;
-                    tracker.successes = 0;
-                }
-                Verdict::Pass => tracker.successes += 1,
-            }
+            let (overall, pending) = tally(tracker, analysis, verdict_now);
             let need = analysis.consecutive_successes.max(1);
-            // A verdict once a limit is crossed or enough passes came in a
-            // row; until then the measurement is shown and the step waits.
-            let (overall, pending) = if tracker.failures > analysis.failure_limit {
-                (Verdict::Fail, false)
-            } else if tracker.inconclusives > analysis.inconclusive_limit {
-                (Verdict::Inconclusive, false)
-            } else if tracker.successes >= need {
-                (Verdict::Pass, false)
-            } else {
-                (verdict_now, true)
-            };
             let message = format!(
                 "{message} ({} failed, {} inconclusive of this step's measurements, limits {} and {}; {} of {need} passes in a row)",
                 tracker.failures,
@@ -318,6 +297,32 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             .lock()
             .expect("triggers lock")
             .retain(|k, _| live.contains(k));
+    }
+}
+
+/// Count one measurement into the step's tally: the verdict so far, and
+/// whether it is still pending. A verdict once a limit is crossed or
+/// enough passes came in a row; until then the step waits.
+fn tally(t: &mut Tracker, a: &switchyard_crds::Analysis, now: Verdict) -> (Verdict, bool) {
+    match now {
+        Verdict::Fail => {
+            t.failures += 1;
+            t.successes = 0;
+        }
+        Verdict::Inconclusive => {
+            t.inconclusives += 1;
+            t.successes = 0;
+        }
+        Verdict::Pass => t.successes += 1,
+    }
+    if t.failures > a.failure_limit {
+        (Verdict::Fail, false)
+    } else if t.inconclusives > a.inconclusive_limit {
+        (Verdict::Inconclusive, false)
+    } else if t.successes >= a.consecutive_successes.max(1) {
+        (Verdict::Pass, false)
+    } else {
+        (now, true)
     }
 }
 
@@ -770,4 +775,155 @@ fn check_triggers(
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_crds::Analysis;
+
+    fn tracker() -> Tracker {
+        Tracker {
+            step: (PlanPhase::Canary, 0, None),
+            since: Timestamp::now(),
+            next_due: Instant::now(),
+            previous: HashMap::new(),
+            failures: 0,
+            inconclusives: 0,
+            successes: 0,
+            errors_above_since: None,
+        }
+    }
+
+    #[test]
+    fn a_step_passes_after_enough_passes_in_a_row_and_fails_past_the_limit() {
+        let a = Analysis {
+            consecutive_successes: 3,
+            failure_limit: 1,
+            inconclusive_limit: 1,
+            ..Analysis::default()
+        };
+        let mut t = tracker();
+        use Verdict::*;
+        // Pass, Pass, Fail (within the limit: the run starts over), then
+        // three passes.
+        let seen: Vec<(Verdict, bool)> = [Pass, Pass, Fail, Pass, Pass, Pass]
+            .into_iter()
+            .map(|v| tally(&mut t, &a, v))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Pass, true),
+                (Pass, true),
+                (Fail, true),
+                (Pass, true),
+                (Pass, true),
+                (Pass, false)
+            ]
+        );
+        // A second failure crosses failureLimit 1.
+        assert_eq!(tally(&mut t, &a, Fail), (Fail, false));
+        let mut t = tracker();
+        assert_eq!(tally(&mut t, &a, Inconclusive), (Inconclusive, true));
+        assert_eq!(tally(&mut t, &a, Inconclusive), (Inconclusive, false));
+    }
+
+    fn window(requests: f64, errors: f64, p95_bucket: f64) -> Window {
+        // Every request in one latency bucket.
+        Window {
+            requests,
+            errors,
+            buckets: vec![
+                (p95_bucket, requests - errors),
+                (f64::INFINITY, requests - errors),
+            ],
+        }
+    }
+
+    fn measurement(canary: [Window; 2], baseline: [Window; 2]) -> Measurement {
+        Measurement {
+            canary,
+            baseline,
+            canary_nodes: 2,
+            baseline_nodes: 8,
+            scraped: 10,
+            ..Measurement::empty()
+        }
+    }
+
+    fn check(json: serde_json::Value) -> MetricCheck {
+        serde_json::from_value(json).expect("check")
+    }
+
+    #[test]
+    fn iroh_is_compared_with_libp2p_on_the_same_nodes() {
+        // Canary: libp2p answers within 10 ms, iroh within 50 ms.
+        let m = measurement(
+            [window(100.0, 0.0, 0.01), window(100.0, 0.0, 0.05)],
+            [window(100.0, 0.0, 0.05), Window::default()],
+        );
+        let slower = check(serde_json::json!({
+            "name": "iroh-vs-libp2p", "builtin": "LatencyP95", "transport": "Iroh",
+            "compareWith": "Libp2p", "maxIncreasePercent": 50,
+        }));
+        let (v, results, _) = evaluate(&[slower], 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Fail, "{results:?}");
+        let r = &results[0];
+        assert_eq!(
+            r.cohort,
+            "canary (2 nodes), iroh vs libp2p on the same nodes"
+        );
+        assert_eq!(r.threshold, "<= libp2p + 50%");
+        assert!(r.value.expect("value") > r.baseline.expect("libp2p") * 1.5);
+        // Against the baseline cohort (libp2p at 50 ms) the same canary
+        // iroh latency is fine.
+        let baseline = check(serde_json::json!({
+            "name": "iroh-vs-baseline", "builtin": "LatencyP95", "transport": "Iroh",
+            "maxIncreasePercent": 50,
+        }));
+        let m = measurement(
+            [window(100.0, 0.0, 0.01), window(100.0, 0.0, 0.05)],
+            [Window::default(), window(100.0, 0.0, 0.05)],
+        );
+        let (v, results, _) = evaluate(&[baseline], 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Pass, "{results:?}");
+        assert_eq!(
+            results[0].cohort,
+            "canary (2 nodes), iroh vs baseline (8 nodes), iroh"
+        );
+    }
+
+    #[test]
+    fn missing_data_is_inconclusive_with_its_reason() {
+        let m = measurement(
+            [window(3.0, 0.0, 0.01), Window::default()],
+            [Window::default(), Window::default()],
+        );
+        let checks = [
+            check(serde_json::json!({"name": "errors", "builtin": "ErrorRate", "max": 0.05})),
+            check(serde_json::json!({"name": "health", "builtin": "HealthScore", "min": 0.5})),
+            check(serde_json::json!({"name": "custom", "promql": "up", "max": 1})),
+        ];
+        let promql = HashMap::from([(
+            "custom".to_owned(),
+            Err("the query returned no data".to_owned()),
+        )]);
+        let (v, results, summary) = evaluate(&checks, 20, &m, &promql);
+        assert_eq!(v, Verdict::Inconclusive);
+        let reasons: Vec<&str> = results.iter().filter_map(|r| r.reason.as_deref()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "3 requests in the window, fewer than minSampleSize 20",
+                "no agent reported its health score",
+                "the query returned no data",
+            ]
+        );
+        assert!(
+            summary.contains("custom: the query returned no data"),
+            "{summary}"
+        );
+        assert_eq!(results[2].cohort, "prometheus");
+    }
 }

@@ -315,6 +315,54 @@ fn inconclusive_analysis_pauses_the_plan() {
 }
 
 #[test]
+fn continue_on_inconclusive_lets_the_step_pass_and_a_pending_measurement_waits() {
+    let mut s = analysed(spec(&[DualPreferLibP2p]));
+    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Continue;
+    let mut sim = Sim::new(s, 20, LibP2pOnly);
+    sim.reconcile();
+    sim.ack_all();
+    sim.reconcile();
+    sim.advance(300);
+    let step = |sim: &Sim| {
+        let s = sim.status.as_ref().expect("status");
+        (s.phase, s.stage, s.wave)
+    };
+    let before = step(&sim);
+    // A measurement within the limits is shown but decides nothing.
+    sim.verdict(Verdict::Fail);
+    sim.analysis.as_mut().expect("verdict").pending = true;
+    let d = sim.reconcile();
+    assert_eq!(step(&sim), before, "{:?}", d.transitions);
+    assert!(d.patches.is_empty());
+    sim.verdict(Verdict::Inconclusive);
+    let d = sim.reconcile();
+    assert!(d.pause.is_none(), "Continue does not pause");
+    assert_ne!(step(&sim), before, "the step passed");
+    assert!(!d.patches.is_empty(), "the next nodes move");
+}
+
+#[test]
+fn rollback_on_inconclusive_rolls_back() {
+    let mut s = analysed(spec(&[DualPreferLibP2p]));
+    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Rollback;
+    let mut sim = Sim::new(s, 20, LibP2pOnly);
+    sim.reconcile();
+    sim.ack_all();
+    sim.reconcile();
+    sim.advance(300);
+    sim.verdict(Verdict::Inconclusive);
+    sim.reconcile();
+    assert_eq!(sim.phase(), PlanPhase::RollingBack);
+    assert_eq!(
+        sim.status
+            .as_ref()
+            .and_then(|s| s.rollback.as_ref())
+            .map(|r| r.trigger.as_str()),
+        Some("AnalysisInconclusive")
+    );
+}
+
+#[test]
 fn invalid_spec_touches_nothing_and_a_fix_resumes() {
     let mut s = spec(&[DualPreferLibP2p]);
     s.waves = vec![50, 25, 100];
