@@ -32,6 +32,11 @@ VALUE_SETS = {
         "dashboard": {"enabled": True},
         "networkPolicy": {"enabled": True},
         "admissionPolicy": {"enabled": True},
+        "operator": {"prometheus": {
+            "url": "http://prometheus-operated.monitoring:9090",
+            "authorizationSecret": "prometheus-token",
+        }},
+        "agents": {"allowFaultInjection": True},
     },
     "daemonset": {"agents": {"kind": "DaemonSet"}},
     "existing-secret": {

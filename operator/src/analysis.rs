@@ -139,9 +139,12 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
         None => Api::all(client.clone()),
     };
     let mut trackers: HashMap<String, Tracker> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Plans are looked at every 500 ms (new plans, step changes), and
+    // sooner when a measurement falls due.
+    let mut wake = Instant::now();
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(wake.into()).await;
+        wake = Instant::now() + Duration::from_millis(500);
         // An undecodable plan fails the typed list; the controller reports
         // it Invalid, and analysis waits for the list to decode again.
         let Ok(list) = plans.list(&ListParams::default()).await else {
@@ -293,6 +296,9 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             );
         }
         trackers.retain(|k, _| live.contains(k));
+        if let Some(due) = trackers.values().map(|t| t.next_due).min() {
+            wake = wake.min(due.max(Instant::now() + Duration::from_millis(20)));
+        }
         out.triggers
             .lock()
             .expect("triggers lock")

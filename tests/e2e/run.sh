@@ -2,8 +2,10 @@
 # Switchyard's end-to-end suite on kind: create a cluster from
 # kind-config.yaml, build and load the images, install the chart, wait for
 # the sample fleet, run a MigrationPlan through canary and waves to
-# Succeeded, then roll it back and check every node returns. Dumps logs and
-# events on failure; deletes the cluster at the end.
+# Succeeded, then roll it back and check every node returns; then inject
+# iroh failures into a second plan's canaries and check they roll back by
+# themselves. Dumps logs and events on failure; deletes the cluster at the
+# end.
 #
 # Needs docker (with a running daemon), kind, helm and kubectl; without
 # them it says what is missing and exits 0.
@@ -52,7 +54,8 @@ helm --kube-context "$context" install switchyard charts/switchyard \
   --namespace "$ns" --create-namespace \
   --set operator.image.repository=switchyard-operator --set operator.image.tag="$tag" \
   --set agents.image.repository=switchyard-node-agent --set agents.image.tag="$tag" \
-  --set agents.replicas=4 --wait --timeout 5m
+  --set agents.replicas=4 --set agents.probeRate=5 --set agents.allowFaultInjection=true \
+  --wait --timeout 5m
 
 echo "== waiting for 4 FleetNodes"
 for _ in $(seq 1 60); do
@@ -79,5 +82,33 @@ kubectl --context "$context" -n "$ns" wait migrationplan/e2e-to-iroh \
 for node in $(kubectl --context "$context" -n "$ns" get fleetnodes -o name); do
   applied=$(kubectl --context "$context" -n "$ns" get "$node" -o jsonpath='{.status.appliedMode}')
   [ "$applied" = LibP2pOnly ] || { echo "$node runs $applied after the rollback" >&2; exit 1; }
+done
+
+echo "== a fault in the canaries rolls them back"
+kubectl --context "$context" -n "$ns" delete migrationplan e2e-to-iroh --wait --timeout=2m
+kubectl --context "$context" apply -f tests/e2e/fault-plan.yaml
+canaries=()
+for _ in $(seq 1 90); do
+  mapfile -t canaries < <(kubectl --context "$context" -n "$ns" get fleetnodes \
+    -o jsonpath='{range .items[?(@.status.appliedMode=="DualPreferIroh")]}{.metadata.name}{"\n"}{end}')
+  [ "${#canaries[@]}" -ge 2 ] && break
+  sleep 2
+done
+[ "${#canaries[@]}" -eq 2 ] || { echo "expected 2 canaries on DualPreferIroh, found ${#canaries[@]}" >&2; exit 1; }
+# Let the analysis see healthy iroh traffic first.
+kubectl --context "$context" -n "$ns" wait migrationplan/e2e-fault \
+  --for=jsonpath='{.status.lastAnalysis.metrics[0].verdict}'=Pass --timeout=3m
+for node in "${canaries[@]}"; do
+  kubectl --context "$context" -n "$ns" annotate --overwrite fleetnode "$node" \
+    switchyard.dev/inject-faults=iroh=0.5
+done
+kubectl --context "$context" -n "$ns" wait migrationplan/e2e-fault \
+  --for=jsonpath='{.status.phase}'=RolledBack --timeout=5m
+trigger=$(kubectl --context "$context" -n "$ns" get migrationplan e2e-fault \
+  -o jsonpath='{.status.rollbackHistory[*].trigger}')
+[ "$trigger" = AnalysisFailed ] || { echo "rolled back by $trigger, not AnalysisFailed" >&2; exit 1; }
+for node in $(kubectl --context "$context" -n "$ns" get fleetnodes -o name); do
+  applied=$(kubectl --context "$context" -n "$ns" get "$node" -o jsonpath='{.status.appliedMode}')
+  [ "$applied" = LibP2pOnly ] || { echo "$node runs $applied after the automatic rollback" >&2; exit 1; }
 done
 echo "== e2e passed"

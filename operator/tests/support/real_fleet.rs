@@ -383,7 +383,8 @@ impl Fleet {
     }
 
     /// Stop everything: the agents drain and stop, the processes are
-    /// killed, the cluster's directory is removed.
+    /// killed, the cluster's directory is removed (kept, with the logs in
+    /// it, when SWITCHYARD_TEST_KEEP_LOGS is set).
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         for a in self.agents.drain(..) {
@@ -393,7 +394,12 @@ impl Fleet {
             let _ = p.kill().await;
         }
         let _ = self.operator.kill().await;
-        self.c.stop().await;
+        if std::env::var_os("SWITCHYARD_TEST_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", self.c.dir.display());
+            self.c.server.stop().await;
+        } else {
+            self.c.stop().await;
+        }
     }
 }
 
@@ -657,14 +663,31 @@ pub async fn analysis_rollback(n: usize, interval: Duration) -> Measured {
     })
     .await;
     // The wave has passed its analysis; the plan waits for the next stage.
-    f.wait_plan("analysed", "the wave's passing analysis", |p| {
-        p.status.as_ref().is_some_and(|s| {
-            s.phase == PlanPhase::Progressing
-                && s.wave.is_some()
-                && s.last_analysis
-                    .as_ref()
-                    .is_some_and(|a| a.verdict == switchyard_crds::Verdict::Pass)
+    let passed = f
+        .wait_plan("analysed", "the wave's passing analysis", |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.phase == PlanPhase::Progressing
+                    && s.wave.is_some()
+                    && s.last_analysis
+                        .as_ref()
+                        .is_some_and(|a| a.verdict == switchyard_crds::Verdict::Pass)
+            })
         })
+        .await;
+    // The first scrape of a new step only sets its starting point: wait
+    // for a measurement within the waiting step, then inject the fault
+    // right after it (the slowest phase: a whole interval to the next).
+    let measured_at = |p: &MigrationPlan| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.last_analysis.as_ref())
+            .and_then(|a| a.time.clone())
+    };
+    let first = measured_at(&passed);
+    f.wait_plan("analysed", "a measurement in the waiting step", |p| {
+        let s = p.status.as_ref();
+        measured_at(p) != first
+            && s.and_then(|s| s.step_started_at.as_ref()).map(|t| t.0) < measured_at(p).map(|t| t.0)
     })
     .await;
     let fault = Instant::now();
