@@ -34,10 +34,15 @@ kubectl apply --server-side -f crds/
 printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: switchyard-system\n' |
   kubectl apply --server-side -f -
 
-# The value sets whose kinds the in-memory server serves (the monitoring set
-# adds Prometheus Operator kinds, NetworkPolicy and admission policies; it is
-# rendered and checked by check.py only).
-for set in default daemonset existing-secret no-agents; do
+# The monitoring set's ServiceMonitor and PrometheusRule need the Prometheus
+# Operator's kinds: stand-in CRDs that declare them.
+kubectl apply --server-side -f charts/testdata/prometheus-operator-kinds.yaml
+for _ in $(seq 1 50); do
+  kubectl get servicemonitors,prometheusrules -A >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+for set in default monitoring daemonset existing-secret no-agents; do
   file="$rendered/$set.yaml"
   kubectl apply --server-side --field-manager=switchyard-chart-check -f "$file" >/dev/null
   want=$(grep -c '^kind: ' "$file")
