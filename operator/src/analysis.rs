@@ -380,6 +380,8 @@ struct Measurement {
     /// Nodes scraped in each cohort.
     canary_nodes: usize,
     baseline_nodes: usize,
+    /// Each moved node's own window, per transport.
+    per_node: Vec<(String, [Window; 2])>,
     scraped: usize,
     failed: Vec<String>,
 }
@@ -398,6 +400,7 @@ impl Measurement {
             health_all: None,
             canary_nodes: 0,
             baseline_nodes: 0,
+            per_node: Vec::new(),
             scraped: 0,
             failed: Vec::new(),
         }
@@ -427,17 +430,7 @@ async fn measure(
     let now = Timestamp::now();
     let mut m = Measurement {
         window_start: now,
-        canary: Default::default(),
-        baseline: Default::default(),
-        partition_risk: None,
-        partition_risk_all: None,
-        min_peers: None,
-        health: None,
-        health_all: None,
-        canary_nodes: 0,
-        baseline_nodes: 0,
-        scraped: 0,
-        failed: Vec::new(),
+        ..Measurement::empty()
     };
     let mut any_window = false;
     for (name, moved, r) in results {
@@ -476,13 +469,18 @@ async fn measure(
         if let Some((before, at)) = tracker.previous.get(&name) {
             any_window = true;
             m.window_start = m.window_start.min(*at);
-            for i in 0..2 {
-                let w = Window::between(&before.transports[i], &sample.transports[i]);
+            let windows: [Window; 2] = std::array::from_fn(|i| {
+                Window::between(&before.transports[i], &sample.transports[i])
+            });
+            for (i, w) in windows.iter().enumerate() {
                 if moved {
-                    m.canary[i].add(&w);
+                    m.canary[i].add(w);
                 } else {
-                    m.baseline[i].add(&w);
+                    m.baseline[i].add(w);
                 }
+            }
+            if moved {
+                m.per_node.push((name.clone(), windows));
             }
         }
         tracker.previous.insert(name, (sample, now));
@@ -582,8 +580,14 @@ fn evaluate(
             notes.push(format!("{}: {why}", check.name));
         }
         if verdict == Verdict::Fail {
+            let worst = check
+                .builtin
+                .and_then(|b| worst_node(b, check.transport, min_sample, m))
+                .map_or(String::new(), |(node, v)| {
+                    format!(" (worst canary node {node}: {v:.4})")
+                });
             notes.push(format!(
-                "{} = {} breaks {}",
+                "{} = {} breaks {}{worst}",
                 check.name,
                 value.map_or("?".into(), |v| format!("{v:.4}")),
                 threshold.join(" and ")
@@ -614,6 +618,32 @@ fn evaluate(
         format!("{verdict:?}: {}", notes.join("; "))
     };
     (verdict, results, summary)
+}
+
+/// The moved node with the highest value of a windowed metric (error
+/// rate, a latency percentile), among those with enough requests.
+fn worst_node(
+    metric: BuiltinMetric,
+    transport: Option<switchyard_crds::Transport>,
+    min_sample: u32,
+    m: &Measurement,
+) -> Option<(String, f64)> {
+    let f = |w: &Window| match metric {
+        BuiltinMetric::ErrorRate => w.error_rate(),
+        BuiltinMetric::LatencyP50 => w.latency_ms(0.5),
+        BuiltinMetric::LatencyP95 => w.latency_ms(0.95),
+        BuiltinMetric::LatencyP99 => w.latency_ms(0.99),
+        _ => None,
+    };
+    // A node's own sample is smaller than the cohort's: a tenth of it.
+    let floor = f64::from(min_sample) / 10.0;
+    m.per_node
+        .iter()
+        .filter_map(|(name, windows)| {
+            let w = pick(windows, transport);
+            (w.requests >= floor).then(|| Some((name.clone(), f(&w)?)))?
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 /// One check's value, what it is compared with, whose data it is, and why
@@ -897,6 +927,32 @@ mod tests {
         assert_eq!(
             results[0].cohort,
             "canary (2 nodes), iroh vs baseline (8 nodes), iroh"
+        );
+    }
+
+    #[test]
+    fn a_failed_error_rate_names_the_worst_canary_node() {
+        let mut m = measurement(
+            [window(100.0, 30.0, 0.01), Window::default()],
+            [Window::default(), Window::default()],
+        );
+        m.per_node = vec![
+            (
+                "node-a".into(),
+                [window(50.0, 5.0, 0.01), Window::default()],
+            ),
+            (
+                "node-b".into(),
+                [window(50.0, 25.0, 0.01), Window::default()],
+            ),
+        ];
+        let errors =
+            check(serde_json::json!({"name": "errors", "builtin": "ErrorRate", "max": 0.05}));
+        let (v, _, summary) = evaluate(&[errors], 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Fail);
+        assert!(
+            summary.contains("errors = 0.3000 breaks <= 0.05 (worst canary node node-b: 0.5000)"),
+            "{summary}"
         );
     }
 

@@ -1544,6 +1544,102 @@ async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_ro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoints_answering_garbage_nan_a_huge_body_or_nothing_make_the_analysis_inconclusive()
+ {
+    use axum::routing::get;
+    let h = Harness::start("analysis-bad", 8, Config::default(), acks_after(20)).await;
+    let app = axum::Router::new()
+        .route("/garbage", get(|| async { "<html>not metrics</html>" }))
+        .route(
+            "/nan",
+            get(|| async {
+                "# TYPE switchyard_node_requests_total counter\n\
+                 switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} NaN\n"
+            }),
+        )
+        .route("/huge", get(|| async { vec![b'#'; 8 * 1024 * 1024] }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "too late"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let kinds = ["garbage", "nan", "huge", "slow"];
+    for (i, n) in h.all_nodes().await.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{port}/{}", kinds[i % kinds.len()]);
+        h.nodes()
+            .patch_status(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"metricsEndpoint": url}})),
+            )
+            .await
+            .expect("endpoint reported");
+    }
+    let (mut operator, op_port) = h.operator("only-replica", 15);
+    h.plans()
+        .create(&PostParams::default(), &analysed_plan("blind", 10))
+        .await
+        .expect("plan created");
+    let p = h
+        .wait_for("blind", phase_is(PlanPhase::Paused), "the pause")
+        .await;
+    let analysis = p
+        .status
+        .and_then(|s| s.last_analysis)
+        .expect("the measurement is in status");
+    assert_eq!(analysis.verdict, switchyard_crds::Verdict::Inconclusive);
+    let message = analysis.message.unwrap_or_default();
+    assert!(
+        message.contains("no node could be scraped"),
+        "the reason: {message}"
+    );
+    let reasons = [
+        "not a node-agent's metrics",
+        "invalid value",
+        "body larger than",
+        "no answer within",
+    ];
+    assert!(
+        reasons.iter().any(|r| message.contains(r)),
+        "names what was wrong: {message}"
+    );
+    // The operator carries on: it answers, and measures again.
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_operator_analysis_measurements_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = count(&http_get(op_port, "/metrics").await);
+    assert!(before >= 1.0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count(&http_get(op_port, "/metrics").await) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no further measurement"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        http_get(op_port, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    operator.kill().await.expect("kill");
+    server.abort();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_with_too_few_samples_is_inconclusive_and_the_plan_pauses() {
     let h = Harness::start("analysis-few", 10, Config::default(), acks_after(20)).await;
     // One iroh request per 100 ms per canary: far below minSampleSize.
