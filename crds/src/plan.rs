@@ -345,20 +345,26 @@ impl Default for HighErrorRate {
     }
 }
 
-/// Roll back when p95 latency exceeds a bound.
+/// Roll back when a latency percentile exceeds a bound.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyRegression {
-    /// p95 request latency in milliseconds. Default 500, the seed's value.
+    /// The bound in milliseconds. Default 500, the seed's value.
     #[serde(default = "default_latency_ms")]
     #[schemars(range(min = 1))]
-    pub p95_millis: u32,
+    pub threshold_ms: u32,
+    /// The percentile of request latency compared with it, 50 to 99.9.
+    /// Default 95.
+    #[serde(default = "default_latency_percentile")]
+    #[schemars(range(min = 50.0, max = 99.9))]
+    pub percentile: f64,
 }
 
 impl Default for LatencyRegression {
     fn default() -> Self {
         LatencyRegression {
-            p95_millis: default_latency_ms(),
+            threshold_ms: default_latency_ms(),
+            percentile: default_latency_percentile(),
         }
     }
 }
@@ -756,6 +762,10 @@ fn default_error_for() -> Duration {
 
 fn default_latency_ms() -> u32 {
     500
+}
+
+fn default_latency_percentile() -> f64 {
+    95.0
 }
 
 fn default_partition_risk() -> f64 {

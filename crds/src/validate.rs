@@ -120,13 +120,19 @@ pub fn plan_spec(spec: &MigrationPlanSpec) -> Result<(), ValidationErrors> {
             &mut errs,
         );
     }
-    if let Some(l) = &t.latency_regression
-        && l.p95_millis == 0
-    {
-        errs.push(
-            "spec.rollback.triggers.latencyRegression.p95Millis",
-            "must be at least 1 (milliseconds)",
-        );
+    if let Some(l) = &t.latency_regression {
+        if l.threshold_ms == 0 {
+            errs.push(
+                "spec.rollback.triggers.latencyRegression.thresholdMs",
+                "must be at least 1 (milliseconds)",
+            );
+        }
+        if !(50.0..=99.9).contains(&l.percentile) {
+            errs.push(
+                "spec.rollback.triggers.latencyRegression.percentile",
+                "must be from 50 to 99.9, e.g. 95",
+            );
+        }
     }
     for (i, m) in rb.alert_matchers.iter().enumerate() {
         if m.labels.is_empty() {

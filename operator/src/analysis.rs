@@ -16,8 +16,9 @@
 //! The same scrapes drive the rollback triggers over all of a plan's
 //! nodes, whatever step it is in (every `TRIGGER_INTERVAL` when the plan
 //! has no analysis): HighErrorRate (above the threshold for `for`),
-//! LatencyRegression (p95), HealthCheckFailure (the lowest agent health
-//! score) and NetworkPartition (the highest partition risk).
+//! LatencyRegression (a percentile, p95 by default), HealthCheckFailure
+//! (the lowest agent health score) and NetworkPartition (the highest
+//! partition risk).
 //!
 //! PromQL checks go to the Prometheus the operator was given
 //! (`--prometheus-url`); without one they are Inconclusive, with that
@@ -781,12 +782,15 @@ fn check_triggers(
     }
     if let Some(t) = &triggers.latency_regression
         && enough
-        && let Some(p95) = all.latency_ms(0.95)
-        && p95 > f64::from(t.p95_millis)
+        && let Some(ms) = all.latency_ms(t.percentile / 100.0)
+        && ms > f64::from(t.threshold_ms)
     {
         return Some(TriggerInput {
             trigger: "LatencyRegression".into(),
-            reason: format!("p95 latency {p95:.1} ms above {} ms", t.p95_millis),
+            reason: format!(
+                "p{} latency {ms:.1} ms above {} ms ({} requests in the last window)",
+                t.percentile, t.threshold_ms, all.requests
+            ),
         });
     }
     if let Some(t) = &triggers.health_check_failure
