@@ -393,6 +393,12 @@ fn analysis_block(a: &Analysis, at: &str, errs: &mut Errors) {
             "must be at least 1: a measurement of no requests proves nothing",
         );
     }
+    if !(1..=100).contains(&a.consecutive_successes) {
+        errs.push(
+            format!("{at}.consecutiveSuccesses"),
+            "must be from 1 to 100: passing measurements in a row a step needs",
+        );
+    }
     if a.metrics.is_empty() {
         errs.push(
             format!("{at}.metrics"),
@@ -441,6 +447,12 @@ fn metric(m: &MetricCheck, at: &str, errs: &mut Errors) {
             "is empty; write a PromQL expression returning one value",
         ),
         _ => {}
+    }
+    if m.compare_with.is_some() && m.builtin.is_none() {
+        errs.push(
+            at.to_owned(),
+            "compareWith applies to builtin metrics; a PromQL check states its comparison in its query",
+        );
     }
     if m.max.is_none()
         && m.min.is_none()

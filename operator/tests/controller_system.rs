@@ -887,7 +887,7 @@ async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node
             .unwrap_or_else(|e| panic!("{}: stored without validation: {e}", path.display()));
         expected.push((kind, name, field));
     }
-    assert_eq!(expected.len(), 15, "every example was submitted");
+    assert_eq!(expected.len(), 16, "every example was submitted");
     for (kind, name, field) in &expected {
         let deadline = tokio::time::Instant::now() + WAIT;
         let status = loop {
