@@ -11,7 +11,8 @@
 //!   `onInconclusive`); `consecutiveSuccesses` passes in a row make it
 //!   Pass. Until one of those, each measurement is shown as pending and
 //!   the step waits.
-//! - Counting starts over whenever the plan moves to another step.
+//! - Counting starts over whenever the plan moves to another step, and
+//!   again once the step's nodes have all acknowledged its mode.
 //!
 //! The same scrapes drive the rollback triggers over all of a plan's
 //! nodes, whatever step it is in (every `TRIGGER_INTERVAL` when the plan
@@ -122,8 +123,8 @@ fn key_of(plan: &MigrationPlan) -> String {
 struct Tracker {
     /// The plan step the counts belong to.
     step: (PlanPhase, u32, Option<u32>),
-    /// Start of the current accumulation.
-    since: Timestamp,
+    /// When the step's nodes all acknowledged, as the plan last said.
+    acknowledged: Option<Timestamp>,
     next_due: Instant,
     previous: HashMap<String, (NodeSample, Timestamp)>,
     failures: u32,
@@ -180,10 +181,11 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             let key = key_of(&plan);
             live.push(key.clone());
             let step = (status.phase, status.stage, status.wave);
+            let acknowledged = status.step_acknowledged_at.as_ref().map(|t| t.0);
             let now = Instant::now();
             let tracker = trackers.entry(key.clone()).or_insert_with(|| Tracker {
                 step,
-                since: Timestamp::now(),
+                acknowledged,
                 next_due: now,
                 previous: HashMap::new(),
                 failures: 0,
@@ -195,8 +197,17 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                 // A new step: the analysis counts start over (the error
                 // trigger's clock keeps running across steps).
                 tracker.step = step;
-                tracker.since = Timestamp::now();
+                tracker.acknowledged = acknowledged;
                 tracker.previous.clear();
+                tracker.failures = 0;
+                tracker.inconclusives = 0;
+                tracker.successes = 0;
+            } else if tracker.acknowledged != acknowledged {
+                // The step's nodes now all run its mode: what was counted
+                // while they were switching says nothing about it (a thin
+                // first window would otherwise use up inconclusiveLimit).
+                // The samples stay, so the next measurement has a window.
+                tracker.acknowledged = acknowledged;
                 tracker.failures = 0;
                 tracker.inconclusives = 0;
                 tracker.successes = 0;
@@ -825,7 +836,7 @@ mod tests {
     fn tracker() -> Tracker {
         Tracker {
             step: (PlanPhase::Canary, 0, None),
-            since: Timestamp::now(),
+            acknowledged: None,
             next_due: Instant::now(),
             previous: HashMap::new(),
             failures: 0,
