@@ -48,9 +48,12 @@ async fn a_fault_in_the_agents_fires_the_alert_and_alertmanager_rolls_the_plan_b
         "the evidence names the alert: {}",
         m.reason
     );
-    // The order of events the path implies.
-    assert!(m.to_firing <= m.to_webhook, "{m:?}");
-    assert!(m.to_webhook <= m.to_first_revert, "{m:?}");
+    // Each milestone is seen by polling Prometheus, the operator and the
+    // API server in turn, so the alert and the webhook may be seen in
+    // either order; the rollback's trigger says which came first. The
+    // first revert and the full one come from the same listings.
+    assert!(m.to_firing <= m.to_all_reverted, "{m:?}");
+    assert!(m.to_webhook <= m.to_all_reverted, "{m:?}");
     assert!(m.to_first_revert <= m.to_all_reverted, "{m:?}");
 }
 
