@@ -85,11 +85,6 @@ impl AlertBook {
         self.changed.subscribe()
     }
 
-    /// Wake the controller (a verdict changed elsewhere).
-    pub fn nudge(&self) {
-        self.changed.send_modify(|n| *n += 1);
-    }
-
     /// How many alerts are firing.
     pub fn firing_count(&self) -> usize {
         self.firing.lock().expect("alerts lock").len()
@@ -267,5 +262,8 @@ impl<A: Analysis> Analysis for AlertAnalysis<A> {
     }
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.book.changes())
+    }
+    fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        self.inner.plan_updates()
     }
 }

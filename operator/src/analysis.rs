@@ -49,13 +49,16 @@ use crate::scrape::{self, NodeSample, Window};
 /// The largest `/metrics` body read from an agent.
 pub const MAX_SCRAPE_BODY: usize = 4 * 1024 * 1024;
 
-/// Verdicts kept per plan, and a signal when one changes.
+/// Verdicts kept per plan, and the plans whose measurement is new.
 pub struct ScrapeAnalysis {
     metrics: Metrics,
     prometheus: Option<Arc<Prometheus>>,
     verdicts: Mutex<HashMap<String, AnalysisInput>>,
     triggers: Mutex<HashMap<String, TriggerInput>>,
-    nudge: Box<dyn Fn() + Send + Sync>,
+    /// (namespace, name) of each plan with a new measurement or trigger.
+    updated: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    /// The receiving end, until the controller takes it.
+    updates: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
 /// How often the rollback triggers are measured for a plan without an
@@ -63,34 +66,41 @@ pub struct ScrapeAnalysis {
 pub const TRIGGER_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ScrapeAnalysis {
-    /// Start measuring the plans of `namespace` (all when `None`);
-    /// `nudge` is called whenever a verdict changes.
+    /// Start measuring the plans of `namespace` (all when `None`).
     pub fn start(
         client: Client,
         namespace: Option<String>,
         metrics: Metrics,
         prometheus: Option<Prometheus>,
-        nudge: impl Fn() + Send + Sync + 'static,
     ) -> Arc<Self> {
+        let (updated, updates) = tokio::sync::mpsc::unbounded_channel();
         let me = Arc::new(ScrapeAnalysis {
             metrics,
             prometheus: prometheus.map(Arc::new),
             verdicts: Mutex::new(HashMap::new()),
             triggers: Mutex::new(HashMap::new()),
-            nudge: Box::new(nudge),
+            updated,
+            updates: Mutex::new(Some(updates)),
         });
         tokio::spawn(run(client, namespace, me.clone()));
         me
     }
 
-    /// Keep a plan's latest measurement and wake the controller, which
-    /// shows it in the plan's status and acts on its verdict.
-    fn publish(&self, key: String, input: AnalysisInput) {
+    /// Keep a plan's latest measurement and have the controller reconcile
+    /// that plan, which shows it in status and acts on its verdict.
+    fn publish(&self, plan: &MigrationPlan, input: AnalysisInput) {
         self.verdicts
             .lock()
             .expect("verdicts lock")
-            .insert(key, input);
-        (self.nudge)();
+            .insert(key_of(plan), input);
+        self.wake(plan);
+    }
+
+    /// Have the controller reconcile `plan`.
+    fn wake(&self, plan: &MigrationPlan) {
+        let _ = self
+            .updated
+            .send((plan.namespace().unwrap_or_default(), plan.name_any()));
     }
 }
 
@@ -108,6 +118,10 @@ impl Analysis for Arc<ScrapeAnalysis> {
             .expect("triggers lock")
             .get(&key_of(plan))
             .cloned()
+    }
+    fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        let rx = self.updates.lock().expect("updates lock").take()?;
+        Some(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed())
     }
 }
 
@@ -246,27 +260,23 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
                     .lock()
                     .expect("triggers lock")
                     .insert(key.clone(), t);
-                (out.nudge)();
+                out.wake(&plan);
             }
             let Some(analysis) = &analysis else { continue };
-            let placeholders = Placeholders {
-                namespace: ns.clone(),
-                plan: plan.name_any(),
-                interval,
-                canary: nodes
-                    .items
-                    .iter()
-                    .filter(|n| moved(n))
-                    .map(ResourceExt::name_any)
-                    .collect(),
-                baseline: nodes
-                    .items
-                    .iter()
-                    .filter(|n| !moved(n))
-                    .map(ResourceExt::name_any)
-                    .collect(),
+            let promql = if analysis.metrics.iter().any(|c| c.promql.is_some()) {
+                let (canary, baseline) = nodes.items.iter().partition::<Vec<_>, _>(|n| moved(n));
+                let names = |v: Vec<&FleetNode>| v.into_iter().map(ResourceExt::name_any).collect();
+                let placeholders = Placeholders {
+                    namespace: ns.clone(),
+                    plan: plan.name_any(),
+                    interval,
+                    canary: names(canary),
+                    baseline: names(baseline),
+                };
+                queries(out.prometheus.as_deref(), &analysis.metrics, &placeholders).await
+            } else {
+                HashMap::new()
             };
-            let promql = queries(out.prometheus.as_deref(), &analysis.metrics, &placeholders).await;
             let (verdict_now, metrics, message) =
                 evaluate(&analysis.metrics, analysis.min_sample_size, &m, &promql);
             out.metrics
@@ -293,7 +303,7 @@ async fn run(client: Client, namespace: Option<String>, out: Arc<ScrapeAnalysis>
             );
             tracing::info!(plan = %key, verdict = ?overall, pending, %message, "analysis");
             out.publish(
-                key,
+                &plan,
                 AnalysisInput {
                     verdict: overall,
                     pending,

@@ -46,6 +46,11 @@ pub trait Analysis: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// (namespace, name) of each plan with a new measurement or trigger:
+    /// that plan is reconciled again. Taken once, by the controller.
+    fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        None
+    }
 }
 
 /// Fencing: whether this replica may still write. Checked before every
@@ -1077,8 +1082,18 @@ pub async fn run(
             .boxed(),
         None => futures::stream::pending().boxed(),
     };
+    let updated = match ctx.analysis.plan_updates() {
+        Some(updates) => {
+            let ar = ar.clone();
+            updates
+                .map(move |(ns, name)| ObjectRef::new_with(&name, ar.clone()).within(&ns))
+                .boxed()
+        }
+        None => futures::stream::pending().boxed(),
+    };
     let plan_controller = plan_controller
         .reconcile_all_on(nudges)
+        .reconcile_on(updated)
         .watches_shared_stream(node_for_plans, move |node: Arc<FleetNode>| {
             interested(&plans_for_map, &ar, &node, LABEL_PLAN)
         })

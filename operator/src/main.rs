@@ -174,17 +174,13 @@ async fn main() -> anyhow::Result<()> {
         margin: std::time::Duration::from_secs(1),
     };
     let analysis = Arc::new(AlertAnalysis {
-        // Built-in analysis from the agents' scraped metrics; a new verdict
-        // wakes the controller like an alert does.
+        // Built-in analysis from the agents' scraped metrics (and PromQL);
+        // each new measurement has its plan reconciled.
         inner: ScrapeAnalysis::start(
             client.clone(),
             args.namespace.clone(),
             metrics.clone(),
             prometheus,
-            {
-                let book = book.clone();
-                move || book.nudge()
-            },
         ),
         book,
     });

@@ -47,6 +47,25 @@ async fn http_get(port: u16, path: &str) -> String {
     }
 }
 
+/// The sum of every series of the operator's metric `name`.
+async fn metric_sum(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics")
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait until the operator's metric `name` sums to more than `before`.
+async fn wait_metric_above(port: u16, name: &str, before: f64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric_sum(port, name).await <= before {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A plain HTTP POST on 127.0.0.1: the status code and the body.
 async fn http_post(port: u16, path: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1308,24 +1327,17 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     assert_eq!(http_post(port, path, good, &huge).await.0, 413, "oversized");
     // An alert no matcher selects is accepted and changes nothing.
     let other = notification("firing", &[("fp-other", &[("alertname", "DiskFull")])]);
-    let reconciles = |text: String| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("switchyard_operator_reconciles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let before = reconciles(http_get(port, "/metrics").await);
+    let before = metric_sum(port, "switchyard_operator_reconciles_total").await;
     assert_eq!(http_post(port, path, good, &other).await.0, 200);
     // The new alert wakes the controller: wait for the plan's next
     // reconcile, then check it changed nothing.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reconciles(http_get(port, "/metrics").await) <= before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no reconcile after the alert"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metric_above(
+        port,
+        "switchyard_operator_reconciles_total",
+        before,
+        "no reconcile after the alert",
+    )
+    .await;
     let p = h.plans().get("guarded").await.expect("plan");
     assert_eq!(
         p.status.as_ref().map(|s| s.phase),
@@ -1613,22 +1625,10 @@ async fn metrics_endpoints_answering_garbage_nan_a_huge_body_or_nothing_make_the
         "names what was wrong: {message}"
     );
     // The operator carries on: it answers, and measures again.
-    let count = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("switchyard_operator_analysis_measurements_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let before = count(&http_get(op_port, "/metrics").await);
+    let measurements = "switchyard_operator_analysis_measurements_total";
+    let before = metric_sum(op_port, measurements).await;
     assert!(before >= 1.0);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while count(&http_get(op_port, "/metrics").await) <= before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no further measurement"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric_above(op_port, measurements, before, "no further measurement").await;
     assert!(
         http_get(op_port, "/healthz")
             .await

@@ -17,7 +17,6 @@ mod real_fleet;
 
 use std::time::Instant;
 
-use kube::api::PostParams;
 use real_fleet::{Fleet, plan};
 use serde_json::json;
 use switchyard_crds::{NetworkMode, PlanPhase, Verdict};
@@ -78,10 +77,7 @@ async fn a_failing_canary_rolls_back_alone(
             "rollback": {"triggers": {}},
         }),
     );
-    f.plans
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("plan created");
+    f.create(&p).await;
     let name = check_name(&p);
     // A passing measurement first: the check works on healthy data.
     f.wait_plan("trial", "a passing measurement of the canary", |p| {
@@ -186,10 +182,7 @@ async fn a_canary_with_too_few_requests_is_inconclusive_and_the_plan_pauses() {
             }},
         }),
     );
-    f.plans
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("plan created");
+    f.create(&p).await;
     let p = f
         .wait_plan("starved", "the pause", |p| {
             p.status

@@ -298,15 +298,22 @@ fn pause_stops_new_switches_and_resume_restarts_the_soak() {
     assert_eq!(sim.phase(), PlanPhase::Progressing);
 }
 
-#[test]
-fn inconclusive_analysis_pauses_the_plan() {
+/// A one-stage analysed plan over 20 nodes whose first step is acknowledged
+/// and has soaked, waiting for a verdict.
+fn soaked(on_inconclusive: InconclusiveAction) -> Sim {
     let mut s = analysed(spec(&[DualPreferLibP2p]));
-    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Pause;
+    s.analysis.as_mut().expect("analysis").on_inconclusive = on_inconclusive;
     let mut sim = Sim::new(s, 20, LibP2pOnly);
     sim.reconcile();
     sim.ack_all();
     sim.reconcile();
     sim.advance(300);
+    sim
+}
+
+#[test]
+fn inconclusive_analysis_pauses_the_plan() {
+    let mut sim = soaked(InconclusiveAction::Pause);
     sim.verdict(Verdict::Inconclusive);
     let d = sim.reconcile();
     assert!(d.pause.is_some(), "the operator is told to set spec.paused");
@@ -316,13 +323,7 @@ fn inconclusive_analysis_pauses_the_plan() {
 
 #[test]
 fn continue_on_inconclusive_lets_the_step_pass_and_a_pending_measurement_waits() {
-    let mut s = analysed(spec(&[DualPreferLibP2p]));
-    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Continue;
-    let mut sim = Sim::new(s, 20, LibP2pOnly);
-    sim.reconcile();
-    sim.ack_all();
-    sim.reconcile();
-    sim.advance(300);
+    let mut sim = soaked(InconclusiveAction::Continue);
     let step = |sim: &Sim| {
         let s = sim.status.as_ref().expect("status");
         (s.phase, s.stage, s.wave)
@@ -343,13 +344,7 @@ fn continue_on_inconclusive_lets_the_step_pass_and_a_pending_measurement_waits()
 
 #[test]
 fn rollback_on_inconclusive_rolls_back() {
-    let mut s = analysed(spec(&[DualPreferLibP2p]));
-    s.analysis.as_mut().expect("analysis").on_inconclusive = InconclusiveAction::Rollback;
-    let mut sim = Sim::new(s, 20, LibP2pOnly);
-    sim.reconcile();
-    sim.ack_all();
-    sim.reconcile();
-    sim.advance(300);
+    let mut sim = soaked(InconclusiveAction::Rollback);
     sim.verdict(Verdict::Inconclusive);
     sim.reconcile();
     assert_eq!(sim.phase(), PlanPhase::RollingBack);

@@ -343,6 +343,24 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// Create `plan`.
+    pub async fn create(&self, plan: &MigrationPlan) {
+        self.plans
+            .create(&PostParams::default(), plan)
+            .await
+            .expect("plan created");
+    }
+
+    /// Create `plan`, whose first stage is DualPreferLibP2p for the whole
+    /// fleet, and wait until every agent runs it.
+    async fn move_to_dual_libp2p(&self, plan: &MigrationPlan) {
+        self.create(plan).await;
+        self.wait_nodes("every agent runs DualPreferLibP2p", |n| {
+            n.applied_mode() == Some(NetworkMode::DualPreferLibP2p)
+        })
+        .await;
+    }
+
     /// Wait until every FleetNode satisfies `want`.
     pub async fn wait_nodes(&self, what: &str, want: impl Fn(&FleetNode) -> bool) {
         eventually(what, || async {
@@ -510,14 +528,7 @@ pub async fn alert_rollback(n: usize) -> Result<Measured, String> {
             "alertMatchers": [{"labels": {"alertname": ALERT, "namespace": NS}}],
         }}),
     );
-    f.plans
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("plan created");
-    f.wait_nodes("every agent runs DualPreferLibP2p", |n| {
-        n.applied_mode() == Some(NetworkMode::DualPreferLibP2p)
-    })
-    .await;
+    f.move_to_dual_libp2p(&p).await;
     // libp2p traffic in the rule's window, and the plan waiting.
     eventually("Prometheus sees the agents' libp2p traffic", || async {
         let rate = promql(
@@ -654,14 +665,7 @@ pub async fn analysis_rollback(n: usize, interval: Duration) -> Measured {
             "rollback": {"triggers": {}},
         }),
     );
-    f.plans
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("plan created");
-    f.wait_nodes("every agent runs DualPreferLibP2p", |n| {
-        n.applied_mode() == Some(NetworkMode::DualPreferLibP2p)
-    })
-    .await;
+    f.move_to_dual_libp2p(&p).await;
     // The wave has passed its analysis; the plan waits for the next stage.
     let passed = f
         .wait_plan("analysed", "the wave's passing analysis", |p| {
