@@ -86,21 +86,23 @@ fn arg(name: &str, default: usize) -> usize {
 #[derive(Clone, Copy)]
 struct Summary {
     p50_us: f64,
+    /// The p99, or the maximum with fewer than 1,000 samples.
     p99_us: f64,
     mean_us: f64,
 }
 
-fn summarize(mut v: Vec<Duration>) -> Summary {
-    v.sort();
-    let at = |q: f64| {
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        v[i].as_secs_f64() * 1e6
-    };
-    let mean = v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64 * 1e6;
+fn summarize(v: Vec<Duration>) -> Summary {
+    let us: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    let s = switchyard_testbed::stats::Summary::of(&us).expect("samples");
+    assert!(
+        s.p99.is_some(),
+        "{} samples are too few for the p99 this table shows; use --requests 1000 or more",
+        s.n
+    );
     Summary {
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        mean_us: mean,
+        p50_us: s.median,
+        p99_us: s.tail(),
+        mean_us: us.iter().sum::<f64>() / us.len() as f64,
     }
 }
 
@@ -364,6 +366,14 @@ async fn child() {
     while let Ok(Some(line)) = lines.next_line().await {
         match line.trim() {
             "rss" => println!("{}", rss_kib(std::process::id())),
+            // Peers connected on both transports, as the node sees them.
+            "dual" => println!(
+                "{}",
+                node.peers()
+                    .iter()
+                    .filter(|p| p.libp2p.connected() && p.iroh.connected())
+                    .count()
+            ),
             _ => break,
         }
     }
@@ -407,18 +417,21 @@ async fn memory(out: &mut serde_json::Map<String, Value>) {
         .filter_map(|a| a.as_str()?.parse().ok())
         .collect();
     let target = PeerAddr::new(peer, libp2p, iroh).expect("address");
-    let mut ask = async || {
-        stdin.write_all(b"rss\n").await.expect("ask");
+    let mut ask = async |what: &str| {
+        stdin
+            .write_all(format!("{what}\n").as_bytes())
+            .await
+            .expect("ask");
         lines
             .next_line()
             .await
             .expect("read")
-            .expect("rss")
+            .expect("an answer")
             .parse::<u64>()
-            .expect("kib")
+            .expect("a number")
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = ask().await;
+    let idle = ask("rss").await;
     let peers = 50usize;
     let mut nodes = Vec::new();
     for _ in 0..peers {
@@ -435,8 +448,21 @@ async fn memory(out: &mut serde_json::Map<String, Value>) {
         }
         nodes.push(n);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let with_peers = ask().await;
+    // Read the RSS only once the child holds every peer on both
+    // transports (its own view, not ours).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dual = ask("dual").await;
+        if dual >= peers as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child holds only {dual} of {peers} peers on both transports"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let with_peers = ask("rss").await;
     drop(stdin);
     let _ = child.wait().await;
     for n in nodes {
@@ -525,7 +551,8 @@ async fn cycling(total: u64, out: &mut serde_json::Map<String, Value>) {
     let done = sent.load(Ordering::SeqCst).min(total);
     let lost = lost.load(Ordering::SeqCst);
     let switches = switch_times.len();
-    let sw = summarize(switch_times);
+    let switch_ms: Vec<f64> = switch_times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let sw = switchyard_testbed::stats::Summary::of(&switch_ms).expect("at least one switch");
     server.stop().await;
     println!("\n{done} requests from 8 senders while the server cycles its mode every 50 ms\n");
     println!("| measure | value | target |");
@@ -533,9 +560,10 @@ async fn cycling(total: u64, out: &mut serde_json::Map<String, Value>) {
     println!("| requests lost | {lost} | 0 |");
     println!("| mode switches | {switches} | – |");
     println!(
-        "| time per switch p50 / p99 | {:.2} / {:.2} ms | – |",
-        sw.p50_us / 1000.0,
-        sw.p99_us / 1000.0
+        "| time per switch median / {} | {:.2} / {:.2} ms | – |",
+        sw.tail_label(),
+        sw.median,
+        sw.tail()
     );
     println!(
         "| requests per second | {:.0} | – |",
@@ -553,7 +581,7 @@ async fn cycling(total: u64, out: &mut serde_json::Map<String, Value>) {
         "cycling".into(),
         json!({
             "requests": done, "lost": lost, "switches": switches,
-            "switch_p50_ms": sw.p50_us / 1000.0, "switch_p99_ms": sw.p99_us / 1000.0,
+            "switch_ms": sw.json("ms"),
             "requests_per_s": done as f64 / elapsed.as_secs_f64(),
             "retiring_answers": retiring, "failed_sends": failovers,
             "retries": retries, "hedges": hedges,

@@ -230,6 +230,23 @@ pub struct Node {
     switches: AtomicU64,
     metrics: NodeMetrics,
     faults: [Fault; 2],
+    /// Where each stack last listened, to return there on a restart.
+    bound: Mutex<Bound>,
+}
+
+/// The addresses the stacks last had.
+#[derive(Debug, Clone, Default)]
+struct Bound {
+    libp2p: Option<Multiaddr>,
+    iroh: Option<SocketAddr>,
+}
+
+/// The TCP port in a multiaddr.
+fn port_of_multiaddr(m: &Multiaddr) -> Option<u16> {
+    m.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+        _ => None,
+    })
 }
 
 /// Injected failures on one transport: `rate` of sends fail, spread
@@ -298,6 +315,7 @@ impl Node {
             switches: AtomicU64::new(0),
             metrics: NodeMetrics::new(),
             faults: Default::default(),
+            bound: Mutex::default(),
         });
         node.metrics.set_mode(mode);
         node.ensure_stacks(mode).await?;
@@ -404,36 +422,82 @@ impl Node {
         let mut config = self.config.lock().expect("config lock").clone();
         config.libp2p.allowlist.clone_from(&config.allowlist);
         config.iroh.allowlist.clone_from(&config.allowlist);
+        let bound = self.bound.lock().expect("bound lock").clone();
         if need_libp2p {
-            let stack = Libp2pStack::start(
-                &self.identity,
-                config.libp2p.clone(),
-                self.served.clone(),
-                self.stats[0].clone(),
-                self.peers.clone(),
-            )
-            .await?;
-            // Come back on the same port after a later restart.
+            let configured = config.libp2p.clone();
+            let start = |c: Libp2pConfig| {
+                Libp2pStack::start(
+                    &self.identity,
+                    c,
+                    self.served.clone(),
+                    self.stats[0].clone(),
+                    self.peers.clone(),
+                )
+            };
+            // Come back on the port the stack had, so peers' addresses
+            // stay valid. If that port was only the kernel's pick (the
+            // configured one is 0) and something took it meanwhile, any
+            // port will do: peers learn the new one from our connections
+            // and pongs. A configured port is never given up.
+            let stack = match bound.libp2p {
+                Some(listen) if listen != configured.listen => {
+                    match start(Libp2pConfig {
+                        listen: listen.clone(),
+                        ..configured.clone()
+                    })
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(e) if port_of_multiaddr(&configured.listen) == Some(0) => {
+                            tracing::warn!(%listen, error = %e, "libp2p cannot return to its port; taking another");
+                            start(configured).await?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => start(configured).await?,
+            };
             if let Some(a) = stack.addrs().first() {
-                let mut c = self.config.lock().expect("config lock");
-                c.libp2p.listen = a
-                    .iter()
-                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-                    .collect();
+                self.bound.lock().expect("bound lock").libp2p = Some(
+                    a.iter()
+                        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                        .collect(),
+                );
             }
             self.stacks.write().expect("stacks lock").libp2p = Some(Arc::new(stack));
         }
         if need_iroh {
-            let stack = IrohStack::start(
-                &self.identity,
-                config.iroh.clone(),
-                self.served.clone(),
-                self.stats[1].clone(),
-                self.peers.clone(),
-            )
-            .await?;
+            let configured = config.iroh.clone();
+            let start = |c: IrohConfig| {
+                IrohStack::start(
+                    &self.identity,
+                    c,
+                    self.served.clone(),
+                    self.stats[1].clone(),
+                    self.peers.clone(),
+                )
+            };
+            // As for libp2p above.
+            let stack = match bound.iroh {
+                Some(bind) if bind != configured.bind => {
+                    match start(IrohConfig {
+                        bind,
+                        ..configured.clone()
+                    })
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(e) if configured.bind.port() == 0 => {
+                            tracing::warn!(%bind, error = %e, "iroh cannot return to its port; taking another");
+                            start(configured).await?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => start(configured).await?,
+            };
             if let Some(s) = stack.addr().ip_addrs().next() {
-                self.config.lock().expect("config lock").iroh.bind = *s;
+                self.bound.lock().expect("bound lock").iroh = Some(*s);
             }
             self.stacks.write().expect("stacks lock").iroh = Some(Arc::new(stack));
         }

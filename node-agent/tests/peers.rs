@@ -16,6 +16,7 @@ use switchyard_node_agent::identity::Identity;
 use switchyard_node_agent::manager::{ManagerConfig, PeerManager, PeerState, PeerStatus};
 use switchyard_node_agent::stack::{Handler, Transport};
 use switchyard_node_agent::wire::Envelope;
+use switchyard_testbed::ports;
 
 struct Echo;
 
@@ -264,7 +265,9 @@ async fn a_killed_node_is_redialled_with_growing_spacing_and_reconnected_after_r
     let b_id = Identity::generate();
     let b_secret = b_id.secret_bytes();
     let a = start(Identity::generate(), NodeConfig::default()).await;
-    let b = start(b_id, NodeConfig::default()).await;
+    // b comes back on its ports, so they are reserved for the whole test.
+    let b_port = ports::reserve();
+    let b = start(b_id, on_port(&b_port)).await;
     let b_addr = b.addr();
     let config = ManagerConfig {
         bootstrap: vec![libp2p_entry(&b), iroh_entry(&b)],
@@ -313,7 +316,7 @@ async fn a_killed_node_is_redialled_with_growing_spacing_and_reconnected_after_r
     }
     // Restart b with the same identity on the same ports.
     let restarted_at = Instant::now();
-    let b = start(Identity::from_secret(b_secret), same_ports(&b_addr)).await;
+    let b = start(Identity::from_secret(b_secret), on_port(&b_port)).await;
     eventually(Duration::from_secs(10), "reconnected on both", || {
         both_connected(&ma, &bid)
     })
@@ -374,30 +377,28 @@ async fn only_listed_identities_connect_on_either_transport() {
     }
 }
 
-/// The node config that brings a node back on the ports it had.
-fn same_ports(addr: &switchyard_node_agent::bridge::PeerAddr) -> NodeConfig {
+/// A node config listening on `port` for libp2p (TCP) and iroh (UDP).
+/// Nodes that a test restarts take a reserved port from the start, as a
+/// pod with fixed ports would: nothing else can take it while they are down.
+fn on_port(port: &ports::Port) -> NodeConfig {
     let mut config = NodeConfig::default();
-    config.libp2p.listen = addr.libp2p[0]
-        .iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-        .collect();
-    config.iroh.bind = *addr
-        .iroh
-        .as_ref()
-        .expect("iroh")
-        .ip_addrs()
-        .next()
-        .expect("socket");
+    config.libp2p.listen = format!("/ip4/127.0.0.1/tcp/{}", port.get())
+        .parse()
+        .expect("a valid multiaddr");
+    config.iroh.bind = port.addr();
     config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() {
+    // Twenty stacks restarting under chaos: alone on the machine.
+    let _heavy = switchyard_testbed::serial::heavy();
     const N: usize = 10;
     let ids: Vec<Identity> = (0..N).map(|_| Identity::generate()).collect();
+    let ports: Vec<ports::Port> = (0..N).map(|_| ports::reserve()).collect();
     let mut nodes = Vec::new();
-    for id in &ids {
-        nodes.push(start(id.clone(), NodeConfig::default()).await);
+    for (id, port) in ids.iter().zip(&ports) {
+        nodes.push(start(id.clone(), on_port(port)).await);
     }
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr()).collect();
     let entries: Vec<String> = nodes.iter().map(|n| libp2p_entry(n)).collect();
@@ -440,7 +441,7 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
                 kills += 1;
             }
             None => {
-                let node = start(ids[i].clone(), same_ports(&addrs[i])).await;
+                let node = start(ids[i].clone(), on_port(&ports[i])).await;
                 let (m, _) = PeerManager::start(node.clone(), config(i));
                 running[i] = Some((node, m));
             }
@@ -449,7 +450,7 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
     }
     for i in 0..N {
         if running[i].is_none() {
-            let node = start(ids[i].clone(), same_ports(&addrs[i])).await;
+            let node = start(ids[i].clone(), on_port(&ports[i])).await;
             let (m, _) = PeerManager::start(node.clone(), config(i));
             running[i] = Some((node, m));
         }

@@ -27,33 +27,57 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-fn secs(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
+/// Seconds with millisecond precision; JSON null for a milestone never seen.
+fn secs(d: Option<Duration>) -> serde_json::Value {
+    d.map_or(serde_json::Value::Null, |d| {
+        ((d.as_secs_f64() * 1000.0).round() / 1000.0).into()
+    })
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// "1.23 s", or "not observed".
+fn shown(d: Option<Duration>) -> String {
+    d.map_or("not observed".into(), |d| {
+        format!("{:.2} s", d.as_secs_f64())
+    })
+}
+
+/// The median of the milestones, or None when any run did not see it: a
+/// milestone missed in one run has no honest median.
+fn median(v: &[Option<Duration>]) -> Option<Duration> {
+    let mut seen: Vec<Duration> = v.iter().copied().collect::<Option<_>>()?;
+    seen.sort();
+    seen.get(seen.len() / 2).copied()
+}
+
+/// The worst of the milestones, or None when any run did not see it.
+fn worst(v: &[Option<Duration>]) -> Option<Duration> {
+    v.iter()
+        .copied()
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .max()
 }
 
 /// Median and worst of first revert and all reverted, as a table row and JSON.
 fn summarise(label: &str, rows: &[Measured]) -> serde_json::Value {
-    let first: Vec<Duration> = rows.iter().map(|m| m.to_first_revert).collect();
-    let all: Vec<Duration> = rows.iter().map(|m| m.to_all_reverted).collect();
-    let worst = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    let first: Vec<Option<Duration>> = rows.iter().map(|m| m.to_first_revert).collect();
+    let all: Vec<Option<Duration>> = rows.iter().map(|m| Some(m.to_all_reverted)).collect();
     println!(
-        "{label:<34} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        median(first.clone()).as_secs_f64(),
-        worst(&first).as_secs_f64(),
-        median(all.clone()).as_secs_f64(),
-        worst(&all).as_secs_f64(),
+        "{label:<34} {:>12} {:>12} {:>12} {:>12}",
+        shown(median(&first)),
+        shown(worst(&first)),
+        shown(median(&all)),
+        shown(worst(&all)),
     );
+    let list =
+        |f: fn(&Measured) -> Option<Duration>| rows.iter().map(|m| secs(f(m))).collect::<Vec<_>>();
     serde_json::json!({
         "path": label,
-        "to_first_revert_s": first.iter().map(|d| secs(*d)).collect::<Vec<_>>(),
-        "to_all_reverted_s": all.iter().map(|d| secs(*d)).collect::<Vec<_>>(),
-        "to_firing_s": rows.iter().map(|m| secs(m.to_firing)).collect::<Vec<_>>(),
-        "to_webhook_s": rows.iter().map(|m| secs(m.to_webhook)).collect::<Vec<_>>(),
+        "to_first_revert_s": list(|m| m.to_first_revert),
+        "to_all_reverted_s": list(|m| Some(m.to_all_reverted)),
+        "to_firing_s": list(|m| m.to_firing),
+        "to_delivered_s": list(|m| m.to_delivered),
+        "to_webhook_s": list(|m| m.to_webhook),
         "triggers": rows.iter().map(|m| m.trigger.clone()).collect::<Vec<_>>(),
     })
 }
@@ -83,12 +107,13 @@ fn main() {
         match rt.block_on(real_fleet::alert_rollback(agents)) {
             Ok(m) => {
                 println!(
-                    "alertmanager run {run}: firing {:.2} s, webhook {:.2} s, first revert {:.2} s, all {} reverted {:.2} s ({})",
-                    m.to_firing.as_secs_f64(),
-                    m.to_webhook.as_secs_f64(),
-                    m.to_first_revert.as_secs_f64(),
+                    "alertmanager run {run}: firing {}, delivered {}, webhook {}, first revert {}, all {} reverted {} ({})",
+                    shown(m.to_firing),
+                    shown(m.to_delivered),
+                    shown(m.to_webhook),
+                    shown(m.to_first_revert),
                     m.agents,
-                    m.to_all_reverted.as_secs_f64(),
+                    shown(Some(m.to_all_reverted)),
                     m.trigger
                 );
                 println!("  evidence: {}", m.reason);
@@ -107,9 +132,9 @@ fn main() {
         for run in 1..=runs {
             let m = rt.block_on(real_fleet::analysis_rollback(agents, interval));
             println!(
-                "built-in analysis every {i} s, run {run}: first revert {:.2} s, all reverted {:.2} s ({})",
-                m.to_first_revert.as_secs_f64(),
-                m.to_all_reverted.as_secs_f64(),
+                "built-in analysis every {i} s, run {run}: first revert {}, all reverted {} ({})",
+                shown(m.to_first_revert),
+                shown(Some(m.to_all_reverted)),
                 m.trigger
             );
             rows.push(m);
@@ -118,18 +143,20 @@ fn main() {
     }
     println!();
     println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9}",
+        "{:<34} {:>12} {:>12} {:>12} {:>12}",
         "fault to (seconds)", "1st med", "1st worst", "all med", "all worst"
     );
     let mut paths = Vec::new();
     if !alert_rows.is_empty() {
         paths.push(summarise("Prometheus + Alertmanager (1 s)", &alert_rows));
-        let firing: Vec<Duration> = alert_rows.iter().map(|m| m.to_firing).collect();
-        let webhook: Vec<Duration> = alert_rows.iter().map(|m| m.to_webhook).collect();
+        let of = |f: fn(&Measured) -> Option<Duration>| {
+            shown(median(&alert_rows.iter().map(f).collect::<Vec<_>>()))
+        };
         println!(
-            "  of which: alert firing at {:.2} s, webhook accepted at {:.2} s (medians)",
-            median(firing).as_secs_f64(),
-            median(webhook).as_secs_f64()
+            "  of which (medians): alert firing {}, delivered by Alertmanager {}, webhook accepted {}",
+            of(|m| m.to_firing),
+            of(|m| m.to_delivered),
+            of(|m| m.to_webhook)
         );
     }
     for (i, rows) in &interval_rows {
@@ -138,13 +165,23 @@ fn main() {
             rows,
         ));
     }
-    let worst_alert = alert_rows.iter().map(|m| m.to_first_revert).max();
+    let worst_alert = (!alert_rows.is_empty())
+        .then(|| {
+            worst(
+                &alert_rows
+                    .iter()
+                    .map(|m| m.to_first_revert)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten();
     let json = serde_json::json!({
         "bench": "alert_rollback",
         "agents": agents,
         "runs": runs,
         "paths": paths,
         "target_first_revert_s": 10.0,
+        // null: no Alertmanager run, or a run that never saw a revert.
         "met": worst_alert.map(|w| w <= Duration::from_secs(10)),
     });
     println!("{json}");

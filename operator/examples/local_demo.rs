@@ -6,9 +6,12 @@
 //!   cargo run -p switchyard-operator --example local_demo -- [--nodes N] [--plan PLAN.yaml]
 //!
 //! While it runs, `KUBECONFIG=<printed path> kubectl get fnode,mplan -n demo`
-//! shows the same objects. The agents here are simulated (each acknowledges
-//! a mode 50-250 ms after it is set) until the node-agent lands; the API
-//! server, the operator's controller and the planner are the real ones.
+//! shows the same objects. The agents here are stand-ins (each acknowledges
+//! a mode 50-250 ms after it is set), so a hundred of them fit on a laptop;
+//! the API server, the operator's controller and the planner are the real
+//! ones. The real `switchyard-node-agent` runs as processes in
+//! `node-agent/tests/agent_system.rs` and as a fleet of 20 in
+//! `operator/tests/real_fleet.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -155,7 +155,7 @@ pub struct Context {
     /// Canaries as stored, likewise.
     pub(crate) canaries: Store<DynamicObject>,
     /// Whether the node, plan and Canary stores hold a complete list.
-    pub(crate) ready: [Arc<std::sync::atomic::AtomicBool>; 3],
+    pub(crate) ready: Arc<Synced>,
     /// This replica's name on its Events.
     pub(crate) instance: String,
     /// Events recorded, to keep Event names unique.
@@ -449,7 +449,46 @@ impl Context {
     /// future keeps only the last waiter's waker, so many reconciles
     /// waiting at once (15 plans applied together) sleep forever.
     pub(crate) fn synced(&self) -> bool {
-        self.ready
+        self.ready.all()
+    }
+}
+
+/// Which of the node, plan and Canary stores hold a complete list. Once
+/// all three do, `switchyard_operator_stores_synced` is 1: from then on the
+/// operator decides from the whole fleet (a benchmark's baseline, a
+/// readiness check).
+pub(crate) struct Synced {
+    stores: [std::sync::atomic::AtomicBool; 3],
+    gauge: prometheus::IntGauge,
+}
+
+/// The stores [`Synced`] tracks.
+#[derive(Clone, Copy)]
+enum StoreOf {
+    Nodes = 0,
+    Plans = 1,
+    Canaries = 2,
+}
+
+impl Synced {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.set(0);
+        Synced {
+            stores: Default::default(),
+            gauge,
+        }
+    }
+
+    /// `store` holds its first complete list.
+    fn mark(&self, store: StoreOf) {
+        self.stores[store as usize].store(true, std::sync::atomic::Ordering::Release);
+        if self.all() {
+            self.gauge.set(1);
+        }
+    }
+
+    fn all(&self) -> bool {
+        self.stores
             .iter()
             .all(|r| r.load(std::sync::atomic::Ordering::Acquire))
     }
@@ -937,7 +976,7 @@ where
 fn shared<K>(
     api: Api<K>,
     subscribers: usize,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    ready: (Arc<Synced>, StoreOf),
 ) -> (
     Store<K>,
     Vec<reflector::ReflectHandle<K>>,
@@ -961,9 +1000,7 @@ where
         .reflect_shared(writer)
         .for_each(move |r| {
             match r {
-                Ok(watcher::Event::InitDone) => {
-                    ready.store(true, std::sync::atomic::Ordering::Release);
-                }
+                Ok(watcher::Event::InitDone) => ready.0.mark(ready.1),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "watch"),
             }
@@ -978,7 +1015,7 @@ where
 fn raw_reflector(
     api: Api<DynamicObject>,
     ar: &ApiResource,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    ready: (Arc<Synced>, StoreOf),
 ) -> (
     Store<DynamicObject>,
     impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
@@ -991,7 +1028,7 @@ fn raw_reflector(
     )
     .inspect(move |e| {
         if let Ok(watcher::Event::InitDone) = e {
-            ready.store(true, std::sync::atomic::Ordering::Release);
+            ready.0.mark(ready.1);
         }
     })
     .touched_objects();
@@ -1034,9 +1071,12 @@ pub async fn run(
     fence: Arc<dyn Fence>,
 ) {
     let ns = namespace.as_deref();
-    let ready: [Arc<std::sync::atomic::AtomicBool>; 3] = Default::default();
-    let (node_reader, mut node_subs, node_watch) =
-        shared(api_for::<FleetNode>(&client, ns), 2, ready[0].clone());
+    let ready = Arc::new(Synced::new(metrics.stores_synced.clone()));
+    let (node_reader, mut node_subs, node_watch) = shared(
+        api_for::<FleetNode>(&client, ns),
+        2,
+        (ready.clone(), StoreOf::Nodes),
+    );
     let (Some(node_for_canaries), Some(node_for_plans)) = (node_subs.pop(), node_subs.pop()) else {
         tracing::error!("the shared FleetNode store gave no subscribers");
         return;
@@ -1052,9 +1092,13 @@ pub async fn run(
             None => Api::all_with(client.clone(), ar),
         }
     };
-    let (plan_reader, plan_stream) = raw_reflector(raw_api(&plan_ar), &plan_ar, ready[1].clone());
-    let (canary_reader, canary_stream) =
-        raw_reflector(raw_api(&canary_ar), &canary_ar, ready[2].clone());
+    let (plan_reader, plan_stream) =
+        raw_reflector(raw_api(&plan_ar), &plan_ar, (ready.clone(), StoreOf::Plans));
+    let (canary_reader, canary_stream) = raw_reflector(
+        raw_api(&canary_ar),
+        &canary_ar,
+        (ready.clone(), StoreOf::Canaries),
+    );
     let plan_controller =
         Controller::for_stream_with(plan_stream, plan_reader.clone(), plan_ar.clone());
     let canary_controller =

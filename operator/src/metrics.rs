@@ -28,6 +28,9 @@ pub struct Metrics {
     pub node_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
+    /// 1 once the leader's node, plan and Canary stores hold their first
+    /// complete list.
+    pub stores_synced: prometheus::IntGauge,
     /// Alertmanager webhook calls by outcome (`ok`, `unauthorized`,
     /// `bad_request`, `too_large`, `unavailable`).
     pub webhook_requests: IntCounterVec,
@@ -113,6 +116,11 @@ impl Metrics {
         let leader =
             prometheus::IntGauge::new("switchyard_operator_leader", "1 while this replica leads")
                 .expect("valid metric");
+        let stores_synced = prometheus::IntGauge::new(
+            "switchyard_operator_stores_synced",
+            "1 once the node, plan and Canary stores hold their first complete list",
+        )
+        .expect("valid metric");
         let webhook_requests = IntCounterVec::new(
             Opts::new(
                 "switchyard_operator_webhook_requests_total",
@@ -139,6 +147,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stores_synced.clone()),
             Box::new(reconciles.clone()),
             Box::new(reconcile_seconds.clone()),
             Box::new(errors.clone()),
@@ -166,6 +175,7 @@ impl Metrics {
             rollbacks,
             node_writes,
             leader,
+            stores_synced,
             webhook_requests,
             analysis_values,
             analysis_measurements,

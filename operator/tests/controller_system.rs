@@ -20,6 +20,7 @@ use switchyard_crds::{
 use switchyard_testbed::agents::{Ack, agents};
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
+use switchyard_testbed::ports;
 
 const NS: &str = "fleet";
 const WAIT: Duration = Duration::from_secs(60);
@@ -94,20 +95,31 @@ async fn http_post(port: u16, path: &str, auth: Option<&str>, body: &[u8]) -> (u
 
 type History = Arc<Mutex<BTreeMap<String, Vec<NetworkMode>>>>;
 
+/// What the island checker has seen, shared with the test.
+#[derive(Default)]
+struct Checked {
+    /// Watch events that showed an island.
+    violations: AtomicUsize,
+    /// Watch events seen.
+    seen: AtomicUsize,
+    /// Why the checker's watch ended, if it did: it then sees nothing, so
+    /// a test that asserts no islands must fail.
+    ended: Mutex<Option<String>>,
+}
+
 /// Check the island invariant on every watch event; count violations and
-/// record each node's desired modes in order.
-async fn island_checker(
-    client: Client,
-    violations: Arc<AtomicUsize>,
-    seen: Arc<AtomicUsize>,
-    history: History,
-) {
+/// record each node's desired modes in order. Any watch error ends it
+/// (a watch that restarts may have missed events) and says why.
+async fn island_checker(client: Client, checked: Arc<Checked>, history: History) {
     let nodes: Api<FleetNode> = Api::namespaced(client, NS);
     let mut fleet: BTreeMap<String, (Option<NetworkMode>, Option<NetworkMode>)> = BTreeMap::new();
-    let mut events = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Ok(Some(e)) = events.try_next().await {
+    let mut events = watcher(nodes, watcher::Config::default()).boxed();
+    let why = loop {
+        let e = match events.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break "the watch stream ended".to_owned(),
+            Err(e) => break format!("the watch failed: {e}"),
+        };
         match e {
             watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
                 if let Some(m) = n.spec.mode {
@@ -124,11 +136,12 @@ async fn island_checker(
             }
             _ => continue,
         }
-        seen.fetch_add(1, Ordering::SeqCst);
+        checked.seen.fetch_add(1, Ordering::SeqCst);
         if forms_island(fleet.values().flat_map(|(d, a)| [*d, *a]).flatten()) {
-            violations.fetch_add(1, Ordering::SeqCst);
+            checked.violations.fetch_add(1, Ordering::SeqCst);
         }
-    }
+    };
+    *checked.ended.lock().expect("ended") = Some(why);
 }
 
 /// A cluster, a fleet, stand-in agents, the island checker, and the
@@ -136,10 +149,11 @@ async fn island_checker(
 struct Harness {
     c: TestCluster,
     client: Client,
-    violations: Arc<AtomicUsize>,
-    seen: Arc<AtomicUsize>,
+    checked: Arc<Checked>,
     history: History,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The operators' HTTP ports, reserved until the harness stops.
+    ports: Mutex<Vec<ports::Port>>,
 }
 
 impl Harness {
@@ -165,14 +179,12 @@ impl Harness {
         .await
         .expect("nodes");
         let client = c.client.clone();
-        let violations = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(AtomicUsize::new(0));
+        let checked = Arc::new(Checked::default());
         let history = History::default();
         let tasks = vec![
             tokio::spawn(island_checker(
                 client.clone(),
-                violations.clone(),
-                seen.clone(),
+                checked.clone(),
                 history.clone(),
             )),
             tokio::spawn({
@@ -183,20 +195,18 @@ impl Harness {
         Harness {
             c,
             client,
-            violations,
-            seen,
+            checked,
             history,
             tasks,
+            ports: Mutex::default(),
         }
     }
 
     /// The operator as a real process; returns it and its HTTP port.
     fn operator(&self, identity: &str, lease_seconds: u64) -> (tokio::process::Child, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let reserved = ports::reserve();
+        let port = reserved.get();
+        self.ports.lock().expect("ports").push(reserved);
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
             .env("KUBECONFIG", &self.c.kubeconfig)
             .env("SWITCHYARD_NAMESPACE", NS)
@@ -326,8 +336,52 @@ impl Harness {
         (p, record)
     }
 
-    fn islands(&self) -> usize {
-        self.violations.load(Ordering::SeqCst)
+    /// Assert that no watch event the checker saw showed an island, and
+    /// that the checker really watched: its watch is still running, it
+    /// recorded at least one desired mode (the harness registers nodes
+    /// with none, so every one is a write of the operator's), and (once it has
+    /// caught up) its last recorded mode of every node is the node's
+    /// current `spec.mode`.
+    async fn assert_no_islands(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let nodes = self.all_nodes().await;
+            let behind: Vec<String> = {
+                let h = self.history.lock().expect("history");
+                nodes
+                    .iter()
+                    .filter(|n| {
+                        let last = h.get(&n.name_any()).and_then(|m| m.last()).copied();
+                        n.spec.mode.is_some() && last != n.spec.mode
+                    })
+                    .map(ResourceExt::name_any)
+                    .collect()
+            };
+            if let Some(why) = self.checked.ended.lock().expect("ended").clone() {
+                panic!("the island checker stopped early, so it saw nothing since: {why}");
+            }
+            if behind.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the island checker never saw the current mode of {behind:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let writes: usize = self
+            .history
+            .lock()
+            .expect("history")
+            .values()
+            .map(Vec::len)
+            .sum();
+        assert!(writes > 0, "the island checker saw no node given a mode");
+        assert_eq!(
+            self.checked.violations.load(Ordering::SeqCst),
+            0,
+            "a watch event showed an island"
+        );
     }
 
     async fn stop(self) {
@@ -415,10 +469,10 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         assert_eq!(st.nodes.len(), 2);
     }
     assert!(
-        h.seen.load(Ordering::SeqCst) > fleet_size * 6,
+        h.checked.seen.load(Ordering::SeqCst) > fleet_size * 6,
         "the checker saw the migration"
     );
-    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    h.assert_no_islands().await;
     let metrics = http_get(port, "/metrics").await;
     for line in [
         "switchyard_operator_reconciles_total",
@@ -501,7 +555,7 @@ async fn killing_the_leader_hands_over_and_no_node_is_stepped_twice() {
         .expect("a leader");
     assert_ne!(new_holder, holder, "the standby took over");
     assert_each_node_stepped_once_per_stage(&h).await;
-    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    h.assert_no_islands().await;
     let _ = a.kill().await;
     let _ = b.kill().await;
     h.stop().await;
@@ -538,7 +592,7 @@ async fn restarting_the_only_operator_mid_wave_steps_no_node_twice() {
     )
     .await;
     assert_each_node_stepped_once_per_stage(&h).await;
-    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    h.assert_no_islands().await;
     let _ = second.kill().await;
     h.stop().await;
 }
@@ -658,7 +712,7 @@ async fn pause_stops_new_changes_and_resume_continues_from_the_same_wave() {
     assert!(events.iter().any(|e| e.0 == "Paused"));
     assert!(events.iter().any(|e| e.0 == "Resumed"));
     assert_each_node_stepped_once_per_stage(&h).await;
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     let _ = operator.kill().await;
     h.stop().await;
 }
@@ -756,7 +810,7 @@ async fn manual_rollback_from_the_third_stage_returns_every_node_in_the_safe_ord
             "{node}: {modes:?}"
         );
     }
-    assert_eq!(h.islands(), 0, "no watch event showed an island");
+    h.assert_no_islands().await;
     let st = done.status.expect("status");
     let last = st.rollback_history.last().expect("a rollback record");
     assert_eq!(last.trigger, "Manual");
@@ -849,7 +903,7 @@ async fn a_node_that_never_acknowledges_holds_its_wave_then_trips_the_deadline()
             );
         }
     }
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     let _ = operator.kill().await;
     h.stop().await;
 }
@@ -1055,7 +1109,7 @@ async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", c.status);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     let _ = operator.kill().await;
     h.stop().await;
 }
@@ -1109,7 +1163,7 @@ async fn deleting_a_plan_releases_its_nodes_where_they_are() {
             n.name_any()
         );
     }
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     let _ = operator.kill().await;
     h.stop().await;
 }
@@ -1251,7 +1305,7 @@ async fn an_alert_pauses_plans_that_ask_for_it_and_only_the_one_that_says_so_res
         "no resume without resumeWhenAlertsResolve"
     );
     assert_eq!(held.status.map(|s| s.phase), Some(PlanPhase::Paused));
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     operator.kill().await.expect("kill");
     h.stop().await;
 }
@@ -1394,7 +1448,7 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     assert!(
         metrics.contains("switchyard_operator_webhook_requests_total{outcome=\"bad_request\"} 2")
     );
-    assert_eq!(h.islands(), 0);
+    h.assert_no_islands().await;
     operator.kill().await.expect("kill");
     h.stop().await;
 }

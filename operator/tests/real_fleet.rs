@@ -47,13 +47,26 @@ async fn a_fault_in_the_agents_fires_the_alert_and_alertmanager_rolls_the_plan_b
         "the evidence names the alert: {}",
         m.reason
     );
-    // Each milestone is seen by polling Prometheus, the operator and the
-    // API server in turn, so the alert and the webhook may be seen in
-    // either order; the rollback's trigger says which came first. The
-    // first revert and the full one come from the same listings.
-    assert!(m.to_firing <= m.to_all_reverted, "{m:?}");
-    assert!(m.to_webhook <= m.to_all_reverted, "{m:?}");
-    assert!(m.to_first_revert <= m.to_all_reverted, "{m:?}");
+    // Every hop of the path was seen: Prometheus reported the alert
+    // firing, Alertmanager delivered it to the webhook, the operator
+    // accepted it, and it told a node to go back. Each is seen by polling
+    // Prometheus, Alertmanager, the operator and the API server in turn,
+    // so their order is not asserted; the rollback's trigger and evidence
+    // above say what caused it.
+    assert!(
+        m.to_firing.is_some(),
+        "Prometheus never reported the alert firing: {m:?}"
+    );
+    assert!(
+        m.to_delivered.is_some(),
+        "Alertmanager never delivered the alert: {m:?}"
+    );
+    assert!(
+        m.to_webhook.is_some(),
+        "the operator never accepted a webhook call: {m:?}"
+    );
+    let first = m.to_first_revert.expect("a first revert was seen");
+    assert!(first <= m.to_all_reverted, "{m:?}");
 }
 
 /// The canary is node-00 (every agent's bootstrap peer) and node-01, so the
@@ -213,5 +226,6 @@ async fn the_built_in_analysis_rolls_the_whole_fleet_back_after_a_fault() {
     eprintln!("{m:?}");
     assert_eq!(m.trigger, "AnalysisFailed", "{m:?}");
     assert!(m.reason.contains("errors = "), "the evidence: {}", m.reason);
-    assert!(m.to_first_revert <= m.to_all_reverted, "{m:?}");
+    let first = m.to_first_revert.expect("a first revert was seen");
+    assert!(first <= m.to_all_reverted, "{m:?}");
 }

@@ -1,7 +1,11 @@
-//! Stand-in node agents for system tests and the local demo, until the real
-//! node-agent exists: they watch FleetNodes and acknowledge each new
+//! Stand-in node agents for the operator's system tests and the local demo,
+//! where what matters is the operator and the timing of acknowledgements,
+//! not transports: they watch FleetNodes and acknowledge each new
 //! `spec.mode` by patching status (`appliedMode`, `observedGeneration`)
-//! after a delay of the caller's choosing, or never.
+//! after a delay of the caller's choosing, or never (a hung agent, which a
+//! real one cannot be made to be on demand). The real node-agent
+//! (`switchyard-node-agent`) is tested against the same API server in its
+//! own crate and in the operator's real-fleet tests.
 
 use std::time::Duration;
 

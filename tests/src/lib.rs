@@ -6,3 +6,6 @@
 pub mod agents;
 pub mod apiserver;
 pub mod cluster;
+pub mod ports;
+pub mod serial;
+pub mod stats;

@@ -32,6 +32,7 @@ use switchyard_node_agent::agent::{AgentConfig, run_with};
 use switchyard_node_agent::manager::ManagerConfig;
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
+use switchyard_testbed::{ports, serial};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const NS: &str = "fleet";
@@ -45,12 +46,16 @@ const WAIT: Duration = Duration::from_secs(90);
 pub struct Measured {
     /// Agents in the fleet.
     pub agents: usize,
-    /// Until Prometheus reported the alert firing.
-    pub to_firing: Duration,
+    /// Until Prometheus reported the alert firing (its `/api/v1/alerts`);
+    /// `None`: never seen (or not watched: no Prometheus).
+    pub to_firing: Option<Duration>,
+    /// Until Alertmanager counted a webhook notification delivered (its
+    /// own `alertmanager_notifications_total` less the failed ones).
+    pub to_delivered: Option<Duration>,
     /// Until the operator had accepted a webhook call.
-    pub to_webhook: Duration,
+    pub to_webhook: Option<Duration>,
     /// Until the operator told the first node to go back (its spec.mode).
-    pub to_first_revert: Duration,
+    pub to_first_revert: Option<Duration>,
     /// Until every node reported running its starting mode again.
     pub to_all_reverted: Duration,
     /// The rollback's recorded trigger and reason.
@@ -79,12 +84,17 @@ pub fn tools() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// The sum of the samples of `metric` in a Prometheus text body whose
+/// line contains every one of `labels`; 0 when there is none.
+pub fn sample(body: &str, metric: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One HTTP/1.0 exchange on 127.0.0.1: the status code and the body.
@@ -219,6 +229,12 @@ pub struct Fleet {
     pub operator_port: u16,
     /// Prometheus's port, with monitoring.
     pub prometheus_port: Option<u16>,
+    /// Alertmanager's port, with monitoring.
+    pub alertmanager_port: Option<u16>,
+    /// The ports handed to the processes, held until the fleet stops.
+    _ports: Vec<ports::Port>,
+    /// One fleet at a time on the machine (see `switchyard_testbed::serial`).
+    _heavy: serial::Heavy,
     operator: tokio::process::Child,
     monitoring: Vec<tokio::process::Child>,
     agents: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -230,6 +246,9 @@ impl Fleet {
     /// `monitoring` (`Err` when they are not installed).
     pub async fn start(n: usize, monitoring: bool) -> Result<Fleet, String> {
         let tools = if monitoring { Some(tools()?) } else { None };
+        // Taken before anything starts: twenty agents answering ten probes
+        // a second each need the machine's cores to themselves.
+        let heavy = serial::heavy();
         let c = TestCluster::start(Config::default(), "real-fleet")
             .await
             .expect("cluster");
@@ -255,8 +274,14 @@ impl Fleet {
             .expect("webhook secret");
 
         // The operator (pointed at the Prometheus started below).
-        let operator_port = free_port();
-        let prometheus_port = monitoring.then(free_port);
+        // Processes are told their ports: reserved ones, which nothing
+        // else on the machine can take before they bind.
+        let reserved: Vec<ports::Port> = (0..if monitoring { 3 } else { 1 })
+            .map(|_| ports::reserve())
+            .collect();
+        let operator_port = reserved[0].get();
+        let prometheus_port = reserved.get(1).map(ports::Port::get);
+        let alertmanager_port = reserved.get(2).map(ports::Port::get);
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
         cmd.env("KUBECONFIG", &c.kubeconfig)
             .env("SWITCHYARD_NAMESPACE", NS)
@@ -317,19 +342,22 @@ impl Fleet {
             plans,
             operator_port,
             prometheus_port,
+            alertmanager_port,
+            _ports: reserved,
+            _heavy: heavy,
             operator,
             monitoring: Vec::new(),
             agents,
             stop,
         };
-        if let (Some((prometheus_bin, alertmanager_bin)), Some(prom_port)) =
-            (tools, prometheus_port)
+        if let (Some((prometheus_bin, alertmanager_bin)), Some(prom_port), Some(am_port)) =
+            (tools, prometheus_port, alertmanager_port)
         {
             fleet.monitoring = start_monitoring(
                 &fleet.c.dir,
                 &prometheus_bin,
                 &alertmanager_bin,
-                prom_port,
+                (prom_port, am_port),
                 operator_port,
                 &targets.concat(),
             )
@@ -426,11 +454,10 @@ async fn start_monitoring(
     dir: &Path,
     prometheus_bin: &Path,
     alertmanager_bin: &Path,
-    prom_port: u16,
+    (prom_port, am_port): (u16, u16),
     operator_port: u16,
     targets: &str,
 ) -> Vec<tokio::process::Child> {
-    let am_port = free_port();
     std::fs::write(
         dir.join("alertmanager.yml"),
         format!(
@@ -556,23 +583,25 @@ pub async fn alert_rollback(n: usize) -> Result<Measured, String> {
     let fault = Instant::now();
     f.inject(&f.names, Some("libp2p=0.5")).await;
     eprintln!("fault injected into {n} agents in {:?}", fault.elapsed());
-    let t = watch_rollback(&f, fault, Some(prom_port)).await;
-    let m = t.measured(&f, "alerted").await;
+    let am_port = f.alertmanager_port.expect("monitoring");
+    let (t, all) = watch_rollback(&f, fault, Some((prom_port, am_port))).await;
+    let m = t.measured(&f, "alerted", all).await;
     f.stop().await;
     Ok(m)
 }
 
-/// Times from a fault until the rollback's milestones.
+/// Times from a fault until the rollback's milestones; `None`: not seen.
+#[derive(Default)]
 struct Timeline {
     firing: Option<Duration>,
+    delivered: Option<Duration>,
     webhook: Option<Duration>,
     first: Option<Duration>,
-    all: Duration,
 }
 
 impl Timeline {
     /// With the rollback's record from `plan`.
-    async fn measured(&self, f: &Fleet, plan: &str) -> Measured {
+    async fn measured(&self, f: &Fleet, plan: &str, all: Duration) -> Measured {
         let record = eventually("the rollback's record", || async {
             let p = f.plans.get(plan).await.ok()?;
             let s = p.status.as_ref()?;
@@ -583,10 +612,11 @@ impl Timeline {
         .await;
         Measured {
             agents: f.names.len(),
-            to_firing: self.firing.unwrap_or(self.all),
-            to_webhook: self.webhook.unwrap_or(self.all),
-            to_first_revert: self.first.unwrap_or(self.all),
-            to_all_reverted: self.all,
+            to_firing: self.firing,
+            to_delivered: self.delivered,
+            to_webhook: self.webhook,
+            to_first_revert: self.first,
+            to_all_reverted: all,
             trigger: record.trigger,
             reason: record.reason,
         }
@@ -594,56 +624,96 @@ impl Timeline {
 }
 
 /// Poll every 20 ms from `fault` until every node is back on LibP2pOnly,
-/// noting when the alert fired (with Prometheus), the operator accepted a
-/// webhook call, and the first node was told to revert.
-async fn watch_rollback(f: &Fleet, fault: Instant, prometheus: Option<u16>) -> Timeline {
-    let (mut firing, mut webhook, mut first) = (None, None, None);
+/// noting (with `monitoring`: Prometheus's and Alertmanager's ports) when
+/// the alert fired, Alertmanager delivered it, the operator accepted a
+/// webhook call, and the first node was told to revert. Returns the
+/// milestones seen and the time until all reverted.
+async fn watch_rollback(
+    f: &Fleet,
+    fault: Instant,
+    monitoring: Option<(u16, u16)>,
+) -> (Timeline, Duration) {
+    let mut t = Timeline::default();
     loop {
         let now = fault.elapsed();
         assert!(
             now < WAIT,
-            "no full rollback within {WAIT:?}: firing {firing:?}, webhook {webhook:?}, first revert {first:?}; logs in {}",
+            "no full rollback within {WAIT:?}: firing {:?}, delivered {:?}, webhook {:?}, first revert {:?}; logs in {}",
+            t.firing,
+            t.delivered,
+            t.webhook,
+            t.first,
             f.c.dir.display()
         );
-        if firing.is_none()
-            && let Some(port) = prometheus
-            && let Some((200, body)) = http(port, "GET", "/api/v1/alerts", None).await
-            && body.contains(ALERT)
-            && body.contains("\"state\":\"firing\"")
-        {
-            firing = Some(now);
-        }
-        if webhook.is_none()
-            && prometheus.is_some()
-            && let Some((200, body)) = http(f.operator_port, "GET", "/metrics", None).await
-            && body.lines().any(|l| {
-                l.starts_with("switchyard_operator_webhook_requests_total{outcome=\"ok\"}")
-            })
-        {
-            webhook = Some(now);
+        if let Some((prom, am)) = monitoring {
+            t.observe_alerting(f, prom, am, now).await;
         }
         let list = f.nodes.list(&ListParams::default()).await.expect("nodes");
-        if first.is_none()
+        if t.first.is_none()
             && list
                 .items
                 .iter()
                 .any(|n| n.spec.mode == Some(NetworkMode::LibP2pOnly))
         {
-            first = Some(now);
+            t.first = Some(now);
         }
         if list.items.iter().all(|n| {
             n.spec.mode == Some(NetworkMode::LibP2pOnly)
                 && n.applied_mode() == Some(NetworkMode::LibP2pOnly)
         }) {
-            return Timeline {
-                firing,
-                webhook,
-                first,
-                all: now,
-            };
+            // Milestones not seen yet may still have happened (one poll
+            // round trails the next): one last look at each.
+            if let Some((prom, am)) = monitoring {
+                t.observe_alerting(f, prom, am, now).await;
+            }
+            return (t, now);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+impl Timeline {
+    /// Note each alerting milestone the first time it is seen.
+    async fn observe_alerting(&mut self, f: &Fleet, prom: u16, am: u16, now: Duration) {
+        if self.firing.is_none()
+            && let Some((200, body)) = http(prom, "GET", "/api/v1/alerts", None).await
+            && firing(&body, ALERT)
+        {
+            self.firing = Some(now);
+        }
+        if self.delivered.is_none()
+            && let Some((200, body)) = http(am, "GET", "/metrics", None).await
+        {
+            let webhook = ["integration=\"webhook\""];
+            let sent = sample(&body, "alertmanager_notifications_total", &webhook);
+            let failed = sample(&body, "alertmanager_notifications_failed_total", &webhook);
+            if sent - failed >= 1.0 {
+                self.delivered = Some(now);
+            }
+        }
+        if self.webhook.is_none()
+            && let Some((200, body)) = http(f.operator_port, "GET", "/metrics", None).await
+            && sample(
+                &body,
+                "switchyard_operator_webhook_requests_total",
+                &["outcome=\"ok\""],
+            ) >= 1.0
+        {
+            self.webhook = Some(now);
+        }
+    }
+}
+
+/// Prometheus's `/api/v1/alerts` body lists `alert` in state firing.
+fn firing(body: &str, alert: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    v["data"]["alerts"].as_array().is_some_and(|alerts| {
+        alerts
+            .iter()
+            .any(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
+    })
 }
 
 /// The built-in analysis path with `n` agents, timed from the fault: the
@@ -696,8 +766,8 @@ pub async fn analysis_rollback(n: usize, interval: Duration) -> Measured {
     .await;
     let fault = Instant::now();
     f.inject(&f.names, Some("libp2p=0.5")).await;
-    let t = watch_rollback(&f, fault, None).await;
-    let m = t.measured(&f, "analysed").await;
+    let (t, all) = watch_rollback(&f, fault, None).await;
+    let m = t.measured(&f, "analysed", all).await;
     f.stop().await;
     m
 }
