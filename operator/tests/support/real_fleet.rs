@@ -646,7 +646,7 @@ async fn watch_rollback(
             f.c.dir.display()
         );
         if let Some((prom, am)) = monitoring {
-            t.observe_alerting(f, prom, am, now).await;
+            t.observe_alerting(f, prom, am, fault).await;
         }
         let list = f.nodes.list(&ListParams::default()).await.expect("nodes");
         if t.first.is_none()
@@ -664,7 +664,7 @@ async fn watch_rollback(
             // Milestones not seen yet may still have happened (one poll
             // round trails the next): one last look at each.
             if let Some((prom, am)) = monitoring {
-                t.observe_alerting(f, prom, am, now).await;
+                t.observe_alerting(f, prom, am, fault).await;
             }
             return (t, now);
         }
@@ -673,13 +673,14 @@ async fn watch_rollback(
 }
 
 impl Timeline {
-    /// Note each alerting milestone the first time it is seen.
-    async fn observe_alerting(&mut self, f: &Fleet, prom: u16, am: u16, now: Duration) {
+    /// Note each alerting milestone (time since `fault`) the first time it
+    /// is seen.
+    async fn observe_alerting(&mut self, f: &Fleet, prom: u16, am: u16, fault: Instant) {
         if self.firing.is_none()
             && let Some((200, body)) = http(prom, "GET", "/api/v1/alerts", None).await
             && firing(&body, ALERT)
         {
-            self.firing = Some(now);
+            self.firing = Some(fault.elapsed());
         }
         if self.delivered.is_none()
             && let Some((200, body)) = http(am, "GET", "/metrics", None).await
@@ -688,7 +689,7 @@ impl Timeline {
             let sent = sample(&body, "alertmanager_notifications_total", &webhook);
             let failed = sample(&body, "alertmanager_notifications_failed_total", &webhook);
             if sent - failed >= 1.0 {
-                self.delivered = Some(now);
+                self.delivered = Some(fault.elapsed());
             }
         }
         if self.webhook.is_none()
@@ -699,7 +700,7 @@ impl Timeline {
                 &["outcome=\"ok\""],
             ) >= 1.0
         {
-            self.webhook = Some(now);
+            self.webhook = Some(fault.elapsed());
         }
     }
 }
