@@ -413,9 +413,18 @@ async fn probe_counts(urls: &[String]) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_keep_routing_through_a_30_s_api_outage_and_resume_watching() {
-    let cluster = TestCluster::start(Config::default(), "outage")
-        .await
-        .expect("cluster");
+    // The API server comes back at its address after a 30 s outage: a
+    // reserved port, which nothing else can take while it is down.
+    let api_port = switchyard_testbed::ports::reserve();
+    let cluster = TestCluster::start(
+        Config {
+            addr: api_port.addr(),
+            ..Config::default()
+        },
+        "outage",
+    )
+    .await
+    .expect("cluster");
     cluster.namespace(NS).await.expect("namespace");
     let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
     let (agents, urls, _) = fleet(&cluster, &api, 3).await;

@@ -816,7 +816,7 @@ fn openapi_doc(app: &App, rest: &[&str]) -> Result<Value, ApiError> {
             t.version,
             t.kind
         );
-        let mut schema = t.schema.clone().unwrap_or_else(
+        let mut schema = t.schema.as_deref().cloned().unwrap_or_else(
             || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
         );
         schema["x-kubernetes-group-version-kind"] =

@@ -151,7 +151,7 @@ fn list_kind(rt: &ResourceType, path: &[String]) -> ListKind {
         }
         _ => {}
     }
-    let node = schema_at(rt.schema.as_ref(), path);
+    let node = schema_at(rt.schema.as_deref(), path);
     match node
         .and_then(|n| n.get("x-kubernetes-list-type"))
         .and_then(Value::as_str)

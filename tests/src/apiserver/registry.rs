@@ -29,7 +29,7 @@ pub struct ResourceType {
     /// A built-in kind: strategic merge patch is allowed.
     pub builtin: bool,
     /// openAPIV3Schema, for custom resources.
-    pub schema: Option<Value>,
+    pub schema: Option<std::sync::Arc<Value>>,
     /// additionalPrinterColumns, for custom resources.
     pub printer_columns: Vec<Value>,
 }
@@ -348,7 +348,10 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdError> {
             categories: strings(names.get("categories")),
             status_subresource: v.pointer("/subresources/status").is_some(),
             builtin: false,
-            schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+            schema: v
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(std::sync::Arc::new),
             printer_columns: v
                 .get("additionalPrinterColumns")
                 .and_then(Value::as_array)

@@ -122,19 +122,24 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         m.remove("kind");
     }
     let mut causes: Vec<(String, String)> = Vec::new();
-    match compiled(rt, schema) {
-        Ok(v) => {
-            for e in v.iter_errors(&body) {
+    let compiled = match compiled(rt, schema) {
+        Ok(c) => {
+            for e in c.json.iter_errors(&body) {
                 causes.push((dotted(&e.instance_path().to_string()), e.to_string()));
             }
+            Some(c)
         }
-        Err(e) => causes.push((
-            String::new(),
-            format!("the CRD's schema does not compile: {e}"),
-        )),
-    }
+        Err(e) => {
+            causes.push((
+                String::new(),
+                format!("the CRD's schema does not compile: {e}"),
+            ));
+            None
+        }
+    };
     if causes.is_empty()
-        && let Err(errors) = kube_core::cel::Validator::new().validate(schema, obj, old)
+        && let Some(rules) = compiled.as_ref().and_then(|c| c.cel.as_ref())
+        && let Err(errors) = kube_core::cel::validate_compiled(rules, obj, old)
     {
         for e in errors.iter() {
             causes.push((e.field_path.clone(), e.message.clone()));
@@ -147,24 +152,48 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
     }
 }
 
-type Cache = Mutex<HashMap<(String, String, String), (Value, Arc<jsonschema::Validator>)>>;
+/// A CRD schema made ready to check objects against.
+struct Compiled {
+    /// The structural schema as JSON Schema.
+    json: jsonschema::Validator,
+    /// The CEL rules, compiled; `None` when the schema has none, so a
+    /// write skips CEL altogether.
+    cel: Option<kube_core::cel::CompiledSchema>,
+}
 
-/// Compiled validators per resource, recompiled when the CRD's schema changes.
-fn compiled(rt: &ResourceType, schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+type Cache = Mutex<HashMap<(String, String, String), (Arc<Value>, Arc<Compiled>)>>;
+
+/// Whether any level of `schema` carries CEL rules.
+fn has_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(m) => m.contains_key("x-kubernetes-validations") || m.values().any(has_rules),
+        Value::Array(a) => a.iter().any(has_rules),
+        _ => false,
+    }
+}
+
+/// Compiled validators per resource, recompiled when the CRD's schema
+/// changes. Compiling once matters: building a CEL validator registers
+/// every CEL function, and walking the schema converts the object, which
+/// together cost more than the rest of a create.
+fn compiled(rt: &ResourceType, schema: &Arc<Value>) -> Result<Arc<Compiled>, String> {
     static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     let key = (rt.group.clone(), rt.version.clone(), rt.plural.clone());
     let mut guard = cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // The same Arc as the registry's (no comparison), or an equal schema.
     if let Some((s, v)) = guard.get(&key)
-        && s == schema
+        && (Arc::ptr_eq(s, schema) || s == schema)
     {
         return Ok(v.clone());
     }
-    let v = Arc::new(
-        jsonschema::validator_for(&openapi_to_json_schema(schema)).map_err(|e| e.to_string())?,
-    );
+    let v = Arc::new(Compiled {
+        json: jsonschema::validator_for(&openapi_to_json_schema(schema))
+            .map_err(|e| e.to_string())?,
+        cel: has_rules(schema).then(|| kube_core::cel::compile_schema(schema)),
+    });
     guard.insert(key, (schema.clone(), v.clone()));
     Ok(v)
 }
