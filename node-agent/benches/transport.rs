@@ -184,6 +184,19 @@ async fn latencies(n: usize, out: &mut serde_json::Map<String, Value>) {
         client_config(lowest, Hedge::Race),
     )
     .await;
+    // In an agent the PeerManager heartbeats every peer on both transports
+    // every 2 s, and those round trips keep LowestLatency's estimates
+    // fresh. These nodes have no manager, so give them the same: without
+    // it the first sample of each transport (which pays the connection's
+    // handshake) is all LowestLatency knows, and which one it picks is
+    // chance.
+    for client in [&hedged, &raced] {
+        for t in [Transport::LibP2p, Transport::Iroh] {
+            for _ in 0..20 {
+                client.ping(&addr, t, T).await.expect("warm-up ping");
+            }
+        }
+    }
 
     let via = |client: &Arc<Node>| -> Send1<'_> {
         let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
