@@ -1,7 +1,9 @@
 //! Peer management with default settings: how fast a paused peer is
 //! detected and a restarted one reconnected, and what heartbeats cost.
 //!
-//! Usage: `cargo bench -p switchyard-node-agent --bench peers [-- --peers N]`
+//! Usage: `cargo bench -p switchyard-node-agent --bench peers [-- --peers N --mesh-mode MODE]`
+//! (`SWITCHYARD_PEERS_BENCH_ONLY_COST=1` runs only the mesh; `--mesh-mode
+//! LibP2pOnly` or `IrohOnly` splits its cost by transport)
 //!
 //! Prints a table, then one line of JSON (also written to
 //! target/bench/peers.json). Everything runs on 127.0.0.1.
@@ -37,6 +39,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const CHILD_ENV: &str = "SWITCHYARD_PEERS_BENCH_CHILD";
 const ONLY_COST_ENV: &str = "SWITCHYARD_PEERS_BENCH_ONLY_COST";
+/// The mesh members' mode (`--mesh-mode`): both transports by default; one
+/// of the single-transport modes splits the heartbeat cost by transport.
+const MESH_MODE_ENV: &str = "SWITCHYARD_PEERS_BENCH_MESH_MODE";
 
 /// The manager's defaults, except `bootstrap`.
 fn defaults(bootstrap: Vec<String>) -> ManagerConfig {
@@ -63,27 +68,42 @@ impl Handler for Echo {
 }
 
 async fn start(identity: Identity, config: NodeConfig) -> Arc<Node> {
-    Node::start(
-        identity,
-        config,
-        NetworkMode::DualPreferLibP2p,
-        Arc::new(Echo),
-    )
-    .await
-    .expect("node starts")
+    start_in(NetworkMode::DualPreferLibP2p, identity, config).await
 }
 
+async fn start_in(mode: NetworkMode, identity: Identity, config: NodeConfig) -> Arc<Node> {
+    Node::start(identity, config, mode, Arc::new(Echo))
+        .await
+        .expect("node starts")
+}
+
+/// Bootstrap entries for every transport `a` runs.
 fn entries(a: &PeerAddr) -> Vec<String> {
-    let libp2p: libp2p::Multiaddr = a.libp2p[0]
-        .iter()
-        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-        .collect();
-    let iroh = a.iroh.as_ref().expect("iroh");
-    let sock = iroh.ip_addrs().next().expect("socket");
-    vec![
-        format!("{}@{libp2p}", a.peer),
-        format!("{}@{sock}", iroh.id),
-    ]
+    let mut out = Vec::new();
+    if let Some(first) = a.libp2p.first() {
+        let libp2p: libp2p::Multiaddr = first
+            .iter()
+            .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            .collect();
+        out.push(format!("{}@{libp2p}", a.peer));
+    }
+    if let Some(iroh) = &a.iroh {
+        let sock = iroh.ip_addrs().next().expect("socket");
+        out.push(format!("{}@{sock}", iroh.id));
+    }
+    out
+}
+
+/// The transports `mode` runs.
+fn transports(mode: NetworkMode) -> Vec<Transport> {
+    let mut v = Vec::new();
+    if mode.has_libp2p() {
+        v.push(Transport::LibP2p);
+    }
+    if mode.has_iroh() {
+        v.push(Transport::Iroh);
+    }
+    v
 }
 
 /// A node config on a reserved port (TCP for libp2p, UDP for iroh): the
@@ -246,9 +266,14 @@ fn loopback_bytes() -> u64 {
 /// A mesh member (its own process): starts a node, prints its bootstrap
 /// entries as a JSON line, reads the others' entries (a JSON array) from
 /// stdin, starts its manager with the defaults, then answers `status` with
-/// how many peers are connected on both transports, until anything else.
+/// how many peers are connected on every transport it runs, until anything
+/// else.
 async fn child() {
-    let node = start(Identity::generate(), NodeConfig::default()).await;
+    let mode = std::env::var(MESH_MODE_ENV)
+        .ok()
+        .and_then(|m| serde_json::from_value(Value::String(m)).ok())
+        .unwrap_or(NetworkMode::DualPreferLibP2p);
+    let node = start_in(mode, Identity::generate(), NodeConfig::default()).await;
     println!(
         "{}",
         serde_json::to_string(&entries(&node.addr())).expect("json")
@@ -266,8 +291,9 @@ async fn child() {
             .await
             .iter()
             .filter(|p| {
-                p.state(Transport::LibP2p) == Some(PeerState::Connected)
-                    && p.state(Transport::Iroh) == Some(PeerState::Connected)
+                transports(mode)
+                    .into_iter()
+                    .all(|t| p.state(t) == Some(PeerState::Connected))
             })
             .count();
         println!("{both}");
@@ -285,9 +311,10 @@ struct Member {
 }
 
 impl Member {
-    async fn spawn() -> Member {
+    async fn spawn(mode: &str) -> Member {
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
             .env(CHILD_ENV, "1")
+            .env(MESH_MODE_ENV, mode)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -324,12 +351,12 @@ impl Member {
 /// PeerManager at the defaults, every node heartbeating every other on
 /// both transports and answering theirs. Once all are connected, each
 /// process's CPU time and the loopback traffic are read over 30 s.
-async fn cost(peers: usize, out: &mut serde_json::Map<String, Value>) {
+async fn cost(peers: usize, mode: &str, out: &mut serde_json::Map<String, Value>) {
     let n = peers + 1;
     let mut members = Vec::with_capacity(n);
     let mut all = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut m = Member::spawn().await;
+        let mut m = Member::spawn(mode).await;
         let entries: Vec<String> = serde_json::from_str(&m.read().await).expect("entries");
         all.push(entries);
         members.push(m);
@@ -391,7 +418,7 @@ async fn cost(peers: usize, out: &mut serde_json::Map<String, Value>) {
     let bytes_per_node = (lo1 - lo0) as f64 / n as f64 / secs;
     let bytes_per_peer = bytes_per_node / peers as f64;
     println!(
-        "\nHeartbeat cost: a mesh of {n} nodes, each its own process with a PeerManager at the defaults, every node beating {peers} peers on both transports and answering theirs, {secs:.0} s (CPU in 10 ms ticks)\n"
+        "\nHeartbeat cost: a mesh of {n} {mode} nodes, each its own process with a PeerManager at the defaults, every node beating {peers} peers on each transport it runs and answering theirs, {secs:.0} s (CPU in 10 ms ticks)\n"
     );
     println!("| measure | value | target |");
     println!("|---|---:|---:|");
@@ -410,6 +437,7 @@ async fn cost(peers: usize, out: &mut serde_json::Map<String, Value>) {
         "cost".into(),
         json!({
             "nodes": n,
+            "mode": mode,
             "peers_per_node": peers,
             "window_s": secs,
             "cpu_percent_of_core_per_node": {"mean": mean, "median": median, "max": max},
@@ -436,13 +464,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .position(|a| a == "--peers")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(50);
+    let mesh_mode = args
+        .iter()
+        .position(|a| a == "--mesh-mode")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "DualPreferLibP2p".into());
     let mut out = serde_json::Map::new();
     rt.block_on(async {
         if std::env::var_os(ONLY_COST_ENV).is_none() {
             detection(&mut out).await;
             reconnection(&mut out).await;
         }
-        cost(peers, &mut out).await;
+        cost(peers, &mesh_mode, &mut out).await;
     });
     let json = Value::Object(out);
     println!("\n{json}");

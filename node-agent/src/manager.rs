@@ -51,7 +51,9 @@ pub struct ManagerConfig {
     pub dns_refresh: Duration,
     /// Time between heartbeats to a peer, per transport.
     pub heartbeat_interval: Duration,
-    /// A heartbeat unanswered this long is a miss.
+    /// A heartbeat unanswered this long is a miss. A heartbeat that must
+    /// first dial (a new connection's handshake: TCP + Noise + Yamux, or
+    /// QUIC + TLS) gets [`DIAL_TIMEOUT_FACTOR`] times as long.
     pub heartbeat_timeout: Duration,
     /// Misses in a row that make a connected peer `Unresponsive`.
     pub unresponsive_after: u32,
@@ -486,6 +488,13 @@ fn merge(peers: &mut HashMap<PeerId, Tracked>, found: PeerAddr) {
     }
 }
 
+/// How many heartbeat timeouts a dial may take. A handshake is several
+/// round trips plus key exchanges: on a loaded machine it can take longer
+/// than one heartbeat's round trip on a live connection, and a dial cut
+/// off at the heartbeat timeout is started over from nothing, so a node
+/// under load would redial forever without ever connecting.
+const DIAL_TIMEOUT_FACTOR: u32 = 3;
+
 async fn run(
     node: Arc<Node>,
     config: ManagerConfig,
@@ -560,7 +569,11 @@ async fn run(
                 path.dialled = true;
                 let (node, addr, dials) = (node.clone(), tracked.addr.clone(), dials.clone());
                 let dialling = dialling.clone();
-                let timeout = config.heartbeat_timeout;
+                let timeout = if dial {
+                    config.heartbeat_timeout * DIAL_TIMEOUT_FACTOR
+                } else {
+                    config.heartbeat_timeout
+                };
                 let peer = *id;
                 beats.push(Box::pin(async move {
                     // Dials share the permits; heartbeats on live
@@ -716,7 +729,7 @@ async fn resolve_names(
                     .with(proto)
                     .with(Protocol::Tcp(config.dns_libp2p_port));
                 match node
-                    .dial_libp2p(addr.clone(), config.heartbeat_timeout * 3)
+                    .dial_libp2p(addr.clone(), config.heartbeat_timeout * DIAL_TIMEOUT_FACTOR)
                     .await
                 {
                     Ok(peer) if peer == me => {

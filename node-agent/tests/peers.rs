@@ -409,10 +409,17 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
             .filter(|(i, _)| *i != me)
             .map(|(_, e)| e.clone())
             .collect(),
+        // Ten nodes of two stacks each share this process's two runtime
+        // workers, on a machine that may be busy with other tests: beats
+        // every 500 ms with a 1 s timeout (3 s for a dial) leave room for
+        // that, where fast()'s 200/400 ms would starve the mesh into
+        // endless timeouts and redials.
+        heartbeat_interval: Duration::from_millis(500),
+        heartbeat_timeout: Duration::from_secs(1),
         backoff_max: Duration::from_secs(1),
-        disconnect_after: Duration::from_secs(2),
+        disconnect_after: Duration::from_secs(3),
         max_retries: 6,
-        slow_retry: Duration::from_secs(3),
+        slow_retry: Duration::from_secs(2),
         ..fast()
     };
     let mut running: Vec<Option<(Arc<Node>, PeerManager)>> = nodes
@@ -457,33 +464,44 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
     }
     assert!(kills >= 5, "the chaos killed nodes ({kills})");
     let settled_at = Instant::now();
-    eventually(
-        Duration::from_secs(30),
-        "every pair connected on both transports",
-        || {
-            let running = &running;
-            let addrs = &addrs;
-            async move {
-                for (i, slot) in running.iter().enumerate() {
-                    let (_, m) = slot.as_ref().expect("running");
-                    let status = m.status().await;
-                    for (j, a) in addrs.iter().enumerate() {
-                        if i == j {
-                            continue;
-                        }
-                        for t in [Transport::LibP2p, Transport::Iroh] {
-                            let st = state_of(&status, &a.peer, t);
-                            if st != Some(PeerState::Connected) {
-                                return false;
-                            }
-                        }
+    let deadline = settled_at + Duration::from_secs(60);
+    loop {
+        // Every (node, peer, transport) not connected, with what the
+        // node's manager says of it.
+        let mut missing = Vec::new();
+        for (i, slot) in running.iter().enumerate() {
+            let (_, m) = slot.as_ref().expect("running");
+            let status = m.status().await;
+            for (j, a) in addrs.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                for t in [Transport::LibP2p, Transport::Iroh] {
+                    let path = status
+                        .iter()
+                        .find(|p| p.peer == a.peer)
+                        .and_then(|p| match t {
+                            Transport::LibP2p => p.libp2p.as_ref(),
+                            Transport::Iroh => p.iroh.as_ref(),
+                        });
+                    if path.map(|p| p.state) != Some(PeerState::Connected) {
+                        missing.push(format!(
+                            "{i}->{j} {t:?}: {:?}",
+                            path.map(|p| (p.state, p.attempts, p.reason.clone()))
+                        ));
                     }
                 }
-                true
             }
-        },
-    )
-    .await;
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every pair connected on both transports within 60 s: {missing:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     eprintln!(
         "{kills} kills; fully connected {:?} after the last restart",
         settled_at.elapsed()
