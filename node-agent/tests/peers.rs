@@ -58,6 +58,35 @@ async fn start(identity: Identity, config: NodeConfig) -> Arc<Node> {
     .expect("node starts")
 }
 
+/// Start a node again on `port` with the identity it had. The stopped
+/// incarnation in this same process lets go of its UDP socket only when
+/// its last user is done (a heartbeat still in flight holds it for up to
+/// its timeout), which can outlast the stack's own short rebind retry; a
+/// restarted pod is a new process and never waits. So retry, bounded.
+async fn restart(identity: Identity, port: &ports::Port) -> Arc<Node> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match Node::start(
+            identity.clone(),
+            on_port(port),
+            NetworkMode::DualPreferLibP2p,
+            Arc::new(Echo),
+        )
+        .await
+        {
+            Ok(node) => return node,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the node never got its port {} back: {e}",
+                    port.get()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 fn fast() -> ManagerConfig {
     ManagerConfig {
         heartbeat_interval: Duration::from_millis(200),
@@ -316,7 +345,7 @@ async fn a_killed_node_is_redialled_with_growing_spacing_and_reconnected_after_r
     }
     // Restart b with the same identity on the same ports.
     let restarted_at = Instant::now();
-    let b = start(Identity::from_secret(b_secret), on_port(&b_port)).await;
+    let b = restart(Identity::from_secret(b_secret), &b_port).await;
     eventually(Duration::from_secs(10), "reconnected on both", || {
         both_connected(&ma, &bid)
     })
@@ -448,7 +477,7 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
                 kills += 1;
             }
             None => {
-                let node = start(ids[i].clone(), on_port(&ports[i])).await;
+                let node = restart(ids[i].clone(), &ports[i]).await;
                 let (m, _) = PeerManager::start(node.clone(), config(i));
                 running[i] = Some((node, m));
             }
@@ -457,7 +486,7 @@ async fn a_ten_node_mesh_under_random_kills_and_restarts_ends_fully_connected() 
     }
     for i in 0..N {
         if running[i].is_none() {
-            let node = start(ids[i].clone(), on_port(&ports[i])).await;
+            let node = restart(ids[i].clone(), &ports[i]).await;
             let (m, _) = PeerManager::start(node.clone(), config(i));
             running[i] = Some((node, m));
         }
