@@ -18,7 +18,7 @@
 //! Each port is claimed for TCP and UDP alike, so one [`Port`] serves a
 //! libp2p listener and an iroh socket.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -95,13 +95,7 @@ fn lock_dir() -> PathBuf {
 
 /// The port's lock file, locked by us, or None when another holder has it.
 fn claim(dir: &std::path::Path, port: u16) -> Option<File> {
-    let path = dir.join(port.to_string());
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("opening the port lock {}: {e}", path.display()));
+    let file = crate::serial::lock_file(&dir.join(port.to_string()));
     file.try_lock().ok().map(|()| file)
 }
 

@@ -10,6 +10,7 @@
 //! releases it with its process.
 
 use std::fs::{File, OpenOptions};
+use std::path::Path;
 
 /// Held while a heavy test runs.
 #[derive(Debug)]
@@ -21,13 +22,18 @@ pub struct Heavy {
 /// returned value drops. Call it first thing in the test.
 pub fn heavy() -> Heavy {
     let path = std::env::temp_dir().join("switchyard-heavy-test.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let file = lock_file(&path);
     file.lock()
         .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
     Heavy { _lock: file }
+}
+
+/// Open (creating it if needed) a file used only for its `flock`.
+pub(crate) fn lock_file(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening the lock file {}: {e}", path.display()))
 }
