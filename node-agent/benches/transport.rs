@@ -288,8 +288,8 @@ async fn latencies(n: usize, out: &mut serde_json::Map<String, Value>) {
     }
     a.iroh.stop().await;
     b.iroh.stop().await;
-    a.libp2p.stop();
-    b.libp2p.stop();
+    a.libp2p.stop().await;
+    b.libp2p.stop().await;
 
     let r = |k: &str| sums[k].p50_us;
     let overhead_libp2p = r("bridge_libp2p") / r("raw_libp2p");

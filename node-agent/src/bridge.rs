@@ -623,7 +623,7 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if let Some(stack) = old_libp2p {
-            stack.stop();
+            stack.stop().await;
         }
         if let Some(stack) = old_iroh {
             stack.stop().await;
@@ -1066,7 +1066,7 @@ impl Node {
             Transport::LibP2p => {
                 let stack = self.stacks.write().expect("stacks lock").libp2p.take();
                 if let Some(s) = stack {
-                    s.stop();
+                    s.stop().await;
                 }
             }
             Transport::Iroh => {
@@ -1119,7 +1119,7 @@ impl Node {
             (s.libp2p.take(), s.iroh.take())
         };
         if let Some(l) = l {
-            l.stop();
+            l.stop().await;
         }
         if let Some(i) = i {
             i.stop().await;

@@ -19,8 +19,11 @@ use switchyard_node_agent::wire::{Envelope, Kind};
 
 const T: Duration = Duration::from_secs(10);
 
-/// Answers with the request's payload, prefixed by who asked and how.
+/// Answers with the request's payload, prefixed by who asked and how; a
+/// request saying [`HANG`] is never answered.
 struct Echo;
+
+const HANG: &[u8] = b"hang";
 
 impl Handler for Echo {
     fn handle(
@@ -30,6 +33,9 @@ impl Handler for Echo {
         request: Envelope,
     ) -> BoxFuture<'static, Result<Bytes, String>> {
         Box::pin(async move {
+            if request.payload.as_ref() == HANG {
+                futures::future::pending::<()>().await;
+            }
             let mut out = format!("{}:{}:", transport.as_str(), from).into_bytes();
             out.extend_from_slice(&request.payload);
             Ok(Bytes::from(out))
@@ -42,38 +48,30 @@ impl Handler for Echo {
 
 struct Node {
     id: Identity,
-    libp2p: Libp2pStack,
-    iroh: IrohStack,
+    libp2p: Arc<Libp2pStack>,
+    iroh: Arc<IrohStack>,
     stats: (Arc<StackStats>, Arc<StackStats>),
 }
 
 async fn node() -> Node {
+    node_with(Libp2pConfig::default(), IrohConfig::default()).await
+}
+
+async fn node_with(libp2p: Libp2pConfig, iroh: IrohConfig) -> Node {
     let id = Identity::generate();
     let s1 = Arc::new(StackStats::default());
     let s2 = Arc::new(StackStats::default());
     let peers = Arc::new(PeerSynchronizer::new());
-    let libp2p = Libp2pStack::start(
-        &id,
-        Libp2pConfig::default(),
-        Arc::new(Echo),
-        s1.clone(),
-        peers.clone(),
-    )
-    .await
-    .expect("libp2p starts");
-    let iroh = IrohStack::start(
-        &id,
-        IrohConfig::default(),
-        Arc::new(Echo),
-        s2.clone(),
-        peers.clone(),
-    )
-    .await
-    .expect("iroh starts");
+    let libp2p = Libp2pStack::start(&id, libp2p, Arc::new(Echo), s1.clone(), peers.clone())
+        .await
+        .expect("libp2p starts");
+    let iroh = IrohStack::start(&id, iroh, Arc::new(Echo), s2.clone(), peers.clone())
+        .await
+        .expect("iroh starts");
     Node {
         id,
-        libp2p,
-        iroh,
+        libp2p: Arc::new(libp2p),
+        iroh: Arc::new(iroh),
         stats: (s1, s2),
     }
 }
@@ -113,6 +111,94 @@ async fn requests_round_trip_over_both_stacks_with_one_identity() {
     assert!(b.stats.1.bytes_received.load(Ordering::Relaxed) >= 4);
     a.iroh.stop().await;
     b.iroh.stop().await;
+}
+
+/// A mode switch restarts a stack on its configured port: stopping must
+/// leave nothing holding the socket, even with a dial to a peer that never
+/// answers, an inbound request its handler never answers, and a request
+/// in flight the other way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_stack_frees_its_port_at_once_whatever_was_in_flight() {
+    let (lp, ip) = (
+        switchyard_testbed::ports::reserve(),
+        switchyard_testbed::ports::reserve(),
+    );
+    let a = node_with(
+        Libp2pConfig {
+            listen: format!("/ip4/127.0.0.1/tcp/{}", lp.get())
+                .parse()
+                .expect("addr"),
+            ..Libp2pConfig::default()
+        },
+        IrohConfig {
+            bind: ip.addr(),
+            ..IrohConfig::default()
+        },
+    )
+    .await;
+    let b = node().await;
+    let hang = Envelope::request(NetworkMode::IrohOnly, 1, Bytes::from_static(HANG));
+    // b asks a something a never answers, over each stack.
+    let b_asks_iroh = {
+        let (stack, to, req) = (b.iroh.clone(), a.iroh.addr(), hang.clone());
+        tokio::spawn(async move { stack.request(&to, &req, T).await })
+    };
+    let b_asks_libp2p = {
+        let (stack, to, addrs, req) = (
+            b.libp2p.clone(),
+            a.id.peer_id(),
+            a.libp2p.addrs(),
+            hang.clone(),
+        );
+        tokio::spawn(async move { stack.request(to, addrs, req, T).await })
+    };
+    // a dials a peer that never answers (a socket nobody reads).
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("black hole");
+    let nobody = iroh::EndpointAddr::new(Identity::generate().endpoint_id())
+        .with_ip_addr(hole.local_addr().expect("hole addr"));
+    let a_dials_nobody = {
+        let (stack, req) = (a.iroh.clone(), hang.clone());
+        tokio::spawn(async move { stack.request(&nobody, &req, T).await })
+    };
+    // Both of b's requests are being served by a before it stops.
+    let deadline = tokio::time::Instant::now() + T;
+    while a.iroh.inbound() + a.libp2p.inbound() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never received both requests (iroh {}, libp2p {})",
+            a.iroh.inbound(),
+            a.libp2p.inbound()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !a_dials_nobody.is_finished(),
+        "the dial to nobody is still in progress"
+    );
+    a.iroh.stop().await;
+    a.libp2p.stop().await;
+    std::net::UdpSocket::bind(ip.addr())
+        .unwrap_or_else(|e| panic!("the stopped iroh stack still holds {}: {e}", ip.addr()));
+    std::net::TcpListener::bind(lp.addr())
+        .unwrap_or_else(|e| panic!("the stopped libp2p stack still holds {}: {e}", lp.addr()));
+    // Everything in flight ended with an error rather than hanging.
+    for (what, task) in [
+        ("a's dial", a_dials_nobody),
+        ("b's iroh request", b_asks_iroh),
+    ] {
+        let r = tokio::time::timeout(T, task)
+            .await
+            .expect(what)
+            .expect("joined");
+        assert!(r.is_err(), "{what} failed: {r:?}");
+    }
+    let r = tokio::time::timeout(T, b_asks_libp2p)
+        .await
+        .expect("b's libp2p request")
+        .expect("joined");
+    assert!(r.is_err(), "b's libp2p request failed: {r:?}");
+    b.iroh.stop().await;
+    b.libp2p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

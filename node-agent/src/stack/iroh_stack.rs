@@ -14,6 +14,8 @@ use iroh::endpoint::{
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Handler, Inbound, StackError, StackStats, Transport};
 use crate::identity::{Identity, endpoint_to_peer, peer_to_endpoint};
@@ -53,8 +55,15 @@ impl Default for IrohConfig {
 }
 
 /// A running iroh stack.
+///
+/// Everything that holds the endpoint or one of its connections (and so
+/// its UDP socket) is either a task in `tasks` or a request holding one of
+/// its tokens: stopping cancels the tasks and waits for all of them, so
+/// the port is free once [`IrohStack::stop`] returns.
 pub struct IrohStack {
-    endpoint: Endpoint,
+    /// Taken when the stack stops.
+    endpoint: std::sync::Mutex<Option<Endpoint>>,
+    addr: EndpointAddr,
     conns: Mutex<HashMap<EndpointId, Connection>>,
     max_frame: usize,
     /// Cleared when the stack retires: inbound requests are refused.
@@ -62,15 +71,18 @@ pub struct IrohStack {
     inbound: Inbound,
     stats: Arc<StackStats>,
     peers: Arc<PeerSynchronizer>,
-    server: tokio::task::JoinHandle<()>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// How long a restarted stack keeps trying to bind the UDP port its
 /// previous incarnation just released.
 const REBIND_FOR: Duration = Duration::from_secs(3);
 
-/// How long stopping waits for peers to acknowledge the close.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long stopping waits for its tasks and requests to let go of the
+/// socket once the endpoint has closed (they fail at once when it does;
+/// this only bounds a bug).
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a response waits for the peer to have read it.
 const STOPPED_WAIT: Duration = Duration::from_secs(5);
@@ -138,26 +150,34 @@ impl IrohStack {
         };
         let accepting = Arc::new(AtomicBool::new(true));
         let inbound = Inbound::default();
-        let server = tokio::spawn(serve(
-            endpoint.clone(),
-            Serving {
-                handler,
-                accepting: accepting.clone(),
-                inbound: inbound.clone(),
-                stats: stats.clone(),
-                peers: peers.clone(),
-                max_frame: config.max_frame,
-            },
-        ));
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let serving = Serving {
+            handler,
+            accepting: accepting.clone(),
+            inbound: inbound.clone(),
+            stats: stats.clone(),
+            peers: peers.clone(),
+            max_frame: config.max_frame,
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        };
+        serving.spawn(serve(endpoint.clone(), serving.clone()));
+        let mut addr = EndpointAddr::new(endpoint.id());
+        for s in endpoint.bound_sockets() {
+            addr = addr.with_ip_addr(s);
+        }
         Ok(IrohStack {
-            endpoint,
+            endpoint: std::sync::Mutex::new(Some(endpoint)),
+            addr,
             conns: Mutex::new(HashMap::new()),
             max_frame: config.max_frame,
             accepting,
             inbound,
             stats,
             peers,
-            server,
+            tasks,
+            cancel,
         })
     }
 
@@ -168,11 +188,7 @@ impl IrohStack {
 
     /// This endpoint's id and bound addresses, for peers to dial.
     pub fn addr(&self) -> EndpointAddr {
-        let mut addr = EndpointAddr::new(self.endpoint.id());
-        for s in self.endpoint.bound_sockets() {
-            addr = addr.with_ip_addr(s);
-        }
-        addr
+        self.addr.clone()
     }
 
     /// Refuse new inbound requests from now on (the stack is retiring).
@@ -187,6 +203,8 @@ impl IrohStack {
         envelope: &Envelope,
         timeout: Duration,
     ) -> Result<Envelope, StackError> {
+        // Counted by the stop that waits for every holder of the socket.
+        let _holding = self.tasks.token();
         let attempt = async {
             let conn = self.connection(peer).await?;
             let (mut send, mut recv) = conn
@@ -231,17 +249,19 @@ impl IrohStack {
         {
             return Ok(c.clone());
         }
+        let endpoint = self
+            .endpoint
+            .lock()
+            .expect("endpoint lock")
+            .clone()
+            .ok_or(StackError::Stopped)?;
         // Dial without holding the map: a dial to a peer that does not
         // answer must not hold up requests to every other peer.
-        let conn = self
-            .endpoint
-            .connect(peer.clone(), ALPN)
-            .await
-            .map_err(|e| {
-                StackError::Connection(format!("dialling {}: {e}", peer.id.fmt_short()))
-            })?;
+        let conn = endpoint.connect(peer.clone(), ALPN).await.map_err(|e| {
+            StackError::Connection(format!("dialling {}: {e}", peer.id.fmt_short()))
+        })?;
         let addr = peer.ip_addrs().next().map(ToString::to_string);
-        watch(&self.peers, &conn, addr);
+        watch(&self.tasks, &self.cancel, &self.peers, &conn, addr);
         let mut conns = self.conns.lock().await;
         match conns.get(&peer.id) {
             // Another request dialled first: share its connection.
@@ -253,19 +273,34 @@ impl IrohStack {
         }
     }
 
-    /// Close every connection and the endpoint.
+    /// Close every connection and the endpoint, and return once nothing
+    /// holds its UDP socket any more: a stack started on the same port
+    /// right after binds it.
     pub async fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.tasks.close();
         self.conns.lock().await.clear();
-        // A graceful close waits for every peer to acknowledge; a peer
-        // that is gone never does. Bound it: the socket goes either way.
-        if tokio::time::timeout(CLOSE_WAIT, self.endpoint.close())
+        let endpoint = self.endpoint.lock().expect("endpoint lock").take();
+        if let Some(endpoint) = endpoint {
+            // Closed to the end in a task of its own: a close cut short
+            // (this future dropped) would leave the socket to iroh's
+            // background tasks, held for as long as they live. iroh bounds
+            // the close itself (about 3 s when peers are gone).
+            let closing = tokio::spawn(async move { endpoint.close().await });
+            if let Err(e) = closing.await {
+                tracing::warn!(error = %e, "closing the iroh endpoint failed");
+            }
+        }
+        if tokio::time::timeout(RELEASE_WAIT, self.tasks.wait())
             .await
             .is_err()
         {
-            tracing::debug!("iroh endpoint close timed out; dropping it");
+            tracing::warn!(
+                held = self.tasks.len(),
+                "iroh tasks still hold the socket {RELEASE_WAIT:?} after the endpoint closed"
+            );
         }
-        self.server.abort();
         self.peers.transport_down(Transport::Iroh);
     }
 }
@@ -296,17 +331,25 @@ impl EndpointHooks for Allowlist {
     }
 }
 
-/// Report `conn` to the peer view now and when it closes.
-fn watch(peers: &Arc<PeerSynchronizer>, conn: &Connection, addr: Option<String>) {
+/// Report `conn` to the peer view now and when it closes (a stopping
+/// stack reports its whole transport down instead).
+fn watch(
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+    peers: &Arc<PeerSynchronizer>,
+    conn: &Connection,
+    addr: Option<String>,
+) {
     let id = conn.remote_id();
     peers.iroh(&id, PeerEvent::Connected { addr });
     let (peers, conn) = (peers.clone(), conn.clone());
-    tokio::spawn(async move {
+    tasks.spawn(cancel.clone().run_until_cancelled_owned(async move {
         conn.closed().await;
         peers.iroh(&id, PeerEvent::Disconnected);
-    });
+    }));
 }
 
+#[derive(Clone)]
 struct Serving {
     handler: Arc<dyn Handler>,
     accepting: Arc<AtomicBool>,
@@ -314,13 +357,23 @@ struct Serving {
     stats: Arc<StackStats>,
     peers: Arc<PeerSynchronizer>,
     max_frame: usize,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Serving {
+    /// Run `task` until the stack stops; the stop waits for it.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .spawn(self.cancel.clone().run_until_cancelled_owned(task));
+    }
 }
 
 async fn serve(endpoint: Endpoint, serving: Serving) {
     let serving = Arc::new(serving);
     while let Some(incoming) = endpoint.accept().await {
         let serving = serving.clone();
-        tokio::spawn(async move {
+        serving.clone().spawn(async move {
             let addr = match incoming.remote_addr() {
                 IncomingAddr::Ip(a) => Some(a.to_string()),
                 _ => None,
@@ -329,11 +382,11 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
             let Ok(peer) = endpoint_to_peer(&conn.remote_id()) else {
                 return;
             };
-            watch(&serving.peers, &conn, addr);
+            watch(&serving.tasks, &serving.cancel, &serving.peers, &conn, addr);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let serving = serving.clone();
                 let conn = conn.clone();
-                tokio::spawn(async move {
+                serving.clone().spawn(async move {
                     let s = &*serving;
                     let read = wire::read_frame(&mut recv, s.max_frame).await;
                     // A paused node (fault injection) answers nothing.

@@ -160,7 +160,8 @@ pub struct Libp2pStack {
     accepting: Arc<AtomicBool>,
     inbound: Inbound,
     peers: Arc<PeerSynchronizer>,
-    task: tokio::task::JoinHandle<()>,
+    /// The swarm's task; taken when the stack stops.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Libp2pStack {
@@ -242,7 +243,7 @@ impl Libp2pStack {
             accepting,
             inbound,
             peers,
-            task,
+            task: std::sync::Mutex::new(Some(task)),
         })
     }
 
@@ -303,17 +304,25 @@ impl Libp2pStack {
         }
     }
 
-    /// Stop the swarm; every connection closes.
-    pub fn stop(&self) {
+    /// Stop the swarm and return once it is gone: every connection
+    /// closes and the listening port is free.
+    pub async fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
-        self.task.abort();
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            task.abort();
+            // Resolves once the aborted task has dropped the swarm.
+            let _ = task.await;
+        }
         self.peers.transport_down(Transport::LibP2p);
     }
 }
 
 impl Drop for Libp2pStack {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.get_mut().expect("task lock").take() {
+            task.abort();
+        }
     }
 }
 
