@@ -75,14 +75,15 @@ pub struct IrohStack {
     cancel: CancellationToken,
 }
 
-/// How long a restarted stack keeps trying to bind the UDP port its
-/// previous incarnation just released.
-const REBIND_FOR: Duration = Duration::from_secs(3);
+/// How long a stack started on a fixed port waits for an earlier stack of
+/// this process to let go of it (its close has its own bound, about 3 s
+/// when peers are gone; see [`release`]).
+const RELEASE_FOR: Duration = Duration::from_secs(10);
 
-/// How long stopping waits for its tasks and requests to let go of the
-/// socket once the endpoint has closed (they fail at once when it does;
-/// this only bounds a bug).
-const RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long a restarted stack keeps retrying a bind that fails although no
+/// stack of ours is releasing the port (iroh drops some of its tasks'
+/// handles a moment after its close returns).
+const REBIND_FOR: Duration = Duration::from_millis(500);
 
 /// How long a response waits for the peer to have read it.
 const STOPPED_WAIT: Duration = Duration::from_secs(5);
@@ -101,9 +102,6 @@ impl IrohStack {
             Some(url) => RelayMode::custom([url.clone()]),
             None => RelayMode::Disabled,
         };
-        // A fixed port was usually ours a moment ago (a mode switch
-        // restarting the stack): the closed endpoint's socket can take a
-        // little while to let go, so retry briefly.
         let allow = if config.allowlist.is_empty() {
             None
         } else {
@@ -116,6 +114,12 @@ impl IrohStack {
             }
             Some(Arc::new(ids))
         };
+        // A fixed port was usually ours a moment ago (a mode switch or a
+        // restart of the node): wait for that stack's release, then retry
+        // briefly.
+        if config.bind.port() != 0 {
+            releasing::wait(config.bind.port(), RELEASE_FOR).await;
+        }
         let give_up = Instant::now() + REBIND_FOR;
         let endpoint = loop {
             let mut builder = Endpoint::builder(presets::Minimal);
@@ -273,9 +277,10 @@ impl IrohStack {
         }
     }
 
-    /// Close every connection and the endpoint, and return once nothing
-    /// holds its UDP socket any more: a stack started on the same port
-    /// right after binds it.
+    /// Refuse everything from now on, close every connection and the
+    /// endpoint, and release its UDP socket. Returns once the close has
+    /// begun (peers are told at once); the rest runs on in the background,
+    /// and a stack started on the same port waits for it.
     pub async fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         self.cancel.cancel();
@@ -283,25 +288,113 @@ impl IrohStack {
         self.conns.lock().await.clear();
         let endpoint = self.endpoint.lock().expect("endpoint lock").take();
         if let Some(endpoint) = endpoint {
-            // Closed to the end in a task of its own: a close cut short
-            // (this future dropped) would leave the socket to iroh's
-            // background tasks, held for as long as they live. iroh bounds
-            // the close itself (about 3 s when peers are gone).
-            let closing = tokio::spawn(async move { endpoint.close().await });
-            if let Err(e) = closing.await {
-                tracing::warn!(error = %e, "closing the iroh endpoint failed");
-            }
-        }
-        if tokio::time::timeout(RELEASE_WAIT, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                held = self.tasks.len(),
-                "iroh tasks still hold the socket {RELEASE_WAIT:?} after the endpoint closed"
-            );
+            let sockets = self.addr.ip_addrs().copied().collect::<Vec<_>>();
+            let done = releasing::begin(&sockets);
+            tokio::spawn(release(endpoint, self.tasks.clone(), sockets, done));
         }
         self.peers.transport_down(Transport::Iroh);
+    }
+}
+
+/// Close `endpoint` to the end, wait for everything that held it or one of
+/// its connections (`tasks`, which fail at once when it closes), and wait
+/// until the OS has let go of `sockets`; then report the ports free.
+///
+/// Runs in a task of its own: a close cut short (a dropped future) leaves
+/// the socket to iroh's background tasks for as long as they live, which
+/// was the cause of "Failed to bind sockets" on a restart.
+async fn release(
+    endpoint: Endpoint,
+    tasks: TaskTracker,
+    sockets: Vec<SocketAddr>,
+    done: releasing::Done,
+) {
+    let started = Instant::now();
+    // iroh bounds the close itself (about 3 s with dead peers).
+    endpoint.close().await;
+    drop(endpoint);
+    if tokio::time::timeout(RELEASE_FOR, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            held = tasks.len(),
+            "iroh tasks still hold the endpoint {RELEASE_FOR:?} after it closed"
+        );
+    }
+    // iroh aborts some of its own tasks without waiting for them: the
+    // socket goes when the last one is dropped. The OS knows when.
+    for s in &sockets {
+        while std::net::UdpSocket::bind(s).is_err() {
+            if started.elapsed() >= RELEASE_FOR {
+                tracing::warn!(socket = %s, "the closed iroh endpoint still holds its socket");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "iroh endpoint released");
+    drop(done);
+}
+
+/// The ports this process's stopped stacks are still releasing.
+mod releasing {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    /// Port → a receiver that sees `true` (or its sender gone) once free.
+    static PORTS: LazyLock<Mutex<HashMap<u16, watch::Receiver<bool>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+
+    /// Marks the ports free when dropped.
+    pub(super) struct Done {
+        ports: Vec<u16>,
+        tx: watch::Sender<bool>,
+    }
+
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let _ = self.tx.send(true);
+            let mut ports = PORTS.lock().expect("releasing lock");
+            for p in &self.ports {
+                if ports
+                    .get(p)
+                    .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+                {
+                    ports.remove(p);
+                }
+            }
+        }
+    }
+
+    /// `sockets` are being released from now until the guard drops.
+    pub(super) fn begin(sockets: &[SocketAddr]) -> Done {
+        let (tx, rx) = watch::channel(false);
+        let ports: Vec<u16> = sockets.iter().map(SocketAddr::port).collect();
+        let mut map = PORTS.lock().expect("releasing lock");
+        for p in &ports {
+            map.insert(*p, rx.clone());
+        }
+        Done { ports, tx }
+    }
+
+    /// Wait (at most `bound`) until no stack of ours is releasing `port`.
+    pub(super) async fn wait(port: u16, bound: Duration) {
+        let rx = PORTS.lock().expect("releasing lock").get(&port).cloned();
+        if let Some(mut rx) = rx
+            && tokio::time::timeout(bound, rx.wait_for(|free| *free))
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                port,
+                "an earlier iroh stack still holds the port after {bound:?}"
+            );
+        }
     }
 }
 
