@@ -495,6 +495,11 @@ fn merge(peers: &mut HashMap<PeerId, Tracked>, found: PeerAddr) {
 /// under load would redial forever without ever connecting.
 const DIAL_TIMEOUT_FACTOR: u32 = 3;
 
+/// How many heartbeat intervals a peer's heartbeat stands in for ours.
+/// Above 1, so that of two peers the one that hears the other stops; a
+/// silent peer is then noticed this much later than with ours alone.
+const LISTEN_FACTOR: f64 = 1.5;
+
 async fn run(
     node: Arc<Node>,
     config: ManagerConfig,
@@ -519,10 +524,10 @@ async fn run(
         }
         // Which transports each peer can be reached on, by both modes.
         let local = node.mode();
-        let facts = |p: &PeerId| node.peer_facts(p).and_then(|f| f.mode);
         let mut next_due = learned_at;
         for (id, tracked) in &mut peers {
-            let remote = facts(id);
+            let facts = node.peer_facts(id);
+            let remote = facts.as_ref().and_then(|f| f.mode);
             // A peer that now runs a transport we both have, but whose
             // address on it we never learned (it switched modes after we
             // met): ask again, or we would never use that transport.
@@ -556,8 +561,33 @@ async fn run(
                     next_due = next_due.min(path.next_at);
                     continue;
                 }
-                path.busy = true;
                 let dial = !path.connected();
+                // The peer's own heartbeat reached us lately: it is alive
+                // on this path, and ours would only repeat that. Waiting
+                // half an interval longer than the peer's pace leaves the
+                // beating to one side of each pair (in a mesh, half the
+                // heartbeats); if the peer falls silent, ours resume.
+                let listen_for = config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
+                if !dial
+                    && !missing
+                    && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t as usize])
+                    && now.saturating_duration_since(heard) < listen_for
+                {
+                    path.next_at = heard + listen_for;
+                    next_due = next_due.min(path.next_at);
+                    let s = &mut path.status;
+                    s.misses = 0;
+                    s.attempts = 0;
+                    transition(
+                        id,
+                        t,
+                        s,
+                        PeerState::Connected,
+                        "its heartbeat arrived".into(),
+                    );
+                    continue;
+                }
+                path.busy = true;
                 if dial && path.dialled {
                     path.status.attempts += 1;
                     path.status.redials.push(now);

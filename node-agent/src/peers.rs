@@ -31,6 +31,9 @@ pub struct PathView {
     pub success_rate: Option<f64>,
     /// When the peer was last connected or answered on this transport.
     pub last_seen: Option<Instant>,
+    /// When the peer last sent us a heartbeat on this transport: proof
+    /// that it is alive there, so ours can wait.
+    pub heard: Option<Instant>,
 }
 
 impl PathView {
@@ -87,6 +90,8 @@ pub struct RouteFacts {
     pub latency: [Option<Duration>; 2],
     /// Smoothed success rate per transport.
     pub success_rate: [Option<f64>; 2],
+    /// When the peer last sent us a heartbeat, per transport.
+    pub heard: [Option<Instant>; 2],
 }
 
 impl RouteFacts {
@@ -217,6 +222,24 @@ impl PeerSynchronizer {
         });
     }
 
+    /// `peer` sent us a heartbeat over `t`, saying it runs `mode` and, if
+    /// it has measured one, the path's round trip (the same both ways).
+    pub fn heard(&self, peer: PeerId, t: Transport, mode: NetworkMode, rtt: Option<Duration>) {
+        self.with(peer, |v| {
+            v.mode = Some(mode);
+            let path = v.path_mut(t);
+            let now = Instant::now();
+            path.heard = Some(now);
+            path.last_seen = Some(now);
+            if let Some(rtt) = rtt {
+                path.latency = Some(
+                    path.latency
+                        .map_or(rtt, |l| l.mul_f64(0.8) + rtt.mul_f64(0.2)),
+                );
+            }
+        });
+    }
+
     /// `peer` said it runs `mode` (in a request it sent).
     pub fn advertised(&self, peer: PeerId, mode: NetworkMode) {
         self.with(peer, |v| v.mode = Some(mode));
@@ -251,6 +274,7 @@ impl PeerSynchronizer {
             mode: v.mode,
             latency: [v.libp2p.latency, v.iroh.latency],
             success_rate: [v.libp2p.success_rate, v.iroh.success_rate],
+            heard: [v.libp2p.heard, v.iroh.heard],
         })
     }
 

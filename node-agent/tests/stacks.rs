@@ -219,6 +219,82 @@ async fn a_stack_restarted_on_its_port_gets_it_whatever_was_in_flight() {
     b.libp2p.stop().await;
 }
 
+fn ping(request_id: u64) -> Envelope {
+    Envelope {
+        kind: Kind::Ping,
+        mode: NetworkMode::DualPreferIroh,
+        request_id,
+        payload: Bytes::new(),
+    }
+}
+
+/// Heartbeats ride one long-lived stream per peer on each transport (a
+/// stream per ping costs several packets more), each pong answers its own
+/// ping, and a peer whose stack restarted gets a fresh stream within the
+/// same heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_ride_one_stream_per_peer_and_survive_a_peer_restart() {
+    let a = node().await;
+    let ip = switchyard_testbed::ports::reserve();
+    let b_iroh = IrohConfig {
+        bind: ip.addr(),
+        ..IrohConfig::default()
+    };
+    let b = node_with(Libp2pConfig::default(), b_iroh.clone()).await;
+    // libp2p heartbeats ride the connection a request (a dial) made.
+    let hello = Envelope::request(NetworkMode::IrohOnly, 1, Bytes::from_static(b"hi"));
+    a.libp2p
+        .request(b.id.peer_id(), b.libp2p.addrs(), hello, T)
+        .await
+        .expect("connected");
+    for i in 0..20 {
+        let pong = a
+            .iroh
+            .ping(&b.iroh.addr(), &ping(100 + i), T)
+            .await
+            .expect("iroh pong");
+        assert_eq!((pong.kind, pong.request_id), (Kind::Pong, 100 + i));
+        let pong = a
+            .libp2p
+            .ping(b.id.peer_id(), &ping(200 + i), T)
+            .await
+            .expect("libp2p pong");
+        assert_eq!((pong.kind, pong.request_id), (Kind::Pong, 200 + i));
+    }
+    let streams = |n: &Node| {
+        (
+            n.stats.0.heartbeat_streams.load(Ordering::Relaxed),
+            n.stats.1.heartbeat_streams.load(Ordering::Relaxed),
+        )
+    };
+    assert_eq!(
+        streams(&a),
+        (1, 1),
+        "20 heartbeats, one stream on each transport"
+    );
+    // b's iroh stack restarts on its port: a's idle stream is dead, and
+    // the next heartbeat redials and opens another.
+    b.iroh.stop().await;
+    let b2 = IrohStack::start(
+        &b.id,
+        b_iroh,
+        Arc::new(Echo),
+        Arc::new(StackStats::default()),
+        Arc::new(PeerSynchronizer::new()),
+    )
+    .await
+    .expect("b's iroh stack again");
+    let pong = a
+        .iroh
+        .ping(&b2.addr(), &ping(300), T)
+        .await
+        .expect("pong after the restart");
+    assert_eq!(pong.request_id, 300);
+    assert_eq!(streams(&a).1, 2, "a fresh stream after the restart");
+    a.iroh.stop().await;
+    b2.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retiring_stack_refuses_cleanly() {
     let (a, b) = (node().await, node().await);

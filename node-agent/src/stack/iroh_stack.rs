@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use iroh::endpoint::{
-    AfterHandshakeOutcome, Connection, EndpointHooks, IncomingAddr, VarInt, presets,
+    AfterHandshakeOutcome, Connection, EndpointHooks, IncomingAddr, RecvStream, SendStream, VarInt,
+    presets,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use tokio::sync::Mutex;
@@ -65,6 +66,9 @@ pub struct IrohStack {
     endpoint: std::sync::Mutex<Option<Endpoint>>,
     addr: EndpointAddr,
     conns: Mutex<HashMap<EndpointId, Connection>>,
+    /// Each peer's heartbeat stream, idle between pings (a ping takes it
+    /// out, so one ping per peer runs at a time).
+    pings: std::sync::Mutex<HashMap<EndpointId, (SendStream, RecvStream)>>,
     max_frame: usize,
     /// Cleared when the stack retires: inbound requests are refused.
     accepting: Arc<AtomicBool>,
@@ -175,6 +179,7 @@ impl IrohStack {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             addr,
             conns: Mutex::new(HashMap::new()),
+            pings: std::sync::Mutex::new(HashMap::new()),
             max_frame: config.max_frame,
             accepting,
             inbound,
@@ -247,6 +252,84 @@ impl IrohStack {
         }
     }
 
+    /// A heartbeat: send `ping` (a [`Kind::Ping`]) and wait for its pong,
+    /// over the peer's long-lived heartbeat stream (opened on first use,
+    /// on the connection requests use). A stream per ping costs several
+    /// packets more each way than a frame on a stream that stays open.
+    pub async fn ping(
+        &self,
+        peer: &EndpointAddr,
+        ping: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, StackError> {
+        let _holding = self.tasks.token();
+        let attempt = async {
+            let idle = self.pings.lock().expect("pings lock").remove(&peer.id);
+            if let Some(mut stream) = idle {
+                match self.ping_on(&mut stream, ping).await {
+                    Ok(pong) => return Ok((pong, stream)),
+                    // A stream the peer let go (a restarted stack, an
+                    // older peer answering one ping per stream): a fresh
+                    // one below, within the same timeout.
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.id.fmt_short(), error = %e, "heartbeat stream gone; opening another")
+                    }
+                }
+            }
+            let conn = self.connection(peer).await?;
+            let mut stream = conn
+                .open_bi()
+                .await
+                .map_err(|e| StackError::Connection(e.to_string()))?;
+            self.stats.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
+            let pong = self.ping_on(&mut stream, ping).await?;
+            Ok((pong, stream))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok((pong, stream))) => {
+                // Idle until the next beat; dropped (and so reset) if the
+                // stack stops meanwhile.
+                if !self.cancel.is_cancelled() {
+                    self.pings
+                        .lock()
+                        .expect("pings lock")
+                        .insert(peer.id, stream);
+                }
+                Ok(pong)
+            }
+            Ok(Err(e)) => {
+                self.conns.lock().await.remove(&peer.id);
+                Err(e)
+            }
+            // The stream is dropped with the attempt: a late pong on it
+            // can never be taken for the next one's.
+            Err(_) => {
+                self.conns.lock().await.remove(&peer.id);
+                Err(StackError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn ping_on(
+        &self,
+        (send, recv): &mut (SendStream, RecvStream),
+        ping: &Envelope,
+    ) -> Result<Envelope, StackError> {
+        wire::write_frame(send, ping, self.max_frame)
+            .await
+            .map_err(StackError::from)?;
+        let pong = wire::read_frame(recv, self.max_frame)
+            .await
+            .map_err(StackError::from)?;
+        if pong.kind != Kind::Pong || pong.request_id != ping.request_id {
+            return Err(StackError::Protocol(format!(
+                "ping {} was answered with {:?} {}",
+                ping.request_id, pong.kind, pong.request_id
+            )));
+        }
+        Ok(pong)
+    }
+
     async fn connection(&self, peer: &EndpointAddr) -> Result<Connection, StackError> {
         if let Some(c) = self.conns.lock().await.get(&peer.id)
             && c.close_reason().is_none()
@@ -286,6 +369,7 @@ impl IrohStack {
         self.cancel.cancel();
         self.tasks.close();
         self.conns.lock().await.clear();
+        self.pings.lock().expect("pings lock").clear();
         let endpoint = self.endpoint.lock().expect("endpoint lock").take();
         if let Some(endpoint) = endpoint {
             let sockets = self.addr.ip_addrs().copied().collect::<Vec<_>>();
@@ -462,6 +546,40 @@ impl Serving {
     }
 }
 
+/// Answer `first` and every ping after it on the same stream (a
+/// heartbeat stream stays open), until the peer finishes the stream or
+/// sends something that is not a ping.
+async fn answer_pings(
+    s: &Serving,
+    peer: libp2p::PeerId,
+    first: Envelope,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    conn: &Connection,
+) {
+    let mut ping = first;
+    loop {
+        s.peers
+            .heard(peer, Transport::Iroh, ping.mode, super::ping_rtt(&ping));
+        let pong = super::pong(&ping, &*s.handler);
+        if wire::write_frame(send, &pong, s.max_frame).await.is_err() {
+            return;
+        }
+        s.stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
+        ping = match wire::read_frame(recv, s.max_frame).await {
+            Ok(p) if p.kind == Kind::Ping => p,
+            Err(e) if !e.is_malformed() => return, // the peer finished or went away
+            Ok(_) | Err(_) => {
+                s.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
+                return;
+            }
+        };
+        // A paused node (fault injection) answers nothing.
+        super::wait_unpaused(&*s.handler).await;
+    }
+}
+
 async fn serve(endpoint: Endpoint, serving: Serving) {
     let serving = Arc::new(serving);
     while let Some(incoming) = endpoint.accept().await {
@@ -486,14 +604,7 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
                     super::wait_unpaused(&*s.handler).await;
                     let request = match read {
                         Ok(r) if r.kind == Kind::Ping => {
-                            let pong = super::pong(&r, &*s.handler);
-                            if wire::write_frame(&mut send, &pong, s.max_frame)
-                                .await
-                                .is_ok()
-                            {
-                                let _ = send.finish();
-                                let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
-                            }
+                            answer_pings(s, peer, r, &mut send, &mut recv, &conn).await;
                             return;
                         }
                         Ok(r) if r.kind == Kind::Request => r,

@@ -18,6 +18,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, allow_block_list, identify, noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{Handler, Inbound, InboundGuard, StackError, StackStats, Transport};
 use crate::identity::Identity;
@@ -26,6 +27,13 @@ use crate::wire::{self, Envelope, Kind};
 
 /// The request-response protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/switchyard/rpc/1");
+
+/// Heartbeats: a long-lived stream per peer carrying ping and pong frames.
+pub const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/switchyard/ping/1");
+
+/// Heartbeat streams answered at once, over all peers (each peer keeps
+/// one open); more are refused.
+const MAX_PING_STREAMS: usize = 4096;
 
 /// libp2p stack settings.
 #[derive(Debug, Clone)]
@@ -135,6 +143,7 @@ struct Behaviour {
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    streams: libp2p_stream::Behaviour,
 }
 
 enum Command {
@@ -162,6 +171,14 @@ pub struct Libp2pStack {
     peers: Arc<PeerSynchronizer>,
     /// The swarm's task; taken when the stack stops.
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    control: libp2p_stream::Control,
+    stats: Arc<StackStats>,
+    /// Each peer's heartbeat stream, idle between pings (a ping takes it
+    /// out, so one ping per peer runs at a time).
+    pings: std::sync::Mutex<HashMap<PeerId, libp2p::Stream>>,
+    max_frame: usize,
+    /// Cancelled when the stack stops: ends the heartbeat answerers.
+    cancel: CancellationToken,
 }
 
 impl Libp2pStack {
@@ -176,6 +193,11 @@ impl Libp2pStack {
     ) -> Result<Self, StackError> {
         let max = config.max_frame;
         let request_timeout = config.request_timeout;
+        let streams = libp2p_stream::Behaviour::new();
+        let mut control = streams.new_control();
+        let incoming = control
+            .accept(PING_PROTOCOL)
+            .map_err(|e| StackError::Start(format!("libp2p heartbeat protocol: {e}")))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
             .with_tokio()
             .with_tcp(
@@ -203,6 +225,7 @@ impl Libp2pStack {
                     key.public(),
                 )),
                 ping: ping::Behaviour::new(ping::Config::new()),
+                streams,
             })
             .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
@@ -225,6 +248,20 @@ impl Libp2pStack {
         let (commands, rx) = mpsc::channel(1024);
         let accepting = Arc::new(AtomicBool::new(true));
         let inbound = Inbound::default();
+        let cancel = CancellationToken::new();
+        let stats_for_pings = stats.clone();
+        tokio::spawn(
+            cancel
+                .clone()
+                .run_until_cancelled_owned(answer_ping_streams(
+                    incoming,
+                    handler.clone(),
+                    stats.clone(),
+                    peers.clone(),
+                    max,
+                    cancel.clone(),
+                )),
+        );
         let task = tokio::spawn(run(
             swarm,
             rx,
@@ -244,6 +281,11 @@ impl Libp2pStack {
             inbound,
             peers,
             task: std::sync::Mutex::new(Some(task)),
+            control,
+            stats: stats_for_pings,
+            pings: std::sync::Mutex::new(HashMap::new()),
+            max_frame: max,
+            cancel,
         })
     }
 
@@ -304,10 +346,59 @@ impl Libp2pStack {
         }
     }
 
+    /// A heartbeat to a connected peer: send `ping` (a [`Kind::Ping`]) and
+    /// wait for its pong over the peer's long-lived heartbeat stream
+    /// (opened on first use). A peer that does not speak the heartbeat
+    /// protocol is pinged with a request instead. Dials go through
+    /// [`Libp2pStack::request`], which knows the addresses.
+    pub async fn ping(
+        &self,
+        peer: PeerId,
+        ping: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope, StackError> {
+        let attempt = async {
+            let idle = self.pings.lock().expect("pings lock").remove(&peer);
+            if let Some(mut stream) = idle {
+                match ping_on(&mut stream, ping, self.max_frame).await {
+                    Ok(pong) => return Ok(Some((pong, stream))),
+                    // The peer let the stream go (a restarted stack): a
+                    // fresh one below, within the same timeout.
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "heartbeat stream gone; opening another")
+                    }
+                }
+            }
+            let mut stream = match self.control.clone().open_stream(peer, PING_PROTOCOL).await {
+                Ok(s) => s,
+                Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => return Ok(None),
+                Err(e) => return Err(StackError::Connection(format!("{peer}: {e}"))),
+            };
+            self.stats.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
+            let pong = ping_on(&mut stream, ping, self.max_frame).await?;
+            Ok(Some((pong, stream)))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(Some((pong, stream)))) => {
+                if !self.cancel.is_cancelled() {
+                    self.pings.lock().expect("pings lock").insert(peer, stream);
+                }
+                Ok(pong)
+            }
+            Ok(Ok(None)) => self.request(peer, Vec::new(), ping.clone(), timeout).await,
+            Ok(Err(e)) => Err(e),
+            // The stream goes with the attempt: a late pong on it can
+            // never be taken for the next one's.
+            Err(_) => Err(StackError::Timeout(timeout)),
+        }
+    }
+
     /// Stop the swarm and return once it is gone: every connection
     /// closes and the listening port is free.
     pub async fn stop(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.pings.lock().expect("pings lock").clear();
         let task = self.task.lock().expect("task lock").take();
         if let Some(task) = task {
             task.abort();
@@ -320,9 +411,75 @@ impl Libp2pStack {
 
 impl Drop for Libp2pStack {
     fn drop(&mut self) {
+        self.cancel.cancel();
         if let Some(task) = self.task.get_mut().expect("task lock").take() {
             task.abort();
         }
+    }
+}
+
+/// Send `ping` on a heartbeat stream and read its pong.
+async fn ping_on(
+    stream: &mut libp2p::Stream,
+    ping: &Envelope,
+    max: usize,
+) -> Result<Envelope, StackError> {
+    wire::write_frame(stream, ping, max)
+        .await
+        .map_err(StackError::from)?;
+    let pong = wire::read_frame(stream, max)
+        .await
+        .map_err(StackError::from)?;
+    if pong.kind != Kind::Pong || pong.request_id != ping.request_id {
+        return Err(StackError::Protocol(format!(
+            "ping {} was answered with {:?} {}",
+            ping.request_id, pong.kind, pong.request_id
+        )));
+    }
+    Ok(pong)
+}
+
+/// Answer the heartbeat streams peers open, each in a task of its own (at
+/// most [`MAX_PING_STREAMS`] at once), until the stack stops.
+async fn answer_ping_streams(
+    mut incoming: libp2p_stream::IncomingStreams,
+    handler: Arc<dyn Handler>,
+    stats: Arc<StackStats>,
+    peers: Arc<PeerSynchronizer>,
+    max: usize,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PING_STREAMS));
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many heartbeat streams; refusing one");
+            continue;
+        };
+        let (handler, stats, peers) = (handler.clone(), stats.clone(), peers.clone());
+        tokio::spawn(cancel.clone().run_until_cancelled_owned(async move {
+            let _permit = permit;
+            loop {
+                match wire::read_frame(&mut stream, max).await {
+                    Ok(ping) if ping.kind == Kind::Ping => {
+                        // A paused node (fault injection) answers nothing.
+                        super::wait_unpaused(&*handler).await;
+                        peers.heard(peer, Transport::LibP2p, ping.mode, super::ping_rtt(&ping));
+                        let pong = super::pong(&ping, &*handler);
+                        if wire::write_frame(&mut stream, &pong, max).await.is_err() {
+                            return;
+                        }
+                        stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if !e.is_malformed() => return, // finished or gone
+                    Ok(_) | Err(_) => {
+                        // Garbage: drop the stream (and so its frames).
+                        tracing::debug!(%peer, "malformed heartbeat frame; dropping the stream");
+                        stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
     }
 }
 
@@ -452,8 +609,11 @@ async fn run(
                         request_response::Message::Request { request: Ok(request), channel, .. }
                             if request.kind == Kind::Ping =>
                         {
+                            peers.heard(peer, Transport::LibP2p, request.mode, super::ping_rtt(&request));
                             let pong = super::pong(&request, &*handler);
-                            let _ = swarm.behaviour_mut().rpc.send_response(channel, pong);
+                            if swarm.behaviour_mut().rpc.send_response(channel, pong).is_ok() {
+                                stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         request_response::Message::Request { request_id, request: Ok(request), channel } => {
                             stats.bytes_received.fetch_add(request.payload.len() as u64, Ordering::Relaxed);

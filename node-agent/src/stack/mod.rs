@@ -151,6 +151,11 @@ pub struct StackStats {
     pub malformed: AtomicU64,
     /// Connections refused because the peer is not on the allowlist.
     pub rejected: AtomicU64,
+    /// Heartbeat streams this stack opened (one per peer while its
+    /// connection lasts).
+    pub heartbeat_streams: AtomicU64,
+    /// Peers' heartbeats this stack answered.
+    pub heartbeats_answered: AtomicU64,
 }
 
 /// Why a stack could not do something.
@@ -233,6 +238,20 @@ pub(crate) fn is_inbound(kind: Kind) -> bool {
 
 /// A ping with this payload asks for the answerer's [`Advert`].
 pub const ASK_ADVERT: &[u8] = b"advert";
+
+/// A ping's payload carrying the sender's last round trip on this path
+/// (microseconds, 8 bytes big-endian): the answerer, which skips its own
+/// heartbeats while it hears ours, learns the latency without measuring.
+pub fn rtt_payload(rtt: Duration) -> Bytes {
+    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+    Bytes::copy_from_slice(&micros.to_be_bytes())
+}
+
+/// The round trip a ping carries, if it carries one.
+pub(crate) fn ping_rtt(ping: &Envelope) -> Option<Duration> {
+    let bytes: [u8; 8] = ping.payload.as_ref().try_into().ok()?;
+    Some(Duration::from_micros(u64::from_be_bytes(bytes)))
+}
 
 /// The stack's own answer to a ping.
 pub(crate) fn pong(ping: &Envelope, handler: &dyn Handler) -> Envelope {
