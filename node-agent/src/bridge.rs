@@ -19,6 +19,7 @@ use switchyard_crds::{NetworkMode, RoutingStrategy};
 use crate::identity::{Identity, IdentityError, peer_to_endpoint};
 use crate::metrics::NodeMetrics;
 use crate::peers::{PeerSynchronizer, PeerView};
+use crate::routing::{Route, RouteInput};
 use crate::stack::iroh_stack::{IrohConfig, IrohStack};
 use crate::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
 use crate::stack::{Dedup, Handler, StackError, StackStats, Transport};
@@ -151,15 +152,6 @@ pub struct NodeConfig {
 struct Stacks {
     libp2p: Option<Arc<Libp2pStack>>,
     iroh: Option<Arc<IrohStack>>,
-}
-
-/// The transports to try for one request.
-struct Route {
-    /// Best first; each with whether the peer is believed to run it.
-    order: Vec<(Transport, bool)>,
-    /// Send on every transport at once (nothing measured yet under
-    /// LowestLatency).
-    race: bool,
 }
 
 /// How one attempt ended.
@@ -637,59 +629,15 @@ impl Node {
 
     /// The transports to try for `peer`, best first.
     fn route(&self, peer: &PeerAddr, strategy: Option<RoutingStrategy>, iroh_share: u8) -> Route {
-        let local = self.mode();
-        let known = self.peers.facts(&peer.peer).unwrap_or_default();
-        // What this node runs and has an address for.
-        let reachable = |t: Transport| match t {
-            Transport::LibP2p => local.has_libp2p() && !peer.libp2p.is_empty(),
-            Transport::Iroh => local.has_iroh() && peer.iroh.is_some(),
-        };
-        // What the peer last said it runs. Advisory: a peer that switched
-        // since may run the other, so those come last rather than never.
-        let advertised = |t: Transport| match t {
-            Transport::LibP2p => known.mode.is_none_or(NetworkMode::has_libp2p),
-            Transport::Iroh => known.mode.is_none_or(NetworkMode::has_iroh),
-        };
-        let latency = |t: Transport| known.latency(t);
-        let strategy = strategy.unwrap_or_else(|| local.default_strategy());
-        let both = [Transport::LibP2p, Transport::Iroh];
-        let mut race = false;
-        let mut order = match strategy {
-            RoutingStrategy::PreferLibP2p => vec![Transport::LibP2p, Transport::Iroh],
-            RoutingStrategy::PreferIroh => vec![Transport::Iroh, Transport::LibP2p],
-            RoutingStrategy::LoadBalance => {
-                // Spread evenly: iroh goes first on `iroh_share` of every
-                // 100 turns, interleaved rather than in runs.
-                let n = self.turn.fetch_add(1, Ordering::Relaxed) % 100;
-                let share = u64::from(iroh_share.min(100));
-                if (n + 1) * share / 100 > n * share / 100 {
-                    vec![Transport::Iroh, Transport::LibP2p]
-                } else {
-                    vec![Transport::LibP2p, Transport::Iroh]
-                }
-            }
-            RoutingStrategy::LowestLatency => {
-                // Until both are measured, ask both: the answers measure them.
-                race = both
-                    .iter()
-                    .any(|t| reachable(*t) && advertised(*t) && latency(*t).is_none());
-                let mut v = both.to_vec();
-                v.sort_by_key(|t| latency(*t).unwrap_or(Duration::ZERO));
-                v
-            }
-            RoutingStrategy::HighestSuccessRate => {
-                let s = |t: Transport| known.success_rate(t).unwrap_or(1.0);
-                let mut v = both.to_vec();
-                v.sort_by(|a, b| s(*b).total_cmp(&s(*a)));
-                v
-            }
-        };
-        order.retain(|t| reachable(*t));
-        order.sort_by_key(|t| !advertised(*t));
-        Route {
-            order: order.into_iter().map(|t| (t, advertised(t))).collect(),
-            race,
-        }
+        let facts = self.peers.facts(&peer.peer).unwrap_or_default();
+        crate::routing::route(&RouteInput {
+            local: self.mode(),
+            addressed: [!peer.libp2p.is_empty(), peer.iroh.is_some()],
+            facts: &facts,
+            strategy,
+            iroh_share,
+            turn: self.turn.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     /// When to send on the second transport if the first (`t`) has not

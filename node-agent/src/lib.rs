@@ -18,6 +18,7 @@ pub mod identity;
 pub mod manager;
 pub mod metrics;
 pub mod peers;
+pub mod routing;
 pub mod stack;
 pub mod wire;
 

@@ -38,6 +38,10 @@ use crate::bootstrap::{self, BadEntry, Bootstrap};
 use crate::bridge::{Node, PeerAddr};
 use crate::stack::{StackError, Transport};
 
+mod path;
+
+pub use path::{Beat, Transition};
+
 /// PeerManager settings.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -364,26 +368,28 @@ struct Path {
 impl Path {
     fn new(now: Instant) -> Self {
         Path {
-            status: PathStatus {
-                state: PeerState::Disconnected,
-                since: now,
-                rtt: None,
-                misses: 0,
-                attempts: 0,
-                redials: Vec::new(),
-                reason: "not dialled yet".into(),
-            },
+            status: PathStatus::new(now),
             next_at: now,
             busy: false,
             dialled: false,
         }
     }
 
-    fn connected(&self) -> bool {
-        matches!(
-            self.status.state,
-            PeerState::Connected | PeerState::Unresponsive
-        )
+    /// Take `step`'s status (logging a change of state) and schedule the
+    /// next beat or redial.
+    fn apply(&mut self, peer: &PeerId, t: Transport, step: Transition, now: Instant, jitter: f64) {
+        let (from, to) = (self.status.state, step.status.state);
+        if from != to {
+            let reason = &step.status.reason;
+            tracing::info!(%peer, transport = t.as_str(), from = from.as_str(), to = to.as_str(), %reason, "peer state");
+        }
+        self.status = step.status;
+        let delay = if step.jitter {
+            jittered(step.next_in, jitter)
+        } else {
+            step.next_in
+        };
+        self.next_at = now + delay;
     }
 }
 
@@ -392,7 +398,7 @@ struct Tracked {
     paths: [Option<Path>; 2],
 }
 
-type Beat = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
+type Beating = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
 
 fn jittered(d: Duration, jitter: f64) -> Duration {
     use std::hash::{BuildHasher, Hasher};
@@ -402,15 +408,6 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
         .finish();
     let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // 0..1
     d.mul_f64(1.0 + jitter.clamp(0.0, 1.0) * (2.0 * unit - 1.0))
-}
-
-fn transition(peer: &PeerId, t: Transport, path: &mut PathStatus, to: PeerState, reason: String) {
-    if path.state != to {
-        tracing::info!(%peer, transport = t.as_str(), from = path.state.as_str(), to = to.as_str(), %reason, "peer state");
-        path.state = to;
-        path.since = Instant::now();
-    }
-    path.reason = reason;
 }
 
 /// Add what the transports have learned (identify's listen addresses,
@@ -513,7 +510,7 @@ async fn run(
         merge(&mut peers, a);
     }
     let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
-    let mut beats: FuturesUnordered<Beat> = FuturesUnordered::new();
+    let mut beats: FuturesUnordered<Beating> = FuturesUnordered::new();
     let mut learned_at = Instant::now();
     let mut published = [[-1i64; 4]; 2];
     loop {
@@ -561,39 +558,24 @@ async fn run(
                     next_due = next_due.min(path.next_at);
                     continue;
                 }
-                let dial = !path.connected();
+                let dial = !path.status.connected();
                 // The peer's own heartbeat reached us lately: it is alive
                 // on this path, and ours would only repeat that. Waiting
                 // half an interval longer than the peer's pace leaves the
                 // beating to one side of each pair (in a mesh, half the
                 // heartbeats); if the peer falls silent, ours resume.
                 let listen_for = config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
-                if !dial
-                    && !missing
+                if !missing
                     && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t as usize])
-                    && now.saturating_duration_since(heard) < listen_for
+                    && let Some(step) = path.status.on_heard(heard, now, listen_for)
                 {
-                    path.next_at = heard + listen_for;
+                    path.apply(id, t, step, now, config.jitter);
                     next_due = next_due.min(path.next_at);
-                    let s = &mut path.status;
-                    s.misses = 0;
-                    s.attempts = 0;
-                    transition(
-                        id,
-                        t,
-                        s,
-                        PeerState::Connected,
-                        "its heartbeat arrived".into(),
-                    );
                     continue;
                 }
                 path.busy = true;
                 if dial && path.dialled {
-                    path.status.attempts += 1;
-                    path.status.redials.push(now);
-                    if path.status.redials.len() > 32 {
-                        path.status.redials.remove(0);
-                    }
+                    path.status = path.status.on_redial(now);
                     metrics.redials.with_label_values(&[t.as_str()]).inc();
                 }
                 path.dialled = true;
@@ -673,58 +655,20 @@ async fn run(
                 };
                 path.busy = false;
                 let now = Instant::now();
-                let s = &mut path.status;
-                match result {
+                let beat = match result {
                     Ok(rtt) => {
                         metrics.rtt.with_label_values(&[t.as_str()]).observe(rtt.as_secs_f64());
-                        s.rtt = Some(rtt);
-                        s.misses = 0;
-                        s.attempts = 0;
-                        transition(&peer, t, s, PeerState::Connected, "heartbeat answered".into());
-                        path.next_at = now + config.heartbeat_interval;
+                        Beat::Answered(rtt)
                     }
-                    Err(e)
-                        if path_connected(s.state)
-                            && matches!(e, StackError::Timeout(_))
-                            && !(s.state == PeerState::Unresponsive
-                                && s.since.elapsed() >= config.disconnect_after) =>
-                    {
-                        // Alive connection, no answer: a paused or
-                        // overloaded peer. Keep beating at the usual pace.
-                        s.misses += 1;
-                        if s.misses >= config.unresponsive_after {
-                            let reason = format!("{} heartbeats in a row unanswered", s.misses);
-                            transition(&peer, t, s, PeerState::Unresponsive, reason);
-                            path.next_at = now + config.heartbeat_interval;
-                        } else {
-                            // The timeout already spaced it: ask again now,
-                            // so a silent peer is found in `unresponsive_after`
-                            // timeouts.
-                            path.next_at = now;
-                        }
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        if path_connected(s.state) {
-                            s.attempts = 0;
-                        }
-                        let (state, delay) = if s.attempts >= config.max_retries {
-                            (PeerState::Failed, config.slow_retry)
-                        } else {
-                            (PeerState::Disconnected, config.backoff(s.attempts + 1))
-                        };
-                        transition(&peer, t, s, state, reason);
-                        path.next_at = now + jittered(delay, config.jitter);
-                    }
-                }
+                    Err(StackError::Timeout(_)) => Beat::Unanswered,
+                    Err(e) => Beat::Failed(e.to_string()),
+                };
+                let step = path.status.on_beat(&beat, now, &config);
+                path.apply(&peer, t, step, now, config.jitter);
             }
             () = tokio::time::sleep_until(next_due.into()) => {}
         }
     }
-}
-
-fn path_connected(state: PeerState) -> bool {
-    matches!(state, PeerState::Connected | PeerState::Unresponsive)
 }
 
 /// Resolve `dns:` entries now and every `dns_refresh`; dial each new

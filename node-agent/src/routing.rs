@@ -1,0 +1,315 @@
+//! Which transports a request to a peer tries, best first: a pure function
+//! of the local mode, what is known of the peer, the strategy and the
+//! turn. The bridge only gathers those and follows the answer.
+
+use std::time::Duration;
+
+use switchyard_crds::{NetworkMode, RoutingStrategy};
+
+use crate::peers::RouteFacts;
+use crate::stack::Transport;
+
+/// The transports to try for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Best first; each with whether the peer is believed to run it.
+    pub order: Vec<(Transport, bool)>,
+    /// Send on every transport at once (nothing measured yet under
+    /// LowestLatency).
+    pub race: bool,
+}
+
+/// What a request to one peer is routed by.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInput<'a> {
+    /// This node's mode.
+    pub local: NetworkMode,
+    /// Whether we have the peer's address, per transport (libp2p, iroh).
+    pub addressed: [bool; 2],
+    /// What the peer told us and what we measured.
+    pub facts: &'a RouteFacts,
+    /// The strategy; the local mode's default when `None`.
+    pub strategy: Option<RoutingStrategy>,
+    /// Under LoadBalance: iroh goes first on this many of every 100 turns.
+    pub iroh_share: u8,
+    /// A counter that moves on with every request (LoadBalance's turn).
+    pub turn: u64,
+}
+
+const BOTH: [Transport; 2] = [Transport::LibP2p, Transport::Iroh];
+
+/// The transports to try, best first.
+///
+/// Only transports this node runs and has an address for are tried. Those
+/// the peer last said it runs come first; the others last rather than
+/// never, as the peer may have switched since. Among them, the strategy
+/// orders: the preferred one first; LoadBalance puts iroh first on
+/// `iroh_share` of every 100 turns, interleaved; LowestLatency the faster
+/// first, racing both until both are measured; HighestSuccessRate the more
+/// reliable first (unmeasured counts as reliable).
+pub fn route(input: &RouteInput<'_>) -> Route {
+    let RouteInput {
+        local,
+        addressed,
+        facts,
+        ..
+    } = *input;
+    let runs = |t: Transport| match t {
+        Transport::LibP2p => local.has_libp2p(),
+        Transport::Iroh => local.has_iroh(),
+    };
+    let reachable = |t: Transport| runs(t) && addressed[t as usize];
+    let advertised = |t: Transport| match t {
+        Transport::LibP2p => facts.mode.is_none_or(NetworkMode::has_libp2p),
+        Transport::Iroh => facts.mode.is_none_or(NetworkMode::has_iroh),
+    };
+    let strategy = input.strategy.unwrap_or_else(|| local.default_strategy());
+    let mut race = false;
+    let mut order = match strategy {
+        RoutingStrategy::PreferLibP2p => vec![Transport::LibP2p, Transport::Iroh],
+        RoutingStrategy::PreferIroh => vec![Transport::Iroh, Transport::LibP2p],
+        RoutingStrategy::LoadBalance => {
+            let n = input.turn % 100;
+            let share = u64::from(input.iroh_share.min(100));
+            if (n + 1) * share / 100 > n * share / 100 {
+                vec![Transport::Iroh, Transport::LibP2p]
+            } else {
+                vec![Transport::LibP2p, Transport::Iroh]
+            }
+        }
+        RoutingStrategy::LowestLatency => {
+            // Until both are measured, ask both: the answers measure them.
+            race = BOTH
+                .iter()
+                .any(|t| reachable(*t) && advertised(*t) && facts.latency(*t).is_none());
+            let mut v = BOTH.to_vec();
+            v.sort_by_key(|t| facts.latency(*t).unwrap_or(Duration::ZERO));
+            v
+        }
+        RoutingStrategy::HighestSuccessRate => {
+            let s = |t: Transport| facts.success_rate(t).unwrap_or(1.0);
+            let mut v = BOTH.to_vec();
+            v.sort_by(|a, b| s(*b).total_cmp(&s(*a)));
+            v
+        }
+    };
+    order.retain(|t| reachable(*t));
+    order.sort_by_key(|t| !advertised(*t));
+    Route {
+        order: order.into_iter().map(|t| (t, advertised(t))).collect(),
+        race,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Every peer-facts case the table runs: the peer's advertised mode
+    /// (or none), latencies and success rates, each unknown or favouring
+    /// either transport.
+    fn facts_cases() -> Vec<RouteFacts> {
+        let modes = std::iter::once(None).chain(NetworkMode::ALL.map(Some));
+        let latencies = [
+            [None, None],
+            [Some(MS), None],
+            [Some(MS), Some(5 * MS)],
+            [Some(5 * MS), Some(MS)],
+        ];
+        let rates = [[None, None], [Some(0.9), Some(0.5)], [Some(0.5), Some(0.9)]];
+        let mut out = Vec::new();
+        for mode in modes {
+            for latency in latencies {
+                for success_rate in rates {
+                    out.push(RouteFacts {
+                        mode,
+                        latency,
+                        success_rate,
+                        heard: [None, None],
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn first_choice(
+        strategy: RoutingStrategy,
+        facts: &RouteFacts,
+        turn: u64,
+        share: u8,
+    ) -> Transport {
+        use Transport::{Iroh, LibP2p};
+        match strategy {
+            RoutingStrategy::PreferLibP2p => LibP2p,
+            RoutingStrategy::PreferIroh => Iroh,
+            RoutingStrategy::LoadBalance => {
+                let n = turn % 100;
+                let s = u64::from(share);
+                if (n + 1) * s / 100 > n * s / 100 {
+                    Iroh
+                } else {
+                    LibP2p
+                }
+            }
+            RoutingStrategy::LowestLatency => {
+                let l = |t: Transport| facts.latency(t).unwrap_or(Duration::ZERO);
+                if l(Iroh) < l(LibP2p) { Iroh } else { LibP2p }
+            }
+            RoutingStrategy::HighestSuccessRate => {
+                let s = |t: Transport| facts.success_rate(t).unwrap_or(1.0);
+                if s(Iroh) > s(LibP2p) { Iroh } else { LibP2p }
+            }
+        }
+    }
+
+    /// Every strategy × local mode × addresses × peer facts: only
+    /// reachable transports, advertised ones first, and among those the
+    /// strategy's choice.
+    #[test]
+    fn every_strategy_mode_and_peer_routes_by_the_rules() {
+        let strategies = std::iter::once(None).chain(RoutingStrategy::ALL.map(Some));
+        let mut cases = 0;
+        for strategy in strategies {
+            for local in NetworkMode::ALL {
+                for addressed in [[true, true], [true, false], [false, true], [false, false]] {
+                    for facts in facts_cases() {
+                        for turn in [0, 1, 2, 3] {
+                            let input = RouteInput {
+                                local,
+                                addressed,
+                                facts: &facts,
+                                strategy,
+                                iroh_share: 50,
+                                turn,
+                            };
+                            let r = route(&input);
+                            cases += 1;
+                            let ctx = format!("{input:?} -> {r:?}");
+                            let runs = |t: Transport| match t {
+                                Transport::LibP2p => local.has_libp2p(),
+                                Transport::Iroh => local.has_iroh(),
+                            };
+                            let reachable: Vec<Transport> = BOTH
+                                .into_iter()
+                                .filter(|t| runs(*t) && addressed[*t as usize])
+                                .collect();
+                            let tried: Vec<Transport> = r.order.iter().map(|(t, _)| *t).collect();
+                            let mut sorted = tried.clone();
+                            sorted.sort_by_key(|t| *t as usize);
+                            assert_eq!(
+                                sorted, reachable,
+                                "only what is reachable, each once: {ctx}"
+                            );
+                            let adv: Vec<bool> = r.order.iter().map(|(_, a)| *a).collect();
+                            assert!(
+                                adv.windows(2).all(|w| w[0] >= w[1]),
+                                "advertised first: {ctx}"
+                            );
+                            for (t, a) in &r.order {
+                                let expected = facts.mode.is_none_or(|m| match t {
+                                    Transport::LibP2p => m.has_libp2p(),
+                                    Transport::Iroh => m.has_iroh(),
+                                });
+                                assert_eq!(*a, expected, "{t:?} advertised: {ctx}");
+                            }
+                            let s = strategy.unwrap_or_else(|| local.default_strategy());
+                            if r.order.len() == 2 && adv == [true, true] {
+                                assert_eq!(tried[0], first_choice(s, &facts, turn, 50), "{ctx}");
+                            }
+                            let unmeasured = r
+                                .order
+                                .iter()
+                                .any(|(t, a)| *a && facts.latency(*t).is_none());
+                            assert_eq!(
+                                r.race,
+                                s == RoutingStrategy::LowestLatency && unmeasured,
+                                "races only under LowestLatency until measured: {ctx}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 6 * 5 * 4 * 72 * 4);
+    }
+
+    #[test]
+    fn named_cases() {
+        let unknown = RouteFacts::default();
+        let input = |local, strategy, facts| RouteInput {
+            local,
+            addressed: [true, true],
+            facts,
+            strategy,
+            iroh_share: 50,
+            turn: 0,
+        };
+        use Transport::{Iroh, LibP2p};
+        // The mode's default strategy.
+        let r = route(&input(NetworkMode::DualPreferIroh, None, &unknown));
+        assert_eq!(r.order, vec![(Iroh, true), (LibP2p, true)]);
+        // A peer that said it runs only libp2p: iroh last, not never.
+        let libp2p_only = RouteFacts {
+            mode: Some(NetworkMode::LibP2pOnly),
+            ..RouteFacts::default()
+        };
+        let r = route(&input(NetworkMode::DualPreferIroh, None, &libp2p_only));
+        assert_eq!(r.order, vec![(LibP2p, true), (Iroh, false)]);
+        // An iroh-only node never tries libp2p.
+        let r = route(&input(
+            NetworkMode::IrohOnly,
+            Some(RoutingStrategy::PreferLibP2p),
+            &unknown,
+        ));
+        assert_eq!(r.order, vec![(Iroh, true)]);
+        // LowestLatency races until both are measured, then picks.
+        let r = route(&input(
+            NetworkMode::DualLoadBalance,
+            Some(RoutingStrategy::LowestLatency),
+            &unknown,
+        ));
+        assert!(r.race);
+        let measured = RouteFacts {
+            latency: [Some(9 * MS), Some(2 * MS)],
+            ..RouteFacts::default()
+        };
+        let r = route(&input(
+            NetworkMode::DualLoadBalance,
+            Some(RoutingStrategy::LowestLatency),
+            &measured,
+        ));
+        assert!(!r.race);
+        assert_eq!(r.order[0].0, Iroh);
+    }
+
+    #[test]
+    fn load_balance_puts_iroh_first_on_its_share_of_every_100_turns_interleaved() {
+        let facts = RouteFacts::default();
+        for share in [0u8, 1, 25, 50, 99, 100] {
+            let firsts: Vec<bool> = (0..100)
+                .map(|turn| {
+                    let r = route(&RouteInput {
+                        local: NetworkMode::DualLoadBalance,
+                        addressed: [true, true],
+                        facts: &facts,
+                        strategy: None,
+                        iroh_share: share,
+                        turn,
+                    });
+                    r.order[0].0 == Transport::Iroh
+                })
+                .collect();
+            let n = firsts.iter().filter(|f| **f).count();
+            assert_eq!(n, usize::from(share), "share {share}");
+            if share == 50 {
+                assert!(
+                    firsts.windows(2).all(|w| w[0] != w[1]),
+                    "interleaved, not in runs"
+                );
+            }
+        }
+    }
+}
