@@ -22,7 +22,7 @@ use crate::peers::{PeerSynchronizer, PeerView};
 use crate::routing::{Route, RouteInput};
 use crate::stack::iroh_stack::{IrohConfig, IrohStack};
 use crate::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
-use crate::stack::{Dedup, Handler, StackError, StackStats, Transport};
+use crate::stack::{Dedup, Handler, PerTransport, StackError, StackStats, Transport};
 use crate::wire::{Envelope, Kind};
 
 /// Where to reach a peer on each transport.
@@ -198,13 +198,6 @@ impl Handler for Served {
     }
 }
 
-fn slot(t: Transport) -> usize {
-    match t {
-        Transport::LibP2p => 0,
-        Transport::Iroh => 1,
-    }
-}
-
 /// A dual-stack node.
 pub struct Node {
     identity: Identity,
@@ -213,15 +206,15 @@ pub struct Node {
     served: Arc<Served>,
     paused: tokio::sync::watch::Sender<bool>,
     stacks: RwLock<Stacks>,
-    in_flight: [Arc<AtomicUsize>; 2],
-    stats: [Arc<StackStats>; 2],
+    in_flight: PerTransport<Arc<AtomicUsize>>,
+    stats: PerTransport<Arc<StackStats>>,
     peers: Arc<PeerSynchronizer>,
     next_id: AtomicU64,
     turn: AtomicU64,
     switching: tokio::sync::Mutex<()>,
     switches: AtomicU64,
     metrics: NodeMetrics,
-    faults: [Fault; 2],
+    faults: PerTransport<Fault>,
     /// Where each stack last listened, to return there on a restart.
     bound: Mutex<Bound>,
 }
@@ -354,7 +347,7 @@ impl Node {
         }
         self.metrics.dual_peers.set(gauge(c.dual));
         for t in [Transport::LibP2p, Transport::Iroh] {
-            let seen = self.stats[slot(t)].rejected.load(Ordering::Relaxed);
+            let seen = self.stats[t].rejected.load(Ordering::Relaxed);
             let counter = &self.metrics.of(t).rejected;
             counter.inc_by(seen.saturating_sub(counter.get()));
         }
@@ -384,7 +377,7 @@ impl Node {
 
     /// Counters of one stack.
     pub fn stats(&self, t: Transport) -> &StackStats {
-        &self.stats[slot(t)]
+        &self.stats[t]
     }
 
     /// Where peers reach this node now.
@@ -422,7 +415,7 @@ impl Node {
                     &self.identity,
                     c,
                     self.served.clone(),
-                    self.stats[0].clone(),
+                    self.stats[Transport::LibP2p].clone(),
                     self.peers.clone(),
                 )
             };
@@ -465,7 +458,7 @@ impl Node {
                     &self.identity,
                     c,
                     self.served.clone(),
-                    self.stats[1].clone(),
+                    self.stats[Transport::Iroh].clone(),
                     self.peers.clone(),
                 )
             };
@@ -538,7 +531,7 @@ impl Node {
         } else {
             0.0
         };
-        let f = &self.faults[slot(t)];
+        let f = &self.faults[t];
         let mut debt = f.debt.lock().expect("fault lock");
         let old = f.rate.swap(rate.to_bits(), Ordering::Relaxed);
         if f64::from_bits(old) != rate {
@@ -549,7 +542,7 @@ impl Node {
 
     /// The injected failure rate on `t`.
     pub fn injected_faults(&self, t: Transport) -> f64 {
-        f64::from_bits(self.faults[slot(t)].rate.load(Ordering::Relaxed))
+        f64::from_bits(self.faults[t].rate.load(Ordering::Relaxed))
     }
 
     /// Whether this send over `t` is to fail by fault injection.
@@ -558,7 +551,7 @@ impl Node {
         if rate <= 0.0 {
             return false;
         }
-        let mut debt = self.faults[slot(t)].debt.lock().expect("fault lock");
+        let mut debt = self.faults[t].debt.lock().expect("fault lock");
         *debt += rate;
         if *debt >= 1.0 {
             *debt -= 1.0;
@@ -601,10 +594,9 @@ impl Node {
         let deadline = Instant::now() + drain_for;
         let busy = || {
             old_libp2p.as_ref().is_some_and(|s| {
-                s.inbound() > 0
-                    || self.in_flight[slot(Transport::LibP2p)].load(Ordering::SeqCst) > 0
+                s.inbound() > 0 || self.in_flight[Transport::LibP2p].load(Ordering::SeqCst) > 0
             }) || old_iroh.as_ref().is_some_and(|s| {
-                s.inbound() > 0 || self.in_flight[slot(Transport::Iroh)].load(Ordering::SeqCst) > 0
+                s.inbound() > 0 || self.in_flight[Transport::Iroh].load(Ordering::SeqCst) > 0
             })
         };
         while busy() {
@@ -632,7 +624,7 @@ impl Node {
         let facts = self.peers.facts(&peer.peer).unwrap_or_default();
         crate::routing::route(&RouteInput {
             local: self.mode(),
-            addressed: [!peer.libp2p.is_empty(), peer.iroh.is_some()],
+            addressed: PerTransport::new(!peer.libp2p.is_empty(), peer.iroh.is_some()),
             facts: &facts,
             strategy,
             iroh_share,
@@ -894,8 +886,8 @@ impl Node {
         let timeout = deadline.saturating_duration_since(Instant::now());
         // Take the in-flight slot before looking the stack up, so a switch
         // that retires it waits for this request.
-        let guard = InFlight(self.in_flight[slot(t)].clone());
-        self.in_flight[slot(t)].fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight[t].clone());
+        self.in_flight[t].fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let result = self.exchange(peer, t, envelope, timeout).await;
         drop(guard);
@@ -1008,7 +1000,8 @@ impl Node {
                 if !r.payload.is_empty()
                     && let Ok(advert) = serde_json::from_slice::<crate::stack::Advert>(&r.payload)
                 {
-                    self.peers.advertised_addrs(peer.peer, advert);
+                    self.peers
+                        .advertised_addrs(peer.peer, advert.libp2p, advert.iroh);
                 }
                 Ok(rtt)
             }
@@ -1076,7 +1069,10 @@ impl Node {
         let busy = || {
             l.as_ref().is_some_and(|s| s.inbound() > 0)
                 || i.as_ref().is_some_and(|s| s.inbound() > 0)
-                || self.in_flight.iter().any(|c| c.load(Ordering::SeqCst) > 0)
+                || self
+                    .in_flight
+                    .iter()
+                    .any(|(_, c)| c.load(Ordering::SeqCst) > 0)
         };
         let mut drained = true;
         while busy() {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod peers;
 pub mod routing;
 pub mod stack;
+pub mod transport;
 pub mod wire;
 
 pub use switchyard_crds::{NetworkMode, RoutingStrategy};

@@ -36,7 +36,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::bootstrap::{self, BadEntry, Bootstrap};
 use crate::bridge::{Node, PeerAddr};
-use crate::stack::{StackError, Transport};
+use crate::stack::{PerTransport, StackError, Transport};
 
 mod path;
 
@@ -395,7 +395,7 @@ impl Path {
 
 struct Tracked {
     addr: PeerAddr,
-    paths: [Option<Path>; 2],
+    paths: PerTransport<Option<Path>>,
 }
 
 type Beating = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
@@ -465,7 +465,7 @@ fn merge(peers: &mut HashMap<PeerId, Tracked>, found: PeerAddr) {
             libp2p: Vec::new(),
             iroh: None,
         },
-        paths: [None, None],
+        paths: PerTransport::default(),
     });
     for a in found.libp2p {
         if !tracked.addr.libp2p.contains(&a) {
@@ -512,7 +512,7 @@ async fn run(
     let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
     let mut beats: FuturesUnordered<Beating> = FuturesUnordered::new();
     let mut learned_at = Instant::now();
-    let mut published = [[-1i64; 4]; 2];
+    let mut published = PerTransport::new([-1i64; 4], [-1i64; 4]);
     loop {
         let now = Instant::now();
         if now >= learned_at {
@@ -545,7 +545,7 @@ async fn run(
                             && remote.is_none_or(|m| m.has_iroh())
                     }
                 };
-                let slot = &mut tracked.paths[t as usize];
+                let slot = &mut tracked.paths[t];
                 if !usable {
                     *slot = None;
                     continue;
@@ -566,7 +566,7 @@ async fn run(
                 // heartbeats); if the peer falls silent, ours resume.
                 let listen_for = config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
                 if !missing
-                    && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t as usize])
+                    && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t])
                     && let Some(step) = path.status.on_heard(heard, now, listen_for)
                 {
                     path.apply(id, t, step, now, config.jitter);
@@ -609,11 +609,11 @@ async fn run(
         }
         // The gauges, from the states just seen; the label lookups only
         // after a change.
-        let mut counts = [[0i64; 4]; 2];
+        let mut counts = PerTransport::new([0i64; 4], [0i64; 4]);
         for tracked in peers.values() {
             for t in [Transport::LibP2p, Transport::Iroh] {
-                if let Some(p) = &tracked.paths[t as usize] {
-                    counts[t as usize][p.status.state as usize] += 1;
+                if let Some(p) = &tracked.paths[t] {
+                    counts[t][p.status.state as usize] += 1;
                 }
             }
         }
@@ -624,7 +624,7 @@ async fn run(
                     metrics
                         .states
                         .with_label_values(&[t.as_str(), s.as_str()])
-                        .set(counts[t as usize][s as usize]);
+                        .set(counts[t][s as usize]);
                 }
             }
         }
@@ -638,8 +638,8 @@ async fn run(
                         .map(|t| PeerStatus {
                             peer: t.addr.peer,
                             addr: t.addr.clone(),
-                            libp2p: t.paths[0].as_ref().map(|p| p.status.clone()),
-                            iroh: t.paths[1].as_ref().map(|p| p.status.clone()),
+                            libp2p: t.paths.libp2p.as_ref().map(|p| p.status.clone()),
+                            iroh: t.paths.iroh.as_ref().map(|p| p.status.clone()),
                         })
                         .collect();
                     out.sort_by_key(|p| p.peer.to_bytes());
@@ -649,7 +649,7 @@ async fn run(
             Some((peer, t, result)) = beats.next() => {
                 let Some(path) = peers
                     .get_mut(&peer)
-                    .and_then(|p| p.paths[t as usize].as_mut())
+                    .and_then(|p| p.paths[t].as_mut())
                 else {
                     continue;
                 };

@@ -8,7 +8,7 @@ use prometheus::{
 };
 use switchyard_crds::NetworkMode;
 
-use crate::stack::Transport;
+use crate::stack::{PerTransport, Transport};
 
 /// One transport's series, resolved once so the request path does not
 /// look labels up.
@@ -40,7 +40,7 @@ pub struct TransportMetrics {
 #[derive(Clone)]
 pub struct NodeMetrics {
     registry: Registry,
-    per_transport: [TransportMetrics; 2],
+    per_transport: PerTransport<TransportMetrics>,
     /// Requests sent, by transport and outcome (`ok`, `refused`,
     /// `retiring`, `error`).
     pub requests: IntCounterVec,
@@ -181,7 +181,7 @@ impl NodeMetrics {
             }
         };
         NodeMetrics {
-            per_transport: [resolve(Transport::LibP2p), resolve(Transport::Iroh)],
+            per_transport: PerTransport::from_fn(resolve),
             registry,
             requests,
             latency,
@@ -203,7 +203,7 @@ impl NodeMetrics {
 
     /// One transport's series.
     pub fn of(&self, t: Transport) -> &TransportMetrics {
-        &self.per_transport[t as usize]
+        &self.per_transport[t]
     }
 
     /// Show `current` as the mode.

@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use switchyard_crds::NetworkMode;
 
 use crate::identity::{endpoint_to_peer, peer_to_endpoint};
-use crate::stack::Transport;
+use crate::transport::{PerTransport, Transport};
 
 /// What one transport knows of a peer.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,22 +87,22 @@ pub struct RouteFacts {
     /// The mode it last advertised.
     pub mode: Option<NetworkMode>,
     /// Smoothed round trip per transport.
-    pub latency: [Option<Duration>; 2],
+    pub latency: PerTransport<Option<Duration>>,
     /// Smoothed success rate per transport.
-    pub success_rate: [Option<f64>; 2],
+    pub success_rate: PerTransport<Option<f64>>,
     /// When the peer last sent us a heartbeat, per transport.
-    pub heard: [Option<Instant>; 2],
+    pub heard: PerTransport<Option<Instant>>,
 }
 
 impl RouteFacts {
     /// The smoothed round trip over `t`.
     pub fn latency(&self, t: Transport) -> Option<Duration> {
-        self.latency[t as usize]
+        self.latency[t]
     }
 
     /// The smoothed success rate over `t`.
     pub fn success_rate(&self, t: Transport) -> Option<f64> {
-        self.success_rate[t as usize]
+        self.success_rate[t]
     }
 }
 
@@ -246,10 +246,10 @@ impl PeerSynchronizer {
     }
 
     /// `peer` said where it listens on both transports (in a pong).
-    pub fn advertised_addrs(&self, peer: PeerId, advert: crate::stack::Advert) {
+    pub fn advertised_addrs(&self, peer: PeerId, libp2p: Vec<String>, iroh: Vec<String>) {
         self.with(peer, |v| {
-            v.libp2p.listen = advert.libp2p;
-            v.iroh.listen = advert.iroh;
+            v.libp2p.listen = libp2p;
+            v.iroh.listen = iroh;
         });
     }
 
@@ -272,9 +272,9 @@ impl PeerSynchronizer {
         let v = peers.get(peer)?;
         Some(RouteFacts {
             mode: v.mode,
-            latency: [v.libp2p.latency, v.iroh.latency],
-            success_rate: [v.libp2p.success_rate, v.iroh.success_rate],
-            heard: [v.libp2p.heard, v.iroh.heard],
+            latency: PerTransport::new(v.libp2p.latency, v.iroh.latency),
+            success_rate: PerTransport::new(v.libp2p.success_rate, v.iroh.success_rate),
+            heard: PerTransport::new(v.libp2p.heard, v.iroh.heard),
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use switchyard_crds::{NetworkMode, RoutingStrategy};
 
 use crate::peers::RouteFacts;
-use crate::stack::Transport;
+use crate::transport::{PerTransport, Transport};
 
 /// The transports to try for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct RouteInput<'a> {
     /// This node's mode.
     pub local: NetworkMode,
     /// Whether we have the peer's address, per transport (libp2p, iroh).
-    pub addressed: [bool; 2],
+    pub addressed: PerTransport<bool>,
     /// What the peer told us and what we measured.
     pub facts: &'a RouteFacts,
     /// The strategy; the local mode's default when `None`.
@@ -36,7 +36,7 @@ pub struct RouteInput<'a> {
     pub turn: u64,
 }
 
-const BOTH: [Transport; 2] = [Transport::LibP2p, Transport::Iroh];
+const BOTH: [Transport; 2] = Transport::ALL;
 
 /// The transports to try, best first.
 ///
@@ -58,7 +58,7 @@ pub fn route(input: &RouteInput<'_>) -> Route {
         Transport::LibP2p => local.has_libp2p(),
         Transport::Iroh => local.has_iroh(),
     };
-    let reachable = |t: Transport| runs(t) && addressed[t as usize];
+    let reachable = |t: Transport| runs(t) && addressed[t];
     let advertised = |t: Transport| match t {
         Transport::LibP2p => facts.mode.is_none_or(NetworkMode::has_libp2p),
         Transport::Iroh => facts.mode.is_none_or(NetworkMode::has_iroh),
@@ -113,12 +113,16 @@ mod tests {
     fn facts_cases() -> Vec<RouteFacts> {
         let modes = std::iter::once(None).chain(NetworkMode::ALL.map(Some));
         let latencies = [
-            [None, None],
-            [Some(MS), None],
-            [Some(MS), Some(5 * MS)],
-            [Some(5 * MS), Some(MS)],
+            PerTransport::new(None, None),
+            PerTransport::new(Some(MS), None),
+            PerTransport::new(Some(MS), Some(5 * MS)),
+            PerTransport::new(Some(5 * MS), Some(MS)),
         ];
-        let rates = [[None, None], [Some(0.9), Some(0.5)], [Some(0.5), Some(0.9)]];
+        let rates = [
+            PerTransport::new(None, None),
+            PerTransport::new(Some(0.9), Some(0.5)),
+            PerTransport::new(Some(0.5), Some(0.9)),
+        ];
         let mut out = Vec::new();
         for mode in modes {
             for latency in latencies {
@@ -127,7 +131,7 @@ mod tests {
                         mode,
                         latency,
                         success_rate,
-                        heard: [None, None],
+                        heard: PerTransport::default(),
                     });
                 }
             }
@@ -174,7 +178,8 @@ mod tests {
         let mut cases = 0;
         for strategy in strategies {
             for local in NetworkMode::ALL {
-                for addressed in [[true, true], [true, false], [false, true], [false, false]] {
+                for (l, i) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let addressed = PerTransport::new(l, i);
                     for facts in facts_cases() {
                         for turn in [0, 1, 2, 3] {
                             let input = RouteInput {
@@ -194,7 +199,7 @@ mod tests {
                             };
                             let reachable: Vec<Transport> = BOTH
                                 .into_iter()
-                                .filter(|t| runs(*t) && addressed[*t as usize])
+                                .filter(|t| runs(*t) && addressed[*t])
                                 .collect();
                             let tried: Vec<Transport> = r.order.iter().map(|(t, _)| *t).collect();
                             let mut sorted = tried.clone();
@@ -241,7 +246,7 @@ mod tests {
         let unknown = RouteFacts::default();
         let input = |local, strategy, facts| RouteInput {
             local,
-            addressed: [true, true],
+            addressed: PerTransport::new(true, true),
             facts,
             strategy,
             iroh_share: 50,
@@ -273,7 +278,7 @@ mod tests {
         ));
         assert!(r.race);
         let measured = RouteFacts {
-            latency: [Some(9 * MS), Some(2 * MS)],
+            latency: PerTransport::new(Some(9 * MS), Some(2 * MS)),
             ..RouteFacts::default()
         };
         let r = route(&input(
@@ -293,7 +298,7 @@ mod tests {
                 .map(|turn| {
                     let r = route(&RouteInput {
                         local: NetworkMode::DualLoadBalance,
-                        addressed: [true, true],
+                        addressed: PerTransport::new(true, true),
                         facts: &facts,
                         strategy: None,
                         iroh_share: share,

@@ -14,24 +14,7 @@ use libp2p::PeerId;
 
 use crate::wire::{Envelope, Kind, WireError};
 
-/// Which stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Transport {
-    /// libp2p: TCP + Noise + Yamux, request-response.
-    LibP2p = 0,
-    /// iroh: QUIC, one bidirectional stream per request.
-    Iroh = 1,
-}
-
-impl Transport {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::LibP2p => "libp2p",
-            Transport::Iroh => "iroh",
-        }
-    }
-}
+pub use crate::transport::{PerTransport, Transport};
 
 /// Answers requests arriving on either stack. A hedged request can arrive
 /// once per transport with the same request id: implementations are
