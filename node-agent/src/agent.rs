@@ -877,14 +877,25 @@ pub async fn run_with(
 }
 
 /// Probe requests at `rate` per second to random known peers.
+/// Probes in flight at once, at most.
+const MAX_PROBES_IN_FLIGHT: usize = 64;
+
 async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
     if rate <= 0.0 {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    // Probes waiting on slow peers hold their permits: past the bound the
+    // loop waits for one instead of piling up tasks, and skips the ticks
+    // it missed meanwhile.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
     let mut turn: usize = 0;
     loop {
         tick.tick().await;
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let peers = shared.manager.status().await;
         let reachable: Vec<_> = peers
             .iter()
@@ -901,6 +912,7 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
         let node = shared.node.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let outcome = match node.request(&target, Bytes::from_static(b"probe")).await {
                 Ok(_) => "ok",
                 Err(e) => {

@@ -997,11 +997,18 @@ impl Node {
         match result {
             Ok(r) if r.kind == Kind::Pong => {
                 self.peers.record(peer.peer, t, true, rtt, Some(r.mode));
-                if !r.payload.is_empty()
-                    && let Ok(advert) = serde_json::from_slice::<crate::stack::Advert>(&r.payload)
-                {
-                    self.peers
-                        .advertised_addrs(peer.peer, advert.libp2p, advert.iroh);
+                if !r.payload.is_empty() {
+                    match crate::stack::Advert::parse(&r.payload) {
+                        Ok(advert) => {
+                            self.peers
+                                .advertised_addrs(peer.peer, advert.libp2p, advert.iroh);
+                        }
+                        Err(why) => {
+                            // Counted and dropped: nothing of it is kept.
+                            self.stats[t].bad_adverts.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(peer = %peer.peer, transport = t.as_str(), %why, "bad address advert dropped");
+                        }
+                    }
                 }
                 Ok(rtt)
             }

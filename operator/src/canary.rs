@@ -97,6 +97,13 @@ async fn reconcile_canary(canary: Arc<DynamicObject>, ctx: &Arc<Context>) -> Res
     if !ctx.synced() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    // Deciding on a status older than our own last write would undo it:
+    // a canary that has returned its nodes, seen still Running by a
+    // reconcile its own node writes woke, would try its mode again on
+    // them. Wait for the store to catch up.
+    if ctx.stale("Canary", &canary) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let name = canary.name_any();
     let ns = canary
         .namespace()

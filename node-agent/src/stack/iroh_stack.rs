@@ -580,11 +580,25 @@ async fn answer_pings(
     }
 }
 
+/// Inbound connections served at once; more are refused (a peer redials).
+/// Each connection's streams are bounded by QUIC's stream limit.
+const MAX_INBOUND_CONNECTIONS: usize = 4096;
+
 async fn serve(endpoint: Endpoint, serving: Serving) {
     let serving = Arc::new(serving);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            serving.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "{MAX_INBOUND_CONNECTIONS} iroh connections already served; refusing one"
+            );
+            incoming.refuse();
+            continue;
+        };
         let serving = serving.clone();
         serving.clone().spawn(async move {
+            let _permit = permit;
             let addr = match incoming.remote_addr() {
                 IncomingAddr::Ip(a) => Some(a.to_string()),
                 _ => None,

@@ -452,6 +452,7 @@ async fn answer_ping_streams(
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PING_STREAMS));
     while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.overloaded.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "too many heartbeat streams; refusing one");
             continue;
         };

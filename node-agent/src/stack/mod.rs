@@ -59,6 +59,74 @@ pub struct Advert {
     pub iroh: Vec<String>,
 }
 
+/// The most addresses an advert may carry per transport.
+pub const MAX_ADVERTISED: usize = 16;
+/// The longest address an advert may carry, in bytes.
+pub const MAX_ADVERTISED_LEN: usize = 256;
+
+impl Advert {
+    /// Read a peer's advert, refusing one that is not JSON or carries more
+    /// than [`MAX_ADVERTISED`] addresses per transport or an address
+    /// longer than [`MAX_ADVERTISED_LEN`]: peers' adverts are kept, so
+    /// their size is bounded.
+    pub fn parse(bytes: &[u8]) -> Result<Advert, String> {
+        let advert: Advert =
+            serde_json::from_slice(bytes).map_err(|e| format!("not an address advert: {e}"))?;
+        for (name, list) in [("libp2p", &advert.libp2p), ("iroh", &advert.iroh)] {
+            if list.len() > MAX_ADVERTISED {
+                return Err(format!(
+                    "{} {name} addresses, more than {MAX_ADVERTISED}",
+                    list.len()
+                ));
+            }
+            if let Some(a) = list.iter().find(|a| a.len() > MAX_ADVERTISED_LEN) {
+                return Err(format!(
+                    "a {name} address of {} bytes, longer than {MAX_ADVERTISED_LEN}",
+                    a.len()
+                ));
+            }
+        }
+        Ok(advert)
+    }
+}
+
+#[cfg(test)]
+mod advert_tests {
+    use super::*;
+
+    #[test]
+    fn adverts_are_read_or_refused_with_the_reason() {
+        let ok = br#"{"libp2p":["/ip4/10.0.0.1/tcp/4001"],"iroh":["10.0.0.1:4002"]}"#;
+        let a = Advert::parse(ok).expect("a good advert");
+        assert_eq!(a.iroh, vec!["10.0.0.1:4002".to_owned()]);
+        assert!(
+            Advert::parse(b"{not json")
+                .unwrap_err()
+                .contains("not an address advert")
+        );
+        let many = serde_json::to_vec(&Advert {
+            libp2p: vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADVERTISED + 1],
+            iroh: Vec::new(),
+        })
+        .expect("json");
+        assert!(
+            Advert::parse(&many)
+                .unwrap_err()
+                .contains("17 libp2p addresses")
+        );
+        let long = serde_json::to_vec(&Advert {
+            libp2p: Vec::new(),
+            iroh: vec!["x".repeat(MAX_ADVERTISED_LEN + 1)],
+        })
+        .expect("json");
+        assert!(
+            Advert::parse(&long)
+                .unwrap_err()
+                .contains("longer than 256")
+        );
+    }
+}
+
 /// Runs a handler at most once per (peer, request id) among the last
 /// `capacity` requests: a hedged or retried request that arrives again
 /// (on either transport) gets the first arrival's answer, so handlers need
@@ -139,6 +207,11 @@ pub struct StackStats {
     pub heartbeat_streams: AtomicU64,
     /// Peers' heartbeats this stack answered.
     pub heartbeats_answered: AtomicU64,
+    /// Address adverts from peers' pongs refused (not JSON, or too big).
+    pub bad_adverts: AtomicU64,
+    /// Connections or heartbeat streams refused because the most the
+    /// stack serves at once were already being served.
+    pub overloaded: AtomicU64,
 }
 
 /// Why a stack could not do something.
