@@ -59,8 +59,9 @@ impl Default for IrohConfig {
 ///
 /// Everything that holds the endpoint or one of its connections (and so
 /// its UDP socket) is either a task in `tasks` or a request holding one of
-/// its tokens: stopping cancels the tasks and waits for all of them, so
-/// the port is free once [`IrohStack::stop`] returns.
+/// its tokens: stopping cancels the tasks, and the release that follows
+/// waits for all of them before it reports the port free (a stack started
+/// on the port waits for that report).
 pub struct IrohStack {
     /// Taken when the stack stops.
     endpoint: std::sync::Mutex<Option<Endpoint>>,
@@ -266,7 +267,7 @@ impl IrohStack {
         let attempt = async {
             let idle = self.pings.lock().expect("pings lock").remove(&peer.id);
             if let Some(mut stream) = idle {
-                match self.ping_on(&mut stream, ping).await {
+                match super::ping_on(&mut stream.0, &mut stream.1, ping, self.max_frame).await {
                     Ok(pong) => return Ok((pong, stream)),
                     // A stream the peer let go (a restarted stack, an
                     // older peer answering one ping per stream): a fresh
@@ -282,7 +283,7 @@ impl IrohStack {
                 .await
                 .map_err(|e| StackError::Connection(e.to_string()))?;
             self.stats.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
-            let pong = self.ping_on(&mut stream, ping).await?;
+            let pong = super::ping_on(&mut stream.0, &mut stream.1, ping, self.max_frame).await?;
             Ok((pong, stream))
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -308,26 +309,6 @@ impl IrohStack {
                 Err(StackError::Timeout(timeout))
             }
         }
-    }
-
-    async fn ping_on(
-        &self,
-        (send, recv): &mut (SendStream, RecvStream),
-        ping: &Envelope,
-    ) -> Result<Envelope, StackError> {
-        wire::write_frame(send, ping, self.max_frame)
-            .await
-            .map_err(StackError::from)?;
-        let pong = wire::read_frame(recv, self.max_frame)
-            .await
-            .map_err(StackError::from)?;
-        if pong.kind != Kind::Pong || pong.request_id != ping.request_id {
-            return Err(StackError::Protocol(format!(
-                "ping {} was answered with {:?} {}",
-                ping.request_id, pong.kind, pong.request_id
-            )));
-        }
-        Ok(pong)
     }
 
     async fn connection(&self, peer: &EndpointAddr) -> Result<Connection, StackError> {
@@ -546,40 +527,6 @@ impl Serving {
     }
 }
 
-/// Answer `first` and every ping after it on the same stream (a
-/// heartbeat stream stays open), until the peer finishes the stream or
-/// sends something that is not a ping.
-async fn answer_pings(
-    s: &Serving,
-    peer: libp2p::PeerId,
-    first: Envelope,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    conn: &Connection,
-) {
-    let mut ping = first;
-    loop {
-        s.peers
-            .heard(peer, Transport::Iroh, ping.mode, super::ping_rtt(&ping));
-        let pong = super::pong(&ping, &*s.handler);
-        if wire::write_frame(send, &pong, s.max_frame).await.is_err() {
-            return;
-        }
-        s.stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
-        ping = match wire::read_frame(recv, s.max_frame).await {
-            Ok(p) if p.kind == Kind::Ping => p,
-            Err(e) if !e.is_malformed() => return, // the peer finished or went away
-            Ok(_) | Err(_) => {
-                s.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
-                return;
-            }
-        };
-        // A paused node (fault injection) answers nothing.
-        super::wait_unpaused(&*s.handler).await;
-    }
-}
-
 /// Inbound connections served at once; more are refused (a peer redials).
 /// Each connection's streams are bounded by QUIC's stream limit.
 const MAX_INBOUND_CONNECTIONS: usize = 4096;
@@ -618,7 +565,21 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
                     super::wait_unpaused(&*s.handler).await;
                     let request = match read {
                         Ok(r) if r.kind == Kind::Ping => {
-                            answer_pings(s, peer, r, &mut send, &mut recv, &conn).await;
+                            let answerer = super::PingAnswerer {
+                                handler: &*s.handler,
+                                peers: &s.peers,
+                                stats: &s.stats,
+                                peer,
+                                transport: Transport::Iroh,
+                                max: s.max_frame,
+                            };
+                            if answerer
+                                .answer(Some(r), &mut recv, &mut send)
+                                .await
+                                .is_err()
+                            {
+                                conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
+                            }
                             return;
                         }
                         Ok(r) if r.kind == Kind::Request => r,

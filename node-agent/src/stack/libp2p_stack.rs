@@ -28,6 +28,12 @@ use crate::wire::{self, Envelope, Kind};
 /// The request-response protocol.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/switchyard/rpc/1");
 
+/// A heartbeat stream's halves, idle between pings.
+type HeartbeatStream = (
+    futures::io::WriteHalf<libp2p::Stream>,
+    futures::io::ReadHalf<libp2p::Stream>,
+);
+
 /// Heartbeats: a long-lived stream per peer carrying ping and pong frames.
 pub const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/switchyard/ping/1");
 
@@ -175,7 +181,7 @@ pub struct Libp2pStack {
     stats: Arc<StackStats>,
     /// Each peer's heartbeat stream, idle between pings (a ping takes it
     /// out, so one ping per peer runs at a time).
-    pings: std::sync::Mutex<HashMap<PeerId, libp2p::Stream>>,
+    pings: std::sync::Mutex<HashMap<PeerId, HeartbeatStream>>,
     max_frame: usize,
     /// Cancelled when the stack stops: ends the heartbeat answerers.
     cancel: CancellationToken,
@@ -359,9 +365,9 @@ impl Libp2pStack {
     ) -> Result<Envelope, StackError> {
         let attempt = async {
             let idle = self.pings.lock().expect("pings lock").remove(&peer);
-            if let Some(mut stream) = idle {
-                match ping_on(&mut stream, ping, self.max_frame).await {
-                    Ok(pong) => return Ok(Some((pong, stream))),
+            if let Some((mut send, mut recv)) = idle {
+                match super::ping_on(&mut send, &mut recv, ping, self.max_frame).await {
+                    Ok(pong) => return Ok(Some((pong, (send, recv)))),
                     // The peer let the stream go (a restarted stack): a
                     // fresh one below, within the same timeout.
                     Err(e) => {
@@ -369,14 +375,15 @@ impl Libp2pStack {
                     }
                 }
             }
-            let mut stream = match self.control.clone().open_stream(peer, PING_PROTOCOL).await {
+            let stream = match self.control.clone().open_stream(peer, PING_PROTOCOL).await {
                 Ok(s) => s,
                 Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => return Ok(None),
                 Err(e) => return Err(StackError::Connection(format!("{peer}: {e}"))),
             };
             self.stats.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
-            let pong = ping_on(&mut stream, ping, self.max_frame).await?;
-            Ok(Some((pong, stream)))
+            let (mut recv, mut send) = futures::AsyncReadExt::split(stream);
+            let pong = super::ping_on(&mut send, &mut recv, ping, self.max_frame).await?;
+            Ok(Some((pong, (send, recv))))
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(Some((pong, stream)))) => {
@@ -418,27 +425,6 @@ impl Drop for Libp2pStack {
     }
 }
 
-/// Send `ping` on a heartbeat stream and read its pong.
-async fn ping_on(
-    stream: &mut libp2p::Stream,
-    ping: &Envelope,
-    max: usize,
-) -> Result<Envelope, StackError> {
-    wire::write_frame(stream, ping, max)
-        .await
-        .map_err(StackError::from)?;
-    let pong = wire::read_frame(stream, max)
-        .await
-        .map_err(StackError::from)?;
-    if pong.kind != Kind::Pong || pong.request_id != ping.request_id {
-        return Err(StackError::Protocol(format!(
-            "ping {} was answered with {:?} {}",
-            ping.request_id, pong.kind, pong.request_id
-        )));
-    }
-    Ok(pong)
-}
-
 /// Answer the heartbeat streams peers open, each in a task of its own (at
 /// most [`MAX_PING_STREAMS`] at once), until the stack stops.
 async fn answer_ping_streams(
@@ -450,7 +436,7 @@ async fn answer_ping_streams(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PING_STREAMS));
-    while let Some((peer, mut stream)) = incoming.next().await {
+    while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.overloaded.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "too many heartbeat streams; refusing one");
@@ -459,26 +445,18 @@ async fn answer_ping_streams(
         let (handler, stats, peers) = (handler.clone(), stats.clone(), peers.clone());
         tokio::spawn(cancel.clone().run_until_cancelled_owned(async move {
             let _permit = permit;
-            loop {
-                match wire::read_frame(&mut stream, max).await {
-                    Ok(ping) if ping.kind == Kind::Ping => {
-                        // A paused node (fault injection) answers nothing.
-                        super::wait_unpaused(&*handler).await;
-                        peers.heard(peer, Transport::LibP2p, ping.mode, super::ping_rtt(&ping));
-                        let pong = super::pong(&ping, &*handler);
-                        if wire::write_frame(&mut stream, &pong, max).await.is_err() {
-                            return;
-                        }
-                        stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) if !e.is_malformed() => return, // finished or gone
-                    Ok(_) | Err(_) => {
-                        // Garbage: drop the stream (and so its frames).
-                        tracing::debug!(%peer, "malformed heartbeat frame; dropping the stream");
-                        stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
+            let answerer = super::PingAnswerer {
+                handler: &*handler,
+                peers: &peers,
+                stats: &stats,
+                peer,
+                transport: Transport::LibP2p,
+                max,
+            };
+            let (mut recv, mut send) = futures::AsyncReadExt::split(stream);
+            if answerer.answer(None, &mut recv, &mut send).await.is_err() {
+                // Garbage: the stream (and its frames) is dropped.
+                tracing::debug!(%peer, "malformed heartbeat frame; dropping the stream");
             }
         }));
     }

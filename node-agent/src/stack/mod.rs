@@ -48,6 +48,82 @@ pub(crate) async fn wait_unpaused(handler: &dyn Handler) {
     }
 }
 
+/// One heartbeat on a heartbeat stream: write `ping`, read its pong.
+pub(crate) async fn ping_on<W, R>(
+    send: &mut W,
+    recv: &mut R,
+    ping: &Envelope,
+    max: usize,
+) -> Result<Envelope, StackError>
+where
+    W: futures::AsyncWrite + Unpin,
+    R: futures::AsyncRead + Unpin,
+{
+    crate::wire::write_frame(send, ping, max).await?;
+    let pong = crate::wire::read_frame(recv, max).await?;
+    if pong.kind != Kind::Pong || pong.request_id != ping.request_id {
+        return Err(StackError::Protocol(format!(
+            "ping {} was answered with {:?} {}",
+            ping.request_id, pong.kind, pong.request_id
+        )));
+    }
+    Ok(pong)
+}
+
+/// Who answers a heartbeat stream, and for whom.
+pub(crate) struct PingAnswerer<'a> {
+    pub handler: &'a dyn Handler,
+    pub peers: &'a crate::peers::PeerSynchronizer,
+    pub stats: &'a StackStats,
+    pub peer: PeerId,
+    pub transport: Transport,
+    pub max: usize,
+}
+
+impl PingAnswerer<'_> {
+    /// Answer `first` (when the caller has read it already) and every ping
+    /// after it on the same stream, until the peer finishes the stream
+    /// (`Ok`) or sends something that is not a ping (counted; `Err`). A
+    /// paused node (fault injection) answers nothing meanwhile.
+    pub(crate) async fn answer<R, W>(
+        &self,
+        mut first: Option<Envelope>,
+        recv: &mut R,
+        send: &mut W,
+    ) -> Result<(), ()>
+    where
+        R: futures::AsyncRead + Unpin,
+        W: futures::AsyncWrite + Unpin,
+    {
+        loop {
+            let ping = match first.take() {
+                Some(p) => p,
+                None => match crate::wire::read_frame(recv, self.max).await {
+                    Ok(p) if p.kind == Kind::Ping => p,
+                    Err(e) if !e.is_malformed() => return Ok(()), // finished or gone
+                    Ok(_) | Err(_) => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        return Err(());
+                    }
+                },
+            };
+            wait_unpaused(self.handler).await;
+            self.peers
+                .heard(self.peer, self.transport, ping.mode, ping_rtt(&ping));
+            let pong = pong(&ping, self.handler);
+            if crate::wire::write_frame(send, &pong, self.max)
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            self.stats
+                .heartbeats_answered
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A node's addresses, as a `Pong` carries them (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Advert {

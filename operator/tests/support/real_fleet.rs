@@ -253,6 +253,16 @@ impl Fleet {
             .await
             .expect("cluster");
         c.namespace(NS).await.expect("namespace");
+        // The in-process agents' logs, when asked for (with
+        // SWITCHYARD_TEST_KEEP_LOGS, they stay in the cluster's directory).
+        if let Ok(filter) = std::env::var("SWITCHYARD_TEST_AGENT_LOG") {
+            let file = std::fs::File::create(c.dir.join("agents.log")).expect("agents.log");
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .try_init();
+        }
         let labels: BTreeMap<String, String> = [("app".into(), "storage".into())].into();
         let names: Vec<String> = (0..n).map(|i| format!("node-{i:02}")).collect();
         c.register_nodes(NS, names.clone(), &labels, NetworkMode::LibP2pOnly)
