@@ -886,9 +886,7 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
     }
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     // Probes waiting on slow peers hold their permits: past the bound the
-    // loop waits for one instead of piling up tasks, and skips the ticks
-    // it missed meanwhile.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // loop waits for one instead of piling up tasks.
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT));
     let mut turn: usize = 0;
     loop {
