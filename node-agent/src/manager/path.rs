@@ -153,14 +153,7 @@ mod tests {
 
     fn config() -> ManagerConfig {
         ManagerConfig {
-            heartbeat_interval: Duration::from_secs(2),
-            heartbeat_timeout: Duration::from_secs(1),
-            unresponsive_after: 2,
-            disconnect_after: Duration::from_secs(10),
-            backoff_initial: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(8),
             max_retries: 3,
-            slow_retry: Duration::from_secs(30),
             ..ManagerConfig::default()
         }
     }

@@ -236,21 +236,27 @@ impl IrohStack {
                 .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
             Ok(response)
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                // A broken connection is dialled afresh next time.
-                self.conns.lock().await.remove(&peer.id);
-                Err(e)
-            }
-            Err(_) => {
-                // No answer over this connection: it may be stale (the
-                // peer restarted and never said goodbye); the next
-                // request dials afresh.
-                self.conns.lock().await.remove(&peer.id);
-                Err(StackError::Timeout(timeout))
-            }
+        self.within(peer, timeout, attempt).await
+    }
+
+    /// Run `attempt` for at most `timeout`. On failure the connection to
+    /// `peer` is forgotten: broken, or without an answer it may be stale
+    /// (the peer restarted and never said goodbye), so the next request
+    /// dials afresh.
+    async fn within<T>(
+        &self,
+        peer: &EndpointAddr,
+        timeout: Duration,
+        attempt: impl Future<Output = Result<T, StackError>>,
+    ) -> Result<T, StackError> {
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(StackError::Timeout(timeout)),
+        };
+        if result.is_err() {
+            self.conns.lock().await.remove(&peer.id);
         }
+        result
     }
 
     /// A heartbeat: send `ping` (a [`Kind::Ping`]) and wait for its pong,
@@ -286,29 +292,18 @@ impl IrohStack {
             let pong = super::ping_on(&mut stream.0, &mut stream.1, ping, self.max_frame).await?;
             Ok((pong, stream))
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((pong, stream))) => {
-                // Idle until the next beat; dropped (and so reset) if the
-                // stack stops meanwhile.
-                if !self.cancel.is_cancelled() {
-                    self.pings
-                        .lock()
-                        .expect("pings lock")
-                        .insert(peer.id, stream);
-                }
-                Ok(pong)
-            }
-            Ok(Err(e)) => {
-                self.conns.lock().await.remove(&peer.id);
-                Err(e)
-            }
-            // The stream is dropped with the attempt: a late pong on it
-            // can never be taken for the next one's.
-            Err(_) => {
-                self.conns.lock().await.remove(&peer.id);
-                Err(StackError::Timeout(timeout))
-            }
+        // On a timeout the stream is dropped with the attempt: a late pong
+        // on it can never be taken for the next one's.
+        let (pong, stream) = self.within(peer, timeout, attempt).await?;
+        // Idle until the next beat; dropped (and so reset) if the stack
+        // stops meanwhile.
+        if !self.cancel.is_cancelled() {
+            self.pings
+                .lock()
+                .expect("pings lock")
+                .insert(peer.id, stream);
         }
+        Ok(pong)
     }
 
     async fn connection(&self, peer: &EndpointAddr) -> Result<Connection, StackError> {
