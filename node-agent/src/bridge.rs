@@ -951,6 +951,12 @@ impl Node {
         timeout: Duration,
         advert: bool,
     ) -> Result<Duration, StackError> {
+        // A paused node (fault injection) sends nothing either: its
+        // heartbeats would tell peers that it is alive.
+        if *self.paused.borrow() {
+            tokio::time::sleep(timeout).await;
+            return Err(StackError::Timeout(timeout));
+        }
         let envelope = Envelope {
             kind: Kind::Ping,
             mode: self.mode(),
@@ -958,15 +964,30 @@ impl Node {
             payload: if advert {
                 Bytes::from_static(crate::stack::ASK_ADVERT)
             } else {
-                Bytes::new()
+                // Our round trip on this path, for the peer, which skips
+                // its heartbeats while it hears ours.
+                self.peers
+                    .facts(&peer.peer)
+                    .and_then(|f| f.latency(t))
+                    .map(crate::stack::rtt_payload)
+                    .unwrap_or_default()
             },
         };
         let started = Instant::now();
-        // Each heartbeat is a request. The stacks' long-lived heartbeat
-        // streams (`ping`) are not used here yet: with them, and with a
-        // peer's heartbeat standing in for ours, the real-fleet test
-        // stalled in about one full-suite run in five (issue 16).
-        let result = self.exchange(peer, t, envelope, timeout).await;
+        // On a live libp2p connection a heartbeat rides the peer's
+        // long-lived heartbeat stream: a request would open a stream and
+        // negotiate its protocol for every beat. A dial, or a question for
+        // addresses, goes as a request, which carries the addresses. On
+        // iroh a heartbeat is a request: a QUIC stream costs nothing to
+        // open, and the beats stand in for iroh's own keep-alives.
+        let libp2p = match t {
+            Transport::LibP2p if !advert => self.stacks.read().expect("stacks lock").libp2p.clone(),
+            _ => None,
+        };
+        let result = match libp2p {
+            Some(s) => s.ping(peer.peer, &envelope, timeout).await,
+            None => self.exchange(peer, t, envelope, timeout).await,
+        };
         let rtt = started.elapsed();
         match result {
             Ok(r) if r.kind == Kind::Pong => {

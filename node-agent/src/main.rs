@@ -63,7 +63,7 @@ struct Args {
     /// Probe requests per second to known peers (default 1; 0 for none).
     #[arg(long, env = "SWITCHYARD_PROBE_RATE")]
     probe_rate: Option<f64>,
-    /// Heartbeat interval in milliseconds (default 2000).
+    /// Heartbeat interval in milliseconds (default 5000).
     #[arg(long, env = "SWITCHYARD_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     /// Seconds SIGTERM may take (default 10).
@@ -123,7 +123,7 @@ fn settings(args: Args) -> anyhow::Result<AgentConfig> {
         probe_rate.is_finite() && probe_rate >= 0.0,
         "--probe-rate must be 0 or more, e.g. 1"
     );
-    let heartbeat = Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(2000));
+    let heartbeat = Duration::from_millis(args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(5000));
     let libp2p_port = args.libp2p_port.or(file.libp2p_port).unwrap_or(4001);
     let iroh_port = args.iroh_port.or(file.iroh_port).unwrap_or(4002);
     anyhow::ensure!(

@@ -87,7 +87,7 @@ impl Default for ManagerConfig {
             dns_libp2p_port: 4001,
             dns_iroh_port: 4002,
             dns_refresh: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(1),
             unresponsive_after: 2,
             disconnect_after: Duration::from_secs(10),
@@ -492,6 +492,11 @@ fn merge(peers: &mut HashMap<PeerId, Tracked>, found: PeerAddr) {
 /// under load would redial forever without ever connecting.
 const DIAL_TIMEOUT_FACTOR: u32 = 3;
 
+/// How many heartbeat intervals a peer's heartbeat stands in for ours.
+/// Above 1, so that of two peers the one that hears the other stops; a
+/// silent peer is then noticed this much later than with ours alone.
+const LISTEN_FACTOR: f64 = 1.5;
+
 async fn run(
     node: Arc<Node>,
     config: ManagerConfig,
@@ -554,6 +559,20 @@ async fn run(
                     continue;
                 }
                 let dial = !path.status.connected();
+                // The peer's own heartbeat reached us lately: it is alive
+                // on this path, and ours would only repeat that. Waiting
+                // half an interval longer than the peer's pace leaves the
+                // beating to one side of each pair (in a mesh, half the
+                // heartbeats); if the peer falls silent, ours resume.
+                let listen_for = config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
+                if !missing
+                    && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t])
+                    && let Some(step) = path.status.on_heard(heard, now, listen_for)
+                {
+                    path.apply(id, t, step, now, config.jitter);
+                    next_due = next_due.min(path.next_at);
+                    continue;
+                }
                 path.busy = true;
                 if dial && path.dialled {
                     path.status = path.status.on_redial(now);

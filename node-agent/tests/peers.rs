@@ -246,6 +246,80 @@ async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iro
     }
 }
 
+/// Two nodes heartbeating each other: a heartbeat heard from the peer
+/// stands in for one's own, so each pair exchanges about one per interval
+/// and transport rather than two. A paused node sends none either, so its
+/// peer still finds it `Unresponsive` within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_heartbeats_are_not_doubled_and_a_paused_peer_is_still_found() {
+    let (a, b) = (
+        start(Identity::generate(), NodeConfig::default()).await,
+        start(Identity::generate(), NodeConfig::default()).await,
+    );
+    let config = |other: &Node| ManagerConfig {
+        bootstrap: vec![libp2p_entry(other), iroh_entry(other)],
+        ..fast()
+    };
+    let c = config(&b);
+    let bound =
+        (c.heartbeat_interval + c.heartbeat_timeout) * c.unresponsive_after + c.heartbeat_interval;
+    let (ma, _) = PeerManager::start(a.clone(), c);
+    let (mb, _) = PeerManager::start(b.clone(), config(&a));
+    let (aid, bid) = (a.addr().peer, b.addr().peer);
+    eventually(Duration::from_secs(10), "connected both ways", || async {
+        both_connected(&ma, &bid).await && both_connected(&mb, &aid).await
+    })
+    .await;
+    let answered = |t: Transport| {
+        [&a, &b]
+            .iter()
+            .map(|n| {
+                n.stats(t)
+                    .heartbeats_answered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+    };
+    let before = [answered(Transport::LibP2p), answered(Transport::Iroh)];
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    // Both beating regardless would answer 2 per interval per transport
+    // (40 here); a loaded machine only makes it fewer.
+    let rounds = (window.as_millis() / fast().heartbeat_interval.as_millis()) as u64;
+    for (i, t) in [Transport::LibP2p, Transport::Iroh].into_iter().enumerate() {
+        let n = answered(t) - before[i];
+        eprintln!(
+            "{}: {n} heartbeats answered in {window:?} ({rounds} intervals)",
+            t.as_str()
+        );
+        assert!(
+            n <= rounds * 3 / 2,
+            "{}: {n} heartbeats in {rounds} intervals: both sides beat",
+            t.as_str()
+        );
+    }
+    b.pause(true);
+    eventually(
+        bound + Duration::from_secs(2),
+        "paused b detected on both",
+        || async {
+            let s = ma.status().await;
+            state_of(&s, &bid, Transport::LibP2p) == Some(PeerState::Unresponsive)
+                && state_of(&s, &bid, Transport::Iroh) == Some(PeerState::Unresponsive)
+        },
+    )
+    .await;
+    b.pause(false);
+    eventually(Duration::from_secs(5), "recovered on both", || {
+        both_connected(&ma, &bid)
+    })
+    .await;
+    ma.stop();
+    mb.stop();
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_unresponsive_within_the_bound_and_recovers_when_resumed() {
     let (a, b) = (

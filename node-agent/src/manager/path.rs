@@ -145,6 +145,31 @@ impl PathStatus {
             }
         }
     }
+
+    /// The peer's own heartbeat on this path arrived at `heard`: while it
+    /// is recent (`listen_for`), ours would only repeat it, so the path is
+    /// `Connected` and our next beat waits until `heard + listen_for`.
+    /// `None` when ours is due (nothing heard lately, or the path has no
+    /// live connection).
+    pub fn on_heard(
+        &self,
+        heard: Instant,
+        now: Instant,
+        listen_for: Duration,
+    ) -> Option<Transition> {
+        let ago = now.saturating_duration_since(heard);
+        if !self.connected() || ago >= listen_for {
+            return None;
+        }
+        let mut s = self.clone();
+        s.misses = 0;
+        s.attempts = 0;
+        Some(Transition {
+            status: s.moved(PeerState::Connected, "its heartbeat arrived".into(), now),
+            next_in: listen_for - ago,
+            jitter: false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +278,22 @@ mod tests {
         assert_eq!(s.attempts, 40);
         assert_eq!(s.redials.len(), 32);
         assert_eq!(s.redials[0], t0 + 8 * MS);
+    }
+
+    #[test]
+    fn a_heard_heartbeat_stands_in_for_ours_while_recent_on_a_live_path() {
+        let t0 = Instant::now();
+        let listen = Duration::from_secs(3);
+        let mut s = connected(t0);
+        s = s.on_beat(&Beat::Unanswered, t0, &config()).status;
+        let t = s
+            .on_heard(t0, t0 + Duration::from_secs(1), listen)
+            .expect("recent");
+        assert_eq!(t.status.state, PeerState::Connected);
+        assert_eq!(t.status.misses, 0);
+        assert_eq!(t.next_in, Duration::from_secs(2), "until heard + listen");
+        assert!(s.on_heard(t0, t0 + listen, listen).is_none(), "too old");
+        let down = PathStatus::new(t0);
+        assert!(down.on_heard(t0, t0, listen).is_none(), "a dead path dials");
     }
 }

@@ -14,9 +14,7 @@ use libp2p::request_response::{
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, DialError, ListenError, NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, allow_block_list, identify, noise, ping, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, allow_block_list, identify, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +146,8 @@ struct Behaviour {
     allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
+    // No libp2p ping: the PeerManager's heartbeats (on `streams`) are the
+    // liveness check, and a second one every 15 s would only cost CPU.
     streams: libp2p_stream::Behaviour,
 }
 
@@ -230,7 +229,6 @@ impl Libp2pStack {
                     "/switchyard/1".into(),
                     key.public(),
                 )),
-                ping: ping::Behaviour::new(ping::Config::new()),
                 streams,
             })
             .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?
