@@ -116,7 +116,7 @@ fn client_config(strategy: Option<RoutingStrategy>, hedge: Hedge) -> NodeConfig 
     NodeConfig {
         strategy,
         hedge,
-        request_timeout: Some(T),
+        request_timeout: T,
         ..NodeConfig::default()
     }
 }

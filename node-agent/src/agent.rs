@@ -70,8 +70,41 @@ pub struct AgentConfig {
     /// Peer management settings (its `bootstrap` is replaced by the one
     /// above).
     pub manager: ManagerConfig,
+    /// Transport settings (the listen addresses are replaced by `pod_ip`
+    /// and the ports above).
+    pub node: NodeConfig,
     /// Honour the FleetNode's `switchyard.dev/inject-faults` annotation.
     pub allow_fault_injection: bool,
+}
+
+impl AgentConfig {
+    /// The agent of FleetNode `name` in `namespace`, with the defaults:
+    /// listening on 0.0.0.0 (libp2p TCP 4001, iroh UDP 4002, HTTP 9090),
+    /// creating its FleetNode in LibP2pOnly, an identity in memory only,
+    /// no bootstrap peers, ready with 0 peers, 1 probe per second, 10 s to
+    /// shut down, no fault injection, and the defaults of
+    /// [`ManagerConfig`] and [`NodeConfig`].
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        AgentConfig {
+            name: name.into(),
+            namespace: namespace.into(),
+            pod_ip: IpAddr::from([0, 0, 0, 0]),
+            node_name: None,
+            initial_mode: NetworkMode::LibP2pOnly,
+            identity_file: None,
+            identity_secret: None,
+            libp2p_port: 4001,
+            iroh_port: 4002,
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            bootstrap: Vec::new(),
+            min_peers: 0,
+            probe_rate: 1.0,
+            shutdown_timeout: Duration::from_secs(10),
+            manager: ManagerConfig::default(),
+            node: NodeConfig::default(),
+            allow_fault_injection: false,
+        }
+    }
 }
 
 /// The failure rates an `inject-faults` annotation asks for: (libp2p,
@@ -670,7 +703,7 @@ pub async fn run_with(
             tracing::warn!(%mode, "spec.mode {v:?} is not a network mode; starting in the initial mode")
         }
     }
-    let mut node_config = NodeConfig::default();
+    let mut node_config = config.node.clone();
     node_config.libp2p.listen = libp2p::Multiaddr::empty()
         .with(match config.pod_ip {
             IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),

@@ -116,36 +116,56 @@ impl Default for Hedge {
 }
 
 /// Node settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// libp2p stack settings.
     pub libp2p: Libp2pConfig,
     /// iroh stack settings.
     pub iroh: IrohConfig,
-    /// A strategy overriding the mode's default.
+    /// A strategy overriding the mode's default. Defaults to none: the
+    /// mode's own.
     pub strategy: Option<RoutingStrategy>,
-    /// Under LoadBalance, the percent of requests sent over iroh first
-    /// (default 50): a Canary's A/B share.
+    /// Under LoadBalance, the percent of requests sent over iroh first: a
+    /// Canary's A/B share. Defaults to none: 50.
     pub iroh_share: Option<u8>,
-    /// The whole budget of one request, retries included (default 10 s).
-    pub request_timeout: Option<Duration>,
-    /// How the second transport is used (default: hedged).
+    /// The whole budget of one request, retries included. Defaults to
+    /// 10 s.
+    pub request_timeout: Duration,
+    /// How the second transport is used. Defaults to hedged.
     pub hedge: Hedge,
     /// How long after its start a request that failed on every transport
     /// for a transient reason (a peer's stack restarting, a connection
-    /// dropped by a mode switch) is sent again (default 2 s).
-    pub retry_for: Option<Duration>,
+    /// dropped by a mode switch) is sent again. Defaults to 2 s.
+    pub retry_for: Duration,
     /// How long a retiring stack waits for its requests, both ways, before
-    /// it stops anyway (default 30 s).
-    pub drain_timeout: Option<Duration>,
+    /// it stops anyway. Defaults to 30 s.
+    pub drain_timeout: Duration,
     /// Answer a request that arrives again (a hedge or a retry, on either
     /// transport) from the first arrival instead of running the handler
     /// twice, remembering this many recent requests; 0 turns it off for
-    /// handlers that are idempotent anyway (default 4096).
-    pub dedup_window: Option<usize>,
+    /// handlers that are idempotent anyway. Defaults to 4096.
+    pub dedup_window: usize,
     /// When not empty, only these identities may connect, on either
     /// transport; the others are refused at the handshake and counted.
+    /// Defaults to empty: anyone.
     pub allowlist: Vec<PeerId>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            libp2p: Libp2pConfig::default(),
+            iroh: IrohConfig::default(),
+            strategy: None,
+            iroh_share: None,
+            request_timeout: Duration::from_secs(10),
+            hedge: Hedge::default(),
+            retry_for: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
+            dedup_window: 4096,
+            allowlist: Vec::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -264,7 +284,7 @@ impl Node {
     ) -> Result<Arc<Self>, StackError> {
         let mode_cell = Arc::new(RwLock::new(mode));
         let peers = Arc::new(PeerSynchronizer::new());
-        let handler: Arc<dyn Handler> = match config.dedup_window.unwrap_or(4096) {
+        let handler: Arc<dyn Handler> = match config.dedup_window {
             0 => handler,
             n => Arc::new(Dedup::new(handler, n)),
         };
@@ -585,12 +605,7 @@ impl Node {
         if let Some(stack) = &old_iroh {
             stack.refuse_inbound();
         }
-        let drain_for = self
-            .config
-            .lock()
-            .expect("config lock")
-            .drain_timeout
-            .unwrap_or(Duration::from_secs(30));
+        let drain_for = self.config.lock().expect("config lock").drain_timeout;
         let deadline = Instant::now() + drain_for;
         let busy = || {
             old_libp2p.as_ref().is_some_and(|s| {
@@ -656,8 +671,8 @@ impl Node {
         let (timeout, retry_for, hedge, strategy, iroh_share) = {
             let c = self.config.lock().expect("config lock");
             (
-                c.request_timeout.unwrap_or(Duration::from_secs(10)),
-                c.retry_for.unwrap_or(Duration::from_secs(2)),
+                c.request_timeout,
+                c.retry_for,
                 c.hedge,
                 c.strategy,
                 c.iroh_share.unwrap_or(50),

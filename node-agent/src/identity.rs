@@ -157,6 +157,20 @@ pub fn endpoint_to_peer(id: &iroh::EndpointId) -> Result<PeerId, IdentityError> 
     Ok(libp2p::identity::PublicKey::from(ed).to_peer_id())
 }
 
+/// An identity as a person writes it: a libp2p PeerId (`12D3KooW…`) or
+/// an iroh EndpointId; both name the same ed25519 key.
+pub fn parse_id(text: &str) -> Result<PeerId, String> {
+    let text = text.trim();
+    if let Ok(peer) = text.parse::<PeerId>() {
+        peer_to_endpoint(&peer).map_err(|e| e.to_string())?;
+        return Ok(peer);
+    }
+    let endpoint: iroh::EndpointId = text.parse().map_err(|_| {
+        format!("{text:?} is neither a libp2p peer id (12D3KooW…) nor an iroh endpoint id")
+    })?;
+    endpoint_to_peer(&endpoint).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +185,18 @@ mod tests {
             assert_eq!(endpoint_to_peer(&endpoint).expect("valid"), peer);
             assert!(peer.to_base58().starts_with("12D3KooW"));
         }
+    }
+
+    #[test]
+    fn an_identity_is_written_either_way() {
+        let id = Identity::generate();
+        let peer = id.peer_id();
+        assert_eq!(parse_id(&peer.to_string()), Ok(peer));
+        assert_eq!(parse_id(&format!(" {} ", id.endpoint_id())), Ok(peer));
+        let err = parse_id("fleet-node-7").expect_err("garbage");
+        assert!(err.contains("neither a libp2p peer id"), "{err}");
+        let err = parse_id("12D3KooWnope").expect_err("not ed25519");
+        assert!(err.contains("not an ed25519 key"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`bridge`]: a dual-stack node routing by mode and strategy, with
 //!   failover and live mode switching.
 //! - [`metrics`]: the node's Prometheus metrics.
+//! - [`settings`]: the agent binary's flags, environment and file.
 
 pub mod agent;
 pub mod bootstrap;
@@ -19,6 +20,7 @@ pub mod manager;
 pub mod metrics;
 pub mod peers;
 pub mod routing;
+pub mod settings;
 pub mod stack;
 pub mod transport;
 pub mod wire;

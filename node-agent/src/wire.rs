@@ -20,6 +20,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 11;
 /// The default maximum body size: a 4 MiB payload plus the header.
 pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024 + HEADER_LEN;
+/// The largest maximum frame size a node may be configured with: every
+/// connection may hold one frame of it in memory.
+pub const MAX_FRAME_LIMIT: usize = 64 * 1024 * 1024;
 
 /// What an envelope is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

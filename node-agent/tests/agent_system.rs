@@ -53,7 +53,7 @@ impl Agent {
             .args(["--name", name, "--namespace", NS, "--pod-ip", "127.0.0.1"])
             .args(["--libp2p-port", "0", "--iroh-port", "0"])
             .args(["--http-addr", "127.0.0.1:0", "--probe-rate", "10"])
-            .args(["--heartbeat-ms", "500"])
+            .args(["--heartbeat-interval", "500ms"])
             .args(extra)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
@@ -637,4 +637,92 @@ async fn the_identity_lives_in_a_secret_created_on_first_start_and_pod_labels_ar
     }
     assert!(again.terminate(Duration::from_secs(10)).success());
     cluster.stop().await;
+}
+
+/// `a` allows only `b` (named by its iroh endpoint id, to use both forms
+/// with the file), `c` is refused by `a` on both transports while `b`
+/// connects on both; `a`'s metrics count the refusals per transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_an_allowlist_refuses_an_unlisted_peer_on_both_transports() {
+    use switchyard_node_agent::identity::Identity;
+    let cluster = TestCluster::start(Config::default(), "allowlist")
+        .await
+        .expect("cluster");
+    cluster.namespace(NS).await.expect("namespace");
+    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
+    let key = |name: &str| cluster.dir.join(format!("{name}.key"));
+    let id = |name: &str| Identity::load_or_generate(&key(name)).expect("identity");
+    let b = id("b");
+    let list = cluster.dir.join("allowed.txt");
+    std::fs::write(
+        &list,
+        format!("# the only peer a talks to\n{}\n", b.endpoint_id()),
+    )
+    .expect("allowlist file");
+    let dual = ["--initial-mode", "DualPreferLibP2p"];
+    let agent = |name: &str, bootstrap: &[String], extra: &[&str]| {
+        let key = key(name);
+        let mut args = vec!["--identity-file", key.to_str().expect("utf-8")];
+        args.extend_from_slice(&dual);
+        args.extend_from_slice(extra);
+        Agent::start_with(&cluster, name, bootstrap, &args)
+    };
+    let _a = agent(
+        "a",
+        &[],
+        &["--allowlist-file", list.to_str().expect("utf-8")],
+    );
+    let a_url = metrics_url(&api, "a").await;
+    let status = fleet_node(&api, "a")
+        .await
+        .expect("a")
+        .status
+        .expect("status");
+    let ids = status.identity.expect("identity");
+    let addrs = status.addresses.expect("addresses");
+    let bootstrap = vec![
+        format!("{}@{}", ids.peer_id, addrs.libp2p[0]),
+        format!("{}@{}", ids.endpoint_id, addrs.iroh[0]),
+    ];
+    let _b = agent("b", &bootstrap, &[]);
+    let _c = agent("c", &bootstrap, &[]);
+    let b_url = metrics_url(&api, "b").await;
+    let c_url = metrics_url(&api, "c").await;
+    let connected = |text: &str, t: &str| -> f64 {
+        let transport = format!("transport=\"{t}\"");
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_node_peer_states{"))
+            .filter(|l| l.contains(&transport) && l.contains("state=\"Connected\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a refuses c on both transports, and a and b connect on both",
+        || async {
+            let a = get(&a_url).await?;
+            let b = get(&b_url).await?;
+            let refused = |t: &str| {
+                metric(
+                    &a,
+                    "switchyard_node_auth_rejections_total",
+                    &format!("transport=\"{t}\""),
+                )
+            };
+            (refused("libp2p") >= 1.0
+                && refused("iroh") >= 1.0
+                && ["libp2p", "iroh"]
+                    .iter()
+                    .all(|t| connected(&b, t) >= 1.0 && connected(&a, t) >= 1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    // c, refused on both, holds no connection; a holds b alone.
+    let a = get(&a_url).await.expect("a's metrics");
+    let c = get(&c_url).await.expect("c's metrics");
+    for t in ["libp2p", "iroh"] {
+        assert_eq!(connected(&c, t), 0.0, "c connected on {t}:\n{c}");
+        assert_eq!(connected(&a, t), 1.0, "a's peers on {t}:\n{a}");
+    }
 }

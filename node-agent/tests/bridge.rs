@@ -38,7 +38,7 @@ impl Handler for Echo {
 
 async fn node(mode: NetworkMode) -> Arc<Node> {
     let config = NodeConfig {
-        request_timeout: Some(Duration::from_secs(5)),
+        request_timeout: Duration::from_secs(5),
         ..NodeConfig::default()
     };
     Node::start(Identity::generate(), config, mode, Arc::new(Echo))
@@ -264,7 +264,7 @@ async fn slow_libp2p_server(
     let server = Node::start(
         Identity::generate(),
         NodeConfig {
-            dedup_window: Some(dedup_window),
+            dedup_window,
             ..NodeConfig::default()
         },
         NetworkMode::DualPreferLibP2p,
@@ -278,7 +278,7 @@ async fn slow_libp2p_server(
 async fn client_with(hedge: Hedge) -> Arc<Node> {
     let config = NodeConfig {
         hedge,
-        request_timeout: Some(Duration::from_secs(10)),
+        request_timeout: Duration::from_secs(10),
         ..NodeConfig::default()
     };
     Node::start(

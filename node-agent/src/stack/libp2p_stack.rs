@@ -53,6 +53,9 @@ pub struct Libp2pConfig {
     /// When not empty, only these peers may connect, either way; others
     /// are refused once the handshake has told who they are.
     pub allowlist: Vec<PeerId>,
+    /// The agent version peers see in identify. Defaults to
+    /// `switchyard-node-agent/<version>`.
+    pub agent_version: String,
 }
 
 impl Default for Libp2pConfig {
@@ -63,6 +66,7 @@ impl Default for Libp2pConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
             request_timeout: Duration::from_secs(10),
             allowlist: Vec::new(),
+            agent_version: concat!("switchyard-node-agent/", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }
@@ -225,10 +229,10 @@ impl Libp2pStack {
                     [(PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(request_timeout),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/switchyard/1".into(),
-                    key.public(),
-                )),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/switchyard/1".into(), key.public())
+                        .with_agent_version(config.agent_version.clone()),
+                ),
                 streams,
             })
             .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?

@@ -196,6 +196,7 @@ fn agent_config(dir: &Path, name: &str, bootstrap: Vec<String>) -> AgentConfig {
             heartbeat_interval: Duration::from_millis(500),
             ..ManagerConfig::default()
         },
+        node: Default::default(),
         allow_fault_injection: true,
     }
 }
