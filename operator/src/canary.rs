@@ -164,18 +164,18 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
             others.extend([n.desired_mode(), n.applied_mode()].into_iter().flatten());
             continue;
         }
+        let start = crate::planner::start_mode(n.metadata.annotations.as_ref());
         nodes.push(CanaryNode {
             name: n.name_any(),
             desired: n.desired_mode(),
             applied: n.applied_mode(),
             acknowledged: n.acknowledged(),
             mine,
-            start_mode: n
-                .annotations()
-                .get(ANNOTATION_START_MODE)
-                .and_then(|m| m.parse().ok()),
-            // A plan selecting the node holds it, whatever its label says.
-            held_by: holder_of(&n, "", &refs, &canaries),
+            start_mode: start.as_ref().ok().copied().flatten(),
+            // A plan selecting the node holds it, whatever its label says;
+            // so does a start mode of ours nobody can read (see
+            // `planner::start_mode`).
+            held_by: holder_of(&n, "", &refs, &canaries).or_else(|| start.err().filter(|_| mine)),
             selected,
         });
     }

@@ -64,18 +64,40 @@ impl NodeView {
     pub fn from_fleet_node(node: &FleetNode, held_by: Option<String>) -> Self {
         let labels = node.metadata.labels.as_ref();
         let annotations = node.metadata.annotations.as_ref();
+        let owner = labels.and_then(|l| l.get(LABEL_PLAN)).cloned();
+        // A plan's node whose start mode cannot be read cannot be rolled
+        // back correctly: nobody moves it until a person fixes it.
+        let (start_mode, bad_start) = match start_mode(annotations) {
+            Ok(m) => (m, None),
+            Err(why) if owner.is_some() => (None, Some(why)),
+            Err(_) => (None, None),
+        };
         NodeView {
             name: node.metadata.name.clone().unwrap_or_default(),
             desired: node.desired_mode(),
             applied: node.applied_mode(),
             acknowledged: node.acknowledged(),
-            owner: labels.and_then(|l| l.get(LABEL_PLAN)).cloned(),
-            start_mode: annotations
-                .and_then(|a| a.get(ANNOTATION_START_MODE))
-                .and_then(|m| m.parse().ok()),
+            owner,
+            start_mode,
             step: annotations.and_then(|a| a.get(ANNOTATION_STEP)).cloned(),
-            held_by,
+            held_by: held_by.or(bad_start),
         }
+    }
+}
+
+/// A node's `switchyard.dev/start-mode` annotation: the mode it names,
+/// none, or (`Err`) why the value is not a mode and what to do about it.
+pub fn start_mode(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Option<NetworkMode>, String> {
+    match annotations.and_then(|a| a.get(ANNOTATION_START_MODE)) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            format!(
+                "a bad {ANNOTATION_START_MODE} annotation {v:?} (not one of {}): set it to the mode the node started in, or remove it",
+                NetworkMode::ALL.map(NetworkMode::as_str).join(", ")
+            )
+        }),
     }
 }
 

@@ -570,3 +570,43 @@ fn a_newcomer_that_cannot_talk_to_the_stage_is_healed_first() {
         .expect("succeeds");
     assert_eq!(count_mode(&sim, IrohOnly), 5);
 }
+
+#[test]
+fn a_plans_node_with_an_unreadable_start_mode_is_held_with_the_reason() {
+    let node = |labels: serde_json::Value, start: &str| -> FleetNode {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "FleetNode",
+            "metadata": {
+                "name": "n0",
+                "labels": labels,
+                "annotations": {ANNOTATION_START_MODE: start},
+            },
+            "spec": {"mode": "DualPreferLibP2p"},
+        }))
+        .expect("node")
+    };
+    let ours =
+        NodeView::from_fleet_node(&node(serde_json::json!({LABEL_PLAN: "p"}), "Carrier"), None);
+    let why = ours.held_by.expect("held");
+    assert!(
+        why.contains("\"Carrier\"") && why.contains("LibP2pOnly"),
+        "{why}"
+    );
+    assert!(why.contains("remove it"), "says what to do: {why}");
+    assert_eq!(ours.start_mode, None);
+    // A node no plan owns: a plan adopting it writes its own start mode.
+    let free = NodeView::from_fleet_node(&node(serde_json::json!({}), "Carrier"), None);
+    assert_eq!(free.held_by, None);
+    let fine = NodeView::from_fleet_node(
+        &node(serde_json::json!({LABEL_PLAN: "p"}), "IrohOnly"),
+        None,
+    );
+    assert_eq!((fine.start_mode, fine.held_by), (Some(IrohOnly), None));
+    // Another plan's hold is kept as it is.
+    let both = NodeView::from_fleet_node(
+        &node(serde_json::json!({LABEL_PLAN: "p"}), "Carrier"),
+        Some("MigrationPlan other".into()),
+    );
+    assert_eq!(both.held_by.as_deref(), Some("MigrationPlan other"));
+}
