@@ -174,44 +174,6 @@ struct Stacks {
     iroh: Option<Arc<IrohStack>>,
 }
 
-/// The failed attempts of a round so far: whether all were transient, and
-/// the last reason.
-struct Failures {
-    transient: bool,
-    last: String,
-}
-
-impl Default for Failures {
-    fn default() -> Self {
-        Failures {
-            transient: true,
-            last: String::new(),
-        }
-    }
-}
-
-impl Failures {
-    /// Note `outcome`; the round's end if it is final (an answer, or a
-    /// refusal asking elsewhere would not change).
-    fn note(&mut self, outcome: Outcome) -> Option<Result<Bytes, (bool, String)>> {
-        match outcome {
-            Outcome::Answer(body) => return Some(Ok(body)),
-            Outcome::Refused(reason) => return Some(Err((false, reason))),
-            Outcome::Transient(reason) => self.last = reason,
-            Outcome::Failed(reason) => {
-                self.transient = false;
-                self.last = reason;
-            }
-        }
-        None
-    }
-
-    /// The round failed: whether it is worth another, and why.
-    fn into_err(self) -> (bool, String) {
-        (self.transient, self.last)
-    }
-}
-
 /// How one attempt ended.
 enum Outcome {
     Answer(Bytes),
@@ -795,15 +757,22 @@ impl Node {
         let can_hedge = delay.is_some() && rest.as_slice().first().is_some_and(|n| n.1);
         if !can_hedge {
             // One transport at a time: no concurrency to manage.
-            let mut failures = Failures::default();
-            for t in std::iter::once(first).chain(rest.map(|(t, _)| t)) {
+            let mut next = Some(first);
+            let (mut transient, mut last) = (true, String::new());
+            while let Some(t) = next {
                 tried.push(t);
-                let outcome = self.send(peer, t, id, payload.clone(), deadline).await;
-                if let Some(end) = failures.note(outcome) {
-                    return end;
+                match self.send(peer, t, id, payload.clone(), deadline).await {
+                    Outcome::Answer(body) => return Ok(body),
+                    Outcome::Refused(reason) => return Err((false, reason)),
+                    Outcome::Transient(reason) => last = reason,
+                    Outcome::Failed(reason) => {
+                        transient = false;
+                        last = reason;
+                    }
                 }
+                next = rest.next().map(|(t, _)| t);
             }
-            return Err(failures.into_err());
+            return Err((transient, last));
         }
         let mut running = FuturesUnordered::new();
         // When each running attempt started, to credit a loser below.
@@ -826,7 +795,7 @@ impl Node {
             launch!(t);
         }
         let mut hedge_at = delay.map(|d| Instant::now() + d);
-        let mut failures = Failures::default();
+        let (mut transient, mut last) = (true, String::new());
         loop {
             // Hedge only onto a transport the peer is believed to run.
             let next_hedge = hedge_at.filter(|_| rest.as_slice().first().is_some_and(|n| n.1));
@@ -834,16 +803,22 @@ impl Node {
                 done = running.next() => {
                     let Some((t, outcome)) = done else { break };
                     started.retain(|(s, _)| *s != t);
-                    if let Some(end) = failures.note(outcome) {
-                        if end.is_ok() {
+                    match outcome {
+                        Outcome::Answer(body) => {
                             // A transport that lost the race took at least
-                            // this long: say so, or a path that always
-                            // loses would never look slow to LowestLatency.
+                            // this long: say so, or a path that always loses
+                            // would never look slow to LowestLatency.
                             for (loser, at) in started {
                                 self.peers.lower_bound(peer.peer, loser, at.elapsed());
                             }
+                            return Ok(body);
                         }
-                        return end;
+                        Outcome::Refused(reason) => return Err((false, reason)),
+                        Outcome::Transient(reason) => last = reason,
+                        Outcome::Failed(reason) => {
+                            transient = false;
+                            last = reason;
+                        }
                     }
                     // Fail over now.
                     if let Some((t, _)) = rest.next() {
@@ -861,7 +836,7 @@ impl Node {
                 }
             }
         }
-        Err(failures.into_err())
+        Err((transient, last))
     }
 
     /// One envelope to `peer` over `t` and its answer, on whichever stack
