@@ -243,10 +243,11 @@ impl Settings {
             );
             config.probe_rate = rate;
         }
-        set(
+        set_positive(
             &mut config.shutdown_timeout,
-            positive("--shutdown-timeout", self.shutdown_timeout)?,
-        );
+            "--shutdown-timeout",
+            self.shutdown_timeout,
+        )?;
         set(
             &mut config.allow_fault_injection,
             self.allow_fault_injection,
@@ -262,6 +263,12 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *slot = v;
     }
+}
+
+/// Replace `slot` with `span` when it is set, refusing zero.
+fn set_positive(slot: &mut Duration, flag: &str, span: Option<Span>) -> anyhow::Result<()> {
+    set(slot, positive(flag, span)?);
+    Ok(())
 }
 
 /// A duration that must be more than zero.
@@ -280,27 +287,27 @@ fn manager(
     libp2p_port: u16,
     iroh_port: u16,
 ) -> anyhow::Result<ManagerConfig> {
-    set(
+    set_positive(
         &mut m.heartbeat_interval,
-        positive("--heartbeat-interval", s.heartbeat_interval)?,
-    );
-    set(
+        "--heartbeat-interval",
+        s.heartbeat_interval,
+    )?;
+    set_positive(
         &mut m.heartbeat_timeout,
-        positive("--heartbeat-timeout", s.heartbeat_timeout)?,
-    );
+        "--heartbeat-timeout",
+        s.heartbeat_timeout,
+    )?;
     if let Some(n) = s.heartbeat_misses {
         anyhow::ensure!(n >= 1, "--heartbeat-misses must be 1 or more, e.g. 2");
         m.unresponsive_after = n;
     }
-    set(
+    set_positive(
         &mut m.disconnect_after,
-        positive("--disconnect-after", s.disconnect_after)?,
-    );
-    set(
-        &mut m.backoff_initial,
-        positive("--redial-initial", s.redial_initial)?,
-    );
-    set(&mut m.backoff_max, positive("--redial-max", s.redial_max)?);
+        "--disconnect-after",
+        s.disconnect_after,
+    )?;
+    set_positive(&mut m.backoff_initial, "--redial-initial", s.redial_initial)?;
+    set_positive(&mut m.backoff_max, "--redial-max", s.redial_max)?;
     anyhow::ensure!(
         m.backoff_initial <= m.backoff_max,
         "--redial-initial ({:?}) must not be more than --redial-max ({:?})",
@@ -315,7 +322,7 @@ fn manager(
         m.jitter = j;
     }
     set(&mut m.max_retries, s.redial_retries);
-    set(&mut m.slow_retry, positive("--slow-redial", s.slow_redial)?);
+    set_positive(&mut m.slow_retry, "--slow-redial", s.slow_redial)?;
     if let Some(n) = s.max_concurrent_dials {
         anyhow::ensure!(n >= 1, "--max-concurrent-dials must be 1 or more, e.g. 8");
         m.max_concurrent_dials = n;
@@ -344,10 +351,7 @@ fn node(s: Settings, mut n: NodeConfig) -> anyhow::Result<NodeConfig> {
         n.libp2p.max_frame = size;
         n.iroh.max_frame = size;
     }
-    set(
-        &mut n.libp2p.idle_timeout,
-        positive("--idle-timeout", s.idle_timeout)?,
-    );
+    set_positive(&mut n.libp2p.idle_timeout, "--idle-timeout", s.idle_timeout)?;
     if let Some(url) = s.relay_url {
         n.iroh.relay_url = Some(url.parse().map_err(|e| {
             anyhow::anyhow!(
