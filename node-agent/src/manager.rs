@@ -34,6 +34,7 @@ use libp2p::{Multiaddr, PeerId};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::NetworkMode;
 use crate::bootstrap::{self, BadEntry, Bootstrap};
 use crate::bridge::{Node, PeerAddr};
 use crate::stack::{PerTransport, StackError, Transport};
@@ -502,28 +503,97 @@ async fn run(
     config: ManagerConfig,
     metrics: Metrics,
     initial: Vec<PeerAddr>,
-    mut commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Command>,
     dialling: Arc<DialCount>,
 ) {
-    let mut peers: HashMap<PeerId, Tracked> = HashMap::new();
+    let mut peers = HashMap::new();
     for a in initial {
         merge(&mut peers, a);
     }
     let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
-    let mut beats: FuturesUnordered<Beating> = FuturesUnordered::new();
-    let mut learned_at = Instant::now();
-    let mut published = PerTransport::new([-1i64; 4], [-1i64; 4]);
-    loop {
-        let now = Instant::now();
-        if now >= learned_at {
-            learn(&node, &mut peers);
-            learned_at = now + config.heartbeat_interval;
+    Manager {
+        node,
+        config,
+        metrics,
+        commands,
+        dialling,
+        dials,
+        peers,
+        beats: FuturesUnordered::new(),
+        learned_at: Instant::now(),
+        published: PerTransport::new([-1i64; 4], [-1i64; 4]),
+    }
+    .run()
+    .await;
+}
+
+/// What is known of one peer this round.
+struct Seen {
+    /// This node's mode.
+    local: NetworkMode,
+    /// The peer's, if it has said.
+    remote: Option<NetworkMode>,
+    /// The peer runs a transport we both have, but its address on it is
+    /// unknown.
+    missing: bool,
+    /// When the peer's own heartbeat last arrived, per transport.
+    heard: PerTransport<Option<Instant>>,
+}
+
+/// The manager's actor: each round it starts the heartbeats and dials
+/// that are due, then waits for a command, a heartbeat's result, or the
+/// next due time. The decisions are [`PathStatus`]'s.
+struct Manager {
+    node: Arc<Node>,
+    config: ManagerConfig,
+    metrics: Metrics,
+    commands: mpsc::Receiver<Command>,
+    dialling: Arc<DialCount>,
+    /// Permits for dials in progress.
+    dials: Arc<Semaphore>,
+    peers: HashMap<PeerId, Tracked>,
+    /// Heartbeats and dials in flight, at most one per path.
+    beats: FuturesUnordered<Beating>,
+    /// When the peer view is next read for new peers.
+    learned_at: Instant,
+    /// The state gauges as last set.
+    published: PerTransport<[i64; 4]>,
+}
+
+impl Manager {
+    async fn run(mut self) {
+        loop {
+            let next_due = self.start_due(Instant::now());
+            self.publish_states();
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(Command::Add(addr)) => merge(&mut self.peers, addr),
+                    Some(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
+                },
+                Some((peer, t, result)) = self.beats.next() => self.on_beat(peer, t, result),
+                () = tokio::time::sleep_until(next_due.into()) => {}
+            }
         }
-        // Which transports each peer can be reached on, by both modes.
-        let local = node.mode();
-        let mut next_due = learned_at;
-        for (id, tracked) in &mut peers {
-            let facts = node.peer_facts(id);
+    }
+
+    /// Start every heartbeat or dial that is due at `now`; when the next
+    /// one is.
+    fn start_due(&mut self, now: Instant) -> Instant {
+        if now >= self.learned_at {
+            learn(&self.node, &mut self.peers);
+            self.learned_at = now + self.config.heartbeat_interval;
+        }
+        let local = self.node.mode();
+        let mut next_due = self.learned_at;
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let facts = self.node.peer_facts(&id);
+            let Some(tracked) = self.peers.get(&id) else {
+                continue;
+            };
             let remote = facts.as_ref().and_then(|f| f.mode);
             // A peer that now runs a transport we both have, but whose
             // address on it we never learned (it switched modes after we
@@ -532,141 +602,162 @@ async fn run(
                 (m.has_iroh() && local.has_iroh() && tracked.addr.iroh.is_none())
                     || (m.has_libp2p() && local.has_libp2p() && tracked.addr.libp2p.is_empty())
             });
-            for t in [Transport::LibP2p, Transport::Iroh] {
-                let usable = match t {
-                    Transport::LibP2p => {
-                        local.has_libp2p()
-                            && !tracked.addr.libp2p.is_empty()
-                            && remote.is_none_or(|m| m.has_libp2p())
-                    }
-                    Transport::Iroh => {
-                        local.has_iroh()
-                            && tracked.addr.iroh.is_some()
-                            && remote.is_none_or(|m| m.has_iroh())
-                    }
-                };
-                let slot = &mut tracked.paths[t];
-                if !usable {
-                    *slot = None;
-                    continue;
+            let seen = Seen {
+                local,
+                remote,
+                missing,
+                heard: facts.map(|f| f.heard).unwrap_or_default(),
+            };
+            for t in Transport::ALL {
+                if let Some(due) = self.consider(id, t, &seen, now) {
+                    next_due = next_due.min(due);
                 }
-                let path = slot.get_or_insert_with(|| Path::new(now));
-                if path.busy {
-                    continue;
-                }
-                if path.next_at > now {
-                    next_due = next_due.min(path.next_at);
-                    continue;
-                }
-                let dial = !path.status.connected();
-                // The peer's own heartbeat reached us lately: it is alive
-                // on this path, and ours would only repeat that. Waiting
-                // half an interval longer than the peer's pace leaves the
-                // beating to one side of each pair (in a mesh, half the
-                // heartbeats); if the peer falls silent, ours resume.
-                let listen_for = config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
-                if !missing
-                    && let Some(heard) = facts.as_ref().and_then(|f| f.heard[t])
-                    && let Some(step) = path.status.on_heard(heard, now, listen_for)
-                {
-                    path.apply(id, t, step, now, config.jitter);
-                    next_due = next_due.min(path.next_at);
-                    continue;
-                }
-                path.busy = true;
-                if dial && path.dialled {
-                    path.status = path.status.on_redial(now);
-                    metrics.redials.with_label_values(&[t.as_str()]).inc();
-                }
-                path.dialled = true;
-                let (node, addr, dials) = (node.clone(), tracked.addr.clone(), dials.clone());
-                let dialling = dialling.clone();
-                let timeout = if dial {
-                    config.heartbeat_timeout * DIAL_TIMEOUT_FACTOR
-                } else {
-                    config.heartbeat_timeout
-                };
-                let peer = *id;
-                beats.push(Box::pin(async move {
-                    // Dials share the permits; heartbeats on live
-                    // connections do not wait for them.
-                    let _permit = if dial {
-                        let permit = dials.acquire_owned().await.ok();
-                        Some((permit, Dialling::new(&dialling)))
-                    } else {
-                        None
-                    };
-                    // A new connection asks for the peer's addresses on
-                    // both transports, as does a beat to a peer with an
-                    // address missing; other beats carry nothing.
-                    (
-                        peer,
-                        t,
-                        node.heartbeat(&addr, t, timeout, dial || missing).await,
-                    )
-                }));
             }
         }
-        // The gauges, from the states just seen; the label lookups only
-        // after a change.
+        next_due
+    }
+
+    /// One path at `now`: forget it when it is no longer usable, start its
+    /// heartbeat (or dial) when due, or let the peer's own heartbeat stand
+    /// in for it; when it is next due, if it waits.
+    fn consider(&mut self, id: PeerId, t: Transport, seen: &Seen, now: Instant) -> Option<Instant> {
+        let tracked = self.peers.get_mut(&id)?;
+        if !usable(&tracked.addr, t, seen.local, seen.remote) {
+            tracked.paths[t] = None;
+            return None;
+        }
+        let addr = tracked.addr.clone();
+        let path = tracked.paths[t].get_or_insert_with(|| Path::new(now));
+        if path.busy {
+            return None;
+        }
+        if path.next_at > now {
+            return Some(path.next_at);
+        }
+        // The peer's own heartbeat reached us lately: it is alive on this
+        // path, and ours would only repeat that. Waiting half an interval
+        // longer than the peer's pace leaves the beating to one side of
+        // each pair (in a mesh, half the heartbeats); if the peer falls
+        // silent, ours resume.
+        let listen_for = self.config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
+        if !seen.missing
+            && let Some(heard) = seen.heard[t]
+            && let Some(step) = path.status.on_heard(heard, now, listen_for)
+        {
+            path.apply(&id, t, step, now, self.config.jitter);
+            return Some(path.next_at);
+        }
+        let dial = !path.status.connected();
+        path.busy = true;
+        if dial && path.dialled {
+            path.status = path.status.on_redial(now);
+            self.metrics.redials.with_label_values(&[t.as_str()]).inc();
+        }
+        path.dialled = true;
+        self.beat(id, t, addr, dial, seen.missing);
+        None
+    }
+
+    /// Send a heartbeat to `peer` over `t` (a dial first, if `dial`).
+    fn beat(&mut self, peer: PeerId, t: Transport, addr: PeerAddr, dial: bool, missing: bool) {
+        let (node, dials, dialling) =
+            (self.node.clone(), self.dials.clone(), self.dialling.clone());
+        let timeout = if dial {
+            self.config.heartbeat_timeout * DIAL_TIMEOUT_FACTOR
+        } else {
+            self.config.heartbeat_timeout
+        };
+        self.beats.push(Box::pin(async move {
+            // Dials share the permits; heartbeats on live connections do
+            // not wait for them.
+            let _permit = if dial {
+                let permit = dials.acquire_owned().await.ok();
+                Some((permit, Dialling::new(&dialling)))
+            } else {
+                None
+            };
+            // A new connection asks for the peer's addresses on both
+            // transports, as does a beat to a peer with an address
+            // missing; other beats carry nothing.
+            let result = node.heartbeat(&addr, t, timeout, dial || missing).await;
+            (peer, t, result)
+        }));
+    }
+
+    /// A heartbeat's result, into its path's state.
+    fn on_beat(&mut self, peer: PeerId, t: Transport, result: Result<Duration, StackError>) {
+        let Some(path) = self.peers.get_mut(&peer).and_then(|p| p.paths[t].as_mut()) else {
+            return;
+        };
+        path.busy = false;
+        let now = Instant::now();
+        let beat = match result {
+            Ok(rtt) => {
+                self.metrics
+                    .rtt
+                    .with_label_values(&[t.as_str()])
+                    .observe(rtt.as_secs_f64());
+                Beat::Answered(rtt)
+            }
+            Err(StackError::Timeout(_)) => Beat::Unanswered,
+            Err(e) => Beat::Failed(e.to_string()),
+        };
+        let step = path.status.on_beat(&beat, now, &self.config);
+        path.apply(&peer, t, step, now, self.config.jitter);
+    }
+
+    /// Every peer and its paths, ordered by id.
+    fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|t| PeerStatus {
+                peer: t.addr.peer,
+                addr: t.addr.clone(),
+                libp2p: t.paths.libp2p.as_ref().map(|p| p.status.clone()),
+                iroh: t.paths.iroh.as_ref().map(|p| p.status.clone()),
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer.to_bytes());
+        out
+    }
+
+    /// The state gauges, from the states just seen; the label lookups
+    /// only after a change.
+    fn publish_states(&mut self) {
         let mut counts = PerTransport::new([0i64; 4], [0i64; 4]);
-        for tracked in peers.values() {
-            for t in [Transport::LibP2p, Transport::Iroh] {
+        for tracked in self.peers.values() {
+            for t in Transport::ALL {
                 if let Some(p) = &tracked.paths[t] {
                     counts[t][p.status.state as usize] += 1;
                 }
             }
         }
-        if counts != published {
-            published = counts;
-            for t in [Transport::LibP2p, Transport::Iroh] {
-                for s in PeerState::ALL {
-                    metrics
-                        .states
-                        .with_label_values(&[t.as_str(), s.as_str()])
-                        .set(counts[t][s as usize]);
-                }
+        if counts == self.published {
+            return;
+        }
+        self.published = counts;
+        for t in Transport::ALL {
+            for s in PeerState::ALL {
+                self.metrics
+                    .states
+                    .with_label_values(&[t.as_str(), s.as_str()])
+                    .set(counts[t][s as usize]);
             }
         }
-        tokio::select! {
-            command = commands.recv() => match command {
-                None => return,
-                Some(Command::Add(addr)) => merge(&mut peers, addr),
-                Some(Command::Status(reply)) => {
-                    let mut out: Vec<PeerStatus> = peers
-                        .values()
-                        .map(|t| PeerStatus {
-                            peer: t.addr.peer,
-                            addr: t.addr.clone(),
-                            libp2p: t.paths.libp2p.as_ref().map(|p| p.status.clone()),
-                            iroh: t.paths.iroh.as_ref().map(|p| p.status.clone()),
-                        })
-                        .collect();
-                    out.sort_by_key(|p| p.peer.to_bytes());
-                    let _ = reply.send(out);
-                }
-            },
-            Some((peer, t, result)) = beats.next() => {
-                let Some(path) = peers
-                    .get_mut(&peer)
-                    .and_then(|p| p.paths[t].as_mut())
-                else {
-                    continue;
-                };
-                path.busy = false;
-                let now = Instant::now();
-                let beat = match result {
-                    Ok(rtt) => {
-                        metrics.rtt.with_label_values(&[t.as_str()]).observe(rtt.as_secs_f64());
-                        Beat::Answered(rtt)
-                    }
-                    Err(StackError::Timeout(_)) => Beat::Unanswered,
-                    Err(e) => Beat::Failed(e.to_string()),
-                };
-                let step = path.status.on_beat(&beat, now, &config);
-                path.apply(&peer, t, step, now, config.jitter);
-            }
-            () = tokio::time::sleep_until(next_due.into()) => {}
+    }
+}
+
+/// Whether `t` can carry heartbeats to a peer at `addr`: this node runs
+/// it, the peer's address on it is known, and the peer (if its mode is
+/// known) runs it too.
+fn usable(addr: &PeerAddr, t: Transport, local: NetworkMode, remote: Option<NetworkMode>) -> bool {
+    match t {
+        Transport::LibP2p => {
+            local.has_libp2p() && !addr.libp2p.is_empty() && remote.is_none_or(|m| m.has_libp2p())
+        }
+        Transport::Iroh => {
+            local.has_iroh() && addr.iroh.is_some() && remote.is_none_or(|m| m.has_iroh())
         }
     }
 }
