@@ -174,6 +174,44 @@ struct Stacks {
     iroh: Option<Arc<IrohStack>>,
 }
 
+/// The failed attempts of a round so far: whether all were transient, and
+/// the last reason.
+struct Failures {
+    transient: bool,
+    last: String,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures {
+            transient: true,
+            last: String::new(),
+        }
+    }
+}
+
+impl Failures {
+    /// Note `outcome`; the round's end if it is final (an answer, or a
+    /// refusal asking elsewhere would not change).
+    fn note(&mut self, outcome: Outcome) -> Option<Result<Bytes, (bool, String)>> {
+        match outcome {
+            Outcome::Answer(body) => return Some(Ok(body)),
+            Outcome::Refused(reason) => return Some(Err((false, reason))),
+            Outcome::Transient(reason) => self.last = reason,
+            Outcome::Failed(reason) => {
+                self.transient = false;
+                self.last = reason;
+            }
+        }
+        None
+    }
+
+    /// The round failed: whether it is worth another, and why.
+    fn into_err(self) -> (bool, String) {
+        (self.transient, self.last)
+    }
+}
+
 /// How one attempt ended.
 enum Outcome {
     Answer(Bytes),
@@ -757,22 +795,15 @@ impl Node {
         let can_hedge = delay.is_some() && rest.as_slice().first().is_some_and(|n| n.1);
         if !can_hedge {
             // One transport at a time: no concurrency to manage.
-            let mut next = Some(first);
-            let (mut transient, mut last) = (true, String::new());
-            while let Some(t) = next {
+            let mut failures = Failures::default();
+            for t in std::iter::once(first).chain(rest.map(|(t, _)| t)) {
                 tried.push(t);
-                match self.send(peer, t, id, payload.clone(), deadline).await {
-                    Outcome::Answer(body) => return Ok(body),
-                    Outcome::Refused(reason) => return Err((false, reason)),
-                    Outcome::Transient(reason) => last = reason,
-                    Outcome::Failed(reason) => {
-                        transient = false;
-                        last = reason;
-                    }
+                let outcome = self.send(peer, t, id, payload.clone(), deadline).await;
+                if let Some(end) = failures.note(outcome) {
+                    return end;
                 }
-                next = rest.next().map(|(t, _)| t);
             }
-            return Err((transient, last));
+            return Err(failures.into_err());
         }
         let mut running = FuturesUnordered::new();
         // When each running attempt started, to credit a loser below.
@@ -795,7 +826,7 @@ impl Node {
             launch!(t);
         }
         let mut hedge_at = delay.map(|d| Instant::now() + d);
-        let (mut transient, mut last) = (true, String::new());
+        let mut failures = Failures::default();
         loop {
             // Hedge only onto a transport the peer is believed to run.
             let next_hedge = hedge_at.filter(|_| rest.as_slice().first().is_some_and(|n| n.1));
@@ -803,22 +834,16 @@ impl Node {
                 done = running.next() => {
                     let Some((t, outcome)) = done else { break };
                     started.retain(|(s, _)| *s != t);
-                    match outcome {
-                        Outcome::Answer(body) => {
+                    if let Some(end) = failures.note(outcome) {
+                        if end.is_ok() {
                             // A transport that lost the race took at least
-                            // this long: say so, or a path that always loses
-                            // would never look slow to LowestLatency.
+                            // this long: say so, or a path that always
+                            // loses would never look slow to LowestLatency.
                             for (loser, at) in started {
                                 self.peers.lower_bound(peer.peer, loser, at.elapsed());
                             }
-                            return Ok(body);
                         }
-                        Outcome::Refused(reason) => return Err((false, reason)),
-                        Outcome::Transient(reason) => last = reason,
-                        Outcome::Failed(reason) => {
-                            transient = false;
-                            last = reason;
-                        }
+                        return end;
                     }
                     // Fail over now.
                     if let Some((t, _)) = rest.next() {
@@ -836,7 +861,7 @@ impl Node {
                 }
             }
         }
-        Err((transient, last))
+        Err(failures.into_err())
     }
 
     /// One envelope to `peer` over `t` and its answer, on whichever stack

@@ -70,14 +70,14 @@ impl NodeMetrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "switchyard_node_requests_total",
-                "Requests sent, by outcome",
-            ),
+        let r = &registry;
+        let per_transport = &["transport"];
+        let requests = counters(
+            r,
+            "requests_total",
+            "Requests sent, by outcome",
             &["transport", "outcome"],
-        )
-        .expect("valid metric");
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_node_request_duration_seconds",
@@ -86,85 +86,59 @@ impl NodeMetrics {
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
-            &["transport"],
+            per_transport,
         )
         .expect("valid metric");
-        let bytes_sent = IntCounterVec::new(
-            Opts::new("switchyard_node_bytes_sent_total", "Payload bytes sent"),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let bytes_received = IntCounterVec::new(
-            Opts::new(
-                "switchyard_node_bytes_received_total",
-                "Payload bytes received",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
+        register(r, latency.clone());
+        let bytes_sent = counters(r, "bytes_sent_total", "Payload bytes sent", per_transport);
+        let bytes_received = counters(
+            r,
+            "bytes_received_total",
+            "Payload bytes received",
+            per_transport,
+        );
         let peers = IntGaugeVec::new(
             Opts::new("switchyard_node_peers", "Peers connected, per transport"),
-            &["transport"],
+            per_transport,
         )
         .expect("valid metric");
+        register(r, peers.clone());
         let dual_peers = IntGauge::new(
             "switchyard_node_dual_stack_peers",
             "Peers connected on both transports",
         )
         .expect("valid metric");
+        register(r, dual_peers.clone());
         let mode = IntGaugeVec::new(
             Opts::new("switchyard_node_mode", "1 for the current NetworkMode"),
             &["mode"],
         )
         .expect("valid metric");
-        let mode_switches =
-            prometheus::IntCounter::new("switchyard_node_mode_switches_total", "Mode switches")
-                .expect("valid metric");
-        let hedges = IntCounterVec::new(
-            Opts::new(
-                "switchyard_node_hedged_requests_total",
-                "Requests also sent on the other transport after the hedge delay",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let retries = prometheus::IntCounter::new(
-            "switchyard_node_request_retries_total",
+        register(r, mode.clone());
+        let mode_switches = counter(r, "mode_switches_total", "Mode switches");
+        let hedges = counters(
+            r,
+            "hedged_requests_total",
+            "Requests also sent on the other transport after the hedge delay",
+            per_transport,
+        );
+        let retries = counter(
+            r,
+            "request_retries_total",
             "Requests sent again after every transport failed transiently",
-        )
-        .expect("valid metric");
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "switchyard_node_auth_rejections_total",
-                "Connections refused because the peer is not on the allowlist",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        let injected = IntCounterVec::new(
-            Opts::new(
-                "switchyard_node_injected_faults_total",
-                "Sends failed on purpose by fault injection (also counted as errors)",
-            ),
-            &["transport"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(injected.clone()),
-            Box::new(latency.clone()),
-            Box::new(bytes_sent.clone()),
-            Box::new(bytes_received.clone()),
-            Box::new(peers.clone()),
-            Box::new(dual_peers.clone()),
-            Box::new(mode.clone()),
-            Box::new(mode_switches.clone()),
-            Box::new(hedges.clone()),
-            Box::new(retries.clone()),
-            Box::new(rejected.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+        );
+        let rejected = counters(
+            r,
+            "auth_rejections_total",
+            "Connections refused because the peer is not on the allowlist",
+            per_transport,
+        );
+        let injected = counters(
+            r,
+            "injected_faults_total",
+            "Sends failed on purpose by fault injection (also counted as errors)",
+            per_transport,
+        );
         let resolve = |t: Transport| {
             let l = t.as_str();
             TransportMetrics {
@@ -242,4 +216,26 @@ impl Default for NodeMetrics {
     fn default() -> Self {
         NodeMetrics::new()
     }
+}
+
+/// Register `metric` in `r`; names are unique by construction.
+fn register<M: prometheus::core::Collector + 'static>(r: &Registry, metric: M) {
+    r.register(Box::new(metric))
+        .expect("metric names are unique");
+}
+
+/// A registered counter `switchyard_node_<name>` with `labels`.
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("switchyard_node_{name}"), help), labels)
+        .expect("valid metric");
+    register(r, c.clone());
+    c
+}
+
+/// A registered counter `switchyard_node_<name>` without labels.
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c =
+        prometheus::IntCounter::new(format!("switchyard_node_{name}"), help).expect("valid metric");
+    register(r, c.clone());
+    c
 }

@@ -93,6 +93,68 @@ const REBIND_FOR: Duration = Duration::from_millis(500);
 /// How long a response waits for the peer to have read it.
 const STOPPED_WAIT: Duration = Duration::from_secs(5);
 
+/// An endpoint bound to `config.bind`, with the allowlist hook and the
+/// relay (if any). A fixed port was usually ours a moment ago (a mode
+/// switch or a restart of the node): wait for that stack's release, then
+/// retry briefly.
+async fn bind(
+    identity: &Identity,
+    config: &IrohConfig,
+    stats: &Arc<StackStats>,
+) -> Result<Endpoint, StackError> {
+    let relay_mode = match &config.relay_url {
+        Some(url) => RelayMode::custom([url.clone()]),
+        None => RelayMode::Disabled,
+    };
+    let allow = if config.allowlist.is_empty() {
+        None
+    } else {
+        let mut ids = HashSet::new();
+        for p in &config.allowlist {
+            ids.insert(
+                peer_to_endpoint(p)
+                    .map_err(|e| StackError::Start(format!("iroh allowlist entry {p}: {e}")))?,
+            );
+        }
+        Some(Arc::new(ids))
+    };
+    if config.bind.port() != 0 {
+        releasing::wait(config.bind.port(), RELEASE_FOR).await;
+    }
+    let give_up = Instant::now() + REBIND_FOR;
+    loop {
+        let mut builder = Endpoint::builder(presets::Minimal);
+        if let Some(ids) = &allow {
+            builder = builder.hooks(Allowlist {
+                ids: ids.clone(),
+                stats: stats.clone(),
+            });
+        }
+        let bound = builder
+            .secret_key(identity.iroh_secret())
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(relay_mode.clone())
+            .clear_ip_transports()
+            .bind_addr(config.bind)
+            .map_err(|e| StackError::Start(format!("iroh bind address {}: {e}", config.bind)))?
+            .bind()
+            .await;
+        match bound {
+            Ok(endpoint) => return Ok(endpoint),
+            Err(e) if config.bind.port() != 0 && Instant::now() < give_up => {
+                tracing::debug!(bind = %config.bind, error = %e, "iroh port still held; retrying");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(StackError::Start(format!(
+                    "iroh endpoint on {}: {e}",
+                    config.bind
+                )));
+            }
+        }
+    }
+}
+
 impl IrohStack {
     /// Bind the endpoint and serve requests with `handler`. The stack
     /// reports its connections to `peers`.
@@ -103,60 +165,7 @@ impl IrohStack {
         stats: Arc<StackStats>,
         peers: Arc<PeerSynchronizer>,
     ) -> Result<Self, StackError> {
-        let relay_mode = match &config.relay_url {
-            Some(url) => RelayMode::custom([url.clone()]),
-            None => RelayMode::Disabled,
-        };
-        let allow = if config.allowlist.is_empty() {
-            None
-        } else {
-            let mut ids = HashSet::new();
-            for p in &config.allowlist {
-                ids.insert(
-                    peer_to_endpoint(p)
-                        .map_err(|e| StackError::Start(format!("iroh allowlist entry {p}: {e}")))?,
-                );
-            }
-            Some(Arc::new(ids))
-        };
-        // A fixed port was usually ours a moment ago (a mode switch or a
-        // restart of the node): wait for that stack's release, then retry
-        // briefly.
-        if config.bind.port() != 0 {
-            releasing::wait(config.bind.port(), RELEASE_FOR).await;
-        }
-        let give_up = Instant::now() + REBIND_FOR;
-        let endpoint = loop {
-            let mut builder = Endpoint::builder(presets::Minimal);
-            if let Some(ids) = &allow {
-                builder = builder.hooks(Allowlist {
-                    ids: ids.clone(),
-                    stats: stats.clone(),
-                });
-            }
-            let bound = builder
-                .secret_key(identity.iroh_secret())
-                .alpns(vec![ALPN.to_vec()])
-                .relay_mode(relay_mode.clone())
-                .clear_ip_transports()
-                .bind_addr(config.bind)
-                .map_err(|e| StackError::Start(format!("iroh bind address {}: {e}", config.bind)))?
-                .bind()
-                .await;
-            match bound {
-                Ok(endpoint) => break endpoint,
-                Err(e) if config.bind.port() != 0 && Instant::now() < give_up => {
-                    tracing::debug!(bind = %config.bind, error = %e, "iroh port still held; retrying");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => {
-                    return Err(StackError::Start(format!(
-                        "iroh endpoint on {}: {e}",
-                        config.bind
-                    )));
-                }
-            }
-        };
+        let endpoint = bind(identity, &config, &stats).await?;
         let accepting = Arc::new(AtomicBool::new(true));
         let inbound = Inbound::default();
         let tasks = TaskTracker::new();

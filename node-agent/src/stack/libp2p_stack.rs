@@ -201,57 +201,13 @@ impl Libp2pStack {
         peers: Arc<PeerSynchronizer>,
     ) -> Result<Self, StackError> {
         let max = config.max_frame;
-        let request_timeout = config.request_timeout;
         let streams = libp2p_stream::Behaviour::new();
         let mut control = streams.new_control();
         let incoming = control
             .accept(PING_PROTOCOL)
             .map_err(|e| StackError::Start(format!("libp2p heartbeat protocol: {e}")))?;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| StackError::Start(format!("libp2p transport: {e}")))?
-            .with_behaviour(|key| Behaviour {
-                allow: Toggle::from((!config.allowlist.is_empty()).then(|| {
-                    let mut allow =
-                        allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
-                    for p in &config.allowlist {
-                        allow.allow_peer(*p);
-                    }
-                    allow
-                })),
-                rpc: request_response::Behaviour::with_codec(
-                    FrameCodec { max },
-                    [(PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(request_timeout),
-                ),
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/switchyard/1".into(), key.public())
-                        .with_agent_version(config.agent_version.clone()),
-                ),
-                streams,
-            })
-            .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-            .build();
-        swarm
-            .listen_on(config.listen.clone())
-            .map_err(|e| StackError::Start(format!("libp2p listen on {}: {e}", config.listen)))?;
-        // Wait for the listener to have an address peers can dial.
-        let mut listen = Vec::new();
-        while listen.is_empty() {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => listen.push(address),
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(StackError::Start(format!("libp2p listener: {error}")));
-                }
-                _ => {}
-            }
-        }
+        let mut swarm = build_swarm(identity, &config, streams)?;
+        let listen = listen_on(&mut swarm, &config.listen).await?;
         let peer_id = *swarm.local_peer_id();
         let (commands, rx) = mpsc::channel(1024);
         let accepting = Arc::new(AtomicBool::new(true));
@@ -472,183 +428,366 @@ struct Shared {
     peers: Arc<PeerSynchronizer>,
 }
 
-async fn run(
-    mut swarm: libp2p::Swarm<Behaviour>,
-    mut commands: mpsc::Receiver<Command>,
-    shared: Shared,
-) {
-    let Shared {
-        handler,
-        accepting,
-        inbound,
-        stats,
-        peers,
-    } = shared;
-    let mut pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Envelope, StackError>>> =
-        HashMap::new();
-    // Accepted inbound requests until their response is sent or fails.
-    let mut answering: HashMap<InboundRequestId, InboundGuard> = HashMap::new();
-    let mut dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, StackError>>> =
-        HashMap::new();
-    let (done_tx, mut done_rx) = mpsc::channel::<(ResponseChannel<Envelope>, Envelope)>(1024);
-    let mut paused = handler.paused();
+/// A swarm over TCP + Noise + Yamux with our behaviours.
+fn build_swarm(
+    identity: &Identity,
+    config: &Libp2pConfig,
+    streams: libp2p_stream::Behaviour,
+) -> Result<libp2p::Swarm<Behaviour>, StackError> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| StackError::Start(format!("libp2p transport: {e}")))?
+        .with_behaviour(|key| Behaviour {
+            allow: Toggle::from((!config.allowlist.is_empty()).then(|| {
+                let mut allow =
+                    allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for p in &config.allowlist {
+                    allow.allow_peer(*p);
+                }
+                allow
+            })),
+            rpc: request_response::Behaviour::with_codec(
+                FrameCodec {
+                    max: config.max_frame,
+                },
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(config.request_timeout),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new("/switchyard/1".into(), key.public())
+                    .with_agent_version(config.agent_version.clone()),
+            ),
+            streams,
+        })
+        .map_err(|e| StackError::Start(format!("libp2p behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    Ok(swarm)
+}
+
+/// Listen on `addr` and wait until the listener has an address peers can
+/// dial.
+async fn listen_on(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    addr: &Multiaddr,
+) -> Result<Vec<Multiaddr>, StackError> {
+    swarm
+        .listen_on(addr.clone())
+        .map_err(|e| StackError::Start(format!("libp2p listen on {addr}: {e}")))?;
     loop {
-        // A paused node (fault injection) does nothing at all, as if its
-        // process were stopped: nothing is read, answered or sent.
-        if let Some(rx) = &mut paused
-            && *rx.borrow()
-        {
-            let _ = rx.wait_for(|p| !p).await;
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => return Ok(vec![address]),
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(StackError::Start(format!("libp2p listener: {error}")));
+            }
+            _ => {}
         }
-        let pause_flips = async {
-            match &mut paused {
-                Some(rx) => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
+    }
+}
+
+/// The swarm's actor: commands from the stack's handle, answers from the
+/// handler's tasks, and the swarm's events, one at a time.
+struct SwarmLoop {
+    swarm: libp2p::Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    shared: Shared,
+    /// Outbound requests until their response or failure.
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Envelope, StackError>>>,
+    /// Accepted inbound requests until their response is sent or fails.
+    answering: HashMap<InboundRequestId, InboundGuard>,
+    /// Dials to addresses whose peer is unknown, until it is.
+    dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, StackError>>>,
+    /// The handler's answers, from the tasks that ran it.
+    done_tx: mpsc::Sender<(ResponseChannel<Envelope>, Envelope)>,
+    done_rx: mpsc::Receiver<(ResponseChannel<Envelope>, Envelope)>,
+    paused: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+async fn run(swarm: libp2p::Swarm<Behaviour>, commands: mpsc::Receiver<Command>, shared: Shared) {
+    let (done_tx, done_rx) = mpsc::channel(1024);
+    let paused = shared.handler.paused();
+    SwarmLoop {
+        swarm,
+        commands,
+        shared,
+        pending: HashMap::new(),
+        answering: HashMap::new(),
+        dials: HashMap::new(),
+        done_tx,
+        done_rx,
+        paused,
+    }
+    .run()
+    .await;
+}
+
+impl SwarmLoop {
+    async fn run(mut self) {
+        loop {
+            // A paused node (fault injection) does nothing at all, as if
+            // its process were stopped: nothing is read, answered or sent.
+            if let Some(rx) = &mut self.paused
+                && *rx.borrow()
+            {
+                let _ = rx.wait_for(|p| !p).await;
+            }
+            tokio::select! {
+                // Pausing takes effect at once, not after the next event.
+                () = pause_flips(&mut self.paused) => {}
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(c) => self.on_command(c),
+                },
+                Some((channel, response)) = self.done_rx.recv() => {
+                    self.count_sent(&response);
+                    let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+                }
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+
+    fn count_sent(&self, e: &Envelope) {
+        let n = e.payload.len() as u64;
+        self.shared.stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn count_received(&self, e: &Envelope) {
+        let n = e.payload.len() as u64;
+        self.shared
+            .stats
+            .bytes_received
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                peer,
+                addrs,
+                envelope,
+                reply,
+            } => {
+                self.count_sent(&envelope);
+                let rpc = &mut self.swarm.behaviour_mut().rpc;
+                let id = rpc.send_request_with_addresses(&peer, Ok(envelope), addrs);
+                self.pending.insert(id, reply);
+            }
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(StackError::Connection(e.to_string())));
                     }
                 }
-                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let (stats, peers) = (&self.shared.stats, &self.shared.peers);
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
+            } => {
+                if let Some(reply) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                let addr = Some(endpoint.get_remote_address().to_string());
+                peers.libp2p(peer_id, PeerEvent::Connected { addr });
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                peers.libp2p(peer_id, PeerEvent::Disconnected);
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(from = %send_back_addr, reason = %cause, "libp2p connection refused: not on the allowlist");
+            }
+            SwarmEvent::OutgoingConnectionError {
+                error,
+                peer_id,
+                connection_id,
+            } => self.on_dial_error(error, peer_id, connection_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let addrs = info.listen_addrs.iter().map(ToString::to_string).collect();
+                peers.libp2p(peer_id, PeerEvent::ListenAddrs(addrs));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => self.on_rpc(e),
+            _ => {}
+        }
+    }
+
+    fn on_dial_error(&mut self, error: DialError, peer: Option<PeerId>, id: ConnectionId) {
+        if let DialError::Denied { cause } = &error {
+            self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?peer, reason = %cause, "libp2p connection refused: not on the allowlist");
+        }
+        if let Some(reply) = self.dials.remove(&id) {
+            let err = match &error {
+                DialError::Denied { cause } => StackError::NotAllowed(cause.to_string()),
+                other => StackError::Connection(other.to_string()),
+            };
+            let _ = reply.send(Err(err));
+        }
+    }
+
+    fn on_rpc(&mut self, event: request_response::Event<InboundFrame, Envelope>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message, .. } => match message {
+                Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => self.on_request(peer, request_id, request, channel),
+                Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.count_received(&response);
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                let err = match error {
+                    request_response::OutboundFailure::Timeout => {
+                        StackError::Timeout(Duration::ZERO)
+                    }
+                    request_response::OutboundFailure::Io(e)
+                        if e.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        StackError::Protocol(format!("{peer}: {e}"))
+                    }
+                    other => StackError::Connection(format!("{peer}: {other}")),
+                };
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(err));
+                }
+            }
+            Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                self.answering.remove(&request_id);
+                if let request_response::InboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    self.drop_malformed(peer);
+                }
+            }
+            Event::ResponseSent { request_id, .. } => {
+                self.answering.remove(&request_id);
+            }
+        }
+    }
+
+    /// Garbage from `peer`: count it and drop the peer.
+    fn drop_malformed(&mut self, peer: PeerId) {
+        self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// A heartbeat is answered here and now; any other request by the
+    /// handler in a task of its own (or `Retiring` while the stack
+    /// retires), whose answer comes back through `done_tx`.
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: Result<Envelope, String>,
+        channel: ResponseChannel<Envelope>,
+    ) {
+        let s = &self.shared;
+        let request = match request {
+            Ok(r) => r,
+            Err(reason) => {
+                // The dropped channel answers nothing.
+                tracing::debug!(%peer, %reason, "malformed libp2p frame; dropping the peer");
+                self.drop_malformed(peer);
+                return;
             }
         };
-        tokio::select! {
-            // Pausing takes effect at once, not after the next event.
-            () = pause_flips => {}
-            command = commands.recv() => {
-                match command {
-                    None => return,
-                    Some(Command::Request { peer, addrs, envelope, reply }) => {
-                        stats.bytes_sent.fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
-                        let id = swarm
-                            .behaviour_mut()
-                            .rpc
-                            .send_request_with_addresses(&peer, Ok(envelope), addrs);
-                        pending.insert(id, reply);
-                    }
-                    Some(Command::Dial { addr, reply }) => {
-                        let opts = DialOpts::unknown_peer_id().address(addr).build();
-                        let id = opts.connection_id();
-                        match swarm.dial(opts) {
-                            Ok(()) => {
-                                dials.insert(id, reply);
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(StackError::Connection(e.to_string())));
-                            }
-                        }
-                    }
-                }
+        if request.kind == Kind::Ping {
+            s.peers.heard(
+                peer,
+                Transport::LibP2p,
+                request.mode,
+                super::ping_rtt(&request),
+            );
+            let pong = super::pong(&request, &*s.handler);
+            if self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, pong)
+                .is_ok()
+            {
+                self.shared
+                    .stats
+                    .heartbeats_answered
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Some((channel, response)) = done_rx.recv() => {
-                stats.bytes_sent.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
-                let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
-            }
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
-                    if let Some(reply) = dials.remove(&connection_id) {
-                        let _ = reply.send(Ok(peer_id));
-                    }
-                    let addr = Some(endpoint.get_remote_address().to_string());
-                    peers.libp2p(peer_id, PeerEvent::Connected { addr });
-                }
-                SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                    peers.libp2p(peer_id, PeerEvent::Disconnected);
-                }
-                SwarmEvent::IncomingConnectionError { error: ListenError::Denied { cause }, send_back_addr, .. } => {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(from = %send_back_addr, reason = %cause, "libp2p connection refused: not on the allowlist");
-                }
-                SwarmEvent::OutgoingConnectionError { error, peer_id, connection_id } => {
-                    if let DialError::Denied { cause } = &error {
-                        stats.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(peer = ?peer_id, reason = %cause, "libp2p connection refused: not on the allowlist");
-                    }
-                    if let Some(reply) = dials.remove(&connection_id) {
-                        let err = match &error {
-                            DialError::Denied { cause } => StackError::NotAllowed(cause.to_string()),
-                            other => StackError::Connection(other.to_string()),
-                        };
-                        let _ = reply.send(Err(err));
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                    peer_id,
-                    info,
-                    ..
-                })) => {
-                    let addrs = info.listen_addrs.iter().map(ToString::to_string).collect();
-                    peers.libp2p(peer_id, PeerEvent::ListenAddrs(addrs));
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Rpc(e)) => match e {
-                    request_response::Event::Message { peer, message, .. } => match message {
-                        request_response::Message::Request { request: Err(reason), .. } => {
-                            // Garbage from this peer: drop it (the dropped
-                            // channel answers nothing).
-                            tracing::debug!(%peer, %reason, "malformed libp2p frame; dropping the peer");
-                            stats.malformed.fetch_add(1, Ordering::Relaxed);
-                            let _ = swarm.disconnect_peer_id(peer);
-                        }
-                        request_response::Message::Request { request: Ok(request), channel, .. }
-                            if request.kind == Kind::Ping =>
-                        {
-                            peers.heard(peer, Transport::LibP2p, request.mode, super::ping_rtt(&request));
-                            let pong = super::pong(&request, &*handler);
-                            if swarm.behaviour_mut().rpc.send_response(channel, pong).is_ok() {
-                                stats.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        request_response::Message::Request { request_id, request: Ok(request), channel } => {
-                            stats.bytes_received.fetch_add(request.payload.len() as u64, Ordering::Relaxed);
-                            let handler = handler.clone();
-                            let done = done_tx.clone();
-                            let admitted = inbound.admit(&accepting);
-                            let open = admitted.is_some();
-                            if let Some(guard) = admitted {
-                                answering.insert(request_id, guard);
-                            }
-                            tokio::spawn(async move {
-                                let response = if open {
-                                    super::answer(&*handler, peer, Transport::LibP2p, request).await
-                                } else {
-                                    super::retiring(&request, handler.mode(), "the libp2p stack is retiring on this node")
-                                };
-                                let _ = done.send((channel, response)).await;
-                            });
-                        }
-                        request_response::Message::Response { request_id, response } => {
-                            stats.bytes_received.fetch_add(response.payload.len() as u64, Ordering::Relaxed);
-                            if let Some(reply) = pending.remove(&request_id) {
-                                let _ = reply.send(Ok(response));
-                            }
-                        }
-                    },
-                    request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
-                        let err = match error {
-                            request_response::OutboundFailure::Timeout => StackError::Timeout(Duration::ZERO),
-                            request_response::OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                                StackError::Protocol(format!("{peer}: {e}"))
-                            }
-                            other => StackError::Connection(format!("{peer}: {other}")),
-                        };
-                        if let Some(reply) = pending.remove(&request_id) {
-                            let _ = reply.send(Err(err));
-                        }
-                    }
-                    request_response::Event::InboundFailure { peer, error, request_id, .. } => {
-                        answering.remove(&request_id);
-                        if let request_response::InboundFailure::Io(e) = &error
-                            && e.kind() == std::io::ErrorKind::InvalidData
-                        {
-                            // Garbage from this peer: drop it.
-                            stats.malformed.fetch_add(1, Ordering::Relaxed);
-                            let _ = swarm.disconnect_peer_id(peer);
-                        }
-                    }
-                    request_response::Event::ResponseSent { request_id, .. } => {
-                        answering.remove(&request_id);
-                    }
-                },
-                _ => {}
+            return;
+        }
+        self.count_received(&request);
+        let admitted = s.inbound.admit(&s.accepting);
+        let open = admitted.is_some();
+        if let Some(guard) = admitted {
+            self.answering.insert(request_id, guard);
+        }
+        let (handler, done) = (self.shared.handler.clone(), self.done_tx.clone());
+        tokio::spawn(async move {
+            let response = if open {
+                super::answer(&*handler, peer, Transport::LibP2p, request).await
+            } else {
+                super::retiring(
+                    &request,
+                    handler.mode(),
+                    "the libp2p stack is retiring on this node",
+                )
+            };
+            let _ = done.send((channel, response)).await;
+        });
+    }
+}
+
+/// Resolves when `paused` changes; never without one.
+async fn pause_flips(paused: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match paused {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         }
+        None => std::future::pending().await,
     }
 }
