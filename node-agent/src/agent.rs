@@ -22,18 +22,22 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use libp2p::PeerId;
 use serde_json::json;
-use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode, RoutingStrategy};
+use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode};
 
 use crate::bridge::{Node, NodeConfig};
+use crate::health::{self, HealthState, TransportFacts, TransportHealth};
 use crate::identity::Identity;
 use crate::manager::{ManagerConfig, PeerManager, PeerState};
 use crate::stack::{Handler, Transport};
 use crate::wire::Envelope;
+
+pub mod spec;
+
+use spec::Problem;
 
 /// What the agent needs to run; see the binary's flags.
 #[derive(Debug, Clone)]
@@ -165,6 +169,8 @@ struct AgentMetrics {
     switch_seconds: prometheus::Histogram,
     partition_risk: prometheus::Gauge,
     health_score: prometheus::Gauge,
+    transport_score: prometheus::GaugeVec,
+    transport_state: prometheus::GaugeVec,
 }
 
 impl AgentMetrics {
@@ -201,7 +207,25 @@ impl AgentMetrics {
         )
         .expect("valid metric");
         health_score.set(1.0);
+        let transport_score = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "switchyard_transport_health_score",
+                "Seed 001's health score per transport: 0.5 success rate + 0.3 latency score + 0.2 connection score, 0..1; absent while unknown",
+            ),
+            &["transport"],
+        )
+        .expect("valid metric");
+        let transport_state = prometheus::GaugeVec::new(
+            prometheus::Opts::new(
+                "switchyard_transport_health_state",
+                "1 for the transport's health state (Healthy, Degraded, Unhealthy, Unknown), 0 for the others",
+            ),
+            &["transport", "state"],
+        )
+        .expect("valid metric");
         let r = node.metrics().registry();
+        let _ = r.register(Box::new(transport_score.clone()));
+        let _ = r.register(Box::new(transport_state.clone()));
         let _ = r.register(Box::new(partition_risk.clone()));
         let _ = r.register(Box::new(health_score.clone()));
         let _ = r.register(Box::new(probes.clone()));
@@ -213,6 +237,25 @@ impl AgentMetrics {
             switch_seconds,
             partition_risk,
             health_score,
+            transport_score,
+            transport_state,
+        }
+    }
+
+    /// Export each transport's health.
+    fn set_health(&self, t: Transport, h: &TransportHealth) {
+        let name = t.as_str();
+        match h.score {
+            Some(score) => self.transport_score.with_label_values(&[name]).set(score),
+            None => {
+                let _ = self.transport_score.remove_label_values(&[name]);
+            }
+        }
+        for state in HealthState::ALL {
+            let on = if state == h.state { 1.0 } else { 0.0 };
+            self.transport_state
+                .with_label_values(&[name, state.as_str()])
+                .set(on);
         }
     }
 }
@@ -225,52 +268,33 @@ fn fleet_nodes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
     )
 }
 
-/// What `spec.mode` says: absent, a mode, or a value this agent does not
-/// know (written around validation).
-#[derive(Debug, Clone, PartialEq)]
-enum Wanted {
-    Unset,
-    Mode(NetworkMode),
-    Unknown(String),
+/// Retry delays against the Kubernetes API: 0.2 s doubling to 5 s, each
+/// with up to as much again of jitter, without end. kube's default grows
+/// to 30 s, which after a long API outage would leave the agent deaf for
+/// up to half a minute after the server is back.
+fn api_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
 }
 
-fn wanted(obj: &DynamicObject) -> Wanted {
-    match obj.data.pointer("/spec/mode") {
-        None | Some(serde_json::Value::Null) => Wanted::Unset,
-        Some(serde_json::Value::String(s)) => match s.parse::<NetworkMode>() {
-            Ok(m) => Wanted::Mode(m),
-            Err(_) => Wanted::Unknown(s.clone()),
-        },
-        Some(other) => Wanted::Unknown(other.to_string()),
-    }
-}
-
-/// The watch's retry delays: 0.2 s doubling to 5 s, ±20%. kube's default
-/// grows to 30 s, which after a long API outage would leave the agent deaf
-/// for up to half a minute after the server is back.
-struct WatchBackoff {
-    next: Duration,
-}
+/// [`api_backoff`] for kube's watcher, which resets it after a success.
+struct WatchBackoff(backon::ExponentialBackoff);
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff {
-            next: Duration::from_millis(200),
-        }
+        use backon::BackoffBuilder as _;
+        WatchBackoff(api_backoff().build())
     }
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        use std::hash::{BuildHasher, Hasher};
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        let r = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
-        Some(now.mul_f64(0.8 + 0.4 * unit))
+        self.0.next()
     }
 }
 
@@ -280,26 +304,24 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Retry `f` with backoff (0.2 s doubling to 5 s) until it succeeds.
-async fn retrying<T, F, Fut>(what: &str, metrics: Option<&AgentMetrics>, mut f: F) -> T
+/// Retry `f` with [`api_backoff`] until it succeeds, counting and logging
+/// each failure.
+async fn retrying<T, F, Fut>(what: &str, metrics: Option<&AgentMetrics>, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                if let Some(m) = metrics {
-                    m.api_errors.inc();
-                }
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "{what}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+    use backon::Retryable as _;
+    let result = f
+        .retry(api_backoff())
+        .notify(|e: &anyhow::Error, retry_in: Duration| {
+            if let Some(m) = metrics {
+                m.api_errors.inc();
             }
-        }
-    }
+            tracing::warn!(error = %format!("{e:#}"), ?retry_in, "{what}");
+        })
+        .await;
+    result.expect("retried without end")
 }
 
 async fn load_identity(client: &kube::Client, config: &AgentConfig) -> anyhow::Result<Identity> {
@@ -354,27 +376,20 @@ async fn register(
 ) -> anyhow::Result<(NetworkMode, Option<String>)> {
     let api = fleet_nodes(client, &config.namespace);
     if let Some(existing) = api.get_opt(&config.name).await? {
-        return Ok(match wanted(&existing) {
-            Wanted::Mode(m) => (m, None),
-            Wanted::Unset => (
-                existing
-                    .data
-                    .pointer("/status/appliedMode")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(config.initial_mode),
-                None,
-            ),
-            // Keep what it last ran, if it says.
-            Wanted::Unknown(v) => (
-                existing
-                    .data
-                    .pointer("/status/appliedMode")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(config.initial_mode),
-                Some(v),
-            ),
+        // Keep what it last ran when the spec names no mode, or one this
+        // agent does not know (reported once the watch delivers it).
+        let last = || {
+            existing
+                .data
+                .pointer("/status/appliedMode")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(config.initial_mode)
+        };
+        return Ok(match spec::spec_mode(&existing) {
+            Ok(Some(m)) => (m, None),
+            Ok(None) => (last(), None),
+            Err(v) => (last(), Some(v)),
         });
     }
     // Labels from the pod, so plans can select by them.
@@ -400,35 +415,46 @@ async fn register(
 }
 
 /// The health summary `/status` serves.
-fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json::Value {
+/// What `node` knows of transport `t`, for the health model.
+fn transport_facts(
+    node: &Node,
+    peers: &[crate::manager::PeerStatus],
+    t: Transport,
+) -> TransportFacts {
+    let tracked: Vec<_> = peers.iter().filter_map(|p| p.state(t)).collect();
     let m = node.metrics();
-    let mut transports = serde_json::Map::new();
-    for t in [Transport::LibP2p, Transport::Iroh] {
-        let tracked: Vec<_> = peers.iter().filter_map(|p| p.state(t)).collect();
-        let connected = tracked
+    TransportFacts {
+        running: match t {
+            Transport::LibP2p => node.mode().has_libp2p(),
+            Transport::Iroh => node.mode().has_iroh(),
+        },
+        success_rate: m.success_rate(t),
+        mean_latency: m.mean_latency(t),
+        peers: tracked.len(),
+        connected: tracked
             .iter()
             .filter(|s| **s == PeerState::Connected)
-            .count();
-        let success = m.success_rate(t);
-        let latency = m.mean_latency(t);
-        // The seed's weighting: 0.5 success + 0.3 latency + 0.2 connection.
-        let latency_score = latency.map(|l| (1.0 - l.as_secs_f64() / 0.5).clamp(0.0, 1.0));
-        let connection_score = if tracked.is_empty() {
-            None
-        } else {
-            Some(connected as f64 / tracked.len() as f64)
-        };
-        let score = 0.5 * success.unwrap_or(1.0)
-            + 0.3 * latency_score.unwrap_or(1.0)
-            + 0.2 * connection_score.unwrap_or(1.0);
+            .count(),
+    }
+}
+
+fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json::Value {
+    let mut transports = serde_json::Map::new();
+    for t in Transport::ALL {
+        let f = transport_facts(node, peers, t);
+        let h = health::transport_health(&f);
         transports.insert(
             t.as_str().into(),
             json!({
-                "peers": tracked.len(),
-                "connected": connected,
-                "successRate": success,
-                "meanLatencyMs": latency.map(|l| l.as_secs_f64() * 1000.0),
-                "healthScore": score,
+                "running": f.running,
+                "peers": f.peers,
+                "connected": f.connected,
+                "successRate": f.success_rate,
+                "meanLatencyMs": f.mean_latency.map(|l| l.as_secs_f64() * 1000.0),
+                "latencyScore": h.latency_score,
+                "connectionScore": h.connection_score,
+                "healthScore": h.score,
+                "health": h.state.as_str(),
             }),
         );
     }
@@ -452,24 +478,21 @@ pub fn health_score(probes_ok: f64, probes_failed: f64, partition_risk: f64) -> 
 }
 
 /// The share of known peers unreachable on every transport both sides
-/// allow (0 when there are none).
-pub fn partition_risk(peers: &[crate::manager::PeerStatus]) -> f64 {
+/// allow; unknown (`None`) with no known peers.
+pub fn partition_risk(peers: &[crate::manager::PeerStatus]) -> Option<f64> {
     let known: Vec<_> = peers
         .iter()
         .filter(|p| p.libp2p.is_some() || p.iroh.is_some())
         .collect();
-    if known.is_empty() {
-        return 0.0;
-    }
     let cut = known
         .iter()
         .filter(|p| {
-            [Transport::LibP2p, Transport::Iroh]
+            Transport::ALL
                 .iter()
                 .all(|t| p.state(*t) != Some(PeerState::Connected))
         })
         .count();
-    cut as f64 / known.len() as f64
+    health::partition_risk(known.len(), cut)
 }
 
 struct Shared {
@@ -565,10 +588,15 @@ fn jiff_now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
 
+/// The `ModeApplied` condition's status, reason and message.
+type Verdict = (bool, &'static str, String);
+
 /// What the agent last reported, to patch only on change.
 #[derive(Default)]
 struct Reported {
-    body: Option<serde_json::Value>,
+    /// The status without its timestamps and conditions, and the
+    /// `ModeApplied` verdict.
+    body: Option<(serde_json::Value, Verdict)>,
     transition: Option<Time>,
     conditions: Vec<Condition>,
 }
@@ -580,24 +608,49 @@ async fn report(
     node: &Node,
     metrics_url: &str,
     generation: i64,
-    problem: Option<&str>,
+    problem: Option<&Problem>,
     reported: &Mutex<Reported>,
 ) -> anyhow::Result<()> {
-    let addr = node.addr();
     let mode = node.mode();
-    let (mode_ok, reason, message) = match problem {
+    let verdict: Verdict = match problem {
         None => (true, "Applied", format!("running {mode}")),
-        Some(p) if p.starts_with("spec.mode") => (false, "UnknownMode", p.to_owned()),
-        Some(p) if p.starts_with("spec.routingStrategy") => {
-            (false, "UnknownStrategy", p.to_owned())
-        }
-        Some(p) if p.starts_with(ANNOTATION_INJECT_FAULTS) => {
-            (false, "BadFaultInjection", p.to_owned())
-        }
-        Some(p) => (false, "SwitchFailed", p.to_owned()),
+        Some(p) => (false, p.reason(), p.to_string()),
     };
-    let core = json!({
-        "appliedMode": mode,
+    let core = status_core(node, metrics_url, generation);
+    let body = {
+        let mut r = reported.lock().expect("reported lock");
+        let last = r.body.as_ref();
+        if last.is_some_and(|(b, v)| *b == core && *v == verdict) {
+            return Ok(());
+        }
+        let mode_changed = last.and_then(|(b, _)| b.get("appliedMode")) != core.get("appliedMode");
+        if mode_changed || r.transition.is_none() {
+            r.transition = Some(Time(jiff_now()));
+        }
+        let conditions = conditions(&r.conditions, mode, &verdict, generation);
+        let mut body = core.clone();
+        let obj = body.as_object_mut().expect("an object");
+        obj.insert("lastTransitionTime".into(), json!(r.transition));
+        obj.insert("conditions".into(), json!(conditions));
+        r.conditions = conditions;
+        body
+    };
+    api.patch_status(
+        &config.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": body })),
+    )
+    .await
+    .context("patching the FleetNode status")?;
+    reported.lock().expect("reported lock").body = Some((core, verdict));
+    Ok(())
+}
+
+/// The status but for its timestamps and conditions.
+fn status_core(node: &Node, metrics_url: &str, generation: i64) -> serde_json::Value {
+    let addr = node.addr();
+    json!({
+        "appliedMode": node.mode(),
         "appliedStrategy": node.strategy(),
         "observedGeneration": generation,
         "identity": {
@@ -614,55 +667,37 @@ async fn report(
             "iroh": addr.iroh.iter().flat_map(|i| i.ip_addrs().map(ToString::to_string)).collect::<Vec<_>>(),
         },
         "metricsEndpoint": metrics_url,
-        "conditionsKey": [mode_ok, reason, &message],
-    });
-    let (body, changed) = {
-        let mut r = reported.lock().expect("reported lock");
-        if r.body.as_ref() == Some(&core) {
-            return Ok(());
+    })
+}
+
+/// `Ready` and `ModeApplied`, each keeping its transition time from
+/// `before` while its status is unchanged.
+fn conditions(
+    before: &[Condition],
+    mode: NetworkMode,
+    verdict: &Verdict,
+    generation: i64,
+) -> Vec<Condition> {
+    let keep = |mut c: Condition| {
+        if let Some(old) = before
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
         }
-        let mode_changed =
-            r.body.as_ref().and_then(|b| b.get("appliedMode")) != core.get("appliedMode");
-        if mode_changed || r.transition.is_none() {
-            r.transition = Some(Time(jiff_now()));
-        }
-        let keep = |t: &str, ok: bool| {
-            r.conditions
-                .iter()
-                .find(|c| c.type_ == t && (c.status == "True") == ok)
-                .map(|c| c.last_transition_time.clone())
-        };
-        let mut ready = condition(
+        c
+    };
+    let (ok, reason, message) = verdict;
+    vec![
+        keep(condition(
             "Ready",
             true,
             "Running",
             &format!("serving in {mode}"),
             generation,
-        );
-        if let Some(t) = keep("Ready", true) {
-            ready.last_transition_time = t;
-        }
-        let mut applied = condition("ModeApplied", mode_ok, reason, &message, generation);
-        if let Some(t) = keep("ModeApplied", mode_ok) {
-            applied.last_transition_time = t;
-        }
-        let mut body = core.clone();
-        let obj = body.as_object_mut().expect("an object");
-        obj.remove("conditionsKey");
-        obj.insert("lastTransitionTime".into(), json!(r.transition));
-        obj.insert("conditions".into(), json!([ready, applied]));
-        r.conditions = vec![ready, applied];
-        (body, core)
-    };
-    api.patch_status(
-        &config.name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": body })),
-    )
-    .await
-    .context("patching the FleetNode status")?;
-    reported.lock().expect("reported lock").body = Some(changed);
-    Ok(())
+        )),
+        keep(condition("ModeApplied", *ok, reason, message, generation)),
+    ]
 }
 
 /// Run the agent until SIGTERM (or SIGINT).
@@ -699,21 +734,9 @@ pub async fn run_with(
         retrying("reading the FleetNode", None, || register(&client, &config)).await;
     match &unknown {
         None => tracing::info!(%mode, "starting in the FleetNode's mode"),
-        Some(v) => {
-            tracing::warn!(%mode, "spec.mode {v:?} is not a network mode; starting in the initial mode")
-        }
+        Some(v) => tracing::warn!("spec.mode {v} is not a network mode; starting in {mode}"),
     }
-    let mut node_config = config.node.clone();
-    node_config.libp2p.listen = libp2p::Multiaddr::empty()
-        .with(match config.pod_ip {
-            IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
-            IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
-        })
-        .with(libp2p::multiaddr::Protocol::Tcp(config.libp2p_port));
-    node_config.iroh.bind = SocketAddr::new(config.pod_ip, config.iroh_port);
-    let node = Node::start(identity, node_config, mode, Arc::new(EchoHandler))
-        .await
-        .context("starting the transports")?;
+    let node = start_node(&config, identity, mode).await?;
     let metrics = AgentMetrics::new(&node);
     let (manager, bad) = PeerManager::start(
         node.clone(),
@@ -742,160 +765,49 @@ pub async fn run_with(
     let api = fleet_nodes(&client, &config.namespace);
     let reported = Arc::new(Mutex::new(Reported::default()));
     let probe = tokio::spawn(probes(shared.clone(), config.probe_rate, metrics.clone()));
-    let risk = {
-        let (shared, metrics) = (shared.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            // Probe counters a window ago, one entry per second.
-            let mut history: std::collections::VecDeque<(f64, f64)> =
-                std::collections::VecDeque::new();
-            loop {
-                tick.tick().await;
-                let peers = shared.manager.status().await;
-                let risk = partition_risk(&peers);
-                metrics.partition_risk.set(risk);
-                let now = (
-                    metrics.probes.with_label_values(&["ok"]).get() as f64,
-                    metrics.probes.with_label_values(&["error"]).get() as f64,
-                );
-                history.push_back(now);
-                if history.len() > HEALTH_WINDOW_SECS {
-                    history.pop_front();
-                }
-                let then = history.front().copied().unwrap_or(now);
-                metrics
-                    .health_score
-                    .set(health_score(now.0 - then.0, now.1 - then.1, risk));
-            }
-        })
-    };
+    let risk = tokio::spawn(track_health(shared.clone(), metrics.clone()));
 
-    // Watch only this node's FleetNode; apply each spec.mode.
-    let watch = {
-        let (api, config, node, reported, metrics) = (
-            api.clone(),
-            config.clone(),
-            node.clone(),
-            reported.clone(),
-            metrics.clone(),
-        );
-        async move {
-            let mut problem: Option<String>;
-            let wc = watcher::Config::default().fields(&format!("metadata.name={}", config.name));
-            let mut events = watcher(api.clone(), wc)
-                .backoff(WatchBackoff::default())
-                .applied_objects()
-                .boxed();
-            loop {
-                let obj = match events.try_next().await {
-                    Ok(Some(o)) => o,
-                    Ok(None) => return,
-                    Err(e) => {
-                        metrics.api_errors.inc();
-                        tracing::warn!(error = %e, "watching the FleetNode; keeping {}", node.mode());
-                        continue;
-                    }
-                };
-                let generation = obj.metadata.generation.unwrap_or(0);
-                match wanted(&obj) {
-                    Wanted::Mode(m) => {
-                        problem = None;
-                        if m != node.mode() {
-                            let started = Instant::now();
-                            match node.set_mode(m).await {
-                                Ok(()) => {
-                                    metrics
-                                        .switch_seconds
-                                        .observe(started.elapsed().as_secs_f64());
-                                    tracing::info!(mode = %m, took = ?started.elapsed(), "switched mode");
-                                }
-                                Err(e) => {
-                                    problem = Some(format!("switching to {m} failed: {e}"));
-                                    tracing::error!(mode = %m, error = %e, "switching mode failed");
-                                }
-                            }
-                        }
-                    }
-                    Wanted::Unset => problem = None,
-                    Wanted::Unknown(v) => {
-                        let p = format!(
-                            "spec.mode {v:?} is not a network mode; keeping {}",
-                            node.mode()
-                        );
-                        tracing::warn!("{p}");
-                        problem = Some(p);
-                    }
-                }
-                // Fault injection, where this agent allows it.
-                let faults = obj
-                    .annotations()
-                    .get(ANNOTATION_INJECT_FAULTS)
-                    .map(String::as_str);
-                match (config.allow_fault_injection, parse_faults(faults)) {
-                    (true, Ok((l, i))) => {
-                        node.inject_faults(Transport::LibP2p, l);
-                        node.inject_faults(Transport::Iroh, i);
-                    }
-                    (true, Err(p)) => {
-                        tracing::warn!("{p}");
-                        problem.get_or_insert(p);
-                    }
-                    (false, _) if faults.is_some() => {
-                        tracing::warn!(
-                            "ignoring {ANNOTATION_INJECT_FAULTS}: this agent runs without --allow-fault-injection"
-                        );
-                    }
-                    (false, _) => {}
-                }
-                // The strategy override and LoadBalance's iroh share.
-                let share = obj
-                    .data
-                    .pointer("/spec/irohShare")
-                    .and_then(serde_json::Value::as_u64)
-                    .map(|v| u8::try_from(v.min(100)).unwrap_or(100));
-                match obj.data.pointer("/spec/routingStrategy") {
-                    None | Some(serde_json::Value::Null) => node.set_routing(None, share),
-                    Some(v) => match v.as_str().map(str::parse::<RoutingStrategy>) {
-                        Some(Ok(st)) => node.set_routing(Some(st), share),
-                        _ => {
-                            let p = format!(
-                                "spec.routingStrategy {v} is not a routing strategy; keeping {}",
-                                node.strategy()
-                            );
-                            tracing::warn!("{p}");
-                            problem.get_or_insert(p);
-                        }
-                    },
-                }
-                let r = report(
-                    &api,
-                    &config,
-                    &node,
-                    &metrics_url,
-                    generation,
-                    problem.as_deref(),
-                    &reported,
-                );
-                if let Err(e) = r.await {
-                    metrics.api_errors.inc();
-                    tracing::warn!(error = %format!("{e:#}"), "reporting status; the next change retries");
-                    // Force the next event to report again.
-                    reported.lock().expect("reported lock").body = None;
-                }
-            }
-        }
-    };
-    let watch = tokio::spawn(watch);
+    let watch = tokio::spawn(watch_spec(
+        api,
+        config.clone(),
+        node.clone(),
+        reported,
+        metrics.clone(),
+        metrics_url,
+    ));
 
     stop.await?;
     shared.stopping.store(true, Ordering::SeqCst);
     probe.abort();
     risk.abort();
     watch.abort();
-    // Stop accepting (peers are answered Retiring and go elsewhere),
-    // drain what is in flight both ways, close both stacks; bounded.
     shared.manager.stop();
-    let budget = config.shutdown_timeout;
+    shut_down(&node, config.shutdown_timeout).await;
+    Ok(())
+}
+
+/// The node on the pod's address and the configured ports.
+async fn start_node(
+    config: &AgentConfig,
+    identity: Identity,
+    mode: NetworkMode,
+) -> anyhow::Result<Arc<Node>> {
+    let mut node_config = config.node.clone();
+    node_config.libp2p.listen = libp2p::Multiaddr::empty()
+        .with(match config.pod_ip {
+            IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
+            IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
+        })
+        .with(libp2p::multiaddr::Protocol::Tcp(config.libp2p_port));
+    node_config.iroh.bind = SocketAddr::new(config.pod_ip, config.iroh_port);
+    Node::start(identity, node_config, mode, Arc::new(EchoHandler))
+        .await
+        .context("starting the transports")
+}
+
+/// Stop accepting (peers are answered Retiring and go elsewhere), drain
+/// what is in flight both ways, close both stacks; within `budget`.
+async fn shut_down(node: &Node, budget: Duration) {
     match tokio::time::timeout(budget, node.shutdown(budget.mul_f64(0.8))).await {
         Ok(true) => tracing::info!("drained and stopped"),
         Ok(false) => {
@@ -906,7 +818,133 @@ pub async fn run_with(
         }
         Err(_) => tracing::warn!(?budget, "shutdown took too long; exiting anyway"),
     }
-    Ok(())
+}
+
+/// Every second: the partition risk, and the health score over the last
+/// [`HEALTH_WINDOW_SECS`] of probes.
+async fn track_health(shared: Arc<Shared>, metrics: AgentMetrics) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Probe counters a window ago, one entry per second.
+    let mut history = std::collections::VecDeque::with_capacity(HEALTH_WINDOW_SECS + 1);
+    loop {
+        tick.tick().await;
+        let peers = shared.manager.status().await;
+        for t in Transport::ALL {
+            let h = health::transport_health(&transport_facts(&shared.node, &peers, t));
+            metrics.set_health(t, &h);
+        }
+        // With no peers known there is no risk to measure: the gauge (read
+        // by alert rules, where NaN would never fire) says 0.
+        let risk = partition_risk(&peers).unwrap_or(0.0);
+        metrics.partition_risk.set(risk);
+        let now = (
+            metrics.probes.with_label_values(&["ok"]).get() as f64,
+            metrics.probes.with_label_values(&["error"]).get() as f64,
+        );
+        history.push_back(now);
+        if history.len() > HEALTH_WINDOW_SECS {
+            history.pop_front();
+        }
+        let then = history.front().copied().unwrap_or(now);
+        metrics
+            .health_score
+            .set(health_score(now.0 - then.0, now.1 - then.1, risk));
+    }
+}
+
+/// Watch only this node's FleetNode; apply each spec and report.
+async fn watch_spec(
+    api: Api<DynamicObject>,
+    config: AgentConfig,
+    node: Arc<Node>,
+    reported: Arc<Mutex<Reported>>,
+    metrics: AgentMetrics,
+    metrics_url: String,
+) {
+    let wc = watcher::Config::default().fields(&format!("metadata.name={}", config.name));
+    let mut events = watcher(api.clone(), wc)
+        .backoff(WatchBackoff::default())
+        .applied_objects()
+        .boxed();
+    loop {
+        let obj = match events.try_next().await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                metrics.api_errors.inc();
+                tracing::warn!(error = %e, "watching the FleetNode; keeping {}", node.mode());
+                continue;
+            }
+        };
+        let problem = apply(&node, &obj, config.allow_fault_injection, &metrics).await;
+        let generation = obj.metadata.generation.unwrap_or(0);
+        let r = report(
+            &api,
+            &config,
+            &node,
+            &metrics_url,
+            generation,
+            problem.as_ref(),
+            &reported,
+        );
+        if let Err(e) = r.await {
+            metrics.api_errors.inc();
+            tracing::warn!(error = %format!("{e:#}"), "reporting status; the next change retries");
+            // Force the next event to report again.
+            reported.lock().expect("reported lock").body = None;
+        }
+    }
+}
+
+/// Carry out what `obj` asks of `node` ([`spec::apply_spec`] decides);
+/// the problem to report, if any.
+async fn apply(
+    node: &Node,
+    obj: &DynamicObject,
+    allow_fault_injection: bool,
+    metrics: &AgentMetrics,
+) -> Option<Problem> {
+    let current = spec::Current {
+        mode: node.mode(),
+        strategy: node.strategy(),
+        allow_fault_injection,
+    };
+    let applied = spec::apply_spec(obj, &current);
+    if let Some(p) = &applied.problem {
+        tracing::warn!("{p}");
+    }
+    let mut switch_failed = None;
+    if let Some(m) = applied.mode {
+        let started = Instant::now();
+        match node.set_mode(m).await {
+            Ok(()) => {
+                metrics
+                    .switch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(mode = %m, took = ?started.elapsed(), "switched mode");
+            }
+            Err(e) => {
+                tracing::error!(mode = %m, error = %e, "switching mode failed");
+                switch_failed = Some(Problem::SwitchFailed {
+                    to: m,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    if let Some((libp2p, iroh)) = applied.faults {
+        node.inject_faults(Transport::LibP2p, libp2p);
+        node.inject_faults(Transport::Iroh, iroh);
+    }
+    if applied.faults_ignored {
+        tracing::warn!(
+            "ignoring {ANNOTATION_INJECT_FAULTS}: this agent runs without --allow-fault-injection"
+        );
+    }
+    if let Some(r) = applied.routing {
+        node.set_routing(r.strategy, r.iroh_share);
+    }
+    switch_failed.or(applied.problem)
 }
 
 /// Probe requests at `rate` per second to random known peers.

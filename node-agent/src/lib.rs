@@ -9,12 +9,15 @@
 //! - [`stack`]: the libp2p and iroh stacks serving the same handler.
 //! - [`bridge`]: a dual-stack node routing by mode and strategy, with
 //!   failover and live mode switching.
+//! - [`health`]: seed 001's health model per transport, and the
+//!   partition risk.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`settings`]: the agent binary's flags, environment and file.
 
 pub mod agent;
 pub mod bootstrap;
 pub mod bridge;
+pub mod health;
 pub mod identity;
 pub mod manager;
 pub mod metrics;
