@@ -2,7 +2,7 @@
 //! raw stacks measured in the same run as baselines.
 //!
 //! Usage: `cargo bench -p switchyard-node-agent --bench transport
-//! [-- --requests N --cycle-requests M]`
+//! [-- --requests N --cycle-requests M --only latency|throughput|memory|cycling]`
 //!
 //! Prints a table, then one line of JSON (also written to
 //! target/bench/transport.json). Everything runs on 127.0.0.1.
@@ -319,8 +319,10 @@ async fn throughput(out: &mut serde_json::Map<String, Value>) {
     let server = node(NetworkMode::DualPreferLibP2p, NodeConfig::default()).await;
     let addr = server.addr();
     println!("\n1 MiB requests (answers are 8 bytes)\n");
-    println!("| transport | in flight | requests | MiB/s |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| transport | in flight | requests | MiB/s | UDP datagrams dropped (receive buffer full) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for (t, mode) in [
         (Transport::LibP2p, NetworkMode::LibP2pOnly),
         (Transport::Iroh, NetworkMode::IrohOnly),
@@ -331,7 +333,10 @@ async fn throughput(out: &mut serde_json::Map<String, Value>) {
             .await
             .expect("warm-up");
         for in_flight in [1usize, 8] {
-            let total = 64 * in_flight.min(4);
+            // 512 MiB each way: long enough (half a second or more) that
+            // the start and the end do not decide the rate.
+            let total = 512;
+            let drops = udp_receive_buffer_errors();
             let started = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..in_flight {
@@ -349,7 +354,11 @@ async fn throughput(out: &mut serde_json::Map<String, Value>) {
                 task.await.expect("sender");
             }
             let mib_s = total as f64 / started.elapsed().as_secs_f64();
-            println!("| {} | {in_flight} | {total} | {mib_s:.0} |", t.as_str());
+            let dropped = udp_receive_buffer_errors() - drops;
+            println!(
+                "| {} | {in_flight} | {total} | {mib_s:.0} | {dropped} |",
+                t.as_str()
+            );
             out.insert(
                 format!("throughput_{}_{in_flight}_mib_s", t.as_str()),
                 json!(mib_s),
@@ -358,6 +367,22 @@ async fn throughput(out: &mut serde_json::Map<String, Value>) {
         client.stop().await;
     }
     server.stop().await;
+}
+
+/// The kernel's count of UDP datagrams dropped because a socket's receive
+/// buffer was full (`RcvbufErrors` in /proc/net/snmp), machine-wide.
+fn udp_receive_buffer_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The RSS child: one node with both stacks; prints its addresses, then
@@ -614,11 +639,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = arg("--requests", 5000);
     let cycle_requests = arg("--cycle-requests", 100_000) as u64;
     let mut out = serde_json::Map::new();
+    // `--only throughput` (or latency, memory, cycling) runs one part.
+    let only = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only == part;
     rt.block_on(async {
-        latencies(n, &mut out).await;
-        throughput(&mut out).await;
-        memory(&mut out).await;
-        cycling(cycle_requests, &mut out).await;
+        if runs("latency") {
+            latencies(n, &mut out).await;
+        }
+        if runs("throughput") {
+            throughput(&mut out).await;
+        }
+        if runs("memory") {
+            memory(&mut out).await;
+        }
+        if runs("cycling") {
+            cycling(cycle_requests, &mut out).await;
+        }
     });
     let json = Value::Object(out);
     println!("\n{json}");

@@ -626,7 +626,6 @@ impl Manager {
             tracked.paths[t] = None;
             return None;
         }
-        let addr = tracked.addr.clone();
         let path = tracked.paths[t].get_or_insert_with(|| Path::new(now));
         if path.busy {
             return None;
@@ -654,6 +653,8 @@ impl Manager {
             self.metrics.redials.with_label_values(&[t.as_str()]).inc();
         }
         path.dialled = true;
+        // Cloned only for a beat: this runs for every path at every wake.
+        let addr = tracked.addr.clone();
         self.beat(id, t, addr, dial, seen.missing);
         None
     }
