@@ -17,23 +17,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use libp2p::PeerId;
 use serde_json::json;
 use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode};
 
 use crate::bridge::{Node, NodeConfig};
+use crate::dht::{Dht, DhtConfig, RoutingHealth};
 use crate::health::{self, HealthState, TransportFacts, TransportHealth};
 use crate::identity::Identity;
 use crate::manager::{ManagerConfig, PeerManager, PeerState};
-use crate::stack::{Handler, Transport};
-use crate::wire::Envelope;
+use crate::stack::Transport;
+use crate::workload::{AppHandler, Inbound, WorkloadConfig};
 
 pub mod spec;
 
@@ -69,6 +68,13 @@ pub struct AgentConfig {
     pub min_peers: usize,
     /// Probe requests per second to random known peers (0: none).
     pub probe_rate: f64,
+    /// Keep probing while a workload uses the workload API (by default
+    /// probes pause then: the workload's own traffic is measured).
+    pub probes_with_workload: bool,
+    /// The workload API.
+    pub workload: WorkloadConfig,
+    /// The DHT.
+    pub dht: DhtConfig,
     /// How long SIGTERM may take.
     pub shutdown_timeout: Duration,
     /// Peer management settings (its `bootstrap` is replaced by the one
@@ -85,9 +91,11 @@ impl AgentConfig {
     /// The agent of FleetNode `name` in `namespace`, with the defaults:
     /// listening on 0.0.0.0 (libp2p TCP 4001, iroh UDP 4002, HTTP 9090),
     /// creating its FleetNode in LibP2pOnly, an identity in memory only,
-    /// no bootstrap peers, ready with 0 peers, 1 probe per second, 10 s to
-    /// shut down, no fault injection, and the defaults of
-    /// [`ManagerConfig`] and [`NodeConfig`].
+    /// no bootstrap peers, ready with 0 peers, 1 probe per second (paused
+    /// while a workload uses the workload API), 10 s to shut down, no
+    /// fault injection, and the defaults of [`ManagerConfig`],
+    /// [`NodeConfig`], [`WorkloadConfig`] (127.0.0.1:9091) and
+    /// [`DhtConfig`].
     pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
         AgentConfig {
             name: name.into(),
@@ -103,6 +111,9 @@ impl AgentConfig {
             bootstrap: Vec::new(),
             min_peers: 0,
             probe_rate: 1.0,
+            probes_with_workload: false,
+            workload: WorkloadConfig::default(),
+            dht: DhtConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             manager: ManagerConfig::default(),
             node: NodeConfig::default(),
@@ -142,23 +153,6 @@ pub fn parse_faults(value: Option<&str>) -> Result<(f64, f64), String> {
         }
     }
     Ok((libp2p, iroh))
-}
-
-/// Answers probes and application requests alike with their payload.
-struct EchoHandler;
-
-impl Handler for EchoHandler {
-    fn handle(
-        &self,
-        _: PeerId,
-        _: Transport,
-        request: Envelope,
-    ) -> BoxFuture<'static, Result<Bytes, String>> {
-        Box::pin(async move { Ok(request.payload) })
-    }
-    fn mode(&self) -> NetworkMode {
-        NetworkMode::LibP2pOnly
-    }
 }
 
 /// The agent's own metrics, in the node's registry.
@@ -438,7 +432,7 @@ fn transport_facts(
     }
 }
 
-fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json::Value {
+fn status_json(node: &Node, dht: &Dht, peers: &[crate::manager::PeerStatus]) -> serde_json::Value {
     let mut transports = serde_json::Map::new();
     for t in Transport::ALL {
         let f = transport_facts(node, peers, t);
@@ -462,19 +456,30 @@ fn status_json(node: &Node, peers: &[crate::manager::PeerStatus]) -> serde_json:
         "mode": node.mode(),
         "transports": transports,
         "partitionRisk": partition_risk(peers),
+        "dht": {
+            "routingTablePeers": dht.table_len(),
+            "records": dht.records(),
+            "routingHealth": dht.health(),
+        },
     })
 }
 
 /// The window of the health score's probe success rate, in seconds.
 const HEALTH_WINDOW_SECS: usize = 30;
 
-/// The agent's health: the share of its probes answered in the window
-/// (1 when it sent none) times the share of known peers it can still
-/// reach (1 - partition risk). 1 is healthy, 0 is cut off or failing.
-pub fn health_score(probes_ok: f64, probes_failed: f64, partition_risk: f64) -> f64 {
-    let sent = probes_ok + probes_failed;
-    let answered = if sent > 0.0 { probes_ok / sent } else { 1.0 };
-    (answered * (1.0 - partition_risk)).clamp(0.0, 1.0)
+/// The agent's health: the share of its probes and DHT operations that
+/// succeeded in the window (1 when there were none) times the share of
+/// known peers it can still reach (1 - partition risk), halved while DHT
+/// routing health is Failed. 1 is healthy, 0 is cut off or failing.
+pub fn health_score(ok: f64, failed: f64, partition_risk: f64, routing: RoutingHealth) -> f64 {
+    let sent = ok + failed;
+    let answered = if sent > 0.0 { ok / sent } else { 1.0 };
+    let routing = if routing == RoutingHealth::Failed {
+        0.5
+    } else {
+        1.0
+    };
+    (answered * (1.0 - partition_risk) * routing).clamp(0.0, 1.0)
 }
 
 /// The share of known peers unreachable on every transport both sides
@@ -497,7 +502,9 @@ pub fn partition_risk(peers: &[crate::manager::PeerStatus]) -> Option<f64> {
 
 struct Shared {
     node: Arc<Node>,
-    manager: PeerManager,
+    manager: Arc<PeerManager>,
+    dht: Arc<Dht>,
+    inbound: Arc<Inbound>,
     min_peers: usize,
     stopping: AtomicBool,
 }
@@ -559,7 +566,7 @@ async fn serve_http(
                 let s = shared.clone();
                 move || async move {
                     let peers = s.manager.status().await;
-                    Json(status_json(&s.node, &peers))
+                    Json(status_json(&s.node, &s.dht, &peers))
                 }
             }),
         );
@@ -736,7 +743,11 @@ pub async fn run_with(
         None => tracing::info!(%mode, "starting in the FleetNode's mode"),
         Some(v) => tracing::warn!("spec.mode {v} is not a network mode; starting in {mode}"),
     }
-    let node = start_node(&config, identity, mode).await?;
+    let inbound = Inbound::new(config.workload.clone());
+    let handler = AppHandler::new(inbound.clone());
+    let node = start_node(&config, identity, mode, handler.clone()).await?;
+    let dht = Dht::new(node.clone(), config.dht.clone());
+    handler.attach(dht.clone());
     let metrics = AgentMetrics::new(&node);
     let (manager, bad) = PeerManager::start(
         node.clone(),
@@ -750,7 +761,9 @@ pub async fn run_with(
     }
     let shared = Arc::new(Shared {
         node: node.clone(),
-        manager,
+        manager: Arc::new(manager),
+        dht,
+        inbound,
         min_peers: config.min_peers,
         stopping: AtomicBool::new(false),
     });
@@ -764,8 +777,14 @@ pub async fn run_with(
 
     let api = fleet_nodes(&client, &config.namespace);
     let reported = Arc::new(Mutex::new(Reported::default()));
-    let probe = tokio::spawn(probes(shared.clone(), config.probe_rate, metrics.clone()));
-    let risk = tokio::spawn(track_health(shared.clone(), metrics.clone()));
+    let mut tasks = start_dht(&shared, &config.workload).await?;
+    tasks.push(tokio::spawn(probes(
+        shared.clone(),
+        config.probe_rate,
+        config.probes_with_workload,
+        metrics.clone(),
+    )));
+    tasks.push(tokio::spawn(track_health(shared.clone(), metrics.clone())));
 
     let watch = tokio::spawn(watch_spec(
         api,
@@ -778,8 +797,9 @@ pub async fn run_with(
 
     stop.await?;
     shared.stopping.store(true, Ordering::SeqCst);
-    probe.abort();
-    risk.abort();
+    for t in tasks {
+        t.abort();
+    }
     watch.abort();
     shared.manager.stop();
     shut_down(&node, config.shutdown_timeout).await;
@@ -791,6 +811,7 @@ async fn start_node(
     config: &AgentConfig,
     identity: Identity,
     mode: NetworkMode,
+    handler: Arc<AppHandler>,
 ) -> anyhow::Result<Arc<Node>> {
     let mut node_config = config.node.clone();
     node_config.libp2p.listen = libp2p::Multiaddr::empty()
@@ -800,9 +821,32 @@ async fn start_node(
         })
         .with(libp2p::multiaddr::Protocol::Tcp(config.libp2p_port));
     node_config.iroh.bind = SocketAddr::new(config.pod_ip, config.iroh_port);
-    Node::start(identity, node_config, mode, Arc::new(EchoHandler))
+    Node::start(identity, node_config, mode, handler)
         .await
         .context("starting the transports")
+}
+
+/// The DHT's upkeep and the workload API; their tasks.
+async fn start_dht(
+    shared: &Arc<Shared>,
+    config: &WorkloadConfig,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use crate::dht::maintain;
+    let dht = &shared.dht;
+    let mut tasks = vec![
+        tokio::spawn(maintain::follow(dht.clone(), shared.manager.clone())),
+        tokio::spawn(maintain::check(dht.clone())),
+        tokio::spawn(maintain::upkeep(dht.clone())),
+    ];
+    let api = crate::workload::Api {
+        node: shared.node.clone(),
+        dht: dht.clone(),
+        inbound: shared.inbound.clone(),
+    };
+    let (addr, servers) = crate::workload::serve(api, config).await?;
+    tracing::info!(tcp = ?addr, socket = ?config.socket, "serving the workload API");
+    tasks.extend(servers.into_iter().map(tokio::spawn));
+    Ok(tasks)
 }
 
 /// Stop accepting (peers are answered Retiring and go elsewhere), drain
@@ -837,18 +881,22 @@ async fn track_health(shared: Arc<Shared>, metrics: AgentMetrics) {
         // by alert rules, where NaN would never fire) says 0.
         let risk = partition_risk(&peers).unwrap_or(0.0);
         metrics.partition_risk.set(risk);
+        let (dht_ok, dht_failed) = shared.dht.operations();
         let now = (
-            metrics.probes.with_label_values(&["ok"]).get() as f64,
-            metrics.probes.with_label_values(&["error"]).get() as f64,
+            metrics.probes.with_label_values(&["ok"]).get() as f64 + dht_ok as f64,
+            metrics.probes.with_label_values(&["error"]).get() as f64 + dht_failed as f64,
         );
         history.push_back(now);
         if history.len() > HEALTH_WINDOW_SECS {
             history.pop_front();
         }
         let then = history.front().copied().unwrap_or(now);
-        metrics
-            .health_score
-            .set(health_score(now.0 - then.0, now.1 - then.1, risk));
+        metrics.health_score.set(health_score(
+            now.0 - then.0,
+            now.1 - then.1,
+            risk,
+            shared.dht.health(),
+        ));
     }
 }
 
@@ -951,7 +999,7 @@ async fn apply(
 /// Probes in flight at once, at most.
 const MAX_PROBES_IN_FLIGHT: usize = 64;
 
-async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
+async fn probes(shared: Arc<Shared>, rate: f64, with_workload: bool, metrics: AgentMetrics) {
     if rate <= 0.0 {
         return;
     }
@@ -962,6 +1010,9 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
     let mut turn: usize = 0;
     loop {
         tick.tick().await;
+        if !with_workload && shared.inbound.active(Instant::now()) {
+            continue;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
@@ -982,13 +1033,14 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let outcome = match node.request(&target, Bytes::from_static(b"probe")).await {
-                Ok(_) => "ok",
-                Err(e) => {
-                    tracing::warn!(peer = %target.peer, error = %e, "probe failed");
-                    "error"
-                }
-            };
+            let outcome =
+                match crate::app::request(&node, &target, crate::app::PROBE, b"probe").await {
+                    Ok(_) => "ok",
+                    Err(e) => {
+                        tracing::warn!(peer = %target.peer, error = %e, "probe failed");
+                        "error"
+                    }
+                };
             metrics.probes.with_label_values(&[outcome]).inc();
         });
     }
@@ -996,15 +1048,18 @@ async fn probes(shared: Arc<Shared>, rate: f64, metrics: AgentMetrics) {
 
 #[cfg(test)]
 mod tests {
-    use super::{health_score, parse_faults};
+    use super::{RoutingHealth, health_score, parse_faults};
 
     #[test]
     fn health_is_answered_probes_times_reachable_peers() {
-        assert_eq!(health_score(0.0, 0.0, 0.0), 1.0);
-        assert_eq!(health_score(30.0, 10.0, 0.0), 0.75);
-        assert_eq!(health_score(30.0, 10.0, 0.5), 0.375);
-        assert_eq!(health_score(0.0, 5.0, 0.0), 0.0);
-        assert_eq!(health_score(0.0, 0.0, 1.0), 0.0);
+        let ok = RoutingHealth::Healthy;
+        assert_eq!(health_score(0.0, 0.0, 0.0, ok), 1.0);
+        assert_eq!(health_score(30.0, 10.0, 0.0, ok), 0.75);
+        assert_eq!(health_score(30.0, 10.0, 0.5, ok), 0.375);
+        assert_eq!(health_score(0.0, 5.0, 0.0, ok), 0.0);
+        assert_eq!(health_score(0.0, 0.0, 1.0, ok), 0.0);
+        assert_eq!(health_score(30.0, 10.0, 0.0, RoutingHealth::Degraded), 0.75);
+        assert_eq!(health_score(30.0, 10.0, 0.0, RoutingHealth::Failed), 0.375);
     }
 
     #[test]

@@ -54,6 +54,27 @@ impl PeerAddr {
         };
         Ok(PeerAddr { peer, libp2p, iroh })
     }
+
+    /// The addresses as a peer is told them: libp2p multiaddrs without
+    /// their `/p2p` part, and iroh's `ip:port`s.
+    pub fn advertised(&self) -> (Vec<String>, Vec<String>) {
+        let libp2p = self
+            .libp2p
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .collect::<Multiaddr>()
+                    .to_string()
+            })
+            .collect();
+        let iroh = self
+            .iroh
+            .iter()
+            .flat_map(|i| i.ip_addrs().map(ToString::to_string))
+            .collect();
+        (libp2p, iroh)
+    }
 }
 
 /// Why a request failed on every transport it could use.
@@ -68,6 +89,15 @@ pub enum BridgeError {
         peer: PeerId,
         /// What is known of the peer's mode.
         remote: String,
+    },
+    /// The peer's application refused the request (a final answer:
+    /// asking again, or over the other transport, gets the same).
+    #[error("{peer} refused the request: {reason}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
     },
     /// Every transport tried failed; the last error is kept.
     #[error("request to {peer} failed on {tried:?}: {last}")]
@@ -190,13 +220,29 @@ impl Default for Failures {
     }
 }
 
+/// Why a round got no answer.
+struct Miss {
+    /// Worth another round.
+    transient: bool,
+    /// The peer's application refused: final.
+    refused: bool,
+    /// The last reason.
+    last: String,
+}
+
 impl Failures {
     /// Note `outcome`; the round's end if it is final (an answer, or a
     /// refusal asking elsewhere would not change).
-    fn note(&mut self, outcome: Outcome) -> Option<Result<Bytes, (bool, String)>> {
+    fn note(&mut self, outcome: Outcome) -> Option<Result<(Bytes, Transport), Miss>> {
         match outcome {
-            Outcome::Answer(body) => return Some(Ok(body)),
-            Outcome::Refused(reason) => return Some(Err((false, reason))),
+            Outcome::Answer(body, t) => return Some(Ok((body, t))),
+            Outcome::Refused(reason) => {
+                return Some(Err(Miss {
+                    transient: false,
+                    refused: true,
+                    last: reason,
+                }));
+            }
             Outcome::Transient(reason) => self.last = reason,
             Outcome::Failed(reason) => {
                 self.transient = false;
@@ -207,14 +253,19 @@ impl Failures {
     }
 
     /// The round failed: whether it is worth another, and why.
-    fn into_err(self) -> (bool, String) {
-        (self.transient, self.last)
+    fn into_err(self) -> Miss {
+        Miss {
+            transient: self.transient,
+            refused: false,
+            last: self.last,
+        }
     }
 }
 
 /// How one attempt ended.
 enum Outcome {
-    Answer(Bytes),
+    /// Answered, over this transport.
+    Answer(Bytes, Transport),
     /// Refused by the application: final, asking elsewhere gets the same.
     Refused(String),
     /// Worth another try (here later, or on the other transport).
@@ -550,24 +601,8 @@ impl Node {
 
     /// Put the current addresses in what pongs carry.
     fn refresh_advert(&self) {
-        let a = self.addr();
-        let advert = crate::stack::Advert {
-            libp2p: a
-                .libp2p
-                .iter()
-                .map(|m| {
-                    m.iter()
-                        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-                        .collect::<Multiaddr>()
-                        .to_string()
-                })
-                .collect(),
-            iroh: a
-                .iroh
-                .iter()
-                .flat_map(|i| i.ip_addrs().map(ToString::to_string))
-                .collect(),
-        };
+        let (libp2p, iroh) = self.addr().advertised();
+        let advert = crate::stack::Advert { libp2p, iroh };
         let bytes = serde_json::to_vec(&advert).unwrap_or_default();
         *self.served.advert.write().expect("advert lock") = Bytes::from(bytes);
     }
@@ -706,6 +741,15 @@ impl Node {
     /// fails, and sent again with backoff while every failure is transient
     /// (a stack restarting during a mode switch).
     pub async fn request(&self, peer: &PeerAddr, payload: Bytes) -> Result<Bytes, BridgeError> {
+        self.request_via(peer, payload).await.map(|(body, _)| body)
+    }
+
+    /// [`Node::request`], also saying which transport carried the answer.
+    pub async fn request_via(
+        &self,
+        peer: &PeerAddr,
+        payload: Bytes,
+    ) -> Result<(Bytes, Transport), BridgeError> {
         let (timeout, retry_for, hedge, strategy, iroh_share) = {
             let c = self.config.lock().expect("config lock");
             (
@@ -740,8 +784,14 @@ impl Node {
                 Ok(body) => return Ok(body),
                 Err(f) => f,
             };
-            let transient;
-            (transient, last) = failure;
+            if failure.refused {
+                return Err(BridgeError::Refused {
+                    peer: peer.peer,
+                    reason: failure.last,
+                });
+            }
+            let transient = failure.transient;
+            last = failure.last;
             let now = Instant::now();
             if !transient || now + backoff >= deadline || now - started >= retry_for {
                 break;
@@ -782,10 +832,14 @@ impl Node {
         hedge: Hedge,
         deadline: Instant,
         tried: &mut Vec<Transport>,
-    ) -> Result<Bytes, (bool, String)> {
+    ) -> Result<(Bytes, Transport), Miss> {
         let mut rest = route.order.into_iter();
         let Some((first, _)) = rest.next() else {
-            return Err((false, "no transport".into()));
+            return Err(Miss {
+                transient: false,
+                refused: false,
+                last: "no transport".into(),
+            });
         };
         let delay = if route.race {
             Some(Duration::ZERO)
@@ -945,7 +999,7 @@ impl Node {
                     Kind::Response => {
                         m.ok.inc();
                         m.latency.observe(rtt.as_secs_f64());
-                        Outcome::Answer(r.payload)
+                        Outcome::Answer(r.payload, t)
                     }
                     Kind::Retiring => {
                         m.retiring.inc();
@@ -953,7 +1007,7 @@ impl Node {
                     }
                     Kind::Refused | Kind::Request | Kind::Ping | Kind::Pong => {
                         m.refused.inc();
-                        Outcome::Refused(format!("refused: {}", reason()))
+                        Outcome::Refused(reason())
                     }
                 }
             }

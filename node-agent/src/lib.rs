@@ -9,14 +9,20 @@
 //! - [`stack`]: the libp2p and iroh stacks serving the same handler.
 //! - [`bridge`]: a dual-stack node routing by mode and strategy, with
 //!   failover and live mode switching.
+//! - [`app`]: application protocols over the bridge (the probe, the DHT,
+//!   the workload's).
+//! - [`dht`]: a Kademlia DHT whose every message goes over the bridge.
+//! - [`workload`]: the API the application container uses.
 //! - [`health`]: seed 001's health model per transport, and the
 //!   partition risk.
 //! - [`metrics`]: the node's Prometheus metrics.
 //! - [`settings`]: the agent binary's flags, environment and file.
 
 pub mod agent;
+pub mod app;
 pub mod bootstrap;
 pub mod bridge;
+pub mod dht;
 pub mod health;
 pub mod identity;
 pub mod manager;
@@ -27,5 +33,6 @@ pub mod settings;
 pub mod stack;
 pub mod transport;
 pub mod wire;
+pub mod workload;
 
 pub use switchyard_crds::{NetworkMode, RoutingStrategy};

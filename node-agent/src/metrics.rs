@@ -64,7 +64,15 @@ pub struct NodeMetrics {
     pub hedges: IntCounterVec,
     /// Requests sent again after every transport failed transiently.
     pub retries: prometheus::IntCounter,
+    /// Requests sent by application protocol (the probe, the DHT, the
+    /// workload's), by protocol, transport and outcome.
+    pub protocol_requests: IntCounterVec,
+    /// The protocol label values in use, at most [`MAX_PROTOCOL_LABELS`].
+    protocols: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Distinct `protocol` label values; past it, a protocol is `other`.
+pub const MAX_PROTOCOL_LABELS: usize = 32;
 
 impl NodeMetrics {
     /// A fresh registry with every metric registered.
@@ -139,6 +147,12 @@ impl NodeMetrics {
             "Sends failed on purpose by fault injection (also counted as errors)",
             per_transport,
         );
+        let protocol_requests = counters(
+            r,
+            "protocol_requests_total",
+            "Requests sent, by application protocol, the transport that answered (none when none did) and outcome (ok, refused, error)",
+            &["protocol", "transport", "outcome"],
+        );
         let resolve = |t: Transport| {
             let l = t.as_str();
             TransportMetrics {
@@ -167,7 +181,28 @@ impl NodeMetrics {
             mode_switches,
             hedges,
             retries,
+            protocol_requests,
+            protocols: Default::default(),
         }
+    }
+
+    /// Count a request on `protocol`: answered over `transport`, or not.
+    pub fn count_protocol(&self, protocol: &str, transport: Option<Transport>, outcome: &str) {
+        let name = {
+            let mut seen = self.protocols.lock().expect("protocols lock");
+            if seen.contains(protocol) {
+                protocol
+            } else if seen.len() < MAX_PROTOCOL_LABELS {
+                seen.insert(protocol.to_owned());
+                protocol
+            } else {
+                "other"
+            }
+        };
+        let t = transport.map_or("none", Transport::as_str);
+        self.protocol_requests
+            .with_label_values(&[name, t, outcome])
+            .inc();
     }
 
     /// The registry, for other parts of the agent to add their metrics to.

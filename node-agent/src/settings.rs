@@ -16,7 +16,9 @@ use libp2p::PeerId;
 use crate::NetworkMode;
 use crate::agent::AgentConfig;
 use crate::bridge::NodeConfig;
+use crate::dht::DhtConfig;
 use crate::manager::ManagerConfig;
+use crate::workload::WorkloadConfig;
 
 /// A duration as a person writes it: `5s`, `250ms`, `1m30s`, `2.5s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +127,56 @@ settings! {
     #[arg(long, env = "SWITCHYARD_MIN_PEERS")]
     min_peers: usize,
     /// Probe requests per second to known peers; 0 for none. Defaults
-    /// to 1.
+    /// to 1. Unless set, probes pause while a workload uses the workload
+    /// API: its own traffic is measured instead.
     #[arg(long, env = "SWITCHYARD_PROBE_RATE")]
     probe_rate: f64,
+    /// Address of the workload API (HTTP/JSON), for the application
+    /// container in the pod. Defaults to 127.0.0.1:9091: never the pod
+    /// IP unless set so.
+    #[arg(long, env = "SWITCHYARD_WORKLOAD_ADDR")]
+    workload_addr: SocketAddr,
+    /// A Unix socket to serve the workload API on as well (in a volume
+    /// shared with the workload). Defaults to none.
+    #[arg(long, env = "SWITCHYARD_WORKLOAD_SOCKET")]
+    workload_socket: PathBuf,
+    /// The largest workload API request body, in bytes. Defaults to
+    /// 1048576.
+    #[arg(long, env = "SWITCHYARD_WORKLOAD_MAX_BODY")]
+    workload_max_body: usize,
+    /// Requests from peers per workload protocol that may wait for the
+    /// workload; past it, senders are told the node is busy. Defaults to
+    /// 64.
+    #[arg(long, env = "SWITCHYARD_WORKLOAD_MAX_PENDING")]
+    workload_max_pending: usize,
+    /// How long a request from a peer waits for the workload's answer
+    /// before the sender is told it got none. Defaults to 5s.
+    #[arg(long, env = "SWITCHYARD_WORKLOAD_ANSWER_TIMEOUT")]
+    workload_answer_timeout: Span,
+    /// The largest DHT record value, in bytes. Defaults to 65536.
+    #[arg(long, env = "SWITCHYARD_DHT_MAX_RECORD_SIZE")]
+    dht_max_record_size: usize,
+    /// The most DHT records this node holds. Defaults to 20000.
+    #[arg(long, env = "SWITCHYARD_DHT_MAX_RECORDS")]
+    dht_max_records: usize,
+    /// How long a DHT record lives after it was last stored. Defaults to
+    /// 36h.
+    #[arg(long, env = "SWITCHYARD_DHT_RECORD_TTL")]
+    dht_record_ttl: Span,
+    /// How often DHT records are stored again on the closest peers.
+    /// Defaults to 1h.
+    #[arg(long, env = "SWITCHYARD_DHT_REPUBLISH_INTERVAL")]
+    dht_republish_interval: Span,
+    /// How often each DHT bucket is refreshed. Defaults to 10m.
+    #[arg(long, env = "SWITCHYARD_DHT_REFRESH_INTERVAL")]
+    dht_refresh_interval: Span,
+    /// How often DHT routing health is checked. Defaults to 30s.
+    #[arg(long, env = "SWITCHYARD_DHT_CHECK_INTERVAL")]
+    dht_check_interval: Span,
+    /// DHT lookups in flight at once; past it, callers wait. Defaults to
+    /// 32.
+    #[arg(long, env = "SWITCHYARD_DHT_MAX_LOOKUPS")]
+    dht_max_lookups: usize,
     /// Time between heartbeats to a peer, per transport. Defaults to 5s.
     #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Span,
@@ -242,6 +291,7 @@ impl Settings {
                 "--probe-rate must be 0 or more, e.g. 1 (got {rate})"
             );
             config.probe_rate = rate;
+            config.probes_with_workload = true;
         }
         set_positive(
             &mut config.shutdown_timeout,
@@ -253,6 +303,8 @@ impl Settings {
             self.allow_fault_injection,
         );
         config.manager = manager(&self, config.manager, config.libp2p_port, config.iroh_port)?;
+        config.workload = workload(&self, config.workload)?;
+        config.dht = dht(&self, config.dht)?;
         config.node = node(self, config.node)?;
         Ok(config)
     }
@@ -335,6 +387,69 @@ fn manager(
         m.dns_iroh_port = iroh_port;
     }
     Ok(m)
+}
+
+fn workload(s: &Settings, mut w: WorkloadConfig) -> anyhow::Result<WorkloadConfig> {
+    if let Some(a) = s.workload_addr {
+        w.listen = Some(a);
+    }
+    if let Some(p) = &s.workload_socket {
+        w.socket = Some(p.clone());
+    }
+    if let Some(n) = s.workload_max_body {
+        anyhow::ensure!(
+            (1024..=crate::wire::MAX_FRAME_LIMIT).contains(&n),
+            "--workload-max-body must be from 1024 to {} bytes (got {n})",
+            crate::wire::MAX_FRAME_LIMIT
+        );
+        w.max_body = n;
+    }
+    if let Some(n) = s.workload_max_pending {
+        anyhow::ensure!(n >= 1, "--workload-max-pending must be 1 or more, e.g. 64");
+        w.max_pending = n;
+    }
+    set_positive(
+        &mut w.answer_timeout,
+        "--workload-answer-timeout",
+        s.workload_answer_timeout,
+    )?;
+    Ok(w)
+}
+
+fn dht(s: &Settings, mut d: DhtConfig) -> anyhow::Result<DhtConfig> {
+    if let Some(n) = s.dht_max_record_size {
+        anyhow::ensure!(
+            (1..=crate::wire::MAX_FRAME_LIMIT / 2).contains(&n),
+            "--dht-max-record-size must be from 1 to {} bytes (got {n})",
+            crate::wire::MAX_FRAME_LIMIT / 2
+        );
+        d.max_record_size = n;
+    }
+    if let Some(n) = s.dht_max_records {
+        anyhow::ensure!(n >= 1, "--dht-max-records must be 1 or more, e.g. 20000");
+        d.max_records = n;
+    }
+    set_positive(&mut d.record_ttl, "--dht-record-ttl", s.dht_record_ttl)?;
+    set_positive(
+        &mut d.republish_interval,
+        "--dht-republish-interval",
+        s.dht_republish_interval,
+    )?;
+    set_positive(
+        &mut d.refresh_interval,
+        "--dht-refresh-interval",
+        s.dht_refresh_interval,
+    )?;
+    set_positive(
+        &mut d.check_interval,
+        "--dht-check-interval",
+        s.dht_check_interval,
+    )?;
+    if let Some(n) = s.dht_max_lookups {
+        anyhow::ensure!(n >= 1, "--dht-max-lookups must be 1 or more, e.g. 32");
+        d.max_lookups = n;
+    }
+    Ok(d)
 }
 
 fn node(s: Settings, mut n: NodeConfig) -> anyhow::Result<NodeConfig> {
@@ -533,6 +648,24 @@ mod tests {
             (&["--allowlist=12D3KooWnope"], "--allowlist entry 0"),
             (&["--probe-rate=-1"], "--probe-rate must be 0 or more"),
             (&["--libp2p-agent-version= "], "--libp2p-agent-version"),
+            (&["--dht-max-records=0"], "--dht-max-records must be"),
+            (
+                &["--dht-max-record-size=0"],
+                "--dht-max-record-size must be",
+            ),
+            (
+                &["--dht-record-ttl=0s"],
+                "--dht-record-ttl must be more than 0",
+            ),
+            (&["--workload-max-body=1"], "--workload-max-body must be"),
+            (
+                &["--workload-max-pending=0"],
+                "--workload-max-pending must be",
+            ),
+            (
+                &["--workload-answer-timeout=0s"],
+                "--workload-answer-timeout must be more than 0",
+            ),
         ];
         for (args, want) in cases {
             let err = parse(args).expect_err("refused").to_string();
@@ -570,7 +703,12 @@ mod tests {
                  disconnectAfter: 30s\nredialInitial: 1s\nredialMax: 16s\nredialJitter: 0.3\n\
                  redialRetries: 5\nslowRedial: 2m\nmaxConcurrentDials: 4\nrequestTimeout: 3s\n\
                  maxFrameSize: 1048576\nidleTimeout: 2m\nrelayUrl: https://relay.example.org\n\
-                 libp2pAgentVersion: fleet/1\nshutdownTimeout: 20s\nallowFaultInjection: true\n",
+                 libp2pAgentVersion: fleet/1\nshutdownTimeout: 20s\nallowFaultInjection: true\n\
+                 workloadAddr: 127.0.0.1:7000\nworkloadSocket: /run/sy/api.sock\n\
+                 workloadMaxBody: 2048\nworkloadMaxPending: 8\nworkloadAnswerTimeout: 2s\n\
+                 dhtMaxRecordSize: 1024\ndhtMaxRecords: 100\ndhtRecordTtl: 1h\n\
+                 dhtRepublishInterval: 10m\ndhtRefreshInterval: 1m\ndhtCheckInterval: 5s\n\
+                 dhtMaxLookups: 4\n",
                 list.display()
             ),
         )
@@ -585,6 +723,21 @@ mod tests {
         assert_eq!(c.node.libp2p.max_frame, 1048576);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert!(c.allow_fault_injection);
+        assert_eq!(
+            c.workload.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+        assert_eq!(c.workload.socket, Some(PathBuf::from("/run/sy/api.sock")));
+        assert_eq!((c.workload.max_body, c.workload.max_pending), (2048, 8));
+        assert_eq!(c.workload.answer_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (c.dht.max_record_size, c.dht.max_records, c.dht.max_lookups),
+            (1024, 100, 4)
+        );
+        assert_eq!(c.dht.record_ttl, Duration::from_secs(3600));
+        assert_eq!(c.dht.republish_interval, Duration::from_secs(600));
+        assert_eq!(c.dht.refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.dht.check_interval, Duration::from_secs(5));
         std::fs::write(&file, "probeRate: 2\nprobeRat: 3\n").expect("write");
         let err = parse(&["--config", &file.to_string_lossy()]).expect_err("unknown key");
         assert!(err.to_string().contains("probeRat"), "{err}");
@@ -639,6 +792,29 @@ mod tests {
             ("--libp2p-port", a.libp2p_port.to_string()),
             ("--iroh-port", a.iroh_port.to_string()),
             ("--http-addr", a.http_addr.to_string()),
+            (
+                "--workload-addr",
+                a.workload.listen.map(|l| l.to_string()).unwrap_or_default(),
+            ),
+            ("--workload-max-body", a.workload.max_body.to_string()),
+            ("--workload-max-pending", a.workload.max_pending.to_string()),
+            ("--workload-answer-timeout", span(a.workload.answer_timeout)),
+            ("--dht-max-record-size", a.dht.max_record_size.to_string()),
+            ("--dht-max-records", a.dht.max_records.to_string()),
+            (
+                "--dht-record-ttl",
+                format!("{}h", a.dht.record_ttl.as_secs() / 3600),
+            ),
+            (
+                "--dht-republish-interval",
+                format!("{}h", a.dht.republish_interval.as_secs() / 3600),
+            ),
+            (
+                "--dht-refresh-interval",
+                format!("{}m", a.dht.refresh_interval.as_secs() / 60),
+            ),
+            ("--dht-check-interval", span(a.dht.check_interval)),
+            ("--dht-max-lookups", a.dht.max_lookups.to_string()),
         ];
         for (flag, value) in cases {
             assert_eq!(said(flag), value, "{flag}'s help names another default");
@@ -673,6 +849,10 @@ mod tests {
             "--idle-timeout",
             "--relay-url",
             "--libp2p-agent-version",
+            "--workload-addr",
+            "--workload-socket",
+            "--dht-max-record-size",
+            "--dht-max-records",
         ] {
             assert!(help.contains(knob), "{knob} missing from --help");
         }

@@ -4,7 +4,7 @@
 //! restart that keeps the identity and the mode.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -12,114 +12,10 @@ use serde_json::json;
 use switchyard_crds::{FleetNode, NetworkMode};
 use switchyard_testbed::apiserver::{ApiServer, Config};
 use switchyard_testbed::cluster::TestCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const NS: &str = "fleet";
+mod support;
 
-/// An agent process, killed if the test ends early.
-struct Agent {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn start(cluster: &TestCluster, name: &str, bootstrap: &[String]) -> Agent {
-        let key = cluster.dir.join(format!("{name}.key"));
-        Self::start_with(
-            cluster,
-            name,
-            bootstrap,
-            &["--identity-file", &key.to_string_lossy()],
-        )
-    }
-
-    fn start_with(
-        cluster: &TestCluster,
-        name: &str,
-        bootstrap: &[String],
-        extra: &[&str],
-    ) -> Agent {
-        let log = std::fs::File::create(cluster.dir.join(format!("{name}.log"))).expect("log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard-node-agent"));
-        cmd.env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info,switchyard_node_agent=debug")
-            .args(["--name", name, "--namespace", NS, "--pod-ip", "127.0.0.1"])
-            .args(["--libp2p-port", "0", "--iroh-port", "0"])
-            .args(["--http-addr", "127.0.0.1:0", "--probe-rate", "10"])
-            .args(["--heartbeat-interval", "500ms"])
-            .args(extra)
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log));
-        if !bootstrap.is_empty() {
-            cmd.arg("--bootstrap").arg(bootstrap.join(","));
-        }
-        Agent {
-            name: name.into(),
-            child: cmd.spawn().expect("agent starts"),
-        }
-    }
-
-    /// SIGTERM, and the exit status within `bound`.
-    fn terminate(mut self, bound: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {bound:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        // Fine-grained: the switch latency is measured through this.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// GET a URL of the form http://127.0.0.1:PORT/path (HTTP/1.0, no deps).
-async fn get(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/')?;
-    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    Some(buf.split_once("\r\n\r\n")?.1.to_owned())
-}
-
-fn metric(text: &str, name: &str, filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use support::{Agent, NS, eventually, fleet_node, get, metric, metrics_url};
 
 /// Every way a log line could carry the 32-byte ed25519 secret: its
 /// bytes and its libp2p protobuf encoding (which embeds it), each raw,
@@ -161,20 +57,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 fn log_of(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-}
-
-async fn fleet_node(api: &Api<FleetNode>, name: &str) -> Option<FleetNode> {
-    api.get_opt(name).await.ok().flatten()
-}
-
-/// The node's metrics URL, once it has reported one.
-async fn metrics_url(api: &Api<FleetNode>, name: &str) -> String {
-    eventually(
-        Duration::from_secs(30),
-        "the agent reports its status",
-        || async { fleet_node(api, name).await?.status?.metrics_endpoint },
-    )
-    .await
 }
 
 /// `n` agents `n0`..: the first, then the others bootstrapping from its

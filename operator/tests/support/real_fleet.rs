@@ -176,7 +176,7 @@ fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> tokio::proc
         .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
 }
 
-fn agent_config(dir: &Path, name: &str, bootstrap: Vec<String>) -> AgentConfig {
+fn agent_config(dir: &Path, name: &str, bootstrap: Vec<String>, workload: u16) -> AgentConfig {
     AgentConfig {
         name: name.into(),
         namespace: NS.into(),
@@ -191,6 +191,15 @@ fn agent_config(dir: &Path, name: &str, bootstrap: Vec<String>) -> AgentConfig {
         bootstrap,
         min_peers: 0,
         probe_rate: 10.0,
+        probes_with_workload: false,
+        workload: switchyard_node_agent::workload::WorkloadConfig {
+            listen: Some(([127, 0, 0, 1], workload).into()),
+            ..Default::default()
+        },
+        dht: switchyard_node_agent::dht::DhtConfig {
+            check_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
         shutdown_timeout: Duration::from_secs(3),
         manager: ManagerConfig {
             heartbeat_interval: Duration::from_millis(500),
@@ -234,6 +243,8 @@ pub struct Fleet {
     pub alertmanager_port: Option<u16>,
     /// The ports handed to the processes, held until the fleet stops.
     _ports: Vec<ports::Port>,
+    /// Each agent's workload API port, held until the fleet stops.
+    workload_ports: Vec<ports::Port>,
     /// One fleet at a time on the machine (see `switchyard_testbed::serial`).
     _heavy: serial::Heavy,
     operator: tokio::process::Child,
@@ -246,6 +257,15 @@ impl Fleet {
     /// `n` agents and the operator; Prometheus and Alertmanager too when
     /// `monitoring` (`Err` when they are not installed).
     pub async fn start(n: usize, monitoring: bool) -> Result<Fleet, String> {
+        Self::start_with(n, monitoring, |_| {}).await
+    }
+
+    /// [`Fleet::start`], each agent's settings changed by `tune` first.
+    pub async fn start_with(
+        n: usize,
+        monitoring: bool,
+        tune: impl Fn(&mut AgentConfig),
+    ) -> Result<Fleet, String> {
         let tools = if monitoring { Some(tools()?) } else { None };
         // Taken before anything starts: twenty agents answering ten probes
         // a second each need the machine's cores to themselves.
@@ -314,23 +334,25 @@ impl Fleet {
 
         // The agents: the first, then the rest bootstrapping from it.
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let start_agent = |name: &str, bootstrap: Vec<String>| {
+        let workload_ports: Vec<ports::Port> = (0..n).map(|_| ports::reserve()).collect();
+        let start_agent = |i: usize, bootstrap: Vec<String>| {
             let mut stop = stop_rx.clone();
-            let config = agent_config(&c.dir, name, bootstrap);
+            let mut config = agent_config(&c.dir, &names[i], bootstrap, workload_ports[i].get());
+            tune(&mut config);
             tokio::spawn(run_with(c.client.clone(), config, async move {
                 let _ = stop.wait_for(|s| *s).await;
                 Ok(())
             }))
         };
-        let mut agents = vec![start_agent(&names[0], Vec::new())];
+        let mut agents = vec![start_agent(0, Vec::new())];
         let first = eventually("the first agent reports its addresses", || async {
             let s = nodes.get(&names[0]).await.ok()?.status?;
             let addr = s.addresses?.libp2p.first()?.clone();
             Some(format!("{}@{addr}", s.identity?.peer_id))
         })
         .await;
-        for name in &names[1..] {
-            agents.push(start_agent(name, vec![first.clone()]));
+        for i in 1..n {
+            agents.push(start_agent(i, vec![first.clone()]));
         }
         let mut targets = Vec::new();
         for name in &names {
@@ -355,6 +377,7 @@ impl Fleet {
             prometheus_port,
             alertmanager_port,
             _ports: reserved,
+            workload_ports,
             _heavy: heavy,
             operator,
             monitoring: Vec::new(),
@@ -380,6 +403,12 @@ impl Fleet {
             .await;
         }
         Ok(fleet)
+    }
+
+    /// The base URL of agent `i`'s workload API.
+    #[allow(dead_code)] // Only the DHT migration test uses it.
+    pub fn workload_api(&self, i: usize) -> String {
+        format!("http://{}", self.workload_ports[i].addr())
     }
 
     /// Create `plan`.
