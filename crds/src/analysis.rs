@@ -130,6 +130,14 @@ pub enum BuiltinMetric {
     PeerCount,
     /// The agents' health score (0-1).
     HealthScore,
+    /// The share of DHT operations (lookups, puts, gets, routing checks)
+    /// that succeeded over the window (0-1), from the agents'
+    /// `switchyard_dht_lookups_total`.
+    DhtLookupSuccess,
+    /// The lowest DHT routing health of the nodes (seed 001's
+    /// KademliaRoutingCheck): 2 Healthy, 1 Degraded, 0 Failed. `min: 2`
+    /// gates on every node Healthy.
+    RoutingHealth,
 }
 
 /// One check: a value (built-in or PromQL) and the thresholds it must meet.

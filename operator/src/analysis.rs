@@ -399,6 +399,10 @@ struct Measurement {
     /// The lowest health score of the moved nodes, and of all nodes.
     health: Option<f64>,
     health_all: Option<f64>,
+    /// DHT operations in the window, (all, failed): canary, baseline.
+    dht: [(f64, f64); 2],
+    /// The lowest DHT routing health of the moved nodes.
+    routing_health: Option<f64>,
     /// Nodes scraped in each cohort.
     canary_nodes: usize,
     baseline_nodes: usize,
@@ -420,6 +424,8 @@ impl Measurement {
             min_peers: None,
             health: None,
             health_all: None,
+            dht: [(0.0, 0.0); 2],
+            routing_health: None,
             canary_nodes: 0,
             baseline_nodes: 0,
             per_node: Vec::new(),
@@ -476,6 +482,7 @@ async fn measure(
         m.health_all = lowest(m.health_all, sample.health_score);
         if moved {
             m.health = lowest(m.health, sample.health_score);
+            m.routing_health = lowest(m.routing_health, sample.routing_health);
         }
         if let Some(r) = sample.partition_risk {
             m.partition_risk_all = Some(m.partition_risk_all.map_or(r, |a: f64| a.max(r)));
@@ -504,6 +511,16 @@ async fn measure(
             if moved {
                 m.per_node.push((name.clone(), windows));
             }
+            let (b, a) = (before.dht, sample.dht);
+            // Counters that went down: the agent restarted.
+            let d = if a.0 < b.0 {
+                a
+            } else {
+                (a.0 - b.0, (a.1 - b.1).max(0.0))
+            };
+            let cohort = &mut m.dht[usize::from(!moved)];
+            cohort.0 += d.0;
+            cohort.1 += d.1;
         }
         tracker.previous.insert(name, (sample, now));
     }
@@ -759,6 +776,43 @@ fn builtin(metric: BuiltinMetric, check: &MetricCheck, min_sample: u32, m: &Meas
         BuiltinMetric::PartitionRisk => gauge(m.partition_risk, "partition risk"),
         BuiltinMetric::PeerCount => gauge(m.min_peers, "peers"),
         BuiltinMetric::HealthScore => gauge(m.health, "health score"),
+        BuiltinMetric::RoutingHealth => gauge(m.routing_health, "DHT routing health"),
+        BuiltinMetric::DhtLookupSuccess => dht_success(check, min_sample, m, &canary_cohort),
+    }
+}
+
+/// The share of the canary's DHT operations that succeeded, and the
+/// baseline's for a relative threshold; each needs minSampleSize
+/// operations.
+fn dht_success(check: &MetricCheck, min_sample: u32, m: &Measurement, cohort: &str) -> Value {
+    let rate = |(all, failed): (f64, f64)| {
+        (all >= f64::from(min_sample) && all > 0.0).then(|| (all - failed) / all)
+    };
+    let [canary, baseline] = m.dht;
+    let Some(value) = rate(canary) else {
+        return Value::missing(
+            cohort,
+            format!(
+                "{} DHT operations in the window, fewer than minSampleSize {min_sample}",
+                canary.0
+            ),
+        );
+    };
+    let relative = check.max_increase_percent.is_some() || check.max_decrease_percent.is_some();
+    Value {
+        value: Some(value),
+        reference: rate(baseline),
+        cohort: if relative {
+            format!("{cohort} vs baseline ({} nodes)", m.baseline_nodes)
+        } else {
+            cohort.to_owned()
+        },
+        why: (relative && rate(baseline).is_none()).then(|| {
+            format!(
+                "baseline: {} DHT operations, fewer than minSampleSize {min_sample}; the relative threshold is not applied",
+                baseline.0
+            )
+        }),
     }
 }
 
@@ -979,6 +1033,46 @@ mod tests {
             summary.contains("errors = 0.3000 breaks <= 0.05 (worst canary node node-b: 0.5000)"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn dht_checks_gate_on_lookup_success_and_routing_health() {
+        let mut m = measurement(Default::default(), Default::default());
+        let checks = [
+            check(serde_json::json!({"name": "dht", "builtin": "DhtLookupSuccess", "min": 0.99})),
+            check(serde_json::json!({"name": "routing", "builtin": "RoutingHealth", "min": 2})),
+        ];
+        // No data yet: inconclusive, saying why.
+        let (v, results, _) = evaluate(&checks, 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Inconclusive);
+        assert_eq!(
+            results[0].reason.as_deref(),
+            Some("0 DHT operations in the window, fewer than minSampleSize 20")
+        );
+        assert_eq!(
+            results[1].reason.as_deref(),
+            Some("no agent reported its DHT routing health")
+        );
+        m.dht = [(100.0, 0.0), (400.0, 0.0)];
+        m.routing_health = Some(2.0);
+        let (v, _, summary) = evaluate(&checks, 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Pass, "{summary}");
+        // 3 failed lookups in 100, and one node Degraded: both fail.
+        m.dht = [(100.0, 3.0), (400.0, 0.0)];
+        m.routing_health = Some(1.0);
+        let (v, results, summary) = evaluate(&checks, 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(results[0].value, Some(0.97));
+        assert_eq!(results[0].verdict, Verdict::Fail);
+        assert_eq!(results[1].verdict, Verdict::Fail);
+        assert!(summary.contains("dht = 0.9700 breaks >= 0.99"), "{summary}");
+        // Relative to the baseline cohort.
+        let relative = check(serde_json::json!({
+            "name": "dht-vs-baseline", "builtin": "DhtLookupSuccess", "maxDecreasePercent": 1
+        }));
+        let (v, results, _) = evaluate(&[relative], 20, &m, &HashMap::new());
+        assert_eq!(v, Verdict::Fail);
+        assert_eq!(results[0].baseline, Some(1.0));
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct NodeSample {
     pub peers: [Option<f64>; 2],
     /// The agent's health score (0-1).
     pub health_score: Option<f64>,
+    /// DHT operations: (all, failed), cumulative.
+    pub dht: (f64, f64),
+    /// The agent's DHT routing health (2 Healthy, 1 Degraded, 0 Failed).
+    pub routing_health: Option<f64>,
 }
 
 /// Cumulative request counters and latency histogram of one transport.
@@ -153,6 +157,8 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
         partition_risk: None,
         peers: [None, None],
         health_score: None,
+        dht: (0.0, 0.0),
+        routing_health: None,
     };
     let mut saw_requests = false;
     for s in &scrape.samples {
@@ -189,6 +195,22 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
                     )));
                 }
                 sample.health_score = Some(v);
+            }
+            ("switchyard_dht_lookups_total", Value::Counter(v) | Value::Untyped(v), _) => {
+                let v = checked("switchyard_dht_lookups_total", *v)?;
+                sample.dht.0 += v;
+                if s.labels.get("outcome") == Some("error") {
+                    sample.dht.1 += v;
+                }
+            }
+            ("switchyard_dht_routing_health", Value::Gauge(v) | Value::Untyped(v), _) => {
+                let v = checked("switchyard_dht_routing_health", *v)?;
+                if v > 2.0 {
+                    return Err(ScrapeError::Invalid(format!(
+                        "switchyard_dht_routing_health is {v}, above 2"
+                    )));
+                }
+                sample.routing_health = Some(v);
             }
             ("switchyard_node_peers", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
                 sample.peers[i] = Some(checked("switchyard_node_peers", *v)?);
@@ -312,6 +334,12 @@ switchyard_agent_partition_risk 0.25
 # HELP switchyard_node_peers peers
 # TYPE switchyard_node_peers gauge
 switchyard_node_peers{transport="iroh"} 4
+# TYPE switchyard_dht_lookups_total counter
+switchyard_dht_lookups_total{kind="get",outcome="ok",transport="iroh"} 40
+switchyard_dht_lookups_total{kind="get",outcome="not_found",transport="iroh"} 5
+switchyard_dht_lookups_total{kind="put",outcome="error",transport="none"} 3
+# TYPE switchyard_dht_routing_health gauge
+switchyard_dht_routing_health 2
 "#;
 
     #[test]
@@ -323,6 +351,8 @@ switchyard_node_peers{transport="iroh"} 4
         assert_eq!(s.transports[0].requests, 200.0);
         assert_eq!(s.partition_risk, Some(0.25));
         assert_eq!(s.peers, [None, Some(4.0)]);
+        assert_eq!(s.dht, (48.0, 3.0));
+        assert_eq!(s.routing_health, Some(2.0));
     }
 
     #[test]
@@ -337,6 +367,9 @@ switchyard_node_peers{transport="iroh"} 4
         assert!(e.to_string().contains("NaN"), "{e}");
         let negative = AGENT.replace("partition_risk 0.25", "partition_risk -1");
         assert!(matches!(parse(&negative), Err(ScrapeError::Invalid(_))));
+        let health = AGENT.replace("routing_health 2", "routing_health 7");
+        let e = parse(&health).expect_err("out of range");
+        assert!(e.to_string().contains("above 2"), "{e}");
     }
 
     #[test]
