@@ -9,7 +9,8 @@ sets, and check every rendered manifest:
 - every container has the restricted security context (non-root,
   read-only root filesystem, all capabilities dropped, no privilege
   escalation; seccomp RuntimeDefault on the pod) and resource limits;
-- every image has an explicit tag, never "latest".
+- every image has an explicit tag, never "latest";
+- the sample workload's script is examples/workload/kv_client.py.
 
 Writes each value set's manifests to OUT/<set>.yaml (for kubectl), prints a
 line per value set and exits non-zero, naming each problem, if any check
@@ -27,6 +28,7 @@ CHART = pathlib.Path(__file__).resolve().parent / "switchyard"
 
 VALUE_SETS = {
     "default": {},
+    "no-workload": {"agents": {"workload": {"enabled": False}}},
     "monitoring": {
         "monitoring": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "dashboard": {"enabled": True},
@@ -105,6 +107,11 @@ def main():
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/chart")
     out.mkdir(parents=True, exist_ok=True)
     problems = []
+    # The sample workload the chart ships is the example readers copy.
+    example = CHART.parent.parent / "examples" / "workload" / "kv_client.py"
+    shipped = CHART / "files" / "kv_client.py"
+    if example.read_bytes() != shipped.read_bytes():
+        problems.append(f"{shipped} differs from {example}: cp {example} {shipped}")
     # Severity 1 info, 2 warning, 3 error; warnings fail the check too.
     for values_name, values in VALUE_SETS.items():
         report = helm.lint(str(CHART), values, strict=True, namespace="switchyard-system")

@@ -80,6 +80,14 @@ for node in $(kubectl --context "$context" -n "$ns" get fleetnodes -o name); do
   [ "$applied" = DualPreferIroh ] || { echo "$node runs $applied" >&2; exit 1; }
 done
 
+echo "== the sample workload's DHT traffic came through the migration"
+for pod in $(kubectl --context "$context" -n "$ns" get pods -l app.kubernetes.io/component=node-agent -o name); do
+  last=$(kubectl --context "$context" -n "$ns" logs "$pod" -c workload | grep '"ok"' | tail -n 1)
+  echo "$pod: $last"
+  python3 -c 'import json,sys; t=json.loads(sys.argv[1]); sys.exit(0 if t["ok"] > 0 and t["failed"] == 0 else 1)' "$last" \
+    || { echo "$pod's workload: $last" >&2; exit 1; }
+done
+
 echo "== rollback"
 kubectl --context "$context" -n "$ns" patch migrationplan e2e-to-iroh --type merge \
   -p '{"spec":{"rollbackRequest":{"reason":"e2e"}}}'
