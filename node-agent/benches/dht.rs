@@ -3,7 +3,8 @@
 //! of an agent holding 100 peers and 10,000 records.
 //!
 //! Usage: `cargo bench -p switchyard-node-agent --bench dht [-- --nodes N
-//! --lookups N --requests N --only lookups|api|memory]`
+//! --lookups N --requests N --only lookups|migration|api|memory
+//! --memory-mode MODE]`
 //!
 //! Prints a table, then one line of JSON (also written to
 //! target/bench/dht.json). Everything runs on 127.0.0.1.
@@ -13,6 +14,10 @@
 //!   would be; `--lookups` FIND_NODE lookups of the 20 closest to a random
 //!   key from random nodes, one at a time, in LibP2pOnly, DualPreferIroh
 //!   and IrohOnly. Target: p99 ≤ 50 ms.
+//! - migration: the same fleet moves LibP2pOnly → DualPreferLibP2p →
+//!   DualPreferIroh → IrohOnly in waves of a tenth, a wave every 300 ms,
+//!   while 16 workers put a record through one random node and get it
+//!   through another. Target: 100% of the operations succeed.
 //! - api: a request to a peer's workload (which answers through its own
 //!   workload API) sent through the sender's workload API, against the
 //!   same request sent through the bridge directly. Target: the API adds
@@ -139,6 +144,72 @@ fn rand_bytes() -> [u8; 16] {
     out
 }
 
+async fn migration(nodes: usize, out: &mut serde_json::Map<String, Value>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let fleet: Arc<Vec<Agent>> = Arc::new(
+        futures::future::join_all((0..nodes).map(|_| agent(NetworkMode::DualPreferLibP2p))).await,
+    );
+    let addrs: Vec<PeerAddr> = fleet.iter().map(|a| a.node.addr()).collect();
+    for a in fleet.iter() {
+        a.dht.sync(addrs.iter().filter(|p| p.peer != a.node.identity().peer_id()).cloned());
+    }
+    futures::future::join_all(fleet.iter().map(|a| a.node.set_mode(NetworkMode::LibP2pOnly))).await;
+    let (ok, failed, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (fleet, ok, failed, stop) = (fleet.clone(), ok.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("migration-{i}").into_bytes();
+                    let (from, to) = ((i * 13) % fleet.len(), (i * 29 + 7) % fleet.len());
+                    let value = bytes::Bytes::from(format!("value {i}"));
+                    let put = fleet[from].dht.put(key.clone().into(), value.clone()).await;
+                    let got = fleet[to].dht.get(&key).await;
+                    match (put, got) {
+                        (Ok(_), Ok(Some(v))) if v == value => {
+                            ok.fetch_add(2, Ordering::Relaxed);
+                        }
+                        (p, g) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed: put {:?} get {:?}", p.err(), g.map(|v| v.is_some()));
+                        }
+                    }
+                    i += 16;
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let wave = nodes.div_ceil(10);
+    for mode in [NetworkMode::DualPreferLibP2p, NetworkMode::DualPreferIroh, NetworkMode::IrohOnly] {
+        for chunk in fleet.chunks(wave) {
+            futures::future::join_all(chunk.iter().map(|a| a.node.set_mode(mode))).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    futures::future::join_all(workers).await;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "migration of {nodes} nodes in waves of {wave} over {:.1} s: {ok} puts and gets succeeded, {failed} pairs failed ({:.3}% success)",
+        took.as_secs_f64(),
+        100.0 * ok as f64 / (ok + 2 * failed).max(1) as f64
+    );
+    out.insert(
+        "migration".into(),
+        json!({"nodes": nodes, "seconds": took.as_secs_f64(), "ok": ok, "failed_pairs": failed}),
+    );
+    for a in fleet.iter() {
+        a.node.stop().await;
+    }
+}
+
 async fn api(requests: usize, out: &mut serde_json::Map<String, Value>) {
     let (a, b) = (
         agent(NetworkMode::LibP2pOnly).await,
@@ -261,7 +332,7 @@ async fn api(requests: usize, out: &mut serde_json::Map<String, Value>) {
 /// peers' contacts (one JSON line), then answers `rss` and `records`
 /// until `quit`.
 async fn child() {
-    let a = agent(NetworkMode::DualLoadBalance).await;
+    let a = agent(memory_mode()).await;
     println!(
         "{}",
         serde_json::to_string(&Contact::of(&a.node.addr())).expect("json")
@@ -290,6 +361,14 @@ async fn child() {
     a.node.stop().await;
 }
 
+/// The mode of the memory run (`--memory-mode`, default
+/// DualLoadBalance: connections on both transports).
+fn memory_mode() -> NetworkMode {
+    arg("--memory-mode")
+        .map(|m| m.parse().expect("--memory-mode: a network mode"))
+        .unwrap_or(NetworkMode::DualLoadBalance)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -302,7 +381,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn memory(peers: usize, records: usize, out: &mut serde_json::Map<String, Value>) {
+    let mode = memory_mode();
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
+        .args(std::env::args().skip(1))
         .env(CHILD_ENV, "1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -331,7 +412,7 @@ async fn memory(peers: usize, records: usize, out: &mut serde_json::Map<String, 
     };
     let idle = ask("rss").await;
     let fleet: Vec<Agent> =
-        futures::future::join_all((0..peers).map(|_| agent(NetworkMode::DualLoadBalance))).await;
+        futures::future::join_all((0..peers).map(|_| agent(mode))).await;
     let contacts: Vec<Contact> = fleet.iter().map(|a| Contact::of(&a.node.addr())).collect();
     let in_table = ask(&serde_json::to_string(&contacts).expect("json")).await;
     // Each peer stores records on the node, connecting on both
@@ -358,13 +439,13 @@ async fn memory(peers: usize, records: usize, out: &mut serde_json::Map<String, 
     let connected = ask("peers").await;
     let full = ask("rss").await;
     println!(
-        "RSS: idle {:.1} MiB; with {connected} peers connected ({in_table} in its table) and {held} records of 100 B: {:.1} MiB",
+        "RSS in {mode}: idle {:.1} MiB; with {connected} peers connected ({in_table} in its table) and {held} records of 100 B: {:.1} MiB",
         idle as f64 / 1024.0,
         full as f64 / 1024.0
     );
     out.insert(
         "memory".into(),
-        json!({"idle_kib": idle, "peers": connected, "table": in_table, "records": held, "rss_kib": full}),
+        json!({"mode": mode.to_string(), "idle_kib": idle, "peers": connected, "table": in_table, "records": held, "rss_kib": full}),
     );
     let _ = stdin.write_all(b"quit\n").await;
     for a in fleet {
@@ -379,6 +460,9 @@ async fn main() {
         child().await;
         return;
     }
+    // reqwest wants a crypto provider even for plain HTTP (see the
+    // workload_client example).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let nodes: usize = arg("--nodes").and_then(|v| v.parse().ok()).unwrap_or(100);
     let count: usize = arg("--lookups")
         .and_then(|v| v.parse().ok())
@@ -391,6 +475,9 @@ async fn main() {
     let mut out = serde_json::Map::new();
     if run("lookups") {
         lookups(nodes, count, &mut out).await;
+    }
+    if run("migration") {
+        migration(nodes, &mut out).await;
     }
     if run("api") {
         api(requests, &mut out).await;

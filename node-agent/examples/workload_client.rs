@@ -48,6 +48,10 @@ pub struct Inbound {
 impl Workload {
     /// The agent at `api` (e.g. `http://127.0.0.1:9091`).
     pub fn new(api: impl Into<String>) -> Self {
+        // In this workspace reqwest shares rustls with iroh, which installs
+        // no default crypto provider; plain HTTP never uses one, but the
+        // client wants it set. (With reqwest's default features, drop this.)
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Workload {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
