@@ -580,3 +580,48 @@ async fn the_rust_and_python_example_clients_work_against_real_agents() {
     let _ = server.wait();
     drop(agents);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workload_api_is_served_on_a_unix_socket_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(Config::default(), "dht-socket")
+        .await
+        .expect("cluster");
+    cluster.namespace(NS).await.expect("namespace");
+    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
+    let socket = cluster.dir.join("workload.sock");
+    let key = cluster.dir.join("s0.key");
+    let agent = Agent::start_with(
+        &cluster,
+        "s0",
+        &[],
+        &[
+            "--workload-socket",
+            &socket.to_string_lossy(),
+            "--identity-file",
+            &key.to_string_lossy(),
+        ],
+    );
+    metrics_url(&api, "s0").await;
+    let me = addr_of(&api, "s0").await.peer.to_string();
+    let body = eventually(Duration::from_secs(20), "the socket answers", || async {
+        let mut s = tokio::net::UnixStream::connect(&socket).await.ok()?;
+        s.write_all(b"GET /v1/peers HTTP/1.0\r\nHost: agent\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    })
+    .await;
+    assert!(body.starts_with("HTTP/1.0 200"), "{body}");
+    assert!(body.contains(&me), "the agent names itself: {body}");
+    // And on TCP, as before.
+    let r = client()
+        .get(format!("{}/v1/peers", agent.api()))
+        .send()
+        .await
+        .expect("tcp");
+    assert_eq!(r.status(), 200);
+    drop(agent);
+}
