@@ -151,9 +151,19 @@ async fn migration(nodes: usize, out: &mut serde_json::Map<String, Value>) {
     );
     let addrs: Vec<PeerAddr> = fleet.iter().map(|a| a.node.addr()).collect();
     for a in fleet.iter() {
-        a.dht.sync(addrs.iter().filter(|p| p.peer != a.node.identity().peer_id()).cloned());
+        a.dht.sync(
+            addrs
+                .iter()
+                .filter(|p| p.peer != a.node.identity().peer_id())
+                .cloned(),
+        );
     }
-    futures::future::join_all(fleet.iter().map(|a| a.node.set_mode(NetworkMode::LibP2pOnly))).await;
+    futures::future::join_all(
+        fleet
+            .iter()
+            .map(|a| a.node.set_mode(NetworkMode::LibP2pOnly)),
+    )
+    .await;
     let (ok, failed, stop) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -161,7 +171,8 @@ async fn migration(nodes: usize, out: &mut serde_json::Map<String, Value>) {
     );
     let workers: Vec<_> = (0..16)
         .map(|w| {
-            let (fleet, ok, failed, stop) = (fleet.clone(), ok.clone(), failed.clone(), stop.clone());
+            let (fleet, ok, failed, stop) =
+                (fleet.clone(), ok.clone(), failed.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut i = w;
                 while !stop.load(Ordering::Relaxed) {
@@ -186,7 +197,11 @@ async fn migration(nodes: usize, out: &mut serde_json::Map<String, Value>) {
         .collect();
     let started = Instant::now();
     let wave = nodes.div_ceil(10);
-    for mode in [NetworkMode::DualPreferLibP2p, NetworkMode::DualPreferIroh, NetworkMode::IrohOnly] {
+    for mode in [
+        NetworkMode::DualPreferLibP2p,
+        NetworkMode::DualPreferIroh,
+        NetworkMode::IrohOnly,
+    ] {
         for chunk in fleet.chunks(wave) {
             futures::future::join_all(chunk.iter().map(|a| a.node.set_mode(mode))).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -411,8 +426,7 @@ async fn memory(peers: usize, records: usize, out: &mut serde_json::Map<String, 
             .expect("a number")
     };
     let idle = ask("rss").await;
-    let fleet: Vec<Agent> =
-        futures::future::join_all((0..peers).map(|_| agent(mode))).await;
+    let fleet: Vec<Agent> = futures::future::join_all((0..peers).map(|_| agent(mode))).await;
     let contacts: Vec<Contact> = fleet.iter().map(|a| Contact::of(&a.node.addr())).collect();
     let in_table = ask(&serde_json::to_string(&contacts).expect("json")).await;
     // Each peer stores records on the node, connecting on both

@@ -177,6 +177,10 @@ settings! {
     /// 32.
     #[arg(long, env = "SWITCHYARD_DHT_MAX_LOOKUPS")]
     dht_max_lookups: usize,
+    /// How long one DHT request may take before its peer counts as failed
+    /// for that lookup. Defaults to 2s.
+    #[arg(long, env = "SWITCHYARD_DHT_REQUEST_TIMEOUT")]
+    dht_request_timeout: Span,
     /// Time between heartbeats to a peer, per transport. Defaults to 5s.
     #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL")]
     heartbeat_interval: Span,
@@ -444,6 +448,11 @@ fn dht(s: &Settings, mut d: DhtConfig) -> anyhow::Result<DhtConfig> {
         &mut d.check_interval,
         "--dht-check-interval",
         s.dht_check_interval,
+    )?;
+    set_positive(
+        &mut d.request_timeout,
+        "--dht-request-timeout",
+        s.dht_request_timeout,
     )?;
     if let Some(n) = s.dht_max_lookups {
         anyhow::ensure!(n >= 1, "--dht-max-lookups must be 1 or more, e.g. 32");
@@ -815,6 +824,7 @@ mod tests {
             ),
             ("--dht-check-interval", span(a.dht.check_interval)),
             ("--dht-max-lookups", a.dht.max_lookups.to_string()),
+            ("--dht-request-timeout", span(a.dht.request_timeout)),
         ];
         for (flag, value) in cases {
             assert_eq!(said(flag), value, "{flag}'s help names another default");

@@ -68,6 +68,10 @@ pub struct DhtConfig {
     pub max_lookups: usize,
     /// How long a lookup, a put or a get may take; defaults to 10 s.
     pub lookup_timeout: Duration,
+    /// How long one DHT request may take before its peer counts as
+    /// failed for this operation (a lookup goes on with the others);
+    /// defaults to 2 s.
+    pub request_timeout: Duration,
 }
 
 impl Default for DhtConfig {
@@ -84,6 +88,7 @@ impl Default for DhtConfig {
             healthy_at: 10,
             max_lookups: 32,
             lookup_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -425,10 +430,13 @@ impl Dht {
         addr: &PeerAddr,
         request: &Request,
     ) -> Result<(Response, Transport), String> {
-        let (body, t) =
-            crate::app::request(&self.node, addr, proto::PROTOCOL, &proto::encode(request))
-                .await
-                .map_err(|e| e.to_string())?;
+        let timeout = self.config.request_timeout;
+        let body = proto::encode(request);
+        let sent = crate::app::request(&self.node, addr, proto::PROTOCOL, &body);
+        let (body, t) = tokio::time::timeout(timeout, sent)
+            .await
+            .map_err(|_| format!("no answer from {} within {timeout:?}", addr.peer))?
+            .map_err(|e| e.to_string())?;
         let response = proto::decode(&body)?;
         Ok((response, t))
     }

@@ -197,7 +197,12 @@ fn agent_config(dir: &Path, name: &str, bootstrap: Vec<String>, workload: u16) -
             ..Default::default()
         },
         dht: switchyard_node_agent::dht::DhtConfig {
-            check_interval: Duration::from_secs(1),
+            // Every 5 s (the default is 30 s): each check is a lookup of 20
+            // peers, and thirty agents share two cores.
+            check_interval: Duration::from_secs(5),
+            // Thirty agents in one process on two loaded cores: a lookup
+            // may queue for many seconds, and is slow, not failed.
+            lookup_timeout: Duration::from_secs(30),
             ..Default::default()
         },
         shutdown_timeout: Duration::from_secs(3),
