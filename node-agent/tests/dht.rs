@@ -360,7 +360,9 @@ async fn workloads_talk_through_their_agents_and_bad_input_gets_a_clear_answer()
     assert!(slow.contains("did not answer"), "{slow}");
     taker.abort();
     let big = vec![b'x'; 2 * 1024 * 1024];
-    let r = http
+    // A client of its own: the server refuses the body unread and closes
+    // that connection, which a shared pool could hand to the next request.
+    let r = client()
         .post(format!("{}/v1/send?peer={b_peer}&protocol=echo/1", a.api()))
         .body(big)
         .send()
