@@ -195,7 +195,11 @@ impl Inbound {
             reply,
         };
         if queue.tx.try_send(pending).is_err() {
-            return Err(format!("busy: the queue of {protocol:?} is full"));
+            // Full of requests whose senders gave up: the workload is not
+            // polling (a poll drains them).
+            return Err(format!(
+                "busy: this node's workload is not taking requests on {protocol:?}"
+            ));
         }
         let wait = self.config.answer_timeout;
         match tokio::time::timeout(wait, answer).await {
@@ -552,4 +556,70 @@ pub async fn serve(
         }));
     }
     Ok((bound, servers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workload_is_attached_while_it_used_the_api_in_the_last_minute() {
+        let inbound = Inbound::new(WorkloadConfig::default());
+        let now = Instant::now();
+        assert!(!inbound.active(now), "no call yet: probes run");
+        inbound.touch();
+        let touched = Instant::now();
+        assert!(inbound.active(touched), "probes pause");
+        assert!(inbound.active(touched + ATTACHED_FOR - Duration::from_millis(1)));
+        assert!(
+            !inbound.active(touched + ATTACHED_FOR),
+            "a minute of silence: probes resume"
+        );
+    }
+
+    #[tokio::test]
+    async fn inbound_requests_are_bounded_and_an_unanswered_one_is_refused_with_why() {
+        let inbound = Inbound::new(WorkloadConfig {
+            max_pending: 1,
+            answer_timeout: Duration::from_millis(50),
+            ..WorkloadConfig::default()
+        });
+        let peer = PeerId::random();
+        let t = Transport::LibP2p;
+        let err = inbound.deliver("kv/1", peer, t, Bytes::new()).await;
+        assert!(
+            err.expect_err("unserved")
+                .contains("no workload on this node serves")
+        );
+        inbound.register("kv/1").expect("registered");
+        assert!(inbound.register("/switchyard/kad/1").is_err(), "reserved");
+        // One waits (unanswered); a second at once is refused as busy.
+        let first = inbound.deliver("kv/1", peer, t, Bytes::from_static(b"a"));
+        let second = inbound.deliver("kv/1", peer, t, Bytes::from_static(b"b"));
+        let (first, second) = tokio::join!(first, second);
+        let errors = [first.expect_err("unanswered"), second.expect_err("busy")];
+        assert!(
+            errors.iter().any(|e| e.contains("did not answer")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().any(|e| e.starts_with("busy")), "{errors:?}");
+        // A request the workload takes and answers reaches its sender.
+        let answered = {
+            let inbound = inbound.clone();
+            tokio::spawn(async move {
+                inbound
+                    .deliver("kv/1", peer, t, Bytes::from_static(b"q"))
+                    .await
+            })
+        };
+        let (id, from, _, body) = inbound
+            .next("kv/1", Duration::from_secs(5))
+            .await
+            .expect("served")
+            .expect("a request");
+        assert_eq!((from, &body[..]), (peer, &b"q"[..]));
+        assert!(inbound.answer(id, Bytes::from_static(b"r")));
+        assert_eq!(answered.await.expect("task"), Ok(Bytes::from_static(b"r")));
+        assert!(!inbound.answer(id, Bytes::new()), "answered once");
+    }
 }
