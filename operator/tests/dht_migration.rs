@@ -87,16 +87,30 @@ async fn get(http: &reqwest::Client, api: &str, key: &str) -> Result<(), String>
     }
 }
 
+/// Keys whose put finished, in order: what later rounds may read.
+type Stored = Arc<std::sync::Mutex<Vec<usize>>>;
+
 /// Round `i`, like a key-value store's traffic: put key `i` through one
-/// node, read it back through another, and read three earlier keys
-/// through three more.
-async fn round(http: reqwest::Client, apis: Vec<String>, i: usize) -> Result<(), String> {
+/// node, read it back through another, and read three keys whose puts
+/// had finished (rounds overlap) through three more.
+async fn round(
+    http: reqwest::Client,
+    apis: Vec<String>,
+    stored: Stored,
+    i: usize,
+) -> Result<(), String> {
     let n = apis.len();
     put(&http, &apis[i % n], &format!("load-{i}")).await?;
+    let earlier: Vec<usize> = {
+        let mut s = stored.lock().expect("stored");
+        s.push(i);
+        (1..4)
+            .map(|j| s[s.len().saturating_sub(1 + j * 5)])
+            .collect()
+    };
     get(&http, &apis[(i * 7 + 3) % n], &format!("load-{i}")).await?;
-    for j in 1..4 {
-        let earlier = i.saturating_sub(j * 5);
-        get(&http, &apis[(i * 11 + j) % n], &format!("load-{earlier}")).await?;
+    for (j, e) in earlier.into_iter().enumerate() {
+        get(&http, &apis[(i * 11 + j) % n], &format!("load-{e}")).await?;
     }
     Ok(())
 }
@@ -110,11 +124,12 @@ async fn workload(apis: Vec<String>, load: Arc<Load>, mut stop: watch::Receiver<
         .expect("client");
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / ROUNDS_PER_SECOND));
     let mut running = futures::stream::FuturesUnordered::new();
+    let stored = Stored::default();
     let mut i: usize = 0;
     loop {
         tokio::select! {
             _ = tick.tick(), if running.len() < MAX_IN_FLIGHT => {
-                running.push(round(http.clone(), apis.clone(), i));
+                running.push(round(http.clone(), apis.clone(), stored.clone(), i));
                 load.offered.fetch_add(OPS_PER_ROUND, Ordering::Relaxed);
                 i += 1;
             }
