@@ -180,6 +180,19 @@ async fn watch_routing(
     }
 }
 
+/// The fleet of AGENTS, every agent Healthy; their metrics URLs.
+async fn fleet() -> (Fleet, Vec<String>) {
+    let f = Fleet::start_with(AGENTS, false, |c| {
+        // The default heartbeats (5 s, not the harness's 500 ms): thirty
+        // agents on two cores need the CPU for the workload.
+        c.manager.heartbeat_interval = Duration::from_secs(5);
+    })
+    .await
+    .expect("fleet");
+    let urls = healthy_fleet(&f).await;
+    (f, urls)
+}
+
 /// Every agent's metrics URL, once its routing health is Healthy.
 async fn healthy_fleet(f: &Fleet) -> Vec<String> {
     let mut urls = Vec::new();
@@ -270,14 +283,7 @@ fn forward(name: &str) -> switchyard_crds::MigrationPlan {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_loses_no_operation_while_the_fleet_migrates_to_iroh() {
-    let f = Fleet::start_with(AGENTS, false, |c| {
-        // The default heartbeats (5 s, not the harness's 500 ms): thirty
-        // agents on two cores need the CPU for the workload.
-        c.manager.heartbeat_interval = Duration::from_secs(5);
-    })
-    .await
-    .expect("fleet");
-    let urls = healthy_fleet(&f).await;
+    let (f, urls) = fleet().await;
     let (load, lowest, took) = under_load(&f, urls, async {
         f.create(&forward("dht-forward")).await;
         f.wait_plan("dht-forward", "the plan succeeds", |p| {
@@ -296,14 +302,7 @@ async fn a_workload_loses_no_operation_while_the_fleet_migrates_to_iroh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_loses_no_operation_while_the_fleet_rolls_back_from_dual_prefer_iroh() {
-    let f = Fleet::start_with(AGENTS, false, |c| {
-        // The default heartbeats (5 s, not the harness's 500 ms): thirty
-        // agents on two cores need the CPU for the workload.
-        c.manager.heartbeat_interval = Duration::from_secs(5);
-    })
-    .await
-    .expect("fleet");
-    let urls = healthy_fleet(&f).await;
+    let (f, urls) = fleet().await;
     let (load, lowest, took) = under_load(&f, urls, async {
         f.create(&forward("dht-back")).await;
         f.wait_nodes("every agent runs DualPreferIroh", |n| {
