@@ -344,8 +344,8 @@ async fn api(requests: usize, out: &mut serde_json::Map<String, Value>) {
 }
 
 /// The memory child: one agent-like node; prints its address, takes the
-/// peers' contacts (one JSON line), then answers `rss` and `records`
-/// until `quit`.
+/// peers' contacts (one JSON line), then answers `rss`, `anon`, `records`
+/// and `peers` until `quit`.
 async fn child() {
     let a = agent(memory_mode()).await;
     println!(
@@ -355,7 +355,8 @@ async fn child() {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         match line.trim() {
-            "rss" => println!("{}", rss_kib(std::process::id())),
+            "rss" => println!("{}", status_kib("VmRSS:")),
+            "anon" => println!("{}", status_kib("RssAnon:")),
             "records" => println!("{}", a.dht.records()),
             "peers" => println!(
                 "{}",
@@ -384,12 +385,15 @@ fn memory_mode() -> NetworkMode {
         .unwrap_or(NetworkMode::DualLoadBalance)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A KiB figure of this process's `/proc/self/status`: `VmRSS:` (all
+/// resident pages) or `RssAnon:` (the heap and stacks, without the
+/// binary's and libraries' mapped pages).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -452,14 +456,16 @@ async fn memory(peers: usize, records: usize, out: &mut serde_json::Map<String, 
     let held = ask("records").await;
     let connected = ask("peers").await;
     let full = ask("rss").await;
+    let anon = ask("anon").await;
     println!(
-        "RSS in {mode}: idle {:.1} MiB; with {connected} peers connected ({in_table} in its table) and {held} records of 100 B: {:.1} MiB",
+        "RSS in {mode}: idle {:.1} MiB; with {connected} peers connected ({in_table} in its table) and {held} records of 100 B: {:.1} MiB ({:.1} MiB anonymous, the rest the binary's and libraries' pages)",
         idle as f64 / 1024.0,
-        full as f64 / 1024.0
+        full as f64 / 1024.0,
+        anon as f64 / 1024.0
     );
     out.insert(
         "memory".into(),
-        json!({"mode": mode.to_string(), "idle_kib": idle, "peers": connected, "table": in_table, "records": held, "rss_kib": full}),
+        json!({"mode": mode.to_string(), "idle_kib": idle, "peers": connected, "table": in_table, "records": held, "rss_kib": full, "anon_kib": anon}),
     );
     let _ = stdin.write_all(b"quit\n").await;
     for a in fleet {
@@ -501,6 +507,7 @@ async fn main() {
     }
     let line = Value::Object(out).to_string();
     println!("{line}");
-    let _ = std::fs::create_dir_all("target/bench");
-    let _ = std::fs::write("target/bench/dht.json", line);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(format!("{dir}/dht.json"), line);
 }
