@@ -220,6 +220,16 @@ impl Default for Failures {
     }
 }
 
+/// One request as the bridge tries it: the same id and payload on
+/// every transport and round, until one deadline.
+#[derive(Clone, Copy)]
+struct Try<'a> {
+    peer: &'a PeerAddr,
+    id: u64,
+    payload: &'a Bytes,
+    deadline: Instant,
+}
+
 /// Why a round got no answer.
 struct Miss {
     /// Worth another round.
@@ -333,6 +343,35 @@ pub struct Node {
 struct Bound {
     libp2p: Option<Multiaddr>,
     iroh: Option<SocketAddr>,
+}
+
+/// Start a stack with `before`, the config of the address it had, so
+/// peers' addresses stay valid; `None` when that is the configured one.
+/// If that address was only the kernel's pick (`any_port`: the configured
+/// port is 0) and something took it meanwhile, any port will do: peers
+/// learn the new one from our connections and pongs. A configured port is
+/// never given up.
+async fn start_where_it_was<C, S, F, Fut>(
+    configured: C,
+    before: Option<C>,
+    any_port: bool,
+    start: F,
+) -> Result<S, StackError>
+where
+    F: Fn(C) -> Fut,
+    Fut: Future<Output = Result<S, StackError>>,
+{
+    let Some(before) = before else {
+        return start(configured).await;
+    };
+    match start(before).await {
+        Ok(s) => Ok(s),
+        Err(e) if any_port => {
+            tracing::warn!(error = %e, "a stack cannot return to its port; taking another");
+            start(configured).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The TCP port in a multiaddr.
@@ -518,8 +557,16 @@ impl Node {
         config.iroh.allowlist.clone_from(&config.allowlist);
         let bound = self.bound.lock().expect("bound lock").clone();
         if need_libp2p {
-            let configured = config.libp2p.clone();
-            let start = |c: Libp2pConfig| {
+            let configured = config.libp2p;
+            let any_port = port_of_multiaddr(&configured.listen) == Some(0);
+            let before = bound
+                .libp2p
+                .filter(|l| *l != configured.listen)
+                .map(|listen| Libp2pConfig {
+                    listen,
+                    ..configured.clone()
+                });
+            let stack = start_where_it_was(configured, before, any_port, |c| {
                 Libp2pStack::start(
                     &self.identity,
                     c,
@@ -527,30 +574,8 @@ impl Node {
                     self.stats[Transport::LibP2p].clone(),
                     self.peers.clone(),
                 )
-            };
-            // Come back on the port the stack had, so peers' addresses
-            // stay valid. If that port was only the kernel's pick (the
-            // configured one is 0) and something took it meanwhile, any
-            // port will do: peers learn the new one from our connections
-            // and pongs. A configured port is never given up.
-            let stack = match bound.libp2p {
-                Some(listen) if listen != configured.listen => {
-                    match start(Libp2pConfig {
-                        listen: listen.clone(),
-                        ..configured.clone()
-                    })
-                    .await
-                    {
-                        Ok(s) => s,
-                        Err(e) if port_of_multiaddr(&configured.listen) == Some(0) => {
-                            tracing::warn!(%listen, error = %e, "libp2p cannot return to its port; taking another");
-                            start(configured).await?
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                _ => start(configured).await?,
-            };
+            })
+            .await?;
             if let Some(a) = stack.addrs().first() {
                 self.bound.lock().expect("bound lock").libp2p = Some(
                     a.iter()
@@ -561,8 +586,16 @@ impl Node {
             self.stacks.write().expect("stacks lock").libp2p = Some(Arc::new(stack));
         }
         if need_iroh {
-            let configured = config.iroh.clone();
-            let start = |c: IrohConfig| {
+            let configured = config.iroh;
+            let any_port = configured.bind.port() == 0;
+            let before = bound
+                .iroh
+                .filter(|b| *b != configured.bind)
+                .map(|bind| IrohConfig {
+                    bind,
+                    ..configured.clone()
+                });
+            let stack = start_where_it_was(configured, before, any_port, |c| {
                 IrohStack::start(
                     &self.identity,
                     c,
@@ -570,26 +603,8 @@ impl Node {
                     self.stats[Transport::Iroh].clone(),
                     self.peers.clone(),
                 )
-            };
-            // As for libp2p above.
-            let stack = match bound.iroh {
-                Some(bind) if bind != configured.bind => {
-                    match start(IrohConfig {
-                        bind,
-                        ..configured.clone()
-                    })
-                    .await
-                    {
-                        Ok(s) => s,
-                        Err(e) if configured.bind.port() == 0 => {
-                            tracing::warn!(%bind, error = %e, "iroh cannot return to its port; taking another");
-                            start(configured).await?
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                _ => start(configured).await?,
-            };
+            })
+            .await?;
             if let Some(s) = stack.addr().ip_addrs().next() {
                 self.bound.lock().expect("bound lock").iroh = Some(*s);
             }
@@ -777,10 +792,13 @@ impl Node {
                 last = format!("this node switched to {} meanwhile", self.mode());
                 break;
             }
-            let failure = match self
-                .round(peer, route, id, &payload, hedge, deadline, &mut tried)
-                .await
-            {
+            let req = Try {
+                peer,
+                id,
+                payload: &payload,
+                deadline,
+            };
+            let failure = match self.round(&req, route, hedge, &mut tried).await {
                 Ok(body) => return Ok(body),
                 Err(f) => f,
             };
@@ -822,15 +840,11 @@ impl Node {
     /// One try over the route: the first transport, the second once the
     /// hedge delay passes or the first fails. `Err((transient, reason))`
     /// when no answer came.
-    #[allow(clippy::too_many_arguments)]
     async fn round(
         &self,
-        peer: &PeerAddr,
+        req: &Try<'_>,
         route: Route,
-        id: u64,
-        payload: &Bytes,
         hedge: Hedge,
-        deadline: Instant,
         tried: &mut Vec<Transport>,
     ) -> Result<(Bytes, Transport), Miss> {
         let mut rest = route.order.into_iter();
@@ -844,21 +858,37 @@ impl Node {
         let delay = if route.race {
             Some(Duration::ZERO)
         } else {
-            self.hedge_delay(hedge, &peer.peer, first)
+            self.hedge_delay(hedge, &req.peer.peer, first)
         };
-        let can_hedge = delay.is_some() && rest.as_slice().first().is_some_and(|n| n.1);
-        if !can_hedge {
-            // One transport at a time: no concurrency to manage.
-            let mut failures = Failures::default();
-            for t in std::iter::once(first).chain(rest.map(|(t, _)| t)) {
-                tried.push(t);
-                let outcome = self.send(peer, t, id, payload.clone(), deadline).await;
-                if let Some(end) = failures.note(outcome) {
-                    return end;
-                }
+        match delay {
+            Some(delay) if rest.as_slice().first().is_some_and(|n| n.1) => {
+                self.hedged(req, first, rest, delay, tried).await
             }
-            return Err(failures.into_err());
+            _ => {
+                // One transport at a time: no concurrency to manage.
+                let mut failures = Failures::default();
+                for t in std::iter::once(first).chain(rest.map(|(t, _)| t)) {
+                    tried.push(t);
+                    if let Some(end) = failures.note(self.send(req, t).await) {
+                        return end;
+                    }
+                }
+                Err(failures.into_err())
+            }
         }
+    }
+
+    /// [`Self::round`] with a second transport to hedge onto: `first`
+    /// now, the next of `rest` after `delay` (at once when zero) or as
+    /// soon as one fails.
+    async fn hedged(
+        &self,
+        req: &Try<'_>,
+        first: Transport,
+        mut rest: std::vec::IntoIter<(Transport, bool)>,
+        delay: Duration,
+        tried: &mut Vec<Transport>,
+    ) -> Result<(Bytes, Transport), Miss> {
         let mut running = FuturesUnordered::new();
         // When each running attempt started, to credit a loser below.
         let mut started: Vec<(Transport, Instant)> = Vec::with_capacity(2);
@@ -867,19 +897,20 @@ impl Node {
                 let t = $t;
                 tried.push(t);
                 started.push((t, Instant::now()));
-                running.push(self.attempt(peer, t, id, payload.clone(), deadline));
+                running.push(self.attempt(req, t));
             }};
         }
         launch!(first);
-        if delay == Some(Duration::ZERO)
+        let mut hedge_at = Some(Instant::now() + delay);
+        if delay.is_zero()
             && let Some((t, _)) = rest.next()
         {
             // Race: both at once (a zero-length timer would still wait for
             // the timer wheel's next millisecond tick).
             self.metrics.of(t).hedges.inc();
             launch!(t);
+            hedge_at = None;
         }
-        let mut hedge_at = delay.map(|d| Instant::now() + d);
         let mut failures = Failures::default();
         loop {
             // Hedge only onto a transport the peer is believed to run.
@@ -894,7 +925,7 @@ impl Node {
                             // this long: say so, or a path that always
                             // loses would never look slow to LowestLatency.
                             for (loser, at) in started {
-                                self.peers.lower_bound(peer.peer, loser, at.elapsed());
+                                self.peers.lower_bound(req.peer.peer, loser, at.elapsed());
                             }
                         }
                         return end;
@@ -906,7 +937,7 @@ impl Node {
                         break;
                     }
                 }
-                () = tokio::time::sleep_until(next_hedge.unwrap_or(deadline).into()), if next_hedge.is_some() => {
+                () = tokio::time::sleep_until(next_hedge.unwrap_or(req.deadline).into()), if next_hedge.is_some() => {
                     hedge_at = None;
                     if let Some((t, _)) = rest.next() {
                         self.metrics.of(t).hedges.inc();
@@ -949,26 +980,20 @@ impl Node {
         }
     }
 
-    /// One send over `t`, counted and recorded.
-    async fn attempt(
-        &self,
-        peer: &PeerAddr,
-        t: Transport,
-        id: u64,
-        payload: Bytes,
-        deadline: Instant,
-    ) -> (Transport, Outcome) {
-        (t, self.send(peer, t, id, payload, deadline).await)
+    /// [`Self::send`], saying over which transport (one future type for
+    /// every attempt a hedged round runs).
+    async fn attempt(&self, req: &Try<'_>, t: Transport) -> (Transport, Outcome) {
+        (t, self.send(req, t).await)
     }
 
-    async fn send(
-        &self,
-        peer: &PeerAddr,
-        t: Transport,
-        id: u64,
-        payload: Bytes,
-        deadline: Instant,
-    ) -> Outcome {
+    /// One send of `req` over `t`, counted and recorded.
+    async fn send(&self, req: &Try<'_>, t: Transport) -> Outcome {
+        let Try {
+            peer,
+            id,
+            payload,
+            deadline,
+        } = *req;
         if self.fault_hits(t) {
             let m = self.metrics.of(t);
             m.injected.inc();

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use iroh::endpoint::{
-    AfterHandshakeOutcome, Connection, EndpointHooks, IncomingAddr, RecvStream, SendStream, VarInt,
-    presets,
+    AfterHandshakeOutcome, Connection, EndpointHooks, Incoming, IncomingAddr, RecvStream,
+    SendStream, VarInt, presets,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use tokio::sync::Mutex;
@@ -559,84 +559,99 @@ async fn serve(endpoint: Endpoint, serving: Serving) {
             incoming.refuse();
             continue;
         };
-        let serving = serving.clone();
-        serving.clone().spawn(async move {
-            let _permit = permit;
-            let addr = match incoming.remote_addr() {
-                IncomingAddr::Ip(a) => Some(a.to_string()),
-                _ => None,
-            };
-            let Ok(conn) = incoming.await else { return };
-            let Ok(peer) = endpoint_to_peer(&conn.remote_id()) else {
-                return;
-            };
-            watch(&serving.tasks, &serving.cancel, &serving.peers, &conn, addr);
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let serving = serving.clone();
-                let conn = conn.clone();
-                serving.clone().spawn(async move {
-                    let s = &*serving;
-                    let read = wire::read_frame(&mut recv, s.max_frame).await;
-                    // A paused node (fault injection) answers nothing.
-                    super::wait_unpaused(&*s.handler).await;
-                    let request = match read {
-                        Ok(r) if r.kind == Kind::Ping => {
-                            let answerer = super::PingAnswerer {
-                                handler: &*s.handler,
-                                peers: &s.peers,
-                                stats: &s.stats,
-                                peer,
-                                transport: Transport::Iroh,
-                                max: s.max_frame,
-                            };
-                            if answerer
-                                .answer(Some(r), &mut recv, &mut send)
-                                .await
-                                .is_err()
-                            {
-                                conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
-                            }
-                            return;
-                        }
-                        Ok(r) if r.kind == Kind::Request => r,
-                        Err(e) if !e.is_malformed() => return, // the peer went away
-                        Ok(_) | Err(_) => {
-                            // Garbage from this peer: drop the connection.
-                            s.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                            conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
-                            return;
-                        }
-                    };
-                    s.stats
-                        .bytes_received
-                        .fetch_add(request.payload.len() as u64, Ordering::Relaxed);
-                    // Counted until the answer is delivered, so a retiring
-                    // stack is not stopped under it.
-                    let admitted = s.inbound.admit(&s.accepting);
-                    let response = if admitted.is_some() {
-                        super::answer(&*s.handler, peer, Transport::Iroh, request).await
-                    } else {
-                        super::retiring(
-                            &request,
-                            s.handler.mode(),
-                            "the iroh stack is retiring on this node",
-                        )
-                    };
-                    s.stats
-                        .bytes_sent
-                        .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
-                    if wire::write_frame(&mut send, &response, s.max_frame)
-                        .await
-                        .is_ok()
-                    {
-                        let _ = send.finish();
-                        // Let the peer read it before the stream goes (a
-                        // peer that never reads does not hold us forever).
-                        let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
-                    }
-                    drop(admitted);
-                });
-            }
+        let s = serving.clone();
+        serving.spawn(async move {
+            serve_connection(s, incoming).await;
+            drop(permit);
         });
     }
+}
+
+/// One inbound connection: each stream it opens is a request, served in
+/// a task of its own.
+async fn serve_connection(serving: Arc<Serving>, incoming: Incoming) {
+    let addr = match incoming.remote_addr() {
+        IncomingAddr::Ip(a) => Some(a.to_string()),
+        _ => None,
+    };
+    let Ok(conn) = incoming.await else { return };
+    let Ok(peer) = endpoint_to_peer(&conn.remote_id()) else {
+        return;
+    };
+    watch(&serving.tasks, &serving.cancel, &serving.peers, &conn, addr);
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let s = serving.clone();
+        let conn = conn.clone();
+        serving.spawn(async move { serve_stream(&s, &conn, peer, send, recv).await });
+    }
+}
+
+/// One stream of `peer`'s: a ping or a request, answered on it. Garbage
+/// closes the connection.
+async fn serve_stream(
+    s: &Serving,
+    conn: &Connection,
+    peer: libp2p::PeerId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let read = wire::read_frame(&mut recv, s.max_frame).await;
+    // A paused node (fault injection) answers nothing.
+    super::wait_unpaused(&*s.handler).await;
+    let request = match read {
+        Ok(r) if r.kind == Kind::Ping => {
+            let answerer = super::PingAnswerer {
+                handler: &*s.handler,
+                peers: &s.peers,
+                stats: &s.stats,
+                peer,
+                transport: Transport::Iroh,
+                max: s.max_frame,
+            };
+            if answerer
+                .answer(Some(r), &mut recv, &mut send)
+                .await
+                .is_err()
+            {
+                conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
+            }
+            return;
+        }
+        Ok(r) if r.kind == Kind::Request => r,
+        Err(e) if !e.is_malformed() => return, // the peer went away
+        Ok(_) | Err(_) => {
+            // Garbage from this peer: drop the connection.
+            s.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            conn.close(VarInt::from_u32(CLOSE_MALFORMED), b"malformed frame");
+            return;
+        }
+    };
+    s.stats
+        .bytes_received
+        .fetch_add(request.payload.len() as u64, Ordering::Relaxed);
+    // Counted until the answer is delivered, so a retiring stack is not
+    // stopped under it.
+    let admitted = s.inbound.admit(&s.accepting);
+    let response = if admitted.is_some() {
+        super::answer(&*s.handler, peer, Transport::Iroh, request).await
+    } else {
+        super::retiring(
+            &request,
+            s.handler.mode(),
+            "the iroh stack is retiring on this node",
+        )
+    };
+    s.stats
+        .bytes_sent
+        .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
+    if wire::write_frame(&mut send, &response, s.max_frame)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        // Let the peer read it before the stream goes (a peer that never
+        // reads does not hold us forever).
+        let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
+    }
+    drop(admitted);
 }
