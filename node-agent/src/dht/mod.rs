@@ -241,7 +241,59 @@ struct State {
     /// Every peer the peer view reaches now (a full bucket keeps only k
     /// of them).
     live: HashMap<PeerId, PeerAddr>,
+    /// Peers that sent a malformed DHT message, kept out of the routing
+    /// table (and so out of every lookup) until the instant given.
+    shunned: HashMap<PeerId, Instant>,
 }
+
+impl State {
+    /// The routing table follows the peer view: `live` peers in (but not
+    /// one shunned at `now`), every other peer out.
+    fn sync(&mut self, live: HashMap<PeerId, PeerAddr>, now: Instant) {
+        let gone: Vec<PeerId> = self
+            .live
+            .keys()
+            .filter(|p| !live.contains_key(p))
+            .copied()
+            .collect();
+        for p in gone {
+            self.table.remove(&p);
+        }
+        for a in live.values() {
+            if !self.is_shunned(&a.peer, now) {
+                self.table.insert(a.peer, a.clone());
+            }
+        }
+        self.live = live;
+    }
+
+    /// Whether `peer` sent garbage less than [`SHUN_FOR`] before `now`.
+    fn is_shunned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.shunned.get(peer).is_some_and(|until| *until > now)
+    }
+
+    /// `peer` sent a malformed message: out of the routing table for
+    /// [`SHUN_FOR`], like a peer sending garbage frames loses its
+    /// connection. Its requests are still answered; it is only never
+    /// asked. Bounded: expired entries go first, and past
+    /// [`MAX_SHUNNED`] a newcomer is not remembered.
+    fn shun(&mut self, peer: PeerId, now: Instant) {
+        self.table.remove(&peer);
+        if self.shunned.len() >= MAX_SHUNNED {
+            self.shunned.retain(|_, until| *until > now);
+        }
+        if self.shunned.len() < MAX_SHUNNED || self.shunned.contains_key(&peer) {
+            self.shunned.insert(peer, now + SHUN_FOR);
+        }
+    }
+}
+
+/// How long a peer that sent a malformed DHT message stays out of the
+/// routing table.
+pub const SHUN_FOR: Duration = Duration::from_secs(600);
+
+/// Peers remembered as shunned, at most.
+const MAX_SHUNNED: usize = 1024;
 
 /// Contacts waiting to be handed to the peer view, at most.
 const MAX_LEARNED: usize = 256;
@@ -280,6 +332,7 @@ impl Dht {
                 published: HashMap::new(),
                 learned: VecDeque::new(),
                 live: HashMap::new(),
+                shunned: HashMap::new(),
             }),
             lookups: Semaphore::new(config.max_lookups.max(1)),
             config,
@@ -325,21 +378,14 @@ impl Dht {
     /// Make the routing table match the peer view: `live` peers in,
     /// every other peer out.
     pub fn sync(&self, live: impl IntoIterator<Item = PeerAddr>) {
+        self.sync_at(live, Instant::now());
+    }
+
+    /// [`Self::sync`] at `now`: a live peer that sent garbage in the last
+    /// [`SHUN_FOR`] stays out of the table.
+    pub fn sync_at(&self, live: impl IntoIterator<Item = PeerAddr>, now: Instant) {
         let mut s = self.state();
-        let live: HashMap<PeerId, PeerAddr> = live.into_iter().map(|a| (a.peer, a)).collect();
-        let gone: Vec<PeerId> = s
-            .live
-            .keys()
-            .filter(|p| !live.contains_key(p))
-            .copied()
-            .collect();
-        for p in gone {
-            s.table.remove(&p);
-        }
-        for a in live.values() {
-            s.table.insert(a.peer, a.clone());
-        }
-        s.live = live;
+        s.sync(live.into_iter().map(|a| (a.peer, a)).collect(), now);
         self.metrics.table_peers.set(s.table.len() as i64);
     }
 
@@ -367,6 +413,9 @@ impl Dht {
             Ok(r) => r,
             Err(why) => {
                 self.metrics.malformed.inc();
+                if !proto::other_version(body) {
+                    self.state().shun(from, now);
+                }
                 tracing::debug!(peer = %from, %why, "DHT message refused");
                 return Err(why);
             }
@@ -411,7 +460,9 @@ impl Dht {
                 let mut s = self.state();
                 if let Err(e) = s.store.put(Bytes::from(key), Bytes::from(value), ttl, now) {
                     if !matches!(e, StoreError::Full { .. }) {
+                        // Over a limit: as malformed as garbage.
                         self.metrics.malformed.inc();
+                        s.shun(from, now);
                     }
                     return Err(e.to_string());
                 }
@@ -437,7 +488,12 @@ impl Dht {
             .await
             .map_err(|_| format!("no answer from {} within {timeout:?}", addr.peer))?
             .map_err(|e| e.to_string())?;
-        let response = proto::decode(&body)?;
+        let response = proto::decode(&body).inspect_err(|_| {
+            self.metrics.malformed.inc();
+            if !proto::other_version(&body) {
+                self.state().shun(addr.peer, Instant::now());
+            }
+        })?;
         Ok((response, t))
     }
 
@@ -516,12 +572,13 @@ impl Dht {
     fn learn(&self, closer: &[Contact], addrs: &mut HashMap<PeerId, PeerAddr>) -> Vec<PeerId> {
         let mut ids = Vec::with_capacity(closer.len());
         let mut s = self.state();
+        let now = Instant::now();
         for c in closer.iter().take(self.config.k) {
             let Ok(a) = c.to_addr() else {
                 self.metrics.malformed.inc();
                 continue;
             };
-            if a.peer == self.local {
+            if a.peer == self.local || s.is_shunned(&a.peer, now) {
                 continue;
             }
             ids.push(a.peer);
@@ -799,6 +856,66 @@ impl Used {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(k: usize) -> State {
+        State {
+            table: RoutingTable::new(Key::for_peer(&PeerId::random()), k),
+            store: RecordStore::new(10, 1024),
+            published: HashMap::new(),
+            learned: VecDeque::new(),
+            live: HashMap::new(),
+            shunned: HashMap::new(),
+        }
+    }
+
+    fn view(peers: &[PeerId]) -> HashMap<PeerId, PeerAddr> {
+        peers
+            .iter()
+            .map(|p| {
+                let a = PeerAddr {
+                    peer: *p,
+                    libp2p: Vec::new(),
+                    iroh: None,
+                };
+                (*p, a)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_that_sent_garbage_stays_out_of_the_table_for_a_while() {
+        let t0 = Instant::now();
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let mut s = state(20);
+        s.sync(view(&peers), t0);
+        assert_eq!(s.table.len(), 3);
+        s.shun(peers[0], t0);
+        assert_eq!(s.table.len(), 2, "out at once");
+        // The peer view still reaches it; the table does not take it back.
+        s.sync(view(&peers), t0 + Duration::from_secs(1));
+        assert_eq!(s.table.len(), 2);
+        assert!(s.is_shunned(&peers[0], t0 + SHUN_FOR - Duration::from_secs(1)));
+        s.sync(view(&peers), t0 + SHUN_FOR + Duration::from_secs(1));
+        assert_eq!(s.table.len(), 3, "back once its time is served");
+        assert!(!s.is_shunned(&peers[1], t0));
+    }
+
+    #[test]
+    fn the_shunned_list_is_bounded_and_expired_entries_go_first() {
+        let t0 = Instant::now();
+        let mut s = state(20);
+        for _ in 0..MAX_SHUNNED + 10 {
+            s.shun(PeerId::random(), t0);
+        }
+        assert_eq!(s.shunned.len(), MAX_SHUNNED);
+        let late = PeerId::random();
+        s.shun(late, t0 + SHUN_FOR + Duration::from_secs(1));
+        assert!(
+            s.is_shunned(&late, t0 + SHUN_FOR + Duration::from_secs(2)),
+            "room made by dropping the expired"
+        );
+        assert_eq!(s.shunned.len(), 1);
+    }
 
     #[test]
     fn routing_health_follows_seed_001() {

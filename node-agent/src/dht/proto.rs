@@ -88,6 +88,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     out
 }
 
+/// Whether `bytes` is a message of another version of this protocol (a
+/// newer node in a rolling upgrade, say): refused, but not garbage.
+pub fn other_version(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|v| *v != VERSION)
+}
+
 /// Decode a message, saying what is wrong with a bad one.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     match bytes.split_first() {
