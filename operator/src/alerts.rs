@@ -24,7 +24,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use switchyard_crds::{Canary, MigrationPlan};
 
-use crate::controller::Analysis;
+use crate::context::Analysis;
 use crate::planner::{AnalysisInput, TriggerInput};
 
 /// The largest webhook body accepted.

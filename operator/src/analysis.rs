@@ -40,7 +40,7 @@ use switchyard_crds::{
     PlanPhase, Reference, Verdict,
 };
 
-use crate::controller::Analysis;
+use crate::context::Analysis;
 use crate::metrics::Metrics;
 use crate::planner::{AnalysisInput, TriggerInput};
 use crate::promql::{Placeholders, Prometheus};

@@ -19,7 +19,7 @@ use switchyard_crds::{
     FleetNode, LABEL_CANARY, MigrationPlan, NetworkMode, forms_island,
 };
 
-use crate::controller::{
+use crate::context::{
     Context, Error, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
     resource_of,
 };

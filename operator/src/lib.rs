@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod analysis;
 pub mod canary;
+pub mod context;
 pub mod controller;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,532 @@
+//! What the controllers share: the stores, the seams to analysis and
+//! leadership ([`Analysis`], [`Fence`]), and the write helpers every
+//! reconcile uses (FleetNode applies, status applies, Events). The plan and
+//! Canary controllers both build on this module; it depends on neither.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use switchyard_crds::{
+    Canary, CanaryPhase, FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationPlan, NetworkMode,
+};
+
+use crate::metrics::Metrics;
+use crate::planner::selection::{PlanRef, held_by_other};
+use crate::planner::{AnalysisInput, TriggerInput};
+use crate::ratelimit::RateLimiter;
+
+/// Where analysis verdicts and rollback triggers come from (the analysis
+/// issue implements it; tests drive verdicts directly).
+pub trait Analysis: Send + Sync + 'static {
+    /// The latest verdict for a plan.
+    fn verdict(&self, plan: &MigrationPlan) -> Option<AnalysisInput>;
+    /// A fired rollback trigger for a plan.
+    fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput>;
+    /// The latest verdict for a standalone Canary.
+    fn canary_verdict(&self, _canary: &Canary) -> Option<AnalysisInput> {
+        None
+    }
+    /// Bumped when a verdict or trigger may have changed outside any watched
+    /// object (an alert arrived): every plan is reconciled again at once.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// (namespace, name) of each plan with a new measurement or trigger:
+    /// that plan is reconciled again. Taken once, by the controller.
+    fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        None
+    }
+}
+
+/// Fencing: whether this replica may still write. Checked before every
+/// batch of writes, so a leader whose Lease lapsed (a slow renewal under
+/// load) stops writing before a standby that took over starts.
+pub trait Fence: Send + Sync + 'static {
+    /// Whether this replica still holds leadership with time to spare.
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool>;
+}
+
+/// A fence that always allows writing (a single replica, or tests).
+pub struct NoFence;
+
+impl Fence for NoFence {
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+}
+
+/// The Lease as fence: this replica must be its holder, and the Lease must
+/// stay valid for at least `margin` more.
+pub struct LeaseFence {
+    /// The Lease's API.
+    pub api: Api<k8s_openapi::api::coordination::v1::Lease>,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity.
+    pub identity: String,
+    /// Safety margin before the Lease's expiry.
+    pub margin: Duration,
+}
+
+impl Fence for LeaseFence {
+    fn still_leader(&self) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Ok(lease) = self.api.get(&self.name).await else {
+                return false;
+            };
+            let Some(spec) = lease.spec else { return false };
+            let holder = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+            let valid_until = spec.renew_time.map(|t| t.0).and_then(|t| {
+                let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+                t.checked_add(jiff::SignedDuration::from_secs(secs)).ok()
+            });
+            let margin =
+                jiff::SignedDuration::try_from(self.margin).unwrap_or(jiff::SignedDuration::ZERO);
+            holder
+                && valid_until.is_some_and(|until| {
+                    Timestamp::now()
+                        .checked_add(margin)
+                        .is_ok_and(|t| t < until)
+                })
+        })
+    }
+}
+
+/// No analysis: steps advance on acknowledgement and soak alone.
+pub struct NoAnalysis;
+
+impl Analysis for NoAnalysis {
+    fn verdict(&self, _: &MigrationPlan) -> Option<AnalysisInput> {
+        None
+    }
+    fn trigger(&self, _: &MigrationPlan) -> Option<TriggerInput> {
+        None
+    }
+}
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// FleetNode writes in flight at once.
+    pub write_concurrency: usize,
+    /// FleetNode writes per second.
+    pub write_qps: f64,
+    /// FleetNode writes allowed in a burst.
+    pub write_burst: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // Enough to keep a 10,000-node wave moving without bursting the API
+        // server's default max-in-flight (400) for one client.
+        Settings {
+            write_concurrency: 32,
+            // client-go defaults to 5 QPS / 10 burst for everything; a mode
+            // write is small, and the plan's maxUnavailable already bounds
+            // how many are due at once.
+            write_qps: 200.0,
+            write_burst: 400,
+        }
+    }
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub(crate) client: Client,
+    pub(crate) nodes: Store<FleetNode>,
+    /// MigrationPlans as stored: an object that does not decode (possible
+    /// when the API server does not validate) must not stop the watch.
+    pub(crate) plans: Store<DynamicObject>,
+    /// Canaries as stored, likewise.
+    pub(crate) canaries: Store<DynamicObject>,
+    /// Whether the node, plan and Canary stores hold a complete list.
+    pub(crate) ready: Arc<Synced>,
+    /// This replica's name on its Events.
+    pub(crate) instance: String,
+    /// Events recorded, to keep Event names unique.
+    pub(crate) events: std::sync::atomic::AtomicU64,
+    pub(crate) analysis: Arc<dyn Analysis>,
+    pub(crate) settings: Settings,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) metrics: Metrics,
+    pub(crate) fence: Arc<dyn Fence>,
+    /// The resourceVersion of this replica's last status write per object
+    /// (kind/namespace/name): a reconcile that sees an older version is
+    /// looking at a store that has not caught up with its own write.
+    pub(crate) written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+/// A reconcile failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object has no namespace.
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub(crate) fn kind(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.reason.clone(),
+            Error::Kube(_) => "Transport".to_owned(),
+            Error::NoNamespace(_) => "NoNamespace".to_owned(),
+            Error::Finalizer(_) => "Finalizer".to_owned(),
+        }
+    }
+}
+
+pub(crate) fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    }
+}
+
+/// A FleetNode apply that keeps only `spec.mode` under `manager`: the
+/// manager's labels and annotations go, so the node is free again.
+pub(crate) fn release_patch(node: &str, mode: NetworkMode) -> serde_json::Value {
+    json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "FleetNode",
+        "metadata": {"name": node},
+        "spec": {"mode": mode.as_str()},
+    })
+}
+
+/// The plans of a namespace as ownership resolution sees them.
+pub(crate) fn plan_refs(plans: &[Arc<MigrationPlan>], now: Timestamp) -> Vec<PlanRef<'_>> {
+    plans
+        .iter()
+        .map(|p| PlanRef {
+            name: p.metadata.name.as_deref().unwrap_or(""),
+            created: p.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+            phase: p.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+            selector: &p.spec.selector,
+        })
+        .collect()
+}
+
+/// Whether a standalone Canary still holds the nodes it labelled.
+pub(crate) fn canary_holds(c: &Canary) -> bool {
+    c.metadata.deletion_timestamp.is_none()
+        && matches!(
+            c.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+            CanaryPhase::Pending | CanaryPhase::Running
+        )
+}
+
+/// Who other than `me` holds this node: a live plan, or a standalone
+/// Canary that labelled it.
+pub(crate) fn holder_of(
+    node: &FleetNode,
+    me: &str,
+    plans: &[PlanRef<'_>],
+    canaries: &[Arc<Canary>],
+) -> Option<String> {
+    if let Some(p) = held_by_other(me, node.labels(), plans) {
+        return Some(format!("MigrationPlan {p}"));
+    }
+    let c = node.labels().get(LABEL_CANARY)?;
+    canaries
+        .iter()
+        .find(|x| x.metadata.name.as_ref() == Some(c) && x.metadata.name.as_deref() != Some(me))
+        .filter(|x| canary_holds(x))
+        .map(|_| format!("Canary {c}"))
+}
+
+impl Context {
+    /// Apply FleetNode bodies under `manager`: rate-limited, bounded
+    /// concurrency; stops at the first error.
+    pub(crate) async fn write_nodes(
+        &self,
+        ns: &str,
+        manager: &str,
+        writes: Vec<(String, serde_json::Value)>,
+    ) -> Result<(), Error> {
+        let nodes: Api<FleetNode> = Api::namespaced(self.client.clone(), ns);
+        let pp = PatchParams::apply(manager).force();
+        stream::iter(writes)
+            .map(|(node, body)| {
+                let nodes = nodes.clone();
+                let pp = pp.clone();
+                async move {
+                    self.limiter.acquire().await;
+                    let r = nodes
+                        .patch(&node, &pp, &Patch::Apply(&body))
+                        .await
+                        .map(|_| ());
+                    let outcome = if r.is_ok() { "ok" } else { "error" };
+                    self.metrics.node_writes.with_label_values(&[outcome]).inc();
+                    r
+                }
+            })
+            .buffer_unordered(self.settings.write_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Record Events: (reason, message, warning), one events.k8s.io Event
+    /// each. Not through kube's `Recorder`: it folds every Event with the
+    /// same reason into one series and keeps only the first note, so
+    /// "stage 0 wave 0" would stand for every later wave too.
+    pub(crate) async fn publish(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        events: Vec<(String, String, bool)>,
+    ) {
+        use k8s_openapi::api::events::v1::Event as KubeEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let Some(ns) = reference.namespace.clone() else {
+            return;
+        };
+        let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
+        for (reason, note, warning) in events {
+            let now = Timestamp::now();
+            let regarding = reference.name.clone().unwrap_or_default();
+            let name = format!(
+                "{regarding}.{:x}",
+                now.as_nanosecond().unsigned_abs() ^ u128::from(self.event_seq())
+            );
+            // The API server caps a note at 1 kB.
+            let mut note = note;
+            if note.len() > 1024 {
+                let mut cut = 1021;
+                while !note.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                note.truncate(cut);
+                note.push_str("...");
+            }
+            let event = KubeEvent {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name),
+                    namespace: Some(ns.clone()),
+                    ..Default::default()
+                },
+                event_time: Some(MicroTime(now)),
+                action: Some("Reconcile".into()),
+                reason: Some(reason),
+                note: Some(note),
+                type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+                regarding: Some(reference.clone()),
+                reporting_controller: Some(FIELD_MANAGER.into()),
+                reporting_instance: Some(self.instance.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = api.create(&Default::default(), &event).await {
+                tracing::warn!(error = %e, "could not record event");
+            }
+        }
+    }
+
+    fn event_seq(&self) -> u64 {
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Server-side apply `status` to a Switchyard object's status
+    /// subresource under `manager`, unless it is unchanged. Raw, so the
+    /// answer decodes even when the object's spec does not.
+    pub(crate) async fn write_status<K, S>(
+        &self,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        old: Option<&S>,
+        status: &S,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()>,
+        S: PartialEq + serde::Serialize,
+    {
+        if old == Some(status) {
+            return Ok(());
+        }
+        let ar = resource_of::<K>();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        let body = json!({"apiVersion": ar.api_version, "kind": ar.kind, "metadata": {"name": name}, "status": status});
+        let written = api
+            .patch_status(
+                name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        if let Some(rv) = written
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.written
+                .lock()
+                .expect("written lock")
+                .insert(format!("{}/{ns}/{name}", ar.kind), rv);
+        }
+        Ok(())
+    }
+
+    /// Whether `obj` is older than this replica's last status write to it
+    /// (resourceVersions compared as the integers etcd-backed servers use;
+    /// anything else is never called stale).
+    pub(crate) fn stale(&self, kind: &str, obj: &DynamicObject) -> bool {
+        let key = format!(
+            "{kind}/{}/{}",
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        );
+        let seen = obj
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok());
+        match (seen, self.written.lock().expect("written lock").get(&key)) {
+            (Some(seen), Some(written)) => seen < *written,
+            _ => false,
+        }
+    }
+
+    /// Run one reconcile of `controller`, recording its duration and
+    /// outcome.
+    pub(crate) async fn timed(
+        &self,
+        controller: &str,
+        reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let timer = self
+            .metrics
+            .reconcile_seconds
+            .with_label_values(&[controller])
+            .start_timer();
+        let result = reconcile.await;
+        timer.observe_duration();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.reconciles.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    /// Wait for every store to hold a complete view; deciding on a
+    /// half-filled node store would hide nodes from the barrier and the
+    /// island guard.
+    ///
+    /// Flags set by the watch streams, not `Store::wait_until_ready`: that
+    /// future keeps only the last waiter's waker, so many reconciles
+    /// waiting at once (15 plans applied together) sleep forever.
+    pub(crate) fn synced(&self) -> bool {
+        self.ready.all()
+    }
+}
+
+/// Which of the node, plan and Canary stores hold a complete list. Once
+/// all three do, `switchyard_operator_stores_synced` is 1: from then on the
+/// operator decides from the whole fleet (a benchmark's baseline, a
+/// readiness check).
+pub(crate) struct Synced {
+    stores: [std::sync::atomic::AtomicBool; 3],
+    gauge: prometheus::IntGauge,
+}
+
+/// The stores [`Synced`] tracks.
+#[derive(Clone, Copy)]
+pub(crate) enum StoreOf {
+    Nodes = 0,
+    Plans = 1,
+    Canaries = 2,
+}
+
+impl Synced {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.set(0);
+        Synced {
+            stores: Default::default(),
+            gauge,
+        }
+    }
+
+    /// `store` holds its first complete list.
+    pub(crate) fn mark(&self, store: StoreOf) {
+        self.stores[store as usize].store(true, std::sync::atomic::Ordering::Release);
+        if self.all() {
+            self.gauge.set(1);
+        }
+    }
+
+    fn all(&self) -> bool {
+        self.stores
+            .iter()
+            .all(|r| r.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+/// The API resource of a Switchyard kind, for dynamic access.
+pub(crate) fn resource_of<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+/// Decode a stored Switchyard object; the error names the field.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    obj: &DynamicObject,
+    kind: &str,
+) -> Result<T, String> {
+    let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    value["apiVersion"] = json!("switchyard.dev/v1alpha1");
+    value["kind"] = json!(kind);
+    switchyard_crds::manifest::decode::<T>(kind, &value).map_err(|e| e.to_string())
+}
+
+impl Context {
+    /// The readable MigrationPlans of a namespace.
+    pub(crate) fn plans_in(&self, ns: &str) -> Vec<Arc<MigrationPlan>> {
+        self.plans
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|p| decode(p, "MigrationPlan").ok().map(Arc::new))
+            .collect()
+    }
+
+    /// The readable Canaries of a namespace.
+    pub(crate) fn canaries_in(&self, ns: &str) -> Vec<Arc<Canary>> {
+        self.canaries
+            .state()
+            .iter()
+            .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
+            .filter_map(|c| decode(c, "Canary").ok().map(Arc::new))
+            .collect()
+    }
+
+    /// One Canary by name, if it exists and reads.
+    pub(crate) fn canary(&self, ns: &str, name: &str) -> Option<Canary> {
+        let obj = self
+            .canaries
+            .get(&ObjectRef::new_with(name, resource_of::<Canary>()).within(ns))?;
+        decode(&obj, "Canary").ok()
+    }
+}
+
+/// Requeue at `at`, or wait for a change.
+pub(crate) fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
+    match at {
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(50)),
+        ),
+        None => Action::await_change(),
+    }
+}
