@@ -233,3 +233,32 @@ pub fn default_metrics() -> Vec<MetricCheck> {
         },
     ]
 }
+
+/// The running count of one step's analysis, kept in status so that a new
+/// leader continues where the old one stopped: a failover does not reset
+/// `failureLimit`, and a high error rate's `for` clock keeps running.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTally {
+    /// The step the counts belong to, e.g. `Canary stage 0` or
+    /// `Progressing stage 1 wave 2`; counting starts over on another step.
+    #[serde(default)]
+    pub step: String,
+    /// When the step's nodes had all acknowledged its mode, as the counts
+    /// know it; counting starts over when this changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Failed measurements of this step.
+    #[serde(default)]
+    pub failures: u32,
+    /// Inconclusive measurements of this step.
+    #[serde(default)]
+    pub inconclusives: u32,
+    /// Passing measurements in a row.
+    #[serde(default)]
+    pub successes: u32,
+    /// Since when the error rate has been above the HighErrorRate
+    /// trigger's threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_above_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}

@@ -127,6 +127,11 @@ pub struct CanaryStatus {
     /// A human-readable summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The analysis's running count for the current step (and the
+    /// HighErrorRate trigger's clock), so a new leader continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_tally: Option<crate::analysis::AnalysisTally>,
+
     /// Standard conditions: Ready, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

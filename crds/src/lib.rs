@@ -23,7 +23,7 @@ pub mod plan;
 pub mod validate;
 
 pub use analysis::{
-    Analysis, BuiltinMetric, InconclusiveAction, MetricCheck, Reference, Transport,
+    Analysis, AnalysisTally, BuiltinMetric, InconclusiveAction, MetricCheck, Reference, Transport,
 };
 pub use canary::{Canary, CanaryPhase, CanarySpec, CanaryStatus};
 pub use duration::Duration;

@@ -533,6 +533,11 @@ pub struct MigrationPlanStatus {
     #[schemars(length(max = 10))]
     pub blocked_nodes: Vec<BlockedNode>,
 
+    /// The analysis's running count for the current step (and the
+    /// HighErrorRate trigger's clock), so a new leader continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_tally: Option<crate::analysis::AnalysisTally>,
+
     /// A human-readable summary of what the plan is doing or waiting for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

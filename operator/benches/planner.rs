@@ -196,6 +196,7 @@ fn main() {
             nodes: &views,
             analysis: sim.analysis.as_ref(),
             trigger: sim.trigger.as_ref(),
+            tally: None,
             now: sim.now,
         };
         let mut samples = Vec::with_capacity(iterations);

@@ -266,4 +266,19 @@ impl<A: Analysis> Analysis for AlertAnalysis<A> {
     fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
         self.inner.plan_updates()
     }
+    fn canary_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        self.inner.canary_updates()
+    }
+    fn plan_tally(&self, plan: &MigrationPlan) -> Option<switchyard_crds::AnalysisTally> {
+        self.inner.plan_tally(plan)
+    }
+    fn canary_tally(&self, canary: &Canary) -> Option<switchyard_crds::AnalysisTally> {
+        self.inner.canary_tally(canary)
+    }
+    fn start(
+        &self,
+        stores: crate::context::Stores,
+    ) -> Option<futures::future::BoxFuture<'static, ()>> {
+        self.inner.start(stores)
+    }
 }

@@ -188,6 +188,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
         nodes: &nodes,
         others: &others,
         analysis: analysis.as_ref(),
+        tally: ctx.analysis.canary_tally(&canary).as_ref(),
         now,
     });
     ctx.write_status::<Canary, _>(

@@ -14,7 +14,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{
-    Canary, CanaryPhase, FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationPlan, NetworkMode,
+    AnalysisTally, Canary, CanaryPhase, FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationPlan,
+    NetworkMode,
 };
 
 use crate::metrics::Metrics;
@@ -43,6 +44,35 @@ pub trait Analysis: Send + Sync + 'static {
     fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
         None
     }
+    /// (namespace, name) of each standalone Canary with a new measurement.
+    /// Taken once, by the controller.
+    fn canary_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        None
+    }
+    /// The running count of a plan's analysis, for its status.
+    fn plan_tally(&self, _plan: &MigrationPlan) -> Option<AnalysisTally> {
+        None
+    }
+    /// The running count of a standalone Canary's analysis, for its status.
+    fn canary_tally(&self, _canary: &Canary) -> Option<AnalysisTally> {
+        None
+    }
+    /// Start measuring from the controllers' stores: the returned future
+    /// runs as long as the controllers do.
+    fn start(&self, _stores: Stores) -> Option<futures::future::BoxFuture<'static, ()>> {
+        None
+    }
+}
+
+/// The controllers' reflector stores, which the analysis reads too: one
+/// watch per kind for the whole operator.
+#[derive(Clone)]
+pub struct Stores {
+    pub(crate) nodes: Store<FleetNode>,
+    pub(crate) plans: Store<DynamicObject>,
+    pub(crate) canaries: Store<DynamicObject>,
+    /// Whether all three hold a complete list.
+    pub(crate) ready: Arc<Synced>,
 }
 
 /// Fencing: whether this replica may still write. Checked before every
@@ -466,7 +496,7 @@ impl Synced {
         }
     }
 
-    fn all(&self) -> bool {
+    pub(crate) fn all(&self) -> bool {
         self.stores
             .iter()
             .all(|r| r.load(std::sync::atomic::Ordering::Acquire))

@@ -29,7 +29,7 @@ pub use crate::context::{
     Analysis, Context, Error, Fence, LeaseFence, NoAnalysis, NoFence, Settings,
 };
 use crate::context::{
-    StoreOf, Synced, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
+    StoreOf, Stores, Synced, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
     resource_of,
 };
 use crate::metrics::Metrics;
@@ -239,6 +239,7 @@ async fn reconcile_plan(
         nodes: &views,
         analysis: analysis.as_ref(),
         trigger: trigger.as_ref(),
+        tally: ctx.analysis.plan_tally(&plan).as_ref(),
         now,
     });
 
@@ -407,6 +408,7 @@ async fn owned_canary(
                     nodes.len()
                 )),
                 conditions: Vec::new(),
+                analysis_tally: None,
             };
             (*stage, status)
         }
@@ -616,6 +618,12 @@ pub async fn run(
         fence,
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
+    let analysis_run = ctx.analysis.start(Stores {
+        nodes: ctx.nodes.clone(),
+        plans: ctx.plans.clone(),
+        canaries: ctx.canaries.clone(),
+        ready: ctx.ready.clone(),
+    });
     let plans_for_map = plan_reader;
     let ar = plan_ar;
     let nudges = match ctx.analysis.changes() {
@@ -648,7 +656,17 @@ pub async fn run(
         });
     let canaries_for_map = canary_reader;
     let ar = canary_ar;
+    let canary_updated = match ctx.analysis.canary_updates() {
+        Some(updates) => {
+            let ar = ar.clone();
+            updates
+                .map(move |(ns, name)| ObjectRef::new_with(&name, ar.clone()).within(&ns))
+                .boxed()
+        }
+        None => futures::stream::pending().boxed(),
+    };
     let canary_controller = canary_controller
+        .reconcile_on(canary_updated)
         .watches_shared_stream(node_for_canaries, move |node: Arc<FleetNode>| {
             interested(&canaries_for_map, &ar, &node, LABEL_CANARY)
         })
@@ -660,8 +678,10 @@ pub async fn run(
             }
         });
     // The controllers end on a signal; the watches end with them.
+    let analysis_run = analysis_run.unwrap_or_else(|| Box::pin(futures::future::pending::<()>()));
     tokio::select! {
         _ = futures::future::join(plan_controller, canary_controller) => {}
         _ = node_watch => {}
+        _ = analysis_run => {}
     }
 }

@@ -176,12 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let analysis = Arc::new(AlertAnalysis {
         // Built-in analysis from the agents' scraped metrics (and PromQL);
         // each new measurement has its plan reconciled.
-        inner: ScrapeAnalysis::start(
-            client.clone(),
-            args.namespace.clone(),
-            metrics.clone(),
-            prometheus,
-        ),
+        inner: ScrapeAnalysis::new(metrics.clone(), prometheus),
         book,
     });
     let run = controller::run(

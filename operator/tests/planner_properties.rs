@@ -249,6 +249,7 @@ fn checked_reconcile(sim: &mut Sim) -> Result<(), TestCaseError> {
         nodes: &views,
         analysis: sim.analysis.as_ref(),
         trigger: sim.trigger.as_ref(),
+        tally: None,
         now: sim.now,
     });
     prop_assert_eq!(&decision, &again, "a restarted operator decides the same");

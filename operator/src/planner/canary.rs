@@ -12,7 +12,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use switchyard_crds::{
-    CanaryPhase, CanarySpec, CanaryStatus, NetworkMode, Verdict, forms_island, validate,
+    AnalysisTally, CanaryPhase, CanarySpec, CanaryStatus, NetworkMode, Verdict, forms_island,
+    validate,
 };
 
 use super::{AnalysisInput, add, ceil_share, order_key};
@@ -66,6 +67,9 @@ pub struct CanaryInput<'a> {
     pub others: &'a [NetworkMode],
     /// The latest analysis verdict, if any.
     pub analysis: Option<&'a AnalysisInput>,
+    /// The analysis's running count, to keep in status; `None` keeps the
+    /// one status holds.
+    pub tally: Option<&'a AnalysisTally>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -108,6 +112,9 @@ pub fn plan_canary(input: &CanaryInput<'_>) -> CanaryDecision {
         requeue_at: None,
     };
     d.status.observed_generation = Some(input.generation);
+    if let Some(t) = input.tally {
+        d.status.analysis_tally = Some(t.clone());
+    }
     step(input, &prev, &mut d);
     d.status.conditions = conditions(&d.status, &prev, input.generation, input.now);
     d
@@ -299,23 +306,35 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
         let started = d.status.started_at.get_or_insert(Time(now)).0;
         let fresh = input.analysis.filter(|a| a.window_start >= started);
         let due = add(started, spec.duration);
-        let early_fail = fresh.is_some_and(|a| a.verdict == Verdict::Fail);
+        // A failure past failureLimit ends the trial early; a measurement
+        // still within the limits does not.
+        let early_fail = fresh.is_some_and(|a| a.verdict == Verdict::Fail && !a.pending);
         if now < due && !early_fail {
             d.requeue_at = Some(due);
             d.status.message = Some(format!("trial of {} running until {due}", spec.mode));
             return;
         }
+        if let Some(r) = fresh.and_then(|a| a.result.as_ref()) {
+            d.status.metrics = r.metrics.clone();
+        }
         let verdict = match (&spec.analysis, fresh) {
-            (_, Some(a)) => {
-                if let Some(r) = &a.result {
-                    d.status.metrics = r.metrics.clone();
-                }
-                a.verdict
-            }
-            (None, None) => Verdict::Pass,
-            (Some(cfg), None) => {
+            (_, Some(a)) if !a.pending => a.verdict,
+            (None, _) => Verdict::Pass,
+            // No verdict yet, or measurements still short of one (within
+            // the limits, not yet enough passes in a row): wait for the
+            // next; every one either counts toward a limit or a pass.
+            (Some(cfg), _) => {
                 d.requeue_at = Some(add(now, cfg.interval));
-                d.status.message = Some("trial over: waiting for the analysis verdict".into());
+                d.status.message = Some(match fresh {
+                    Some(a) => format!(
+                        "trial over: waiting for the analysis verdict ({})",
+                        a.result
+                            .as_ref()
+                            .and_then(|r| r.message.as_deref())
+                            .unwrap_or("measuring")
+                    ),
+                    None => "trial over: waiting for the analysis verdict".into(),
+                });
                 return;
             }
         };
@@ -480,6 +499,7 @@ mod tests {
             nodes,
             others: &[],
             analysis,
+            tally: None,
             now,
         })
     }

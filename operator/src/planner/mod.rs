@@ -25,9 +25,9 @@ use switchyard_crds::plan::{
     AlertAction, AnalysisResult, BlockedNode, ModeCounts, NodeCounts, RollbackRecord,
 };
 use switchyard_crds::{
-    ANNOTATION_START_MODE, ANNOTATION_STEP, Analysis, Duration, FleetNode, InconclusiveAction,
-    LABEL_PLAN, MigrationPlanSpec, MigrationPlanStatus, NetworkMode, PlanPhase, RollbackScope,
-    RollbackStrategy, Verdict, validate,
+    ANNOTATION_START_MODE, ANNOTATION_STEP, Analysis, AnalysisTally, Duration, FleetNode,
+    InconclusiveAction, LABEL_PLAN, MigrationPlanSpec, MigrationPlanStatus, NetworkMode, PlanPhase,
+    RollbackScope, RollbackStrategy, Verdict, validate,
 };
 
 use guard::ModeBag;
@@ -144,6 +144,9 @@ pub struct PlanInput<'a> {
     pub analysis: Option<&'a AnalysisInput>,
     /// A fired rollback trigger, if any.
     pub trigger: Option<&'a TriggerInput>,
+    /// The analysis's running count, to keep in status (a new leader's
+    /// analysis continues from it); `None` keeps the one status holds.
+    pub tally: Option<&'a AnalysisTally>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -339,6 +342,7 @@ pub fn unreadable(
         nodes: &[],
         analysis: None,
         trigger: None,
+        tally: None,
         now,
     };
     let mut p = Planner::new(&input);
@@ -415,6 +419,9 @@ impl<'a> Planner<'a> {
         let prev = input.status.cloned().unwrap_or_default();
         let mut st = prev.clone();
         st.observed_generation = Some(input.generation);
+        if let Some(t) = input.tally {
+            st.analysis_tally = Some(t.clone());
+        }
         let mut nodes: Vec<Node<'a>> = input
             .nodes
             .iter()

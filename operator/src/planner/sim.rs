@@ -134,6 +134,7 @@ impl Sim {
             nodes: &views,
             analysis: self.analysis.as_ref(),
             trigger: self.trigger.as_ref(),
+            tally: None,
             now: self.now,
         })
     }
