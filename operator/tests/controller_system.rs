@@ -1456,7 +1456,8 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
 /// Stand-in agents' `/metrics`: per node, cumulative counters served at
 /// `/<node>/metrics`, fed every 100 ms with the traffic `feed(moved)` says
 /// (iroh requests, iroh errors, libp2p requests); a node is "moved" while
-/// its spec.mode is DualPreferIroh.
+/// its spec.mode is other than LibP2pOnly. Every answered request is in
+/// the histogram's 10 ms bucket.
 async fn fake_metrics(
     h: &Harness,
     feed: fn(bool) -> (f64, f64, f64),
@@ -1475,12 +1476,25 @@ async fn fake_metrics(
                         .get(&node)
                         .copied()
                         .unwrap_or_default();
+                    // Every answered request took under 10 ms.
+                    let histogram = |transport: &str, answered: f64| {
+                        format!(
+                            "switchyard_node_request_duration_seconds_bucket{{transport=\"{transport}\",le=\"0.01\"}} {answered}\n\
+                             switchyard_node_request_duration_seconds_bucket{{transport=\"{transport}\",le=\"+Inf\"}} {answered}\n\
+                             switchyard_node_request_duration_seconds_sum{{transport=\"{transport}\"}} {}\n\
+                             switchyard_node_request_duration_seconds_count{{transport=\"{transport}\"}} {answered}\n",
+                            answered * 0.005
+                        )
+                    };
                     format!(
                         "# TYPE switchyard_node_requests_total counter\n\
                      switchyard_node_requests_total{{outcome=\"ok\",transport=\"iroh\"}} {}\n\
                      switchyard_node_requests_total{{outcome=\"error\",transport=\"iroh\"}} {ie}\n\
-                     switchyard_node_requests_total{{outcome=\"ok\",transport=\"libp2p\"}} {lr}\n",
-                        ir - ie
+                     switchyard_node_requests_total{{outcome=\"ok\",transport=\"libp2p\"}} {lr}\n\
+                     # TYPE switchyard_node_request_duration_seconds histogram\n{}{}",
+                        ir - ie,
+                        histogram("iroh", ir - ie),
+                        histogram("libp2p", lr),
                     )
                 },
             ),
@@ -1510,7 +1524,7 @@ async fn fake_metrics(
             if let Ok(list) = nodes.list(&ListParams::default()).await {
                 let mut c = counters.lock().expect("counters");
                 for n in list.items {
-                    let moved = n.spec.mode == Some(NetworkMode::DualPreferIroh);
+                    let moved = n.spec.mode.is_some_and(|m| m != NetworkMode::LibP2pOnly);
                     let (ir, ie, lr) = feed(moved);
                     let e = c.entry(n.name_any()).or_default();
                     e[0] += ir;
@@ -1763,4 +1777,236 @@ async fn a_high_error_rate_across_the_plans_nodes_triggers_a_rollback_without_an
         t.abort();
     }
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_continues_the_analysis_tally_and_rolls_back_after_the_second_failure_not_the_third()
+ {
+    let h = Harness::start("tally-failover", 10, Config::default(), acks_after(20)).await;
+    // Canary nodes fail half their iroh requests: every measurement fails.
+    let (_port, fakes) = fake_metrics(&h, |moved| {
+        if moved {
+            (20.0, 10.0, 0.0)
+        } else {
+            (0.0, 0.0, 20.0)
+        }
+    })
+    .await;
+    let (mut first, _) = h.operator("first", 4);
+    // failureLimit 1: the second failed measurement rolls back. Three
+    // seconds between measurements leave time to kill the leader between
+    // the first and the second.
+    let mut plan = serde_json::to_value(analysed_plan("tally", 20)).expect("json");
+    plan["spec"]["analysis"]["failureLimit"] = json!(1);
+    plan["spec"]["analysis"]["interval"] = json!("3s");
+    let plan: MigrationPlan = serde_json::from_value(plan).expect("plan");
+    h.plans()
+        .create(&PostParams::default(), &plan)
+        .await
+        .expect("plan created");
+    let counted = |p: &MigrationPlan| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.analysis_tally.as_ref())
+            .map_or(0, |t| t.failures)
+    };
+    let p = h
+        .wait_for("tally", |p| counted(p) >= 1, "the first failure in status")
+        .await;
+    first.kill().await.expect("kill the leader");
+    let s = p.status.expect("status");
+    assert_eq!(counted_of(&s), 1, "{s:?}");
+    assert_eq!(
+        s.phase,
+        PlanPhase::Canary,
+        "one failure is within the limit"
+    );
+    let (mut second, port) = h.operator("second", 4);
+    let (p, record) = h.wait_rollback("tally", "the second failure").await;
+    assert_eq!(record.trigger, "AnalysisFailed", "{record:?}");
+    let s = p.status.expect("status");
+    let message = s.last_analysis.and_then(|a| a.message).unwrap_or_default();
+    assert!(message.contains("(2 failed,"), "{message}");
+    // The new leader measured one failure itself; the other it read from
+    // status. Without the tally it would have needed two of its own.
+    let own = metric_sum(
+        port,
+        "switchyard_operator_analysis_measurements_total{plan=\"fleet/tally\",verdict=\"Fail\"}",
+    )
+    .await;
+    assert_eq!(own, 1.0, "failed measurements the new leader took");
+    second.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    h.stop().await;
+}
+
+fn counted_of(s: &switchyard_crds::MigrationPlanStatus) -> u32 {
+    s.analysis_tally.as_ref().map_or(0, |t| t.failures)
+}
+
+/// `examples/canary.yaml` in the test namespace, its minutes made
+/// seconds (a 4 s trial measured every second); the rest as written.
+fn example_canary() -> Canary {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/canary.yaml");
+    let text = std::fs::read_to_string(path).expect("examples/canary.yaml");
+    let mut value: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
+    value["metadata"]["namespace"] = json!(NS);
+    value["spec"]["duration"] = json!("4s");
+    value["spec"]["analysis"]["interval"] = json!("1s");
+    serde_json::from_value(value).expect("the example is a Canary")
+}
+
+/// Run the example Canary over 20 `app=storage-node` nodes, half in
+/// zone-a, whose stand-in agents report the traffic `feed` says; returns
+/// its final status and how many baseline nodes (zone-a, not on trial) it
+/// should have compared against.
+async fn example_canary_ends(
+    name: &str,
+    feed: fn(bool) -> (f64, f64, f64),
+) -> (switchyard_crds::CanaryStatus, usize) {
+    let h = Harness::start(name, 0, Config::default(), acks_after(20)).await;
+    let zone = |z: &str| -> BTreeMap<String, String> {
+        [
+            ("app".to_owned(), "storage-node".to_owned()),
+            ("topology.kubernetes.io/zone".to_owned(), z.to_owned()),
+        ]
+        .into()
+    };
+    for (z, first) in [("zone-a", 0), ("zone-b", 10)] {
+        h.c.register_nodes(
+            NS,
+            (first..first + 10).map(|i| format!("sn-{i:02}")),
+            &zone(z),
+            NetworkMode::LibP2pOnly,
+        )
+        .await
+        .expect("nodes");
+    }
+    let (_port, fakes) = fake_metrics(&h, feed).await;
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
+    let canary = example_canary();
+    let name = canary.name_any();
+    canaries
+        .create(&PostParams::default(), &canary)
+        .await
+        .expect("canary created");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let c = canaries.get(&name).await.expect("canary");
+        if let Some(s) = c.status.filter(|s| {
+            matches!(
+                s.phase,
+                CanaryPhase::Succeeded | CanaryPhase::RolledBack | CanaryPhase::Failed
+            )
+        }) {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the example Canary did not finish: {:?}",
+            canaries.get(&name).await.ok().and_then(|c| c.status)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.nodes.len(), 2, "10% of 20 nodes: {status:?}");
+    let baseline = (0..10)
+        .map(|i| format!("sn-{i:02}"))
+        .filter(|n| !status.nodes.contains(n))
+        .count();
+    // The nodes are back in LibP2pOnly and released.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let nodes = h.all_nodes().await;
+        if nodes.iter().all(|n| {
+            n.labels().get(LABEL_CANARY).is_none()
+                && n.spec.mode.unwrap_or(NetworkMode::LibP2pOnly) == NetworkMode::LibP2pOnly
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the trial nodes were not returned and released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.wait_event(&name, "CanaryVerdict", "").await;
+    h.assert_no_islands().await;
+    operator.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    h.stop().await;
+    (status, baseline)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_canary_passes_against_its_zone_a_baseline_when_its_nodes_do_as_well() {
+    // Trial nodes send half their requests over iroh; nobody fails.
+    let (s, baseline) = example_canary_ends("example-pass", |moved| {
+        if moved {
+            (10.0, 0.0, 10.0)
+        } else {
+            (0.0, 0.0, 20.0)
+        }
+    })
+    .await;
+    assert_eq!(s.phase, CanaryPhase::Succeeded, "{s:?}");
+    assert_eq!(s.verdict, Some(switchyard_crds::Verdict::Pass));
+    let errors = s
+        .metrics
+        .iter()
+        .find(|m| m.name == "error-rate")
+        .expect("the error-rate evidence is in status");
+    assert_eq!(errors.value, Some(0.0), "{errors:?}");
+    // Compared with zone-a only, not with the whole selection.
+    assert_eq!(
+        errors.cohort,
+        format!("canary (2 nodes) vs baseline ({baseline} nodes)")
+    );
+    let latency = s
+        .metrics
+        .iter()
+        .find(|m| m.name == "latency-p99")
+        .expect("latency");
+    assert_eq!(
+        latency.verdict,
+        switchyard_crds::Verdict::Pass,
+        "{latency:?}"
+    );
+    assert!(latency.baseline.is_some(), "{latency:?}");
+    let tally = s.analysis_tally.expect("the tally is in status");
+    assert!(tally.successes >= 1 && tally.failures == 0, "{tally:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_canary_rolls_back_when_its_nodes_fail_requests() {
+    // Trial nodes fail half their iroh requests.
+    let (s, baseline) = example_canary_ends("example-fail", |moved| {
+        if moved {
+            (20.0, 10.0, 0.0)
+        } else {
+            (0.0, 0.0, 20.0)
+        }
+    })
+    .await;
+    assert_eq!(s.phase, CanaryPhase::RolledBack, "{s:?}");
+    assert_eq!(s.verdict, Some(switchyard_crds::Verdict::Fail));
+    let errors = s
+        .metrics
+        .iter()
+        .find(|m| m.name == "error-rate")
+        .expect("the error-rate evidence is in status");
+    assert!(
+        (errors.value.expect("a value") - 0.5).abs() < 0.01,
+        "{errors:?}"
+    );
+    assert_eq!(errors.verdict, switchyard_crds::Verdict::Fail);
+    assert_eq!(
+        errors.cohort,
+        format!("canary (2 nodes) vs baseline ({baseline} nodes)")
+    );
+    assert_eq!(s.analysis_tally.map(|t| t.failures), Some(1));
 }
