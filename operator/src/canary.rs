@@ -74,7 +74,14 @@ async fn unreadable_canary(
 
 /// Reconcile one Canary.
 pub async fn reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let result = ctx.timed("canary", reconcile_canary(canary, &ctx)).await;
+    let result = ctx
+        .timed(
+            "canary",
+            "Canary",
+            &canary.clone(),
+            reconcile_canary(canary, &ctx),
+        )
+        .await;
     ctx.metrics.canaries.reset();
     for c in ctx.canaries.state() {
         let phase = c

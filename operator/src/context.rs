@@ -191,6 +191,9 @@ pub struct Context {
     /// (kind/namespace/name): a reconcile that sees an older version is
     /// looking at a store that has not caught up with its own write.
     pub(crate) written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Transient failures in a row per object (kind/namespace/name), for
+    /// its backoff; a success forgets the object.
+    pub(crate) failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// A reconcile failure.
@@ -216,6 +219,46 @@ impl Error {
             Error::Finalizer(_) => "Finalizer".to_owned(),
         }
     }
+}
+
+impl Error {
+    /// Whether retrying cannot help until the object (or the cluster's
+    /// configuration) changes: the API server refused the request itself
+    /// (bad request, forbidden, not found, invalid, too large), or the
+    /// object cannot be handled at all. Conflicts (409), throttling (429),
+    /// timeouts and server errors are transient.
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => {
+                matches!(s.code, 400 | 403 | 404 | 405 | 413 | 415 | 422)
+            }
+            Error::NoNamespace(_) => true,
+            Error::Kube(_) | Error::Finalizer(_) => false,
+        }
+    }
+}
+
+/// How long to wait before retrying an object after its `failures`-th
+/// transient failure in a row: 500 ms doubling up to 5 minutes, plus up to
+/// a quarter more from `jitter` (any number; spreads objects that failed
+/// together).
+pub(crate) fn backoff(failures: u32, jitter: u64) -> Duration {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MOST: Duration = Duration::from_secs(300);
+    let base = FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(MOST);
+    let spread = u64::try_from(base.as_millis() / 4).unwrap_or(0).max(1);
+    base + Duration::from_millis(jitter % spread)
+}
+
+/// The key an object's backoff and status writes are kept under.
+pub(crate) fn object_key(kind: &str, obj: &DynamicObject) -> String {
+    format!(
+        "{kind}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 pub(crate) fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
@@ -415,11 +458,7 @@ impl Context {
     /// (resourceVersions compared as the integers etcd-backed servers use;
     /// anything else is never called stale).
     pub(crate) fn stale(&self, kind: &str, obj: &DynamicObject) -> bool {
-        let key = format!(
-            "{kind}/{}/{}",
-            obj.namespace().unwrap_or_default(),
-            obj.name_any()
-        );
+        let key = object_key(kind, obj);
         let seen = obj
             .metadata
             .resource_version
@@ -431,11 +470,15 @@ impl Context {
         }
     }
 
-    /// Run one reconcile of `controller`, recording its duration and
-    /// outcome.
+    /// Run one reconcile of `controller` on `obj` (of `kind`), recording
+    /// its duration and outcome. A success ends the object's backoff; a
+    /// permanent failure is also a Warning Event on the object, since
+    /// nothing retries it until it changes (see [`error_policy`]).
     pub(crate) async fn timed(
         &self,
         controller: &str,
+        kind: &str,
+        obj: &DynamicObject,
         reconcile: impl std::future::Future<Output = Result<Action, Error>>,
     ) -> Result<Action, Error> {
         let timer = self
@@ -447,6 +490,30 @@ impl Context {
         timer.observe_duration();
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.reconciles.with_label_values(&[outcome]).inc();
+        match &result {
+            Ok(_) => {
+                self.failures
+                    .lock()
+                    .expect("failures lock")
+                    .remove(&object_key(kind, obj));
+            }
+            Err(e) if e.is_permanent() => {
+                let ar = match kind {
+                    "Canary" => resource_of::<Canary>(),
+                    _ => resource_of::<MigrationPlan>(),
+                };
+                self.publish(
+                    &obj.object_ref(&ar),
+                    vec![(
+                        "ReconcileFailed".to_owned(),
+                        format!("{e}; not retried until the {kind} changes"),
+                        true,
+                    )],
+                )
+                .await;
+            }
+            Err(_) => {}
+        }
         result
     }
 
@@ -558,5 +625,66 @@ pub(crate) fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
                 .max(Duration::from_millis(50)),
         ),
         None => Action::await_change(),
+    }
+}
+
+/// What to do after a failed reconcile: a permanent error waits for the
+/// object to change (the Warning Event says why); a transient one is
+/// retried with the object's own exponential backoff.
+pub(crate) fn error_policy(
+    kind: &'static str,
+) -> impl Fn(Arc<DynamicObject>, &Error, Arc<Context>) -> Action {
+    move |obj, error, ctx| {
+        ctx.metrics.errors.with_label_values(&[&error.kind()]).inc();
+        if error.is_permanent() {
+            tracing::warn!(%error, object = %object_key(kind, &obj), "reconcile failed; waiting for a change");
+            return Action::await_change();
+        }
+        let failures = {
+            let mut all = ctx.failures.lock().expect("failures lock");
+            let n = all.entry(object_key(kind, &obj)).or_default();
+            *n = n.saturating_add(1);
+            *n
+        };
+        let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs());
+        let wait = backoff(failures, jitter);
+        tracing::warn!(%error, object = %object_key(kind, &obj), failures, ?wait, "reconcile failed; retrying");
+        Action::requeue(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_back_off_exponentially_up_to_five_minutes() {
+        let ms = |n: u32| backoff(n, 0).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [500, 1000, 2000, 4000]);
+        assert_eq!(ms(10), 256_000);
+        assert_eq!(ms(11), 300_000);
+        assert_eq!(ms(u32::MAX), 300_000);
+        // Jitter adds at most a quarter.
+        for j in [1, 99, 124, 125, 12_345] {
+            let d = backoff(3, j).as_millis();
+            assert!((2000..2500).contains(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_conflicts_and_outages_are_not() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        for code in [400, 403, 404, 422] {
+            assert!(api(code).is_permanent(), "{code}");
+        }
+        for code in [409, 429, 500, 503, 504] {
+            assert!(!api(code).is_permanent(), "{code}");
+        }
+        assert!(!Error::Finalizer("x".into()).is_permanent());
     }
 }

@@ -29,8 +29,8 @@ pub use crate::context::{
     Analysis, Context, Error, Fence, LeaseFence, NoAnalysis, NoFence, Settings,
 };
 use crate::context::{
-    StoreOf, Stores, Synced, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
-    resource_of,
+    StoreOf, Stores, Synced, decode, error_policy, from_finalizer, holder_of, plan_refs,
+    release_patch, requeue, resource_of,
 };
 use crate::metrics::Metrics;
 use crate::planner::selection::matches;
@@ -52,8 +52,13 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
 
 /// Reconcile one MigrationPlan.
 pub async fn reconcile(plan: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.timed("migrationplan", reconcile_with_finalizer(plan, &ctx))
-        .await
+    ctx.timed(
+        "migrationplan",
+        "MigrationPlan",
+        &plan.clone(),
+        reconcile_with_finalizer(plan, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_with_finalizer(
@@ -451,14 +456,6 @@ async fn owned_canary(
     Ok(())
 }
 
-fn error_policy<K>(_obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed");
-    ctx.metrics.errors.with_label_values(&[&error.kind()]).inc();
-    // Transient API errors: back off a little, with jitter from the clock.
-    let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 500);
-    Action::requeue(Duration::from_millis(500 + jitter))
-}
-
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -617,6 +614,7 @@ pub async fn run(
         metrics,
         fence,
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
+        failures: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let analysis_run = ctx.analysis.start(Stores {
         nodes: ctx.nodes.clone(),
@@ -648,7 +646,7 @@ pub async fn run(
             interested(&plans_for_map, &ar, &node, LABEL_PLAN)
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile, error_policy("MigrationPlan"), ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "plan controller event");
@@ -671,7 +669,7 @@ pub async fn run(
             interested(&canaries_for_map, &ar, &node, LABEL_CANARY)
         })
         .shutdown_on_signal()
-        .run(crate::canary::reconcile, error_policy, ctx)
+        .run(crate::canary::reconcile, error_policy("Canary"), ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "canary controller event");

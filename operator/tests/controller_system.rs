@@ -2010,3 +2010,42 @@ async fn the_example_canary_rolls_back_when_its_nodes_fail_requests() {
     );
     assert_eq!(s.analysis_tally.map(|t| t.failures), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_loop() {
+    let h = Harness::start("permanent", 4, Config::default(), acks_after(20)).await;
+    let (mut operator, port) = h.operator("only-replica", 15);
+    // A valid object name, but too long for the label value the plan puts
+    // on its nodes: the API server refuses every node write with 422.
+    let name = "a-plan-whose-name-is-far-too-long-to-be-the-label-value-on-its-nodes";
+    assert!(name.len() > 63);
+    let mut p = plan(name, &[100], "1s");
+    p.spec.canary = None;
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    h.wait_event(
+        name,
+        "ReconcileFailed",
+        "must be no more than 63 characters",
+    )
+    .await;
+    let errors = "switchyard_operator_reconcile_errors_total";
+    let before = metric_sum(port, errors).await;
+    assert!(before >= 1.0);
+    // Nothing changes the plan now: in four seconds the old 500 ms retry
+    // would have failed seven or eight more times.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = metric_sum(port, errors).await;
+    assert!(
+        after - before <= 1.0,
+        "retried {} times without a change",
+        after - before
+    );
+    for n in h.all_nodes().await {
+        assert!(n.labels().get(LABEL_PLAN).is_none(), "no node was written");
+    }
+    operator.kill().await.expect("kill");
+    h.stop().await;
+}

@@ -452,6 +452,7 @@ impl Inner {
                 )],
             ));
         }
+        check_labels(rt, &name, &obj)?;
         let key = (ns.unwrap_or("").to_owned(), name.clone());
         if self.collection(rt).objects.contains_key(&key) {
             return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
@@ -685,6 +686,7 @@ impl Inner {
                 ));
             }
         }
+        check_labels(rt, &key.1, &new)?;
         if rt.kind == "CustomResourceDefinition" {
             registry::from_crd(&new)
                 .map_err(|e| ApiError::invalid(&rt.kind, &key.1, vec![(e.field, e.message)]))?;
@@ -863,6 +865,67 @@ fn crd_status(crd: &mut Value) {
                 ],
             }),
         );
+    }
+}
+
+/// Label keys and values as the API server checks them: a value is at
+/// most 63 characters of `[-_.A-Za-z0-9]`, starting and ending with an
+/// alphanumeric (or empty); a key is such a name, optionally after a DNS
+/// subdomain prefix and `/`.
+fn check_labels(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
+    fn label_name(v: &str) -> Result<(), &'static str> {
+        let b = v.as_bytes();
+        if b.len() > 63 {
+            return Err("must be no more than 63 characters");
+        }
+        let edges = b.first().zip(b.last());
+        if b.is_empty()
+            || edges.is_some_and(|(f, l)| f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric())
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            Ok(())
+        } else {
+            Err(
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            )
+        }
+    }
+    let Some(labels) = meta(obj)
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+    else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    for (k, v) in labels {
+        let (prefix, key_name) = k
+            .rsplit_once('/')
+            .map_or((None, k.as_str()), |(p, n)| (Some(p), n));
+        let key_ok =
+            !key_name.is_empty() && label_name(key_name).is_ok() && prefix.is_none_or(valid_name);
+        if !key_ok {
+            causes.push((
+                "metadata.labels".to_owned(),
+                format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
+            ));
+        }
+        match v.as_str().map(label_name) {
+            Some(Ok(())) => {}
+            Some(Err(why)) => causes.push((
+                "metadata.labels".to_owned(),
+                format!("Invalid value: {:?}: {why}", v.as_str().unwrap_or_default()),
+            )),
+            None => causes.push((
+                "metadata.labels".to_owned(),
+                format!("Invalid value: {v}: label values must be strings"),
+            )),
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.kind, name, causes))
     }
 }
 
