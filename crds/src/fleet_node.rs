@@ -127,7 +127,58 @@ pub struct NodeAddresses {
     pub iroh: Vec<String>,
 }
 
+/// A server-side apply body for FleetNode `name`: `spec.mode` (and
+/// `spec.irohShare` when given), with these labels and annotations. Under
+/// server-side apply a manager's body is all it owns: labels or
+/// annotations it set before and leaves out here are removed.
+pub fn apply_body(
+    name: &str,
+    mode: NetworkMode,
+    iroh_share: Option<u8>,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> serde_json::Value {
+    let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, serde_json::Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect()
+    };
+    let mut metadata = serde_json::json!({"name": name});
+    if !labels.is_empty() {
+        metadata["labels"] = map(labels).into();
+    }
+    if !annotations.is_empty() {
+        metadata["annotations"] = map(annotations).into();
+    }
+    let mut spec = serde_json::json!({"mode": mode.as_str()});
+    if let Some(share) = iroh_share {
+        spec["irohShare"] = share.into();
+    }
+    serde_json::json!({
+        "apiVersion": crate::API_VERSION,
+        "kind": "FleetNode",
+        "metadata": metadata,
+        "spec": spec,
+    })
+}
+
 impl FleetNode {
+    /// The `switchyard.dev/start-mode` annotation: the mode it names, none,
+    /// or (`Err`) why the value is not a mode and what to do about it.
+    pub fn start_mode(&self) -> Result<Option<NetworkMode>, String> {
+        let a = crate::ANNOTATION_START_MODE;
+        match self.metadata.annotations.as_ref().and_then(|m| m.get(a)) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                format!(
+                    "a bad {a} annotation {v:?} (not one of {}): set it to the mode the node started in, or remove it",
+                    NetworkMode::ALL.map(NetworkMode::as_str).join(", ")
+                )
+            }),
+        }
+    }
+
     /// The mode the operator wants, if it has set one.
     pub fn desired_mode(&self) -> Option<NetworkMode> {
         self.spec.mode

@@ -38,6 +38,8 @@ pub use plan::{
 pub const GROUP: &str = "switchyard.dev";
 /// The API version.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every Switchyard object: `<GROUP>/<VERSION>`.
+pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 
 /// Label on a FleetNode naming the MigrationPlan that manages it.
 pub const LABEL_PLAN: &str = "switchyard.dev/plan";

@@ -197,6 +197,7 @@ fn main() {
             analysis: sim.analysis.as_ref(),
             trigger: sim.trigger.as_ref(),
             tally: None,
+            paused_by_alert: false,
             now: sim.now,
         };
         let mut samples = Vec::with_capacity(iterations);

@@ -9,22 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube::api::{Api, DynamicObject, ObjectMeta};
+use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalize, finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
+use switchyard_crds::fleet_node::apply_body;
 use switchyard_crds::{
-    ANNOTATION_START_MODE, CANARY_FIELD_MANAGER, Canary, CanaryPhase, CanaryStatus, FINALIZER,
-    FleetNode, LABEL_CANARY, MigrationPlan, NetworkMode, forms_island,
+    ANNOTATION_START_MODE, CANARY_FIELD_MANAGER, Canary, CanaryPhase, CanaryStatus, FleetNode,
+    LABEL_CANARY, MigrationPlan, NetworkMode,
 };
 
-use crate::context::{
-    Context, Error, decode, from_finalizer, holder_of, plan_refs, release_patch, requeue,
-    resource_of,
+use crate::context::{Context, Error, holder_of, plan_refs, release_patch, requeue, resource_of};
+use crate::planner::canary::{
+    CanaryInput, CanaryNode, CanaryPatch, plan_canary, release_targets, unreadable,
 };
-use crate::planner::canary::{CanaryInput, CanaryNode, CanaryPatch, plan_canary, unreadable};
 use crate::planner::selection::matches;
+use crate::reconcile::Reconciled;
 
 /// Whether a MigrationPlan owns this Canary.
 pub fn owned_by_plan(meta: &ObjectMeta) -> bool {
@@ -72,16 +71,47 @@ async fn unreadable_canary(
     Ok(Action::await_change())
 }
 
-/// Reconcile one Canary.
-pub async fn reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let result = ctx
-        .timed(
-            "canary",
-            "Canary",
-            &canary.clone(),
-            reconcile_canary(canary, &ctx),
-        )
-        .await;
+/// Standalone Canaries, for [`crate::reconcile::reconcile_object`].
+pub(crate) struct Canaries;
+
+impl Reconciled for Canaries {
+    const KIND: &'static str = "Canary";
+    const CONTROLLER: &'static str = "canary";
+    type Typed = Canary;
+
+    fn resource() -> ApiResource {
+        resource_of::<Canary>()
+    }
+
+    /// A plan drives the Canaries it owns.
+    fn skip(obj: &DynamicObject) -> bool {
+        owned_by_plan(&obj.metadata)
+    }
+
+    async fn apply(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
+        let result = run_canary(canary, ctx, ns).await;
+        phase_gauge(ctx);
+        result
+    }
+
+    async fn unreadable(
+        obj: &DynamicObject,
+        message: String,
+        ctx: &Arc<Context>,
+        ns: &str,
+    ) -> Result<Action, Error> {
+        unreadable_canary(obj, message, ctx, ns).await
+    }
+
+    async fn cleanup(obj: &DynamicObject, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
+        let result = release_canary(obj, ctx, ns).await;
+        phase_gauge(ctx);
+        result
+    }
+}
+
+/// Canaries by phase, recomputed from the store.
+fn phase_gauge(ctx: &Context) {
     ctx.metrics.canaries.reset();
     for c in ctx.canaries.state() {
         let phase = c
@@ -93,64 +123,19 @@ pub async fn reconcile(canary: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<
             .to_owned();
         ctx.metrics.canaries.with_label_values(&[&phase]).inc();
     }
-    result
-}
-
-async fn reconcile_canary(canary: Arc<DynamicObject>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    tracing::debug!(canary = %canary.name_any(), "reconcile");
-    if owned_by_plan(&canary.metadata) {
-        return Ok(Action::await_change());
-    }
-    if !ctx.synced() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    // Deciding on a status older than our own last write would undo it:
-    // a canary that has returned its nodes, seen still Running by a
-    // reconcile its own node writes woke, would try its mode again on
-    // them. Wait for the store to catch up.
-    if ctx.stale("Canary", &canary) {
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    let name = canary.name_any();
-    let ns = canary
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(format!("Canary {name}")))?;
-    if !ctx.fence.still_leader().await {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &resource_of::<Canary>());
-    finalizer(&api, FINALIZER, canary, |event| async {
-        match event {
-            Finalize::Apply(c) => match decode::<Canary>(&c, "Canary") {
-                Ok(typed) => run_canary(Arc::new(typed), ctx, &ns).await,
-                Err(message) => unreadable_canary(&c, message, ctx, &ns).await,
-            },
-            Finalize::Cleanup(c) => release_canary(&c, ctx, &ns).await,
-        }
-    })
-    .await
-    .map_err(from_finalizer)
 }
 
 fn canary_patch(canary: &str, p: &CanaryPatch) -> serde_json::Value {
     if !p.hold {
         return release_patch(&p.node, p.mode);
     }
-    let mut spec = json!({"mode": p.mode.as_str()});
-    if let Some(share) = p.iroh_share {
-        spec["irohShare"] = json!(share);
-    }
-    json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "FleetNode",
-        "metadata": {
-            "name": p.node,
-            "labels": {LABEL_CANARY: canary},
-            "annotations": {ANNOTATION_START_MODE: p.start_mode.as_str()},
-        },
-        "spec": spec,
-    })
+    apply_body(
+        &p.node,
+        p.mode,
+        p.iroh_share,
+        &[(LABEL_CANARY, canary)],
+        &[(ANNOTATION_START_MODE, p.start_mode.as_str())],
+    )
 }
 
 async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
@@ -171,7 +156,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
             others.extend([n.desired_mode(), n.applied_mode()].into_iter().flatten());
             continue;
         }
-        let start = crate::planner::start_mode(n.metadata.annotations.as_ref());
+        let start = n.start_mode();
         nodes.push(CanaryNode {
             name: n.name_any(),
             desired: n.desired_mode(),
@@ -252,7 +237,7 @@ async fn release_canary(
         .flat_map(|n| [n.desired_mode(), n.applied_mode()])
         .flatten()
         .collect();
-    let writes: Vec<(String, serde_json::Value)> = all
+    let held: Vec<(String, NetworkMode, Option<NetworkMode>)> = all
         .iter()
         .filter(|n| n.labels().get(LABEL_CANARY) == Some(&name))
         .map(|n| {
@@ -260,17 +245,14 @@ async fn release_canary(
                 .desired_mode()
                 .or(n.applied_mode())
                 .unwrap_or(NetworkMode::LibP2pOnly);
-            let start = n
-                .annotations()
-                .get(ANNOTATION_START_MODE)
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(now);
-            let back = if forms_island(present.iter().copied().chain([start])) {
-                now
-            } else {
-                start
-            };
-            (n.name_any(), release_patch(&n.name_any(), back))
+            (n.name_any(), now, n.start_mode().ok().flatten())
+        })
+        .collect();
+    let writes: Vec<(String, serde_json::Value)> = release_targets(&held, &present)
+        .into_iter()
+        .map(|(node, mode)| {
+            let body = release_patch(&node, mode);
+            (node, body)
         })
         .collect();
     let count = writes.len();

@@ -272,12 +272,7 @@ pub(crate) fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error
 /// A FleetNode apply that keeps only `spec.mode` under `manager`: the
 /// manager's labels and annotations go, so the node is free again.
 pub(crate) fn release_patch(node: &str, mode: NetworkMode) -> serde_json::Value {
-    json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "FleetNode",
-        "metadata": {"name": node},
-        "spec": {"mode": mode.as_str()},
-    })
+    switchyard_crds::fleet_node::apply_body(node, mode, None, &[], &[])
 }
 
 /// The plans of a namespace as ownership resolution sees them.
@@ -581,7 +576,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     kind: &str,
 ) -> Result<T, String> {
     let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
-    value["apiVersion"] = json!("switchyard.dev/v1alpha1");
+    value["apiVersion"] = json!(switchyard_crds::API_VERSION);
     value["kind"] = json!(kind);
     switchyard_crds::manifest::decode::<T>(kind, &value).map_err(|e| e.to_string())
 }

@@ -1,460 +1,32 @@
-//! The MigrationPlan and Canary controllers. They share one FleetNode
-//! reflector store. Each reconcile reads the object and the FleetNodes from
-//! the stores, asks the pure planner what to do, and carries it out: the
-//! status through the status subresource first, then server-side apply of
-//! FleetNode modes (bounded concurrency, rate-limited), an Event per
-//! transition, and a requeue at the planner's due time. A finalizer on each
-//! plan and standalone Canary releases its FleetNodes when it is deleted.
+//! The wiring: one watch per kind into shared reflector stores, the
+//! MigrationPlan and Canary controllers over them (their reconcilers are
+//! [`crate::plans`] and [`crate::canary`], through the shared entry path in
+//! [`crate::reconcile`]), and the analysis, which reads the same stores.
+//! A FleetNode change wakes the plans and Canaries that select or hold the
+//! node; an analysis result wakes its subject.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
-use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
-use switchyard_crds::plan::AlertAction;
-use switchyard_crds::{
-    ANNOTATION_PAUSED_BY, ANNOTATION_START_MODE, ANNOTATION_STEP, Canary, CanaryPhase, CanarySpec,
-    CanaryStatus, FIELD_MANAGER, FINALIZER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan,
-    NetworkMode, Verdict,
-};
+use switchyard_crds::{Canary, FIELD_MANAGER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan};
 
+use crate::canary::Canaries;
 pub use crate::context::{
     Analysis, Context, Error, Fence, LeaseFence, NoAnalysis, NoFence, Settings,
 };
-use crate::context::{
-    StoreOf, Stores, Synced, decode, error_policy, from_finalizer, holder_of, plan_refs,
-    release_patch, requeue, resource_of,
-};
+use crate::context::{StoreOf, Stores, Synced, error_policy, resource_of};
 use crate::metrics::Metrics;
+pub use crate::planner::owned::owned_canary_name;
 use crate::planner::selection::matches;
-use crate::planner::{self, NodePatch, NodeView, PlanInput};
+use crate::plans::Plans;
 use crate::ratelimit::RateLimiter;
-
-fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
-    json!({
-        "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "FleetNode",
-        "metadata": {
-            "name": p.node,
-            "labels": {LABEL_PLAN: plan},
-            "annotations": {ANNOTATION_START_MODE: p.start_mode.as_str(), ANNOTATION_STEP: p.step},
-        },
-        "spec": {"mode": p.mode.as_str()},
-    })
-}
-
-/// Reconcile one MigrationPlan.
-pub async fn reconcile(plan: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.timed(
-        "migrationplan",
-        "MigrationPlan",
-        &plan.clone(),
-        reconcile_with_finalizer(plan, &ctx),
-    )
-    .await
-}
-
-async fn reconcile_with_finalizer(
-    plan: Arc<DynamicObject>,
-    ctx: &Arc<Context>,
-) -> Result<Action, Error> {
-    let name = plan.name_any();
-    tracing::debug!(plan = %name, "reconcile");
-    if !ctx.synced() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    // Planning on a status older than our own last write would undo it
-    // (e.g. drop lastAnalysis when the pause's spec event arrives before
-    // the status event): wait for the store to catch up.
-    if ctx.stale("MigrationPlan", &plan) {
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    let ns = plan
-        .namespace()
-        .ok_or_else(|| Error::NoNamespace(format!("MigrationPlan {name}")))?;
-    if !ctx.fence.still_leader().await {
-        tracing::warn!(plan = %name, "not the leader any more: writing nothing");
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let ar = resource_of::<MigrationPlan>();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-    kube::runtime::finalizer::finalizer(&api, FINALIZER, plan, |event| async {
-        match event {
-            kube::runtime::finalizer::Event::Apply(p) => match decode(&p, "MigrationPlan") {
-                Ok(plan) => reconcile_plan(Arc::new(plan), ctx, &ns).await,
-                Err(message) => unreadable_plan(&p, message, ctx, &ns).await,
-            },
-            kube::runtime::finalizer::Event::Cleanup(p) => release_plan(&p, ctx, &ns).await,
-        }
-    })
-    .await
-    .map_err(from_finalizer)
-}
-
-/// A deleted plan lets go of its FleetNodes: each keeps its current mode
-/// (deleting a plan is not a rollback; `spec.rollbackRequest` is), and
-/// loses the plan label and annotations.
-async fn release_plan(plan: &DynamicObject, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
-    let name = plan.name_any();
-    let writes: Vec<(String, serde_json::Value)> = ctx
-        .nodes
-        .state()
-        .iter()
-        .filter(|n| n.namespace().as_deref() == Some(ns))
-        .filter(|n| n.labels().get(LABEL_PLAN) == Some(&name))
-        .map(|n| {
-            let mode = n
-                .desired_mode()
-                .or(n.applied_mode())
-                .unwrap_or(NetworkMode::LibP2pOnly);
-            (n.name_any(), release_patch(&n.name_any(), mode))
-        })
-        .collect();
-    let count = writes.len();
-    ctx.write_nodes(ns, FIELD_MANAGER, writes).await?;
-    for mode in NetworkMode::ALL {
-        let _ = ctx
-            .metrics
-            .nodes
-            .remove_label_values(&[&name, mode.as_str()]);
-        let _ = ctx
-            .metrics
-            .nodes_desired
-            .remove_label_values(&[&name, mode.as_str()]);
-    }
-    ctx.publish(
-        &plan.object_ref(&resource_of::<MigrationPlan>()),
-        vec![(
-            "NodesReleased".to_owned(),
-            format!("plan deleted: {count} FleetNode(s) released at their current modes"),
-            false,
-        )],
-    )
-    .await;
-    Ok(Action::await_change())
-}
-
-/// A plan whose stored object does not decode: Invalid, naming the field.
-async fn unreadable_plan(
-    obj: &DynamicObject,
-    message: String,
-    ctx: &Arc<Context>,
-    ns: &str,
-) -> Result<Action, Error> {
-    let name = obj.name_any();
-    let status: Option<switchyard_crds::MigrationPlanStatus> = obj
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok());
-    let decision = planner::unreadable(
-        &name,
-        obj.metadata.generation.unwrap_or(0),
-        status.as_ref(),
-        message,
-        Timestamp::now(),
-    );
-    ctx.write_status::<MigrationPlan, _>(
-        ns,
-        &name,
-        FIELD_MANAGER,
-        status.as_ref(),
-        &decision.status,
-    )
-    .await?;
-    ctx.publish(
-        &obj.object_ref(&resource_of::<MigrationPlan>()),
-        decision
-            .transitions
-            .iter()
-            .map(|t| (t.reason().to_owned(), t.message(), t.is_warning()))
-            .collect(),
-    )
-    .await;
-    Ok(Action::await_change())
-}
-
-async fn reconcile_plan(
-    plan: Arc<MigrationPlan>,
-    ctx: &Arc<Context>,
-    ns: &str,
-) -> Result<Action, Error> {
-    let name = plan.name_any();
-    let now = Timestamp::now();
-    let all_plans = ctx.plans_in(ns);
-    let refs = plan_refs(&all_plans, now);
-    let canaries = ctx.canaries_in(ns);
-    let views: Vec<NodeView> = ctx
-        .nodes
-        .state()
-        .iter()
-        .filter(|n| n.namespace().as_deref() == Some(ns))
-        .filter(|n| {
-            matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name)
-        })
-        .map(|n| NodeView::from_fleet_node(n, holder_of(n, &name, &refs, &canaries)))
-        .collect();
-    let analysis = ctx.analysis.verdict(&plan);
-    let trigger = ctx.analysis.trigger(&plan);
-    // Paused by alerts that have all resolved, and the plan asks to go on.
-    if plan.spec.paused
-        && plan.spec.rollback.resume_when_alerts_resolve
-        && plan
-            .annotations()
-            .get(ANNOTATION_PAUSED_BY)
-            .map(String::as_str)
-            == Some("alert")
-        && trigger.is_none()
-    {
-        let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
-        plans
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({
-                    "metadata": {"annotations": {ANNOTATION_PAUSED_BY: null}},
-                    "spec": {"paused": false},
-                })),
-            )
-            .await?;
-        tracing::info!(plan = %name, "the alerts that paused the plan resolved; resuming");
-        ctx.publish(
-            &plan.object_ref(&()),
-            vec![(
-                "AlertsResolved".to_owned(),
-                "the alerts that paused the plan resolved; resuming".to_owned(),
-                false,
-            )],
-        )
-        .await;
-        // The spec change brings the plan back; nothing else to do now.
-        return Ok(Action::await_change());
-    }
-    let decision = planner::plan(&PlanInput {
-        name: &name,
-        generation: plan.metadata.generation.unwrap_or(0),
-        spec: &plan.spec,
-        status: plan.status.as_ref(),
-        nodes: &views,
-        analysis: analysis.as_ref(),
-        trigger: trigger.as_ref(),
-        tally: ctx.analysis.plan_tally(&plan).as_ref(),
-        now,
-    });
-
-    // Record the decision first, then act on it: if this replica dies
-    // between the two, its successor finds the new status and re-issues
-    // the same node writes (idempotent), instead of reading the old status
-    // beside nodes already moved, which would step them back.
-    let plans: Api<MigrationPlan> = Api::namespaced(ctx.client.clone(), ns);
-    if decision.pause.is_some() {
-        let by_alert = trigger.as_ref().is_some_and(|t| t.trigger == "Alert")
-            && plan.spec.rollback.alert_action == AlertAction::Pause;
-        let mut patch = json!({"spec": {"paused": true}});
-        if by_alert {
-            patch["metadata"] = json!({"annotations": {ANNOTATION_PAUSED_BY: "alert"}});
-        }
-        plans
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
-    }
-    ctx.write_status::<MigrationPlan, _>(
-        ns,
-        &name,
-        FIELD_MANAGER,
-        plan.status.as_ref(),
-        &decision.status,
-    )
-    .await?;
-    let writes: Vec<(String, serde_json::Value)> = decision
-        .patches
-        .iter()
-        .map(|p| (p.node.clone(), node_patch(&name, p)))
-        .collect();
-    ctx.write_nodes(ns, FIELD_MANAGER, writes).await?;
-    if let Some(action) = &decision.canary {
-        owned_canary(ctx, &plan, ns, action, &decision.status).await?;
-    }
-
-    // Plans by phase (recomputed from the store), this plan's nodes by mode.
-    ctx.metrics.plans.reset();
-    for p in &all_plans {
-        let phase = if p.metadata.name.as_ref() == Some(&name) {
-            decision.status.phase
-        } else {
-            p.status.as_ref().map(|s| s.phase).unwrap_or_default()
-        };
-        ctx.metrics
-            .plans
-            .with_label_values(&[&format!("{phase:?}")])
-            .inc();
-    }
-    let desired = |m: NetworkMode| {
-        views
-            .iter()
-            .filter(|v| v.held_by.is_none() && v.desired.or(v.applied) == Some(m))
-            .count()
-    };
-    for mode in NetworkMode::ALL {
-        let count = i64::from(decision.status.nodes.by_mode.get(mode));
-        ctx.metrics
-            .nodes
-            .with_label_values(&[&name, mode.as_str()])
-            .set(count);
-        // Desired after this reconcile's writes.
-        let moved_in = decision.patches.iter().filter(|p| p.mode == mode).count();
-        let moved_out = decision
-            .patches
-            .iter()
-            .filter(|p| {
-                views
-                    .iter()
-                    .find(|v| v.name == p.node)
-                    .and_then(|v| v.desired.or(v.applied))
-                    == Some(mode)
-            })
-            .count();
-        let want = (desired(mode) + moved_in).saturating_sub(moved_out);
-        ctx.metrics
-            .nodes_desired
-            .with_label_values(&[&name, mode.as_str()])
-            .set(i64::try_from(want).unwrap_or(i64::MAX));
-    }
-    for t in &decision.transitions {
-        if let planner::Transition::RollbackStarted { trigger, .. } = t {
-            ctx.metrics.rollbacks.with_label_values(&[trigger]).inc();
-        }
-    }
-    ctx.publish(
-        &plan.object_ref(&()),
-        decision
-            .transitions
-            .iter()
-            .map(|t| (t.reason().to_owned(), t.message(), t.is_warning()))
-            .collect(),
-    )
-    .await;
-    Ok(requeue(decision.requeue_at, now))
-}
-
-/// The name of a plan's Canary for a stage.
-pub fn owned_canary_name(plan: &str, stage: u32) -> String {
-    format!("{plan}-stage-{stage}")
-}
-
-/// Materialise the plan's canary as an owned Canary object: its spec names
-/// the nodes the plan chose, its status mirrors the plan's progress. The
-/// plan moves the nodes; the Canary controller leaves owned Canaries alone,
-/// and garbage collection removes them with the plan.
-async fn owned_canary(
-    ctx: &Context,
-    plan: &MigrationPlan,
-    ns: &str,
-    action: &planner::CanaryAction,
-    plan_status: &switchyard_crds::MigrationPlanStatus,
-) -> Result<(), Error> {
-    let plan_name = plan.name_any();
-    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let (stage, status) = match action {
-        planner::CanaryAction::Ensure {
-            stage,
-            mode,
-            nodes,
-            duration,
-        } => {
-            if nodes.is_empty() {
-                return Ok(());
-            }
-            let name = owned_canary_name(&plan_name, *stage);
-            let existing = ctx.canary(ns, &name);
-            let spec = CanarySpec {
-                selector: plan.spec.selector.clone(),
-                nodes: Some(nodes.clone()),
-                count: None,
-                percent: None,
-                mode: *mode,
-                duration: *duration,
-                baseline_selector: None,
-                ab_share: None,
-                analysis: plan.spec.canary.as_ref().and_then(|c| c.analysis.clone()),
-            };
-            if existing.as_ref().map(|c| &c.spec) != Some(&spec) {
-                let owner = plan.controller_owner_ref(&()).ok_or_else(|| {
-                    Error::NoNamespace(format!("MigrationPlan {plan_name} has no uid yet"))
-                })?;
-                let body = json!({
-                    "apiVersion": "switchyard.dev/v1alpha1",
-                    "kind": "Canary",
-                    "metadata": {
-                        "name": name,
-                        "labels": {LABEL_PLAN: plan_name},
-                        "ownerReferences": [owner],
-                    },
-                    "spec": spec,
-                });
-                api.patch(&name, &pp, &Patch::Apply(&body)).await?;
-            }
-            let status = CanaryStatus {
-                phase: CanaryPhase::Running,
-                observed_generation: None,
-                nodes: nodes.clone(),
-                started_at: plan_status.step_acknowledged_at.clone(),
-                metrics: Vec::new(),
-                verdict: None,
-                message: Some(format!(
-                    "owned by MigrationPlan {plan_name}: {} node(s) on {mode}",
-                    nodes.len()
-                )),
-                conditions: Vec::new(),
-                analysis_tally: None,
-            };
-            (*stage, status)
-        }
-        planner::CanaryAction::Finish { stage, verdict } => {
-            let name = owned_canary_name(&plan_name, *stage);
-            let Some(existing) = ctx.canary(ns, &name) else {
-                return Ok(());
-            };
-            let mut status = existing.status.clone().unwrap_or_default();
-            status.phase = if *verdict == Verdict::Pass {
-                CanaryPhase::Succeeded
-            } else {
-                CanaryPhase::Failed
-            };
-            status.verdict = Some(*verdict);
-            if let Some(r) = &plan_status.last_analysis {
-                status.metrics = r.metrics.clone();
-            }
-            status.message = Some(format!("verdict {verdict:?}"));
-            (*stage, status)
-        }
-    };
-    let name = owned_canary_name(&plan_name, stage);
-    let existing = ctx.canary(ns, &name);
-    let same = existing.and_then(|c| c.status.clone()).is_some_and(|s| {
-        s.phase == status.phase
-            && s.nodes == status.nodes
-            && s.started_at == status.started_at
-            && s.verdict == status.verdict
-    });
-    if !same {
-        let body = json!({
-            "apiVersion": "switchyard.dev/v1alpha1",
-            "kind": "Canary",
-            "metadata": {"name": name},
-            "status": status,
-        });
-        api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
-    }
-    Ok(())
-}
+use crate::reconcile::reconcile_object;
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -646,7 +218,11 @@ pub async fn run(
             interested(&plans_for_map, &ar, &node, LABEL_PLAN)
         })
         .shutdown_on_signal()
-        .run(reconcile, error_policy("MigrationPlan"), ctx.clone())
+        .run(
+            reconcile_object::<Plans>,
+            error_policy("MigrationPlan"),
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "plan controller event");
@@ -669,7 +245,7 @@ pub async fn run(
             interested(&canaries_for_map, &ar, &node, LABEL_CANARY)
         })
         .shutdown_on_signal()
-        .run(crate::canary::reconcile, error_policy("Canary"), ctx)
+        .run(reconcile_object::<Canaries>, error_policy("Canary"), ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "canary controller event");

@@ -10,6 +10,8 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod planner;
+mod plans;
 pub mod promql;
 pub mod ratelimit;
+mod reconcile;
 pub mod scrape;

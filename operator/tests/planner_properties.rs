@@ -17,7 +17,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
-use switchyard_crds::plan::{GradualRollback, RollbackRequest};
+use switchyard_crds::plan::{AlertAction, GradualRollback, RollbackRequest};
 use switchyard_crds::{
     Analysis, Duration, InconclusiveAction, MigrationPlanSpec, MigrationPlanStatus, NetworkMode,
     PlanCanary, PlanPhase, RollbackPolicy, RollbackScope, RollbackStrategy, Verdict, validate,
@@ -75,9 +75,20 @@ fn rollback() -> impl Strategy<Value = RollbackPolicy> {
         0u64..300,
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(automatic, gradual, wave_size, interval, wave_scope, on_deadline)| RollbackPolicy {
+            |(
+                automatic,
+                gradual,
+                wave_size,
+                interval,
+                wave_scope,
+                on_deadline,
+                alert_pauses,
+                resume,
+            )| RollbackPolicy {
                 automatic,
                 strategy: if gradual {
                     RollbackStrategy::Gradual
@@ -94,6 +105,12 @@ fn rollback() -> impl Strategy<Value = RollbackPolicy> {
                     RollbackScope::Plan
                 },
                 on_progress_deadline: on_deadline,
+                alert_action: if alert_pauses {
+                    AlertAction::Pause
+                } else {
+                    AlertAction::Rollback
+                },
+                resume_when_alerts_resolve: resume,
                 ..RollbackPolicy::default()
             },
         )
@@ -161,6 +178,8 @@ enum Event {
     Resume,
     ManualRollback,
     Trigger,
+    /// The alert resolves.
+    TriggerCleared,
     /// Another plan takes this node; then gives it back.
     TakenByOther(u8),
     Released(u8),
@@ -180,6 +199,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::Resume),
         1 => Just(Event::ManualRollback),
         1 => Just(Event::Trigger),
+        1 => Just(Event::TriggerCleared),
         1 => any::<u8>().prop_map(Event::TakenByOther),
         1 => any::<u8>().prop_map(Event::Released),
     ]
@@ -250,6 +270,7 @@ fn checked_reconcile(sim: &mut Sim) -> Result<(), TestCaseError> {
         analysis: sim.analysis.as_ref(),
         trigger: sim.trigger.as_ref(),
         tally: None,
+        paused_by_alert: sim.paused_by_alert,
         now: sim.now,
     });
     prop_assert_eq!(&decision, &again, "a restarted operator decides the same");
@@ -348,6 +369,7 @@ proptest! {
                 Event::Pause => sim.spec.paused = true,
                 Event::Resume => sim.spec.paused = false,
                 Event::ManualRollback => sim.spec.rollback_request = Some(RollbackRequest { reason: "test".into() }),
+                Event::TriggerCleared => sim.trigger = None,
                 Event::Trigger => sim.trigger = Some(TriggerInput { trigger: "Alert".into(), reason: "SwitchyardHighErrorRate".into() }),
                 Event::TakenByOther(i) => {
                     if let Some(n) = nth_name(&sim, i) {

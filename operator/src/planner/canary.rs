@@ -381,6 +381,28 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
     release(input, d);
 }
 
+/// Where a deleted Canary leaves the nodes it `held` (name, mode now,
+/// start mode): back in the start mode, unless that mode would now be cut
+/// off from the rest of the namespace (`present`: every other node's
+/// modes; a plan moved them on meanwhile); then the trial mode, which
+/// talks to both.
+pub fn release_targets(
+    held: &[(String, NetworkMode, Option<NetworkMode>)],
+    present: &[NetworkMode],
+) -> Vec<(String, NetworkMode)> {
+    held.iter()
+        .map(|(name, now, start)| {
+            let start = start.unwrap_or(*now);
+            let back = if forms_island(present.iter().copied().chain([start])) {
+                *now
+            } else {
+                start
+            };
+            (name.clone(), back)
+        })
+        .collect()
+}
+
 /// Let go of every node still labelled as this Canary's.
 fn release(input: &CanaryInput<'_>, d: &mut CanaryDecision) {
     for n in input.nodes.iter().filter(|n| n.mine) {

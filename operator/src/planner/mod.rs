@@ -14,6 +14,7 @@
 
 pub mod canary;
 pub mod guard;
+pub mod owned;
 pub mod selection;
 pub mod sim;
 
@@ -25,9 +26,9 @@ use switchyard_crds::plan::{
     AlertAction, AnalysisResult, BlockedNode, ModeCounts, NodeCounts, RollbackRecord,
 };
 use switchyard_crds::{
-    ANNOTATION_START_MODE, ANNOTATION_STEP, Analysis, AnalysisTally, Duration, FleetNode,
-    InconclusiveAction, LABEL_PLAN, MigrationPlanSpec, MigrationPlanStatus, NetworkMode, PlanPhase,
-    RollbackScope, RollbackStrategy, Verdict, validate,
+    ANNOTATION_STEP, Analysis, AnalysisTally, Duration, FleetNode, InconclusiveAction, LABEL_PLAN,
+    MigrationPlanSpec, MigrationPlanStatus, NetworkMode, PlanPhase, RollbackScope,
+    RollbackStrategy, Verdict, validate,
 };
 
 use guard::ModeBag;
@@ -67,7 +68,7 @@ impl NodeView {
         let owner = labels.and_then(|l| l.get(LABEL_PLAN)).cloned();
         // A plan's node whose start mode cannot be read cannot be rolled
         // back correctly: nobody moves it until a person fixes it.
-        let (start_mode, bad_start) = match start_mode(annotations) {
+        let (start_mode, bad_start) = match node.start_mode() {
             Ok(m) => (m, None),
             Err(why) if owner.is_some() => (None, Some(why)),
             Err(_) => (None, None),
@@ -82,22 +83,6 @@ impl NodeView {
             step: annotations.and_then(|a| a.get(ANNOTATION_STEP)).cloned(),
             held_by: held_by.or(bad_start),
         }
-    }
-}
-
-/// A node's `switchyard.dev/start-mode` annotation: the mode it names,
-/// none, or (`Err`) why the value is not a mode and what to do about it.
-pub fn start_mode(
-    annotations: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Option<NetworkMode>, String> {
-    match annotations.and_then(|a| a.get(ANNOTATION_START_MODE)) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            format!(
-                "a bad {ANNOTATION_START_MODE} annotation {v:?} (not one of {}): set it to the mode the node started in, or remove it",
-                NetworkMode::ALL.map(NetworkMode::as_str).join(", ")
-            )
-        }),
     }
 }
 
@@ -147,6 +132,9 @@ pub struct PlanInput<'a> {
     /// The analysis's running count, to keep in status (a new leader's
     /// analysis continues from it); `None` keeps the one status holds.
     pub tally: Option<&'a AnalysisTally>,
+    /// Whether an alert paused the plan (the paused-by annotation says
+    /// `alert`).
+    pub paused_by_alert: bool,
     /// The current time.
     pub now: Timestamp,
 }
@@ -217,6 +205,8 @@ pub enum Transition {
     Paused(String),
     /// The plan resumed.
     Resumed,
+    /// The alerts that paused the plan resolved; it resumes.
+    AlertsResolved,
     /// Nodes missed the progress deadline.
     ProgressDeadlineExceeded(String),
     /// A rollback began.
@@ -241,6 +231,7 @@ impl Transition {
             Transition::StageCompleted { .. } => "StageCompleted",
             Transition::Paused(_) => "Paused",
             Transition::Resumed => "Resumed",
+            Transition::AlertsResolved => "AlertsResolved",
             Transition::ProgressDeadlineExceeded(_) => "ProgressDeadlineExceeded",
             Transition::RollbackStarted { .. } => "RollbackStarted",
             Transition::RollbackFinished { .. } => "RollbackFinished",
@@ -282,6 +273,9 @@ impl Transition {
                 format!("stage {stage}: every node runs {mode}")
             }
             Transition::Resumed => "resumed".into(),
+            Transition::AlertsResolved => {
+                "the alerts that paused the plan resolved; resuming".into()
+            }
             Transition::RollbackStarted { trigger, reason } => {
                 format!("rollback ({trigger}): {reason}")
             }
@@ -302,19 +296,87 @@ pub struct Decision {
     pub patches: Vec<NodePatch>,
     /// What to do with the owned Canary.
     pub canary: Option<CanaryAction>,
-    /// Set spec.paused to true, for this reason.
-    pub pause: Option<String>,
+    /// Set spec.paused to true.
+    pub pause: Option<Pause>,
+    /// Set spec.paused to false and drop the paused-by annotation: the
+    /// alerts that paused the plan resolved. Nothing else happens in this
+    /// decision; the spec change brings the plan back.
+    pub resume: bool,
+    /// Nodes per desired mode once this decision's writes land (nodes
+    /// another plan holds not counted): the `nodes_desired` gauge.
+    pub desired: ModeCounts,
     /// Transitions to record as Events.
     pub transitions: Vec<Transition>,
     /// Reconcile again at this time even if nothing changes.
     pub requeue_at: Option<Timestamp>,
 }
 
+/// Setting spec.paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    /// Why, for the Event and status.
+    pub reason: String,
+    /// An alert paused it: marked so the plan resumes by itself when the
+    /// alerts resolve, if it asks to.
+    pub by_alert: bool,
+}
+
 /// Decide the next step of one plan.
 pub fn plan(input: &PlanInput<'_>) -> Decision {
+    if resumes_after_alerts(input) {
+        return Decision {
+            status: input.status.cloned().unwrap_or_default(),
+            patches: Vec::new(),
+            canary: None,
+            pause: None,
+            resume: true,
+            desired: desired_counts(input.nodes, &[]),
+            transitions: vec![Transition::AlertsResolved],
+            requeue_at: None,
+        };
+    }
     let mut p = Planner::new(input);
     p.run();
     p.finish()
+}
+
+/// Paused by alerts that have all resolved, and the plan asks to go on.
+fn resumes_after_alerts(input: &PlanInput<'_>) -> bool {
+    input.spec.paused
+        && input.paused_by_alert
+        && input.spec.rollback.resume_when_alerts_resolve
+        && input.trigger.is_none()
+}
+
+/// Nodes per desired mode after `patches`, of those no other plan holds.
+fn desired_counts(nodes: &[NodeView], patches: &[NodePatch]) -> ModeCounts {
+    let patched: BTreeMap<&str, NetworkMode> =
+        patches.iter().map(|p| (p.node.as_str(), p.mode)).collect();
+    let mut counts = ModeCounts::default();
+    for v in nodes.iter().filter(|v| v.held_by.is_none()) {
+        if let Some(m) = patched
+            .get(v.name.as_str())
+            .copied()
+            .or(v.desired)
+            .or(v.applied)
+        {
+            counts.add(m);
+        }
+    }
+    counts
+}
+
+/// Where a deleted plan leaves each of its nodes: the mode it has now
+/// (deleting a plan is not a rollback; `spec.rollbackRequest` is).
+pub fn release_targets(plan: &str, nodes: &[NodeView]) -> Vec<(String, NetworkMode)> {
+    nodes
+        .iter()
+        .filter(|v| v.owner.as_deref() == Some(plan))
+        .map(|v| {
+            let mode = v.desired.or(v.applied).unwrap_or(NetworkMode::LibP2pOnly);
+            (v.name.clone(), mode)
+        })
+        .collect()
 }
 
 /// The decision for a plan whose stored object cannot be read at all (a
@@ -343,6 +405,7 @@ pub fn unreadable(
         analysis: None,
         trigger: None,
         tally: None,
+        paused_by_alert: false,
         now,
     };
     let mut p = Planner::new(&input);
@@ -393,7 +456,7 @@ struct Planner<'a> {
     unacked: usize,
     patches: Vec<NodePatch>,
     canary: Option<CanaryAction>,
-    pause: Option<String>,
+    pause: Option<Pause>,
     transitions: Vec<Transition>,
     requeue_at: Option<Timestamp>,
     blocked: BTreeMap<String, String>,
@@ -586,7 +649,10 @@ impl<'a> Planner<'a> {
                     };
                     let reason = format!("{reason}; {then}");
                     self.st.phase = PlanPhase::Paused;
-                    self.pause = Some(reason.clone());
+                    self.pause = Some(Pause {
+                        reason: reason.clone(),
+                        by_alert: true,
+                    });
                     self.transitions.push(Transition::Paused(reason));
                 }
                 return;
@@ -892,7 +958,10 @@ impl<'a> Planner<'a> {
                             "analysis inconclusive ({msg}); set spec.paused to false to try the step again"
                         );
                         self.st.phase = PlanPhase::Paused;
-                        self.pause = Some(reason.clone());
+                        self.pause = Some(Pause {
+                            reason: reason.clone(),
+                            by_alert: false,
+                        });
                         self.transitions.push(Transition::Paused(reason));
                     }
                     InconclusiveAction::Rollback => self.failure("AnalysisInconclusive", msg),
@@ -1387,10 +1456,12 @@ impl<'a> Planner<'a> {
         self.st.message = Some(self.message());
         self.st.conditions = self.conditions(now);
         Decision {
+            desired: desired_counts(self.input.nodes, &self.patches),
             status: self.st,
             patches: self.patches,
             canary: self.canary,
             pause: self.pause,
+            resume: false,
             transitions: self.transitions,
             requeue_at: self.requeue_at,
         }

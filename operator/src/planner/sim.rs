@@ -80,6 +80,8 @@ pub struct Sim {
     pub analysis: Option<AnalysisInput>,
     /// A fired trigger.
     pub trigger: Option<TriggerInput>,
+    /// Whether an alert paused the plan (the paused-by annotation).
+    pub paused_by_alert: bool,
 }
 
 impl Sim {
@@ -94,6 +96,7 @@ impl Sim {
             now: Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH),
             analysis: None,
             trigger: None,
+            paused_by_alert: false,
         };
         for i in 0..nodes {
             sim.add_node(&format!("node-{i:05}"), mode);
@@ -135,6 +138,7 @@ impl Sim {
             analysis: self.analysis.as_ref(),
             trigger: self.trigger.as_ref(),
             tally: None,
+            paused_by_alert: self.paused_by_alert,
             now: self.now,
         })
     }
@@ -159,8 +163,16 @@ impl Sim {
                 n.step = Some(p.step.clone());
             }
         }
-        if decision.pause.is_some() && !self.spec.paused {
+        if let Some(pause) = &decision.pause
+            && !self.spec.paused
+        {
             self.spec.paused = true;
+            self.paused_by_alert = pause.by_alert;
+            self.generation += 1;
+        }
+        if decision.resume {
+            self.spec.paused = false;
+            self.paused_by_alert = false;
             self.generation += 1;
         }
         self.status = Some(decision.status.clone());

@@ -580,7 +580,7 @@ fn a_plans_node_with_an_unreadable_start_mode_is_held_with_the_reason() {
             "metadata": {
                 "name": "n0",
                 "labels": labels,
-                "annotations": {ANNOTATION_START_MODE: start},
+                "annotations": {switchyard_crds::ANNOTATION_START_MODE: start},
             },
             "spec": {"mode": "DualPreferLibP2p"},
         }))
@@ -609,4 +609,62 @@ fn a_plans_node_with_an_unreadable_start_mode_is_held_with_the_reason() {
         Some("MigrationPlan other".into()),
     );
     assert_eq!(both.held_by.as_deref(), Some("MigrationPlan other"));
+}
+
+#[test]
+fn an_alert_pauses_a_plan_that_asks_for_it_and_it_resumes_when_the_alert_resolves() {
+    for resume in [true, false] {
+        let mut s = full();
+        s.rollback.alert_action = switchyard_crds::plan::AlertAction::Pause;
+        s.rollback.resume_when_alerts_resolve = resume;
+        let mut sim = Sim::new(s, 20, LibP2pOnly);
+        sim.reconcile();
+        sim.ack_all();
+        sim.trigger = Some(TriggerInput {
+            trigger: "Alert".into(),
+            reason: "SwitchyardHighErrorRate".into(),
+        });
+        let d = sim.reconcile();
+        let pause = d.pause.expect("the alert pauses the plan");
+        assert!(pause.by_alert, "{pause:?}");
+        assert!(sim.spec.paused && sim.paused_by_alert);
+        assert_eq!(sim.phase(), PlanPhase::Paused);
+        // While the alert fires, nothing resumes.
+        assert!(!sim.reconcile().resume);
+        sim.trigger = None;
+        let d = sim.reconcile();
+        assert_eq!(d.resume, resume, "resume when resolved: {resume}");
+        assert_eq!(sim.spec.paused, !resume);
+        if resume {
+            assert_eq!(d.transitions, [Transition::AlertsResolved]);
+            assert!(d.patches.is_empty(), "the spec change brings the plan back");
+            sim.reconcile();
+            assert_ne!(sim.phase(), PlanPhase::Paused);
+        }
+    }
+    // Paused by hand: an alert resolving does not resume it.
+    let mut s = full();
+    s.rollback.resume_when_alerts_resolve = true;
+    let mut sim = Sim::new(s, 20, LibP2pOnly);
+    sim.spec.paused = true;
+    assert!(!sim.reconcile().resume);
+}
+
+#[test]
+fn the_desired_gauge_counts_the_modes_after_the_decisions_writes() {
+    // maxUnavailable 10% of 20: both canaries move at once.
+    let mut sim = Sim::new(with_canary(full(), 2), 20, LibP2pOnly);
+    let d = sim.reconcile();
+    assert_eq!(d.patches.len(), 2);
+    assert_eq!(d.desired.get(DualPreferLibP2p), 2, "the two canaries");
+    assert_eq!(d.desired.get(LibP2pOnly), 18);
+    // A node another plan holds is that plan's to count.
+    let mut views = sim.views();
+    views[0].held_by = Some("MigrationPlan other".into());
+    let counts = desired_counts(&views, &[]);
+    assert_eq!(
+        counts.get(LibP2pOnly) + counts.get(DualPreferLibP2p),
+        19,
+        "{counts:?}"
+    );
 }
