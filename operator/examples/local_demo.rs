@@ -84,11 +84,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(simulated_agents(client.clone(), ns.clone()));
     tokio::spawn(controller::run(
         client.clone(),
-        Some(ns.clone()),
-        Arc::new(NoAnalysis),
-        Settings::default(),
-        Default::default(),
-        Arc::new(controller::NoFence),
+        controller::Wiring {
+            namespace: Some(ns.clone()),
+            identity: "local-demo".into(),
+            analysis: Arc::new(NoAnalysis),
+            fence: Arc::new(controller::NoFence),
+            settings: Settings::default(),
+            metrics: Default::default(),
+        },
     ));
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);
     plans.create(&PostParams::default(), &plan).await?;

@@ -14,7 +14,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use switchyard_crds::{Canary, FIELD_MANAGER, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan};
+use switchyard_crds::{Canary, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan};
 
 use crate::canary::Canaries;
 pub use crate::context::{
@@ -87,7 +87,7 @@ fn raw_reflector(
     ready: (Arc<Synced>, StoreOf),
 ) -> (
     Store<DynamicObject>,
-    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
+    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static + use<>,
 ) {
     let writer = reflector::store::Writer::new(ar.clone());
     let reader = writer.as_reader();
@@ -130,132 +130,162 @@ fn interested(
         .collect()
 }
 
-/// Run the MigrationPlan and Canary controllers until shutdown.
-pub async fn run(
-    client: Client,
-    namespace: Option<String>,
-    analysis: Arc<dyn Analysis>,
-    settings: Settings,
-    metrics: Metrics,
-    fence: Arc<dyn Fence>,
-) {
-    let ns = namespace.as_deref();
+/// What the controllers run with, besides the client.
+pub struct Wiring {
+    /// Namespace to watch; all when `None`.
+    pub namespace: Option<String>,
+    /// This replica's name on its Events (the pod's name).
+    pub identity: String,
+    /// Where verdicts and triggers come from.
+    pub analysis: Arc<dyn Analysis>,
+    /// Whether this replica may still write.
+    pub fence: Arc<dyn Fence>,
+    /// Write limits.
+    pub settings: Settings,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+}
+
+/// The stores, their watches and the streams that trigger the
+/// controllers.
+struct Watches {
+    stores: Stores,
+    node_subscribers: [reflector::ReflectHandle<FleetNode>; 2],
+    node_watch: futures::future::BoxFuture<'static, ()>,
+    plan_stream: futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>,
+    canary_stream: futures::stream::BoxStream<'static, Result<DynamicObject, watcher::Error>>,
+}
+
+/// Start one watch per kind. Plans and Canaries are watched as raw
+/// objects: one that does not decode (possible when the API server does
+/// not validate) is reported Invalid instead of breaking the watch for
+/// every other.
+fn watches(client: &Client, ns: Option<&str>, metrics: &Metrics) -> Option<Watches> {
     let ready = Arc::new(Synced::new(metrics.stores_synced.clone()));
-    let (node_reader, mut node_subs, node_watch) = shared(
-        api_for::<FleetNode>(&client, ns),
+    let (nodes, mut subs, node_watch) = shared(
+        api_for::<FleetNode>(client, ns),
         2,
         (ready.clone(), StoreOf::Nodes),
     );
-    let (Some(node_for_canaries), Some(node_for_plans)) = (node_subs.pop(), node_subs.pop()) else {
+    let node_subscribers = [subs.pop()?, subs.pop()?];
+    let raw = |ar: &ApiResource, store: StoreOf| {
+        let api = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        };
+        raw_reflector(api, ar, (ready.clone(), store))
+    };
+    let (plans, plan_stream) = raw(&resource_of::<MigrationPlan>(), StoreOf::Plans);
+    let (canaries, canary_stream) = raw(&resource_of::<Canary>(), StoreOf::Canaries);
+    Some(Watches {
+        stores: Stores {
+            nodes,
+            plans,
+            canaries,
+            ready,
+        },
+        node_subscribers,
+        node_watch: Box::pin(node_watch),
+        plan_stream: plan_stream.boxed(),
+        canary_stream: canary_stream.boxed(),
+    })
+}
+
+/// `(namespace, name)` updates as references to objects of `ar`; never
+/// ends when there are none.
+fn refs_of(
+    updates: Option<futures::stream::BoxStream<'static, (String, String)>>,
+    ar: ApiResource,
+) -> futures::stream::BoxStream<'static, ObjectRef<DynamicObject>> {
+    match updates {
+        Some(updates) => updates
+            .map(move |(ns, name)| ObjectRef::new_with(&name, ar.clone()).within(&ns))
+            .boxed(),
+        None => futures::stream::pending().boxed(),
+    }
+}
+
+/// Log what a controller's run reports.
+async fn drain<T, E: std::fmt::Display>(
+    results: impl futures::Stream<Item = Result<T, E>>,
+    which: &'static str,
+) {
+    results
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, controller = which, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Run the MigrationPlan and Canary controllers, and the analysis, until
+/// shutdown.
+pub async fn run(client: Client, wiring: Wiring) {
+    let Some(w) = watches(&client, wiring.namespace.as_deref(), &wiring.metrics) else {
         tracing::error!("the shared FleetNode store gave no subscribers");
         return;
     };
-    // Plans and Canaries are watched as raw objects: one that does not
-    // decode (possible when the API server does not validate) is reported
-    // Invalid instead of breaking the watch for every other.
-    let plan_ar = resource_of::<MigrationPlan>();
-    let canary_ar = resource_of::<Canary>();
-    let raw_api = |ar: &ApiResource| -> Api<DynamicObject> {
-        match ns {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
-            None => Api::all_with(client.clone(), ar),
-        }
-    };
-    let (plan_reader, plan_stream) =
-        raw_reflector(raw_api(&plan_ar), &plan_ar, (ready.clone(), StoreOf::Plans));
-    let (canary_reader, canary_stream) = raw_reflector(
-        raw_api(&canary_ar),
-        &canary_ar,
-        (ready.clone(), StoreOf::Canaries),
-    );
-    let plan_controller =
-        Controller::for_stream_with(plan_stream, plan_reader.clone(), plan_ar.clone());
-    let canary_controller =
-        Controller::for_stream_with(canary_stream, canary_reader.clone(), canary_ar.clone());
+    let settings = wiring.settings;
     let ctx = Arc::new(Context {
-        client: client.clone(),
-        nodes: node_reader,
-        plans: plan_reader.clone(),
-        canaries: canary_reader.clone(),
-        ready,
-        instance: std::env::var("POD_NAME").unwrap_or_else(|_| FIELD_MANAGER.into()),
+        client,
+        nodes: w.stores.nodes.clone(),
+        plans: w.stores.plans.clone(),
+        canaries: w.stores.canaries.clone(),
+        ready: w.stores.ready.clone(),
+        instance: wiring.identity,
         events: std::sync::atomic::AtomicU64::new(0),
-        analysis,
+        analysis: wiring.analysis,
         limiter: RateLimiter::new(settings.write_qps, settings.write_burst),
         settings,
-        metrics,
-        fence,
+        metrics: wiring.metrics,
+        fence: wiring.fence,
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
         failures: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
-    let analysis_run = ctx.analysis.start(Stores {
-        nodes: ctx.nodes.clone(),
-        plans: ctx.plans.clone(),
-        canaries: ctx.canaries.clone(),
-        ready: ctx.ready.clone(),
-    });
-    let plans_for_map = plan_reader;
-    let ar = plan_ar;
+    let analysis_run = ctx
+        .analysis
+        .start(w.stores.clone())
+        .unwrap_or_else(|| Box::pin(futures::future::pending::<()>()));
+    let [for_plans, for_canaries] = w.node_subscribers;
+    let (plan_ar, canary_ar) = (resource_of::<MigrationPlan>(), resource_of::<Canary>());
+    // An alert arrived: every plan is looked at again.
     let nudges = match ctx.analysis.changes() {
         Some(rx) => tokio_stream::wrappers::WatchStream::from_changes(rx)
             .map(|_| ())
             .boxed(),
         None => futures::stream::pending().boxed(),
     };
-    let updated = match ctx.analysis.plan_updates() {
-        Some(updates) => {
-            let ar = ar.clone();
-            updates
-                .map(move |(ns, name)| ObjectRef::new_with(&name, ar.clone()).within(&ns))
-                .boxed()
-        }
-        None => futures::stream::pending().boxed(),
-    };
-    let plan_controller = plan_controller
-        .reconcile_all_on(nudges)
-        .reconcile_on(updated)
-        .watches_shared_stream(node_for_plans, move |node: Arc<FleetNode>| {
-            interested(&plans_for_map, &ar, &node, LABEL_PLAN)
-        })
-        .shutdown_on_signal()
-        .run(
-            reconcile_object::<Plans>,
-            error_policy("MigrationPlan"),
-            ctx.clone(),
-        )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "plan controller event");
-            }
-        });
-    let canaries_for_map = canary_reader;
-    let ar = canary_ar;
-    let canary_updated = match ctx.analysis.canary_updates() {
-        Some(updates) => {
-            let ar = ar.clone();
-            updates
-                .map(move |(ns, name)| ObjectRef::new_with(&name, ar.clone()).within(&ns))
-                .boxed()
-        }
-        None => futures::stream::pending().boxed(),
-    };
-    let canary_controller = canary_controller
-        .reconcile_on(canary_updated)
-        .watches_shared_stream(node_for_canaries, move |node: Arc<FleetNode>| {
-            interested(&canaries_for_map, &ar, &node, LABEL_CANARY)
-        })
-        .shutdown_on_signal()
-        .run(reconcile_object::<Canaries>, error_policy("Canary"), ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "canary controller event");
-            }
-        });
+    let (plans, ar) = (w.stores.plans.clone(), plan_ar.clone());
+    let plan_controller =
+        Controller::for_stream_with(w.plan_stream, w.stores.plans.clone(), plan_ar.clone())
+            .reconcile_all_on(nudges)
+            .reconcile_on(refs_of(ctx.analysis.plan_updates(), plan_ar))
+            .watches_shared_stream(for_plans, move |node: Arc<FleetNode>| {
+                interested(&plans, &ar, &node, LABEL_PLAN)
+            })
+            .shutdown_on_signal()
+            .run(
+                reconcile_object::<Plans>,
+                error_policy("MigrationPlan"),
+                ctx.clone(),
+            );
+    let (canaries, ar) = (w.stores.canaries.clone(), canary_ar.clone());
+    let canary_controller = Controller::for_stream_with(
+        w.canary_stream,
+        w.stores.canaries.clone(),
+        canary_ar.clone(),
+    )
+    .reconcile_on(refs_of(ctx.analysis.canary_updates(), canary_ar))
+    .watches_shared_stream(for_canaries, move |node: Arc<FleetNode>| {
+        interested(&canaries, &ar, &node, LABEL_CANARY)
+    })
+    .shutdown_on_signal()
+    .run(reconcile_object::<Canaries>, error_policy("Canary"), ctx);
     // The controllers end on a signal; the watches end with them.
-    let analysis_run = analysis_run.unwrap_or_else(|| Box::pin(futures::future::pending::<()>()));
     tokio::select! {
-        _ = futures::future::join(plan_controller, canary_controller) => {}
-        _ = node_watch => {}
+        _ = futures::future::join(drain(plan_controller, "plans"), drain(canary_controller, "canaries")) => {}
+        _ = w.node_watch => {}
         _ = analysis_run => {}
     }
 }

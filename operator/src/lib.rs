@@ -4,7 +4,9 @@
 
 pub mod alerts;
 pub mod analysis;
+mod app;
 pub mod canary;
+pub mod config;
 pub mod context;
 pub mod controller;
 pub mod http;
@@ -15,3 +17,5 @@ pub mod promql;
 pub mod ratelimit;
 mod reconcile;
 pub mod scrape;
+
+pub use app::run;

@@ -1,0 +1,146 @@
+//! The operator process: serve HTTP, elect a leader, and (as the leader)
+//! run the controllers and the analysis until the Lease is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+use crate::alerts::{AlertAnalysis, AlertBook};
+use crate::analysis::ScrapeAnalysis;
+use crate::config::Config;
+use crate::controller::{self, LeaseFence, Wiring};
+use crate::http;
+use crate::metrics::Metrics;
+
+/// Run the operator with `config` until it loses the Lease (an error, so
+/// a restart rejoins as a standby) or is told to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
+    let metrics = Metrics::new();
+    let book = AlertBook::new(metrics.webhook_requests.clone());
+    serve(&config, &metrics, &book).await?;
+    if let Some((name, key)) = config.webhook_secret.clone() {
+        tokio::spawn(load_token(
+            kube::Api::namespaced(client.clone(), &config.lease.namespace),
+            name,
+            key,
+            book.clone(),
+        ));
+    }
+    // Only the leader runs the controllers, so only the leader writes.
+    let lease = &config.lease;
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration)
+        .with_grace(lease.grace)
+        .build()
+        .await
+        .with_context(|| format!("setting up Lease {}/{}", lease.namespace, lease.name))?;
+    let (mut leader, _lease_task) = manager.watch().await;
+    tracing::info!(identity = %lease.identity, lease = %lease.name, "waiting for leadership");
+    while !*leader.borrow_and_update() {
+        leader
+            .changed()
+            .await
+            .context("the Lease watcher stopped")?;
+    }
+    tracing::info!(identity = %lease.identity, "leading");
+    metrics.leader.set(1);
+    let lost = async {
+        loop {
+            if leader.changed().await.is_err() || !*leader.borrow() {
+                return;
+            }
+        }
+    };
+    let lease = config.lease.clone();
+    tokio::select! {
+        _ = controller::run(client.clone(), wiring(client, config, metrics.clone(), book)) => Ok(()),
+        _ = lost => {
+            metrics.leader.set(0);
+            anyhow::bail!("lost the Lease {}/{}; exiting so a restart rejoins as a standby", lease.namespace, lease.name)
+        }
+    }
+}
+
+/// Serve /healthz, /readyz, /metrics and the webhook.
+async fn serve(config: &Config, metrics: &Metrics, book: &Arc<AlertBook>) -> anyhow::Result<()> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let (addr, server) = http::bind(
+        config.http_addr,
+        metrics.clone(),
+        ready.clone(),
+        book.clone(),
+    )
+    .await
+    .with_context(|| format!("binding {}", config.http_addr))?;
+    tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
+    tokio::spawn(server);
+    ready.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// The leader's controllers: fenced by the Lease (checked before every
+/// write batch; writing stops a second before it would lapse), with the
+/// built-in analysis (scraped agent metrics and PromQL) under the alerts.
+fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<AlertBook>) -> Wiring {
+    let fence = LeaseFence {
+        api: kube::Api::namespaced(client, &config.lease.namespace),
+        name: config.lease.name.clone(),
+        identity: config.lease.identity.clone(),
+        margin: std::time::Duration::from_secs(1),
+    };
+    Wiring {
+        namespace: config.namespace,
+        identity: config.lease.identity,
+        analysis: Arc::new(AlertAnalysis {
+            inner: ScrapeAnalysis::new(metrics.clone(), config.prometheus),
+            book,
+        }),
+        fence: Arc::new(fence),
+        settings: config.settings,
+        metrics,
+    }
+}
+
+/// Keep the webhook token current: read the Secret now and every 10 s (a
+/// rotated token takes effect within that).
+async fn load_token(
+    secrets: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    name: String,
+    key: String,
+    book: Arc<AlertBook>,
+) {
+    let mut warned = false;
+    loop {
+        match secrets.get_opt(&name).await {
+            Ok(Some(s)) => {
+                let token = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&key))
+                    .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                    .map(|t| t.trim().to_owned());
+                if token.is_none() && !warned {
+                    tracing::warn!(secret = %name, %key, "the webhook Secret has no such key; the webhook answers 503");
+                    warned = true;
+                }
+                book.set_token(token);
+            }
+            Ok(None) => {
+                if !warned {
+                    tracing::warn!(secret = %name, "the webhook Secret does not exist; the webhook answers 503");
+                    warned = true;
+                }
+                book.set_token(None);
+            }
+            // Keep the last token through API hiccups.
+            Err(e) => tracing::warn!(secret = %name, error = %e, "reading the webhook Secret"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
+}

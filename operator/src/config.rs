@@ -1,0 +1,193 @@
+//! The operator's configuration: flags and environment ([`Args`]), checked
+//! and defaulted into a [`Config`] that [`crate::run`] runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::controller::Settings;
+use crate::promql::Prometheus;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard-operator",
+    about = "Migrates a P2P fleet from libp2p to iroh, one safe step at a time"
+)]
+pub struct Args {
+    /// Namespace to watch; all namespaces when absent.
+    #[arg(long, env = "SWITCHYARD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// FleetNode writes per second.
+    #[arg(long, env = "SWITCHYARD_WRITE_QPS", default_value_t = 200.0)]
+    pub write_qps: f64,
+    /// FleetNode writes allowed in a burst.
+    #[arg(long, env = "SWITCHYARD_WRITE_BURST", default_value_t = 400)]
+    pub write_burst: u32,
+    /// FleetNode writes in flight at once.
+    #[arg(long, env = "SWITCHYARD_WRITE_CONCURRENCY", default_value_t = 32)]
+    pub write_concurrency: usize,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LEASE_NAME",
+        default_value = "switchyard-operator"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the watched namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing; a standby takes
+    /// over within this.
+    #[arg(long, env = "SWITCHYARD_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, env = "SWITCHYARD_LEASE_GRACE", default_value_t = 5)]
+    pub lease_grace: u64,
+    /// Secret (in the Lease's namespace) holding the Alertmanager webhook's
+    /// bearer token; without it the webhook answers 503.
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+    /// Key of the token in that Secret.
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET_KEY", default_value = "token")]
+    pub webhook_secret_key: String,
+    /// Prometheus for PromQL analysis checks, e.g. http://prometheus:9090;
+    /// without it PromQL checks are Inconclusive.
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// Seconds a PromQL query may take.
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_TIMEOUT", default_value_t = 5.0)]
+    pub prometheus_timeout: f64,
+    /// The whole Authorization header sent to Prometheus, e.g.
+    /// `Bearer <token>` (from a Secret, through the environment).
+    #[arg(
+        long,
+        env = "SWITCHYARD_PROMETHEUS_AUTHORIZATION",
+        hide_env_values = true
+    )]
+    pub prometheus_authorization: Option<String>,
+}
+
+/// The Lease used for leader election.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// This replica's identity in it, also its name on Events.
+    pub identity: String,
+    /// Seconds a leader holds it without renewing.
+    pub duration: u64,
+    /// Seconds before expiry at which the leader renews.
+    pub grace: u64,
+}
+
+/// A checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Namespace to watch; all when `None`.
+    pub namespace: Option<String>,
+    /// Address for /healthz, /readyz, /metrics and the webhook.
+    pub http_addr: SocketAddr,
+    /// FleetNode write limits.
+    pub settings: Settings,
+    /// Leader election.
+    pub lease: Lease,
+    /// The webhook token's Secret (in the Lease's namespace) and key.
+    pub webhook_secret: Option<(String, String)>,
+    /// Prometheus for PromQL checks.
+    pub prometheus: Option<Prometheus>,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(args: Args) -> anyhow::Result<Config> {
+        anyhow::ensure!(
+            args.write_qps.is_finite() && args.write_qps > 0.0,
+            "--write-qps must be above 0, e.g. 200"
+        );
+        anyhow::ensure!(
+            args.write_concurrency > 0,
+            "--write-concurrency must be at least 1, e.g. 32"
+        );
+        anyhow::ensure!(
+            args.lease_grace < args.lease_duration,
+            "--lease-grace must be below --lease-duration"
+        );
+        anyhow::ensure!(
+            args.prometheus_timeout.is_finite() && args.prometheus_timeout > 0.0,
+            "--prometheus-timeout must be a number of seconds above 0, e.g. 5"
+        );
+        let prometheus = args
+            .prometheus_url
+            .as_deref()
+            .map(|url| {
+                Prometheus::new(
+                    url,
+                    Duration::from_secs_f64(args.prometheus_timeout),
+                    args.prometheus_authorization.as_deref(),
+                )
+            })
+            .transpose()?;
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "switchyard".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let lease_namespace = args
+            .lease_namespace
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        Ok(Config {
+            namespace: args.namespace,
+            http_addr: args.http_addr,
+            settings: Settings {
+                write_concurrency: args.write_concurrency,
+                write_qps: args.write_qps,
+                write_burst: args.write_burst,
+            },
+            lease: Lease {
+                name: args.lease_name,
+                namespace: lease_namespace,
+                identity,
+                duration: args.lease_duration,
+                grace: args.lease_grace,
+            },
+            webhook_secret: args.webhook_secret.map(|s| (s, args.webhook_secret_key)),
+            prometheus,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let args = Args::try_parse_from([&["switchyard-operator"], args].concat())?;
+        Config::try_from(args)
+    }
+
+    #[test]
+    fn defaults_are_filled_in_and_bad_values_say_what_to_change() {
+        let c = config(&["--namespace", "p2p", "--identity", "op-0"]).expect("config");
+        assert_eq!(c.lease.namespace, "p2p", "the Lease lives beside the fleet");
+        assert_eq!(c.lease.identity, "op-0");
+        assert_eq!(c.settings.write_qps, 200.0);
+        let e = config(&["--write-qps", "0"]).expect_err("refused");
+        assert!(e.to_string().contains("--write-qps must be above 0"), "{e}");
+        let e = config(&["--lease-duration", "5", "--lease-grace", "5"]).expect_err("refused");
+        assert!(e.to_string().contains("--lease-grace"), "{e}");
+        let e = config(&["--prometheus-url", "not a url"]).expect_err("refused");
+        assert!(!e.to_string().is_empty());
+    }
+}
