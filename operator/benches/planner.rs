@@ -194,6 +194,7 @@ fn main() {
             spec: &sim.spec,
             status: sim.status.as_ref(),
             nodes: &views,
+            outside: &[],
             analysis: sim.analysis.as_ref(),
             trigger: sim.trigger.as_ref(),
             tally: None,

@@ -105,7 +105,8 @@ fn raw_reflector(
 }
 
 /// Which stored objects in the node's namespace care about a node change:
-/// ones whose selector picks it or whose `label` it carries.
+/// ones whose selector picks it or whose `label` it carries, and plans
+/// waiting on the rest of the fleet.
 fn interested(
     store: &Store<DynamicObject>,
     ar: &ApiResource,
@@ -124,10 +125,25 @@ fn interested(
                 .and_then(|s| s.get("selector"))
                 .and_then(|s| serde_json::from_value::<LabelSelector>(s.clone()).ok())
                 .is_some_and(|sel| matches(&sel, node.labels()));
-            selected || node.labels().get(label) == o.metadata.name.as_ref()
+            selected || node.labels().get(label) == o.metadata.name.as_ref() || waits_for_fleet(o)
         })
         .map(|o| ObjectRef::from_obj_with(&*o, ar.clone()))
         .collect()
+}
+
+/// Whether a plan's step waits on nodes outside it (its Progressing
+/// condition says `WaitingForFleet`): any node of its namespace changing
+/// may let it go on.
+fn waits_for_fleet(o: &DynamicObject) -> bool {
+    o.data
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c.get("type").and_then(|t| t.as_str()) == Some("Progressing")
+                    && c.get("reason").and_then(|r| r.as_str()) == Some("WaitingForFleet")
+            })
+        })
 }
 
 /// What the controllers run with, besides the client.

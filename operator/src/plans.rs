@@ -72,22 +72,34 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
     )
 }
 
-/// The plan's nodes as the planner sees them: those its selector picks or
-/// that carry its label, each with who else holds it.
-fn observe(plan: &MigrationPlan, ctx: &Context, ns: &str, now: Timestamp) -> Vec<NodeView> {
+/// The plan's nodes as the planner sees them (those its selector picks or
+/// that carry its label, each with who else holds it), and the rest of the
+/// fleet: every other FleetNode of the namespace.
+fn observe(
+    plan: &MigrationPlan,
+    ctx: &Context,
+    ns: &str,
+    now: Timestamp,
+) -> (Vec<NodeView>, Vec<NodeView>) {
     let name = plan.name_any();
     let plans = ctx.plans_in(ns);
     let refs = plan_refs(&plans, now);
     let canaries = ctx.canaries_in(ns);
-    ctx.nodes
-        .state()
-        .iter()
-        .filter(|n| n.namespace().as_deref() == Some(ns))
-        .filter(|n| {
-            matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name)
-        })
-        .map(|n| NodeView::from_fleet_node(n, holder_of(n, &name, &refs, &canaries)))
-        .collect()
+    let (mut mine, mut outside) = (Vec::new(), Vec::new());
+    for n in ctx.nodes.state() {
+        if n.namespace().as_deref() != Some(ns) {
+            continue;
+        }
+        if matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name) {
+            mine.push(NodeView::from_fleet_node(
+                &n,
+                holder_of(&n, &name, &refs, &canaries),
+            ));
+        } else {
+            outside.push(NodeView::from_fleet_node(&n, None));
+        }
+    }
+    (mine, outside)
 }
 
 async fn reconcile_plan(
@@ -97,7 +109,7 @@ async fn reconcile_plan(
 ) -> Result<Action, Error> {
     let name = plan.name_any();
     let now = Timestamp::now();
-    let views = observe(&plan, ctx, ns, now);
+    let (views, outside) = observe(&plan, ctx, ns, now);
     let analysis = ctx.analysis.verdict(&plan);
     let trigger = ctx.analysis.trigger(&plan);
     let tally = ctx.analysis.plan_tally(&plan);
@@ -107,6 +119,7 @@ async fn reconcile_plan(
         spec: &plan.spec,
         status: plan.status.as_ref(),
         nodes: &views,
+        outside: &outside,
         analysis: analysis.as_ref(),
         trigger: trigger.as_ref(),
         tally: tally.as_ref(),

@@ -2049,3 +2049,68 @@ async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_lo
     operator.kill().await.expect("kill");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_waits_for_unselected_nodes_in_its_namespace_before_going_iroh_only() {
+    // 6 storage nodes the plan selects, 4 gateway nodes it does not.
+    let h = Harness::start("fleet-wide", 6, Config::default(), acks_after(20)).await;
+    let gateway: BTreeMap<String, String> = [("app".into(), "gateway".into())].into();
+    h.c.register_nodes(
+        NS,
+        (0..4).map(|i| format!("gateway-{i}")),
+        &gateway,
+        NetworkMode::LibP2pOnly,
+    )
+    .await
+    .expect("gateway nodes");
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let mut storage = plan("storage", &[100], "1s");
+    storage.spec.stages = vec![NetworkMode::DualPreferIroh, NetworkMode::IrohOnly];
+    storage.spec.canary = None;
+    storage.spec.max_unavailable =
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("100%".into());
+    h.plans()
+        .create(&PostParams::default(), &storage)
+        .await
+        .expect("plan created");
+    let waiting = |p: &MigrationPlan| {
+        p.status.as_ref().is_some_and(|s| {
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("4 FleetNode(s) outside this plan run LibP2pOnly"))
+        })
+    };
+    h.wait_for("storage", waiting, "the plan to wait for the gateway nodes")
+        .await;
+    h.wait_event("storage", "NodeBlocked", "outside this plan")
+        .await;
+    for n in h.all_nodes().await {
+        assert_ne!(n.spec.mode, Some(NetworkMode::IrohOnly), "{}", n.name_any());
+    }
+    // The gateway team moves its nodes to a dual mode with a plan of its
+    // own: then storage finishes.
+    let mut gw = plan("gateway", &[100], "1s");
+    gw.spec.selector.match_labels = Some([("app".into(), "gateway".into())].into());
+    gw.spec.stages = vec![NetworkMode::DualPreferLibP2p];
+    gw.spec.canary = None;
+    h.plans()
+        .create(&PostParams::default(), &gw)
+        .await
+        .expect("gateway plan created");
+    h.wait_for(
+        "storage",
+        phase_is(PlanPhase::Succeeded),
+        "storage to finish",
+    )
+    .await;
+    let iroh = h
+        .all_nodes()
+        .await
+        .iter()
+        .filter(|n| n.applied_mode() == Some(NetworkMode::IrohOnly))
+        .count();
+    assert_eq!(iroh, 6);
+    h.assert_no_islands().await;
+    operator.kill().await.expect("kill");
+    h.stop().await;
+}

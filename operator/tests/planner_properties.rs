@@ -267,6 +267,7 @@ fn checked_reconcile(sim: &mut Sim) -> Result<(), TestCaseError> {
         spec: &sim.spec,
         status: restarted.as_ref(),
         nodes: &views,
+        outside: &sim.outside,
         analysis: sim.analysis.as_ref(),
         trigger: sim.trigger.as_ref(),
         tally: None,
@@ -470,4 +471,84 @@ fn the_properties_run_at_least_ten_thousand_cases() {
         "SWITCHYARD_PROPTEST_CASES={} is below 10,000; unset it or raise it",
         cases()
     );
+}
+
+/// One event of two plans over disjoint halves of one namespace.
+#[derive(Debug, Clone)]
+enum Both {
+    /// Plan 0 or 1 reconciles, seeing the other's nodes as the rest of
+    /// the fleet.
+    Reconcile(bool),
+    AckAll(bool),
+    Advance(u32),
+    Rollback(bool),
+}
+
+fn both() -> impl Strategy<Value = Both> {
+    prop_oneof![
+        6 => any::<bool>().prop_map(Both::Reconcile),
+        4 => any::<bool>().prop_map(Both::AckAll),
+        3 => (1u32..1_200).prop_map(Both::Advance),
+        1 => any::<bool>().prop_map(Both::Rollback),
+    ]
+}
+
+/// Whether the namespace (both plans' nodes) holds both single stacks.
+fn fleet_island(plans: &[Sim; 2]) -> bool {
+    switchyard_crds::forms_island(
+        plans
+            .iter()
+            .flat_map(|s| s.nodes.values())
+            .flat_map(|n| [n.desired, n.applied])
+            .flatten(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases() / 5, ..ProptestConfig::default() })]
+
+    /// Two plans with disjoint selectors in one namespace, driven in any
+    /// interleaving, never form an island between them: each one's guard
+    /// counts the other's nodes. Either may be told to roll back.
+    #[test]
+    fn two_plans_with_disjoint_selectors_never_form_an_island(
+        specs in (spec(), spec()),
+        sizes in (1usize..12, 1usize..12),
+        iroh_side in any::<bool>(),
+        events in prop::collection::vec(both(), 0..120),
+    ) {
+        let start = if iroh_side { IrohOnly } else { LibP2pOnly };
+        let mut a = Sim::new(specs.0, 0, start);
+        let mut b = Sim::new(specs.1, 0, start);
+        // Both halves start where each plan's first stage can reach.
+        prop_assume!(a.spec.stages[0].can_talk(start) && b.spec.stages[0].can_talk(start));
+        for i in 0..sizes.0 { a.add_node(&format!("a{i:02}"), start); }
+        for i in 0..sizes.1 { b.add_node(&format!("b{i:02}"), start); }
+        b.name = "other".into();
+        let mut plans = [a, b];
+        for e in events {
+            match e {
+                Both::Reconcile(which) => {
+                    let (me, other) = (usize::from(which), usize::from(!which));
+                    plans[me].outside = plans[other].views();
+                    plans[me].verdict(Verdict::Pass);
+                    plans[me].reconcile();
+                    prop_assert!(
+                        !fleet_island(&plans),
+                        "island after plan {me} moved: {:?}\n{:?}",
+                        plans[0].nodes,
+                        plans[1].nodes
+                    );
+                }
+                Both::AckAll(which) => plans[usize::from(which)].ack_all(),
+                Both::Advance(s) => {
+                    for p in &mut plans { p.advance(i64::from(s)); }
+                }
+                Both::Rollback(which) => {
+                    plans[usize::from(which)].spec.rollback_request =
+                        Some(RollbackRequest { reason: "test".into() });
+                }
+            }
+        }
+    }
 }

@@ -125,6 +125,11 @@ pub struct PlanInput<'a> {
     pub status: Option<&'a MigrationPlanStatus>,
     /// The FleetNodes the selector picks, in any order.
     pub nodes: &'a [NodeView],
+    /// The rest of the fleet (every other FleetNode of the namespace:
+    /// unselected, or other plans' and Canaries'). They never move for
+    /// this plan, but no step may cut them off: nobody goes IrohOnly while
+    /// one of them runs LibP2pOnly, and the other way round.
+    pub outside: &'a [NodeView],
     /// The latest analysis, if any.
     pub analysis: Option<&'a AnalysisInput>,
     /// A fired rollback trigger, if any.
@@ -402,6 +407,7 @@ pub fn unreadable(
         spec: &spec,
         status,
         nodes: &[],
+        outside: &[],
         analysis: None,
         trigger: None,
         tally: None,
@@ -462,6 +468,11 @@ struct Planner<'a> {
     blocked: BTreeMap<String, String>,
     deadline_exceeded: bool,
     invalid: Option<String>,
+    /// A step toward this single-stack mode waits on nodes outside the
+    /// plan that run the other one.
+    island_wait: Option<NetworkMode>,
+    /// What the plan waits on, when it is the rest of the fleet.
+    island_msg: Option<String>,
 }
 
 fn ts(t: &Option<Time>) -> Option<Timestamp> {
@@ -507,6 +518,11 @@ impl<'a> Planner<'a> {
                 bag.add_node(d, n.view.applied);
             }
         }
+        for o in input.outside {
+            if let Some(d) = o.desired.or(o.applied) {
+                bag.add_node(d, o.applied);
+            }
+        }
         let managed = nodes.iter().filter(|n| n.managed).count();
         let max_unavailable = validate::max_unavailable(
             &input.spec.max_unavailable,
@@ -541,6 +557,8 @@ impl<'a> Planner<'a> {
             blocked: BTreeMap::new(),
             deadline_exceeded: false,
             invalid: None,
+            island_wait: None,
+            island_msg: None,
         }
     }
 
@@ -582,7 +600,12 @@ impl<'a> Planner<'a> {
             return false;
         };
         let applied = n.view.applied;
-        let Some(next) = self.bag.next_step(desired, applied, target) else {
+        let next = self.bag.next_step(desired, applied, target);
+        if next != Some(target) && desired != target && !self.outside_in_the_way(target).is_empty()
+        {
+            self.island_wait = Some(target);
+        }
+        let Some(next) = next else {
             return false;
         };
         if n.acked && self.unacked >= self.max_unavailable {
@@ -604,6 +627,53 @@ impl<'a> Planner<'a> {
             step: step.to_owned(),
         });
         true
+    }
+
+    /// The nodes outside the plan that `target` would be cut off from:
+    /// those running (or told to run) the other single-stack mode.
+    fn outside_in_the_way(&self, target: NetworkMode) -> Vec<&'a NodeView> {
+        let opposite = match target {
+            NetworkMode::IrohOnly => NetworkMode::LibP2pOnly,
+            NetworkMode::LibP2pOnly => NetworkMode::IrohOnly,
+            _ => return Vec::new(),
+        };
+        let outside: &'a [NodeView] = self.input.outside;
+        outside
+            .iter()
+            .filter(|o| o.desired == Some(opposite) || o.applied == Some(opposite))
+            .collect()
+    }
+
+    /// A step waits on the rest of the fleet: name the nodes in the way
+    /// (status, message, an Event when it starts).
+    fn report_island_wait(&mut self) {
+        let Some(target) = self.island_wait else {
+            return;
+        };
+        let in_the_way = self.outside_in_the_way(target);
+        let Some(first) = in_the_way.first() else {
+            return;
+        };
+        let msg = format!(
+            "waiting: {} FleetNode(s) outside this plan run {} (e.g. {}); {target} would cut them off from the fleet. Move them to a dual mode first (their plan, or select them)",
+            in_the_way.len(),
+            if target == NetworkMode::IrohOnly {
+                NetworkMode::LibP2pOnly
+            } else {
+                NetworkMode::IrohOnly
+            },
+            first.name
+        );
+        for o in in_the_way.iter().take(MAX_NAMED_NODES) {
+            self.blocked.insert(
+                o.name.clone(),
+                format!("outside this plan; {target} would cut it off"),
+            );
+        }
+        if self.prev.message.as_deref() != Some(&msg) {
+            self.transitions.push(Transition::Blocked(msg.clone()));
+        }
+        self.island_msg = Some(msg);
     }
 
     fn budget_left(&self) -> bool {
@@ -1413,6 +1483,7 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self) -> Decision {
         let now = self.now();
+        self.report_island_wait();
         let mut counts = NodeCounts::default();
         let mut by_mode = ModeCounts::default();
         for n in &self.nodes {
@@ -1513,7 +1584,7 @@ impl<'a> Planner<'a> {
     }
 
     fn message(&self) -> String {
-        if let Some(m) = &self.invalid {
+        if let Some(m) = self.invalid.as_ref().or(self.island_msg.as_ref()) {
             return m.clone();
         }
         let mode = self.stage_mode();
@@ -1593,6 +1664,8 @@ impl<'a> Planner<'a> {
                 active && !deadline,
                 if deadline {
                     "ProgressDeadlineExceeded".into()
+                } else if self.island_msg.is_some() {
+                    "WaitingForFleet".into()
                 } else {
                     phase_reason.clone()
                 },

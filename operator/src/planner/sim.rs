@@ -82,6 +82,10 @@ pub struct Sim {
     pub trigger: Option<TriggerInput>,
     /// Whether an alert paused the plan (the paused-by annotation).
     pub paused_by_alert: bool,
+    /// The rest of the fleet: FleetNodes of the namespace this plan does
+    /// not select (another team's, another plan's). The plan never moves
+    /// them; tests move them, or run a second plan over them.
+    pub outside: Vec<NodeView>,
 }
 
 impl Sim {
@@ -97,6 +101,7 @@ impl Sim {
             analysis: None,
             trigger: None,
             paused_by_alert: false,
+            outside: Vec::new(),
         };
         for i in 0..nodes {
             sim.add_node(&format!("node-{i:05}"), mode);
@@ -135,6 +140,7 @@ impl Sim {
             spec: &self.spec,
             status: self.status.as_ref(),
             nodes: &views,
+            outside: &self.outside,
             analysis: self.analysis.as_ref(),
             trigger: self.trigger.as_ref(),
             tally: None,
@@ -226,10 +232,12 @@ impl Sim {
     /// Whether the fleet, counting desired and applied modes, holds both
     /// single-stack modes.
     pub fn has_island(&self) -> bool {
+        let outside = self.outside.iter().flat_map(|o| [o.desired, o.applied]);
         forms_island(
             self.nodes
                 .values()
                 .flat_map(|n| [n.desired, n.applied])
+                .chain(outside)
                 .flatten(),
         )
     }

@@ -668,3 +668,58 @@ fn the_desired_gauge_counts_the_modes_after_the_decisions_writes() {
         "{counts:?}"
     );
 }
+
+#[test]
+fn no_node_goes_iroh_only_while_a_node_outside_the_plan_runs_libp2p_only() {
+    let mut sim = Sim::new(spec(&[DualPreferIroh, IrohOnly]), 10, LibP2pOnly);
+    sim.spec.waves = vec![100];
+    sim.spec.max_unavailable = IntOrString::String("100%".into());
+    // Another team's node in the same namespace, not selected.
+    let gateway = NodeView {
+        name: "gateway-0".into(),
+        desired: Some(LibP2pOnly),
+        applied: Some(LibP2pOnly),
+        acknowledged: true,
+        owner: None,
+        start_mode: None,
+        step: None,
+        held_by: None,
+    };
+    sim.outside = vec![gateway.clone()];
+    let mut blocked_events = 0;
+    for _ in 0..20 {
+        let d = sim.reconcile();
+        blocked_events += d
+            .transitions
+            .iter()
+            .filter(|t| matches!(t, Transition::Blocked(m) if m.contains("gateway-0")))
+            .count();
+        sim.ack_all();
+        sim.advance(600);
+        assert!(!sim.has_island());
+    }
+    assert_eq!(count_mode(&sim, IrohOnly), 0, "{:?}", sim.nodes);
+    assert_eq!(count_mode(&sim, DualPreferIroh), 10);
+    let st = sim.status.clone().expect("status");
+    assert!(
+        st.message.as_deref().is_some_and(
+            |m| m.contains("1 FleetNode(s) outside this plan run LibP2pOnly (e.g. gateway-0)")
+        ),
+        "{:?}",
+        st.message
+    );
+    assert!(st.blocked_nodes.iter().any(|b| b.name == "gateway-0"));
+    assert_eq!(blocked_events, 1, "one Event when the wait starts");
+    let progressing = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("condition");
+    assert_eq!(progressing.reason, "WaitingForFleet");
+    // Once the gateway goes dual, the plan finishes.
+    sim.outside[0].desired = Some(DualPreferLibP2p);
+    sim.outside[0].applied = Some(DualPreferLibP2p);
+    let rounds = sim.drive(600, 50, |s| s.phase() == PlanPhase::Succeeded);
+    assert!(rounds.is_some(), "{:?}", sim.status);
+    assert_eq!(count_mode(&sim, IrohOnly), 10);
+}
