@@ -3,7 +3,7 @@
 //! Usage: `cargo bench -p switchyard-operator --bench planner [-- --nodes N --iterations K]`
 //! Prints a table, then one line of JSON (also written to
 //! target/bench/planner.json). Target: one decision over 10,000 nodes in
-//! at most 20 ms.
+//! at most 20 ms; over 100,000 (`--nodes 100000`) in at most 50 ms.
 
 use std::time::Instant;
 
@@ -18,7 +18,9 @@ use switchyard_operator::planner::sim::Sim;
 use switchyard_operator::planner::{NodeView, PlanInput, plan};
 use switchyard_testbed::stats::Summary;
 
+/// One decision over 10,000 nodes; over 100,000 the target is 50 ms.
 const TARGET_MS: f64 = 20.0;
+const TARGET_100K_MS: f64 = 50.0;
 
 fn spec(stages: &[NetworkMode], waves: &[u8], max_unavailable: &str) -> MigrationPlanSpec {
     MigrationPlanSpec {
@@ -175,6 +177,11 @@ fn main() {
             .unwrap_or(default)
     };
     let nodes = flag("--nodes", 10_000);
+    let target_ms = if nodes > 10_000 {
+        TARGET_100K_MS
+    } else {
+        TARGET_MS
+    };
     // 1,000 iterations: enough samples for the p99 the table shows.
     let iterations = flag("--iterations", 1_000).max(1);
 
@@ -227,19 +234,19 @@ fn main() {
     }
     json.push(row("FleetNodes to views", &samples, "-").1);
 
-    let verdict = if worst_median <= TARGET_MS {
+    let verdict = if worst_median <= target_ms {
         "meets"
     } else {
         "MISSES"
     };
-    println!("worst median decision {worst_median:.2} ms: {verdict} the {TARGET_MS} ms target");
+    println!("worst median decision {worst_median:.2} ms: {verdict} the {target_ms} ms target");
     let line = serde_json::json!({
         "benchmark": "planner",
         "nodes": nodes,
         "iterations": iterations,
-        "target_ms": TARGET_MS,
+        "target_ms": target_ms,
         "worst_median_ms": worst_median,
-        "meets_target": worst_median <= TARGET_MS,
+        "meets_target": worst_median <= target_ms,
         "scenarios": json,
     })
     .to_string();

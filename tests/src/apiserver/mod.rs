@@ -67,6 +67,21 @@ pub struct App {
     addr: SocketAddr,
     /// Bumped to end every open watch (an outage).
     cut: tokio::sync::watch::Sender<u64>,
+    /// LIST requests (not watches) served, per resource plural: what a
+    /// benchmark reads to show a client lists once, not periodically.
+    lists: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl App {
+    /// LIST requests (not watches) served for resource `plural` so far.
+    pub fn lists_of(&self, plural: &str) -> u64 {
+        self.lists
+            .lock()
+            .expect("lists lock")
+            .get(plural)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// A running server; dropping it stops the server.
@@ -93,6 +108,7 @@ impl ApiServer {
             config,
             addr,
             cut: tokio::sync::watch::channel(0).0,
+            lists: Default::default(),
         });
         Ok(Self::serve(listener, app))
     }
@@ -325,6 +341,11 @@ async fn route(
             watch::serve(app.clone(), t.rt, t.namespace, q, format)
         }
         ("GET", None) => {
+            *app.lists
+                .lock()
+                .expect("lists lock")
+                .entry(t.rt.plural.clone())
+                .or_default() += 1;
             let lq = ListQuery {
                 namespace: t.namespace.clone(),
                 labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?,
