@@ -109,6 +109,39 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    // Count nodes told to switch, as their watch events arrive. The
+    // counter's own first list comes before the baseline below.
+    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
+    // One message per node at most: a channel that size never blocks.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(nodes.max(1));
+    let (listed_tx, listed) = tokio::sync::oneshot::channel::<()>();
+    let counter = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut listed_tx = Some(listed_tx);
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Ok(Some(e)) = events.try_next().await {
+            let n = match e {
+                watcher::Event::InitDone => {
+                    if let Some(t) = listed_tx.take() {
+                        let _ = t.send(());
+                    }
+                    continue;
+                }
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => n,
+                _ => continue,
+            };
+            if n.spec.mode.is_some()
+                && seen.insert(n.metadata.name.clone().unwrap_or_default())
+                && tx.send(Instant::now()).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    listed.await?;
+
     let reserved = switchyard_testbed::ports::reserve();
     let port = reserved.get();
     let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
@@ -139,26 +172,6 @@ async fn main() -> anyhow::Result<()> {
     let app = cluster.server.app.clone();
     let lists = || app.lists_of("fleetnodes") + app.lists_of("migrationplans");
     let lists_synced = lists();
-
-    // Count nodes told to switch, as their watch events arrive.
-    let api: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NS);
-    // One message per node at most: a channel that size never blocks.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(nodes.max(1));
-    let counter = tokio::spawn(async move {
-        let mut seen = std::collections::HashSet::new();
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Ok(Some(n)) = events.try_next().await {
-            if n.spec.mode.is_some()
-                && seen.insert(n.metadata.name.clone().unwrap_or_default())
-                && tx.send(Instant::now()).await.is_err()
-            {
-                return;
-            }
-        }
-    });
 
     let plan: MigrationPlan = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",

@@ -194,6 +194,9 @@ pub struct Context {
     /// Transient failures in a row per object (kind/namespace/name), for
     /// its backoff; a success forgets the object.
     pub(crate) failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The resourceVersion of this replica's last write per FleetNode
+    /// (namespace, name), until the node store shows it.
+    pub(crate) node_writes: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 /// A reconcile failure.
@@ -336,7 +339,7 @@ impl Context {
                     let r = nodes
                         .patch(&node, &pp, &Patch::Apply(&body))
                         .await
-                        .map(|_| ());
+                        .map(|written| self.wrote_node(ns, &node, &written));
                     let outcome = if r.is_ok() { "ok" } else { "error" };
                     self.metrics.node_writes.with_label_values(&[outcome]).inc();
                     r
@@ -346,6 +349,44 @@ impl Context {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// Remember the resourceVersion a node write returned, until the node
+    /// store shows it.
+    fn wrote_node(&self, ns: &str, node: &str, written: &FleetNode) {
+        if let Some(rv) = written
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.node_writes
+                .lock()
+                .expect("node writes lock")
+                .insert((ns.to_owned(), node.to_owned()), rv);
+        }
+    }
+
+    /// Whether the node store of `ns` has not caught up with this
+    /// replica's own node writes yet: deciding now would see those nodes
+    /// as not yet told and tell them again. Writes it has caught up with
+    /// (or whose node is gone) are forgotten.
+    pub(crate) fn nodes_behind(&self, ns: &str) -> bool {
+        let mut writes = self.node_writes.lock().expect("node writes lock");
+        let mut behind = false;
+        writes.retain(|(n_ns, name), rv| {
+            if n_ns != ns {
+                return true;
+            }
+            let seen = self
+                .nodes
+                .get(&ObjectRef::new(name).within(ns))
+                .and_then(|n| n.metadata.resource_version.as_deref()?.parse::<u64>().ok());
+            let lagging = seen.is_some_and(|seen| seen < *rv);
+            behind |= lagging;
+            lagging
+        });
+        behind
     }
 
     /// Record Events: (reason, message, warning), one events.k8s.io Event

@@ -273,6 +273,7 @@ pub async fn run(client: Client, wiring: Wiring) {
         fence: wiring.fence,
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
         failures: std::sync::Mutex::new(std::collections::HashMap::new()),
+        node_writes: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
     let analysis_run = ctx
         .analysis

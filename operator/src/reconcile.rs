@@ -88,6 +88,11 @@ async fn entry<K: Reconciled>(
     let ns = obj
         .namespace()
         .ok_or_else(|| Error::NoNamespace(format!("{} {name}", K::KIND)))?;
+    // Likewise for this replica's own node writes: a node whose write the
+    // store does not show yet would be told again.
+    if ctx.nodes_behind(&ns) {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     if !ctx.fence.still_leader().await {
         tracing::warn!(kind = K::KIND, %name, "not the leader any more: writing nothing");
         return Ok(Action::requeue(Duration::from_secs(1)));

@@ -335,7 +335,7 @@ pub fn plan(input: &PlanInput<'_>) -> Decision {
             canary: None,
             pause: None,
             resume: true,
-            desired: desired_counts(input.nodes, &[]),
+            desired: desired_counts(input.nodes.iter().map(|v| (v, v.desired.or(v.applied)))),
             transitions: vec![Transition::AlertsResolved],
             requeue_at: None,
         };
@@ -353,18 +353,14 @@ fn resumes_after_alerts(input: &PlanInput<'_>) -> bool {
         && input.trigger.is_none()
 }
 
-/// Nodes per desired mode after `patches`, of those no other plan holds.
-fn desired_counts(nodes: &[NodeView], patches: &[NodePatch]) -> ModeCounts {
-    let patched: BTreeMap<&str, NetworkMode> =
-        patches.iter().map(|p| (p.node.as_str(), p.mode)).collect();
+/// Nodes per desired mode (spec.mode, else applied), of those no other
+/// plan holds.
+fn desired_counts<'a>(
+    nodes: impl IntoIterator<Item = (&'a NodeView, Option<NetworkMode>)>,
+) -> ModeCounts {
     let mut counts = ModeCounts::default();
-    for v in nodes.iter().filter(|v| v.held_by.is_none()) {
-        if let Some(m) = patched
-            .get(v.name.as_str())
-            .copied()
-            .or(v.desired)
-            .or(v.applied)
-        {
+    for (v, desired) in nodes {
+        if let Some(m) = desired.filter(|_| v.held_by.is_none()) {
             counts.add(m);
         }
     }
@@ -1527,7 +1523,9 @@ impl<'a> Planner<'a> {
         self.st.message = Some(self.message());
         self.st.conditions = self.conditions(now);
         Decision {
-            desired: desired_counts(self.input.nodes, &self.patches),
+            // Every patch went through `step_toward`, which updated the
+            // node's desired mode.
+            desired: desired_counts(self.nodes.iter().map(|n| (n.view, n.desired))),
             status: self.st,
             patches: self.patches,
             canary: self.canary,

@@ -661,7 +661,7 @@ fn the_desired_gauge_counts_the_modes_after_the_decisions_writes() {
     // A node another plan holds is that plan's to count.
     let mut views = sim.views();
     views[0].held_by = Some("MigrationPlan other".into());
-    let counts = desired_counts(&views, &[]);
+    let counts = desired_counts(views.iter().map(|v| (v, v.desired.or(v.applied))));
     assert_eq!(
         counts.get(LibP2pOnly) + counts.get(DualPreferLibP2p),
         19,
