@@ -255,6 +255,12 @@ pub(crate) fn backoff(failures: u32, jitter: u64) -> Duration {
     base + Duration::from_millis(jitter % spread)
 }
 
+/// An object's resourceVersion as the integer etcd-backed servers use;
+/// `None` for anything else (never compared).
+fn rv_of(meta: &kube::api::ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
+}
+
 /// The key an object's backoff and status writes are kept under.
 pub(crate) fn object_key(kind: &str, obj: &DynamicObject) -> String {
     format!(
@@ -354,12 +360,7 @@ impl Context {
     /// Remember the resourceVersion a node write returned, until the node
     /// store shows it.
     fn wrote_node(&self, ns: &str, node: &str, written: &FleetNode) {
-        if let Some(rv) = written
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(rv) = rv_of(&written.metadata) {
             self.node_writes
                 .lock()
                 .expect("node writes lock")
@@ -381,7 +382,7 @@ impl Context {
             let seen = self
                 .nodes
                 .get(&ObjectRef::new(name).within(ns))
-                .and_then(|n| n.metadata.resource_version.as_deref()?.parse::<u64>().ok());
+                .and_then(|n| rv_of(&n.metadata));
             let lagging = seen.is_some_and(|seen| seen < *rv);
             behind |= lagging;
             lagging
@@ -476,12 +477,7 @@ impl Context {
                 &Patch::Apply(&body),
             )
             .await?;
-        if let Some(rv) = written
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(rv) = rv_of(&written.metadata) {
             self.written
                 .lock()
                 .expect("written lock")
@@ -495,11 +491,7 @@ impl Context {
     /// anything else is never called stale).
     pub(crate) fn stale(&self, kind: &str, obj: &DynamicObject) -> bool {
         let key = object_key(kind, obj);
-        let seen = obj
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok());
+        let seen = rv_of(&obj.metadata);
         match (seen, self.written.lock().expect("written lock").get(&key)) {
             (Some(seen), Some(written)) => seen < *written,
             _ => false,

@@ -77,13 +77,13 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
 /// fleet: every other FleetNode of the namespace.
 fn observe(
     plan: &MigrationPlan,
+    plans: &[Arc<MigrationPlan>],
     ctx: &Context,
     ns: &str,
     now: Timestamp,
 ) -> (Vec<NodeView>, Vec<NodeView>) {
     let name = plan.name_any();
-    let plans = ctx.plans_in(ns);
-    let refs = plan_refs(&plans, now);
+    let refs = plan_refs(plans, now);
     let canaries = ctx.canaries_in(ns);
     let (mut mine, mut outside) = (Vec::new(), Vec::new());
     for n in ctx.nodes.state() {
@@ -109,7 +109,8 @@ async fn reconcile_plan(
 ) -> Result<Action, Error> {
     let name = plan.name_any();
     let now = Timestamp::now();
-    let (views, outside) = observe(&plan, ctx, ns, now);
+    let plans = ctx.plans_in(ns);
+    let (views, outside) = observe(&plan, &plans, ctx, ns, now);
     let analysis = ctx.analysis.verdict(&plan);
     let trigger = ctx.analysis.trigger(&plan);
     let tally = ctx.analysis.plan_tally(&plan);
@@ -135,7 +136,7 @@ async fn reconcile_plan(
         set_paused(ctx, ns, &name, false, false).await?;
     } else {
         act(ctx, &plan, ns, &decision).await?;
-        gauges(ctx, &name, ns, &decision);
+        gauges(ctx, &name, &plans, &decision);
     }
     ctx.publish(&plan.object_ref(&()), events(&decision.transitions))
         .await;
@@ -243,9 +244,9 @@ async fn write_owned_canary(
 
 /// Plans by phase (recomputed from the store), this plan's nodes by mode,
 /// and the rollbacks it started.
-fn gauges(ctx: &Context, name: &str, ns: &str, decision: &Decision) {
+fn gauges(ctx: &Context, name: &str, plans: &[Arc<MigrationPlan>], decision: &Decision) {
     ctx.metrics.plans.reset();
-    for p in ctx.plans_in(ns) {
+    for p in plans {
         let phase = if p.metadata.name.as_deref() == Some(name) {
             decision.status.phase
         } else {
