@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 use switchyard_crds::{Canary, MigrationPlan};
 
 use crate::context::Analysis;
-use crate::planner::{AnalysisInput, TriggerInput};
+use crate::planner::{AnalysisInput, Trigger, TriggerInput};
 
 /// The largest webhook body accepted.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -113,7 +113,7 @@ impl AlertBook {
         let a = hits.first()?;
         let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         Some(TriggerInput {
-            trigger: "Alert".into(),
+            trigger: Trigger::Alert,
             reason: format!(
                 "alert {} firing since {} ({})",
                 a.labels

@@ -19,6 +19,7 @@ use switchyard_crds::{
 };
 
 use crate::context::{Context, Error, holder_of, plan_refs, release_patch, requeue, resource_of};
+use crate::planner::Event;
 use crate::planner::canary::{
     CanaryInput, CanaryNode, CanaryPatch, plan_canary, release_targets, unreadable,
 };
@@ -61,11 +62,7 @@ async fn unreadable_canary(
     .await?;
     ctx.publish(
         &obj.object_ref(&resource_of::<Canary>()),
-        decision
-            .events
-            .iter()
-            .map(|(r, m, w)| ((*r).to_owned(), m.clone(), *w))
-            .collect(),
+        decision.events.clone(),
     )
     .await;
     Ok(Action::await_change())
@@ -197,15 +194,8 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
         .map(|p| (p.node.clone(), canary_patch(&name, p)))
         .collect();
     ctx.write_nodes(ns, CANARY_FIELD_MANAGER, writes).await?;
-    ctx.publish(
-        &canary.object_ref(&()),
-        decision
-            .events
-            .iter()
-            .map(|(r, m, w)| ((*r).to_owned(), m.clone(), *w))
-            .collect(),
-    )
-    .await;
+    ctx.publish(&canary.object_ref(&()), decision.events.clone())
+        .await;
     let mut action = requeue(decision.requeue_at, now);
     if decision.status.phase == CanaryPhase::Pending && decision.requeue_at.is_none() {
         // Waiting on nodes another plan or canary holds: look again now
@@ -260,10 +250,9 @@ async fn release_canary(
     if count > 0 {
         ctx.publish(
             &canary.object_ref(&resource_of::<Canary>()),
-            vec![(
-                "NodesReleased".to_owned(),
+            vec![Event::normal(
+                "NodesReleased",
                 format!("Canary deleted: {count} FleetNode(s) returned and released"),
-                false,
             )],
         )
         .await;

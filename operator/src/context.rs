@@ -20,7 +20,7 @@ use switchyard_crds::{
 
 use crate::metrics::Metrics;
 use crate::planner::selection::{PlanRef, held_by_other};
-use crate::planner::{AnalysisInput, TriggerInput};
+use crate::planner::{AnalysisInput, Event, TriggerInput};
 use crate::ratelimit::RateLimiter;
 
 /// Where analysis verdicts and rollback triggers come from (the analysis
@@ -244,7 +244,10 @@ impl Error {
 /// How long to wait before retrying an object after its `failures`-th
 /// transient failure in a row: 500 ms doubling up to 5 minutes, plus up to
 /// a quarter more from `jitter` (any number; spreads objects that failed
-/// together).
+/// together). A pure function of the count rather than `backon`'s
+/// retry iterators: the controller asks for one delay per failed
+/// reconcile and keeps the count per object itself, and a pure delay can
+/// be tested without a clock or a random source.
 pub(crate) fn backoff(failures: u32, jitter: u64) -> Duration {
     const FIRST: Duration = Duration::from_millis(500);
     const MOST: Duration = Duration::from_secs(300);
@@ -390,14 +393,13 @@ impl Context {
         behind
     }
 
-    /// Record Events: (reason, message, warning), one events.k8s.io Event
-    /// each. Not through kube's `Recorder`: it folds every Event with the
+    /// Record Events, one events.k8s.io Event each. Not through kube's `Recorder`: it folds every Event with the
     /// same reason into one series and keeps only the first note, so
     /// "stage 0 wave 0" would stand for every later wave too.
     pub(crate) async fn publish(
         &self,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
-        events: Vec<(String, String, bool)>,
+        events: Vec<Event>,
     ) {
         use k8s_openapi::api::events::v1::Event as KubeEvent;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -405,7 +407,12 @@ impl Context {
             return;
         };
         let api: Api<KubeEvent> = Api::namespaced(self.client.clone(), &ns);
-        for (reason, note, warning) in events {
+        for Event {
+            reason,
+            note,
+            severity,
+        } in events
+        {
             let now = Timestamp::now();
             let regarding = reference.name.clone().unwrap_or_default();
             let name = format!(
@@ -430,9 +437,9 @@ impl Context {
                 },
                 event_time: Some(MicroTime(now)),
                 action: Some("Reconcile".into()),
-                reason: Some(reason),
+                reason: Some(reason.to_owned()),
                 note: Some(note),
-                type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+                type_: Some(severity.as_str().to_owned()),
                 regarding: Some(reference.clone()),
                 reporting_controller: Some(FIELD_MANAGER.into()),
                 reporting_instance: Some(self.instance.clone()),
@@ -532,10 +539,9 @@ impl Context {
                 };
                 self.publish(
                     &obj.object_ref(&ar),
-                    vec![(
-                        "ReconcileFailed".to_owned(),
+                    vec![Event::warning(
+                        "ReconcileFailed",
                         format!("{e}; not retried until the {kind} changes"),
-                        true,
                     )],
                 )
                 .await;

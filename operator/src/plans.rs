@@ -22,7 +22,7 @@ use switchyard_crds::{
 use crate::context::{Context, Error, holder_of, plan_refs, release_patch, requeue, resource_of};
 use crate::planner::owned::owned_canary;
 use crate::planner::selection::matches;
-use crate::planner::{self, Decision, NodePatch, NodeView, PlanInput};
+use crate::planner::{self, Decision, Event, NodePatch, NodeView, PlanInput};
 use crate::reconcile::Reconciled;
 
 /// MigrationPlans, for [`crate::reconcile::reconcile_object`].
@@ -270,17 +270,17 @@ fn gauges(ctx: &Context, name: &str, plans: &[Arc<MigrationPlan>], decision: &De
     }
     for t in &decision.transitions {
         if let planner::Transition::RollbackStarted { trigger, .. } = t {
-            ctx.metrics.rollbacks.with_label_values(&[trigger]).inc();
+            ctx.metrics
+                .rollbacks
+                .with_label_values(&[trigger.as_str()])
+                .inc();
         }
     }
 }
 
 /// The Events of a decision's transitions.
-fn events(transitions: &[planner::Transition]) -> Vec<(String, String, bool)> {
-    transitions
-        .iter()
-        .map(|t| (t.reason().to_owned(), t.message(), t.is_warning()))
-        .collect()
+fn events(transitions: &[planner::Transition]) -> Vec<Event> {
+    transitions.iter().map(planner::Transition::event).collect()
 }
 
 /// A deleted plan lets go of its FleetNodes: each keeps its current mode
@@ -316,10 +316,9 @@ async fn release_plan(plan: &DynamicObject, ctx: &Arc<Context>, ns: &str) -> Res
     }
     ctx.publish(
         &plan.object_ref(&resource_of::<MigrationPlan>()),
-        vec![(
-            "NodesReleased".to_owned(),
+        vec![Event::normal(
+            "NodesReleased",
             format!("plan deleted: {count} FleetNode(s) released at their current modes"),
-            false,
         )],
     )
     .await;

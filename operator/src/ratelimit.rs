@@ -1,47 +1,40 @@
-//! A token bucket for the operator's FleetNode writes: at most `burst` at
+//! The budget for the operator's FleetNode writes: at most `burst` at
 //! once, refilled at `qps` per second, so a 10,000-node wave does not
-//! flood the API server.
+//! flood the API server. A `governor` direct limiter (GCRA) shared by
+//! every reconcile.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+use governor::{DefaultDirectRateLimiter, Quota};
 
-/// A shared token bucket.
+/// A shared write budget.
 pub struct RateLimiter {
-    qps: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
+    inner: DefaultDirectRateLimiter,
 }
 
 impl RateLimiter {
-    /// `qps` tokens per second, at most `burst` saved up (both at least 1).
+    /// `qps` writes per second (at least one per 1,000 s), at most `burst`
+    /// saved up (at least 1).
     pub fn new(qps: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
+        let period = Duration::from_secs_f64(1.0 / qps.max(0.001));
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
         RateLimiter {
-            qps: qps.max(0.001),
-            burst,
-            state: Mutex::new((burst, Instant::now())),
+            inner: DefaultDirectRateLimiter::direct(quota),
         }
     }
 
-    /// Wait for one token.
+    /// Wait for one write's turn.
     pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = Instant::now();
-                let refill = now.duration_since(s.1).as_secs_f64() * self.qps;
-                s.0 = (s.0 + refill).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - s.0) / self.qps)
-            };
-            tokio::time::sleep(wait).await;
-        }
+        self.inner.until_ready().await;
+    }
+
+    /// Take one write's turn if it is free now.
+    pub fn try_acquire(&self) -> bool {
+        self.inner.check().is_ok()
     }
 }
 
@@ -49,24 +42,39 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn burst_then_steady_rate() {
-        let rl = RateLimiter::new(10.0, 5);
-        let start = Instant::now();
-        for _ in 0..5 {
+    #[test]
+    fn the_burst_is_free_and_then_the_budget_is_spent() {
+        // One per 100 s: nothing refills while the test runs.
+        let rl = RateLimiter::new(0.01, 5);
+        for i in 0..5 {
+            assert!(rl.try_acquire(), "write {i} of the burst waited");
+        }
+        assert!(!rl.try_acquire(), "a sixth write went through at once");
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refills_at_qps() {
+        let rl = RateLimiter::new(20.0, 1);
+        rl.acquire().await;
+        let start = std::time::Instant::now();
+        for _ in 0..4 {
             rl.acquire().await;
         }
-        assert!(
-            start.elapsed() < Duration::from_millis(1),
-            "the burst is free"
-        );
-        for _ in 0..10 {
-            rl.acquire().await;
-        }
+        // Four more at 20/s wait at least ~200 ms (lower bound only: a
+        // loaded machine may wait longer).
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
-            "10 more at 10/s took {took:?}"
+            took >= Duration::from_millis(190),
+            "4 more at 20/s took {took:?}"
         );
+    }
+
+    #[test]
+    fn nonsense_settings_still_make_a_limiter() {
+        let rl = RateLimiter::new(0.0, 0);
+        assert!(rl.try_acquire());
+        assert!(!rl.try_acquire());
+        let fast = RateLimiter::new(f64::INFINITY, 3);
+        assert!(fast.try_acquire());
     }
 }

@@ -23,7 +23,7 @@ use switchyard_crds::{
     PlanCanary, PlanPhase, RollbackPolicy, RollbackScope, RollbackStrategy, Verdict, validate,
 };
 use switchyard_operator::planner::sim::Sim;
-use switchyard_operator::planner::{TriggerInput, plan};
+use switchyard_operator::planner::{Trigger, TriggerInput, plan};
 
 use NetworkMode::*;
 
@@ -371,7 +371,7 @@ proptest! {
                 Event::Resume => sim.spec.paused = false,
                 Event::ManualRollback => sim.spec.rollback_request = Some(RollbackRequest { reason: "test".into() }),
                 Event::TriggerCleared => sim.trigger = None,
-                Event::Trigger => sim.trigger = Some(TriggerInput { trigger: "Alert".into(), reason: "SwitchyardHighErrorRate".into() }),
+                Event::Trigger => sim.trigger = Some(TriggerInput { trigger: Trigger::Alert, reason: "SwitchyardHighErrorRate".into() }),
                 Event::TakenByOther(i) => {
                     if let Some(n) = nth_name(&sim, i) {
                         // Ownership goes by the plan label: a node this plan

@@ -9,7 +9,7 @@ use switchyard_crds::plan::RollbackTriggers;
 
 use super::evaluate::pick;
 use super::measure::Measurement;
-use crate::planner::TriggerInput;
+use crate::planner::{Trigger, TriggerInput};
 
 /// The first trigger that fires over `m`, if any. `min_requests`: the
 /// fewest requests a rate is judged on (a handful says nothing).
@@ -32,7 +32,7 @@ pub(super) fn check(
                     .unwrap_or(SignedDuration::MAX);
                 if above >= hold {
                     return Some(TriggerInput {
-                        trigger: "HighErrorRate".into(),
+                        trigger: Trigger::HighErrorRate,
                         reason: format!(
                             "error rate {:.4} above {} for {:#} ({} of {} requests in the last window)",
                             rate, t.threshold, above, all.errors, all.requests
@@ -50,7 +50,7 @@ pub(super) fn check(
         && ms > f64::from(t.threshold_ms)
     {
         return Some(TriggerInput {
-            trigger: "LatencyRegression".into(),
+            trigger: Trigger::LatencyRegression,
             reason: format!(
                 "p{} latency {ms:.1} ms above {} ms ({} requests in the last window)",
                 t.percentile, t.threshold_ms, all.requests
@@ -62,7 +62,7 @@ pub(super) fn check(
         && h < t.min_health_score
     {
         return Some(TriggerInput {
-            trigger: "HealthCheckFailure".into(),
+            trigger: Trigger::HealthCheckFailure,
             reason: format!(
                 "lowest agent health score {h:.2} below {} (of {} nodes scraped)",
                 t.min_health_score, m.scraped
@@ -74,7 +74,7 @@ pub(super) fn check(
         && risk > t.risk_above
     {
         return Some(TriggerInput {
-            trigger: "NetworkPartition".into(),
+            trigger: Trigger::NetworkPartition,
             reason: format!("partition risk {risk:.2} above {}", t.risk_above),
         });
     }
@@ -115,7 +115,7 @@ mod tests {
         let mut taken_over = tally.clone();
         assert_eq!(check(&triggers, 20.0, &mut taken_over, &m, at(29)), None);
         let fired = check(&triggers, 20.0, &mut taken_over, &m, at(30)).expect("fires");
-        assert_eq!(fired.trigger, "HighErrorRate");
+        assert_eq!(fired.trigger, Trigger::HighErrorRate);
         // A clean window with enough requests stops the clock.
         m.canary[0].errors = 0.0;
         assert_eq!(check(&triggers, 20.0, &mut tally, &m, at(31)), None);

@@ -16,7 +16,7 @@ use switchyard_crds::{
     validate,
 };
 
-use super::{AnalysisInput, add, ceil_share, order_key};
+use super::{AnalysisInput, Event, Severity, add, ceil_share, order_key};
 
 /// What the canary planner needs to know about one FleetNode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +96,8 @@ pub struct CanaryDecision {
     pub status: CanaryStatus,
     /// FleetNode writes.
     pub patches: Vec<CanaryPatch>,
-    /// (reason, message, warning) per transition, each an Event.
-    pub events: Vec<(&'static str, String, bool)>,
+    /// One Event per transition.
+    pub events: Vec<Event>,
     /// Reconcile again at this time.
     pub requeue_at: Option<Timestamp>,
 }
@@ -143,7 +143,8 @@ pub fn unreadable(
 
 fn invalid(d: &mut CanaryDecision, prev: &CanaryStatus, message: String) {
     if prev.phase != CanaryPhase::Invalid || prev.message.as_deref() != Some(&message) {
-        d.events.push(("CanaryInvalid", message.clone(), true));
+        d.events
+            .push(Event::warning("CanaryInvalid", message.clone()));
     }
     d.status.phase = CanaryPhase::Invalid;
     d.status.message = Some(message);
@@ -212,7 +213,7 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
                     });
                 let msg = format!("waiting: FleetNode {} {why}", n.name);
                 if prev.message.as_deref() != Some(&msg) {
-                    d.events.push(("NodeBlocked", msg.clone(), true));
+                    d.events.push(Event::warning("NodeBlocked", msg.clone()));
                 }
                 d.status.phase = CanaryPhase::Pending;
                 d.status.message = Some(msg);
@@ -256,7 +257,7 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
             hold: true,
         });
     }
-    d.events.push((
+    d.events.push(Event::normal(
         "CanaryStarted",
         format!(
             "{} node(s) switching to {} for {}",
@@ -264,7 +265,6 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
             spec.mode,
             spec.duration
         ),
-        false,
     ));
     d.status.message = Some(format!(
         "{} node(s) switching to {}",
@@ -339,11 +339,15 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
             }
         };
         d.status.verdict = Some(verdict);
-        d.events.push((
-            "CanaryVerdict",
-            format!("verdict {verdict:?}: returning the nodes to their modes"),
-            verdict != Verdict::Pass,
-        ));
+        d.events.push(Event {
+            reason: "CanaryVerdict",
+            note: format!("verdict {verdict:?}: returning the nodes to their modes"),
+            severity: if verdict == Verdict::Pass {
+                Severity::Normal
+            } else {
+                Severity::Warning
+            },
+        });
     }
     // The verdict is in: return every node to its start mode.
     let mut all_back = true;
@@ -373,10 +377,9 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
     d.status.message = Some(format!(
         "verdict {verdict:?}; every node is back in its mode"
     ));
-    d.events.push((
+    d.events.push(Event::normal(
         "CanaryFinished",
         format!("verdict {verdict:?}; {} node(s) returned", ours.len()),
-        false,
     ));
     release(input, d);
 }
@@ -542,7 +545,7 @@ mod tests {
                 .iter()
                 .all(|p| p.hold && p.mode == NetworkMode::DualPreferIroh)
         );
-        assert_eq!(d.events[0].0, "CanaryStarted");
+        assert_eq!(d.events[0].reason, "CanaryStarted");
         apply(&mut nodes, &d);
         // Acknowledged: the trial clock starts, due in exactly 10s.
         let d = step(&spec, Some(&d.status), &nodes, None, at(1));
@@ -582,7 +585,7 @@ mod tests {
             msg.contains("DualPreferIroh"),
             "names a mode that works: {msg}"
         );
-        assert_eq!(d.events[0].0, "CanaryInvalid");
+        assert_eq!(d.events[0].reason, "CanaryInvalid");
         // Reported once, not on every reconcile.
         let again = step(&spec, Some(&d.status), &fleet(6), None, at(1));
         assert!(again.events.is_empty());

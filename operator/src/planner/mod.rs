@@ -13,6 +13,7 @@
 //!   plan) go on the FleetNode, never into the plan's status.
 
 pub mod canary;
+pub mod event;
 pub mod guard;
 pub mod owned;
 pub mod selection;
@@ -31,6 +32,7 @@ use switchyard_crds::{
     RollbackStrategy, Verdict, validate,
 };
 
+pub use event::{Event, Severity, Trigger};
 use guard::ModeBag;
 
 /// How many blocked nodes the status names; the rest are only counted.
@@ -107,7 +109,7 @@ pub struct AnalysisInput {
 pub struct TriggerInput {
     /// HighErrorRate, LatencyRegression, NetworkPartition,
     /// HealthCheckFailure or Alert.
-    pub trigger: String,
+    pub trigger: Trigger,
     /// Details, e.g. the alert's name and labels.
     pub reason: String,
 }
@@ -215,7 +217,7 @@ pub enum Transition {
     /// Nodes missed the progress deadline.
     ProgressDeadlineExceeded(String),
     /// A rollback began.
-    RollbackStarted { trigger: String, reason: String },
+    RollbackStarted { trigger: Trigger, reason: String },
     /// A rollback finished.
     RollbackFinished { nodes: u32 },
     /// Every stage finished.
@@ -694,7 +696,7 @@ impl<'a> Planner<'a> {
             } else {
                 req.reason.clone()
             };
-            return self.begin_rollback("Manual", reason, RollbackScope::Plan);
+            return self.begin_rollback(Trigger::Manual, reason, RollbackScope::Plan);
         }
         match self.st.phase {
             PlanPhase::Succeeded => return self.hold_final(),
@@ -704,8 +706,8 @@ impl<'a> Planner<'a> {
         if let Some(t) = self.input.trigger
             && self.st.phase != PlanPhase::Pending
         {
-            let (trigger, reason) = (t.trigger.clone(), t.reason.clone());
-            if trigger == "Alert" && self.spec.rollback.alert_action == AlertAction::Pause {
+            let (trigger, reason) = (t.trigger, t.reason.clone());
+            if trigger == Trigger::Alert && self.spec.rollback.alert_action == AlertAction::Pause {
                 // The plan asks alerts to pause it, not to roll it back.
                 if !self.spec.paused && self.st.phase != PlanPhase::Paused {
                     let then = if self.spec.rollback.resume_when_alerts_resolve {
@@ -723,7 +725,7 @@ impl<'a> Planner<'a> {
                 }
                 return;
             }
-            return self.failure(&trigger, reason);
+            return self.failure(trigger, reason);
         }
         if self.spec.paused {
             if self.st.phase != PlanPhase::Paused {
@@ -966,7 +968,7 @@ impl<'a> Planner<'a> {
                     .as_ref()
                     .and_then(|r| r.message.clone())
                     .unwrap_or_else(|| "analysis failed".into());
-                self.failure("AnalysisFailed", msg);
+                self.failure(Trigger::AnalysisFailed, msg);
                 true
             }
             _ => false,
@@ -1012,7 +1014,7 @@ impl<'a> Planner<'a> {
     fn gate_blocked(&mut self, gate: Gate) {
         match gate {
             Gate::Pass | Gate::Waiting => {}
-            Gate::Fail(msg) => self.failure("AnalysisFailed", msg),
+            Gate::Fail(msg) => self.failure(Trigger::AnalysisFailed, msg),
             Gate::Inconclusive(msg) => {
                 let action = self
                     .analysis_config(self.st.wave.is_none())
@@ -1030,7 +1032,9 @@ impl<'a> Planner<'a> {
                         });
                         self.transitions.push(Transition::Paused(reason));
                     }
-                    InconclusiveAction::Rollback => self.failure("AnalysisInconclusive", msg),
+                    InconclusiveAction::Rollback => {
+                        self.failure(Trigger::AnalysisInconclusive, msg)
+                    }
                     // The gate passed it; nothing to do.
                     InconclusiveAction::Continue => {}
                 }
@@ -1270,12 +1274,12 @@ impl<'a> Planner<'a> {
         }
         // A rollback that misses the deadline is reported, not restarted.
         if self.spec.rollback.on_progress_deadline && self.st.phase != PlanPhase::RollingBack {
-            self.failure("ProgressDeadline", msg);
+            self.failure(Trigger::ProgressDeadline, msg);
         }
     }
 
     /// Something went wrong: roll back if automatic, else stop in Failed.
-    fn failure(&mut self, trigger: &str, reason: String) {
+    fn failure(&mut self, trigger: Trigger, reason: String) {
         if self.st.phase == PlanPhase::Canary {
             self.canary = Some(CanaryAction::Finish {
                 stage: self.st.stage,
@@ -1293,12 +1297,12 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn begin_rollback(&mut self, trigger: &str, reason: String, scope: RollbackScope) {
+    fn begin_rollback(&mut self, trigger: Trigger, reason: String, scope: RollbackScope) {
         let step = (scope == RollbackScope::Wave).then(|| self.step_id());
         self.st.rollback = Some(RollbackRecord {
             started_at: Some(Time(self.now())),
             finished_at: None,
-            trigger: trigger.to_owned(),
+            trigger: trigger.as_str().to_owned(),
             reason: reason.clone(),
             scope,
             nodes: 0,
@@ -1309,10 +1313,8 @@ impl<'a> Planner<'a> {
         self.st.step_started_at = None;
         self.st.step_acknowledged_at = None;
         self.st.last_progress_time = Some(Time(self.now()));
-        self.transitions.push(Transition::RollbackStarted {
-            trigger: trigger.to_owned(),
-            reason,
-        });
+        self.transitions
+            .push(Transition::RollbackStarted { trigger, reason });
         self.rolling_back();
     }
 
@@ -1639,7 +1641,7 @@ impl<'a> Planner<'a> {
                 .st
                 .rollback
                 .as_ref()
-                .is_some_and(|r| r.trigger == "ProgressDeadline");
+                .is_some_and(|r| Trigger::parse(&r.trigger) == Some(Trigger::ProgressDeadline));
         let degraded_reason = if deadline || deadline_rollback {
             "ProgressDeadlineExceeded".to_owned()
         } else {

@@ -178,7 +178,7 @@ fn failed_analysis_rolls_back_in_the_safe_order() {
     let d = sim.reconcile();
     assert_eq!(sim.phase(), PlanPhase::RollingBack);
     assert!(d.transitions.iter().any(
-        |t| matches!(t, Transition::RollbackStarted { trigger, .. } if trigger == "AnalysisFailed")
+        |t| matches!(t, Transition::RollbackStarted { trigger, .. } if *trigger == Trigger::AnalysisFailed)
     ));
     sim.analysis = None;
     for _ in 0..50 {
@@ -621,7 +621,7 @@ fn an_alert_pauses_a_plan_that_asks_for_it_and_it_resumes_when_the_alert_resolve
         sim.reconcile();
         sim.ack_all();
         sim.trigger = Some(TriggerInput {
-            trigger: "Alert".into(),
+            trigger: Trigger::Alert,
             reason: "SwitchyardHighErrorRate".into(),
         });
         let d = sim.reconcile();
