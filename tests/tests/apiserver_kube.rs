@@ -657,6 +657,81 @@ async fn watches_resume_after_a_version_and_expire_when_compacted() {
     );
 }
 
+/// A watcher that falls behind is closed without an error, as a real API
+/// server closes an unresponsive watcher; watching again from the last
+/// version it saw replays the rest from history, with no relist.
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_closed_and_resumes_without_a_relist() {
+    let (server, client) = server_with(Config {
+        watch_buffer: 2,
+        ..Config::default()
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("list rv");
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    // 64 KiB each, 400 of them: more than the socket buffers hold, so the
+    // server's sender blocks on the unread watch and falls behind.
+    const COUNT: usize = 400;
+    let data: std::collections::BTreeMap<String, String> =
+        [("blob".to_owned(), "x".repeat(64 * 1024))].into();
+    for i in 0..COUNT {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("lag{i}")),
+                ..ObjectMeta::default()
+            },
+            data: Some(data.clone()),
+            ..ConfigMap::default()
+        };
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+    }
+    let lists_before = server.app.lists_of("configmaps");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = rv;
+    let mut closes = 0;
+    while seen.len() < COUNT {
+        match tokio::time::timeout(WAIT, stream.try_next())
+            .await
+            .expect("an event or the end in time")
+            .expect("no transport error")
+        {
+            Some(WatchEvent::Added(cm)) => {
+                last = cm.resource_version().expect("rv");
+                seen.insert(cm.name_any());
+            }
+            Some(other) => panic!("only ADDED events, no 410: got {other:?}"),
+            None => {
+                closes += 1;
+                stream = cms
+                    .watch(&WatchParams::default(), &last)
+                    .await
+                    .expect("watch again")
+                    .boxed();
+            }
+        }
+    }
+    assert!(closes >= 1, "the unread watch was never closed");
+    assert_eq!(seen.len(), COUNT);
+    assert_eq!(
+        server.app.lists_of("configmaps"),
+        lists_before,
+        "resuming needed no LIST"
+    );
+}
+
 #[tokio::test]
 async fn streaming_lists_end_initial_events_with_a_bookmark() {
     let (_server, client) = server().await;

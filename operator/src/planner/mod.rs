@@ -471,6 +471,9 @@ struct Planner<'a> {
     island_wait: Option<NetworkMode>,
     /// What the plan waits on, when it is the rest of the fleet.
     island_msg: Option<String>,
+    /// Whether a node outside the plan runs or is told to run
+    /// (LibP2pOnly, IrohOnly).
+    outside_single: (bool, bool),
 }
 
 fn ts(t: &Option<Time>) -> Option<Timestamp> {
@@ -509,16 +512,24 @@ impl<'a> Planner<'a> {
                 }
             })
             .collect();
-        nodes.sort_by_cached_key(|n| (order_key(input.name, &n.view.name), n.view.name.clone()));
+        nodes.sort_by_cached_key(|n| {
+            let view: &'a NodeView = n.view;
+            (order_key(input.name, &view.name), view.name.as_str())
+        });
         let mut bag = ModeBag::default();
         for n in &nodes {
             if let Some(d) = n.desired {
                 bag.add_node(d, n.view.applied);
             }
         }
+        let mut outside_single = (false, false);
         for o in input.outside {
             if let Some(d) = o.desired.or(o.applied) {
                 bag.add_node(d, o.applied);
+            }
+            for m in [o.desired, o.applied].into_iter().flatten() {
+                outside_single.0 |= m == NetworkMode::LibP2pOnly;
+                outside_single.1 |= m == NetworkMode::IrohOnly;
             }
         }
         let managed = nodes.iter().filter(|n| n.managed).count();
@@ -557,6 +568,7 @@ impl<'a> Planner<'a> {
             invalid: None,
             island_wait: None,
             island_msg: None,
+            outside_single,
         }
     }
 
@@ -599,8 +611,7 @@ impl<'a> Planner<'a> {
         };
         let applied = n.view.applied;
         let next = self.bag.next_step(desired, applied, target);
-        if next != Some(target) && desired != target && !self.outside_in_the_way(target).is_empty()
-        {
+        if next != Some(target) && desired != target && self.outside_opposes(target) {
             self.island_wait = Some(target);
         }
         let Some(next) = next else {
@@ -625,6 +636,17 @@ impl<'a> Planner<'a> {
             step: step.to_owned(),
         });
         true
+    }
+
+    /// Whether any node outside the plan runs (or is told to run) the
+    /// single-stack mode opposite `target`. Counted once per decision, so
+    /// a step stays O(1) however large the rest of the fleet is.
+    fn outside_opposes(&self, target: NetworkMode) -> bool {
+        match target {
+            NetworkMode::IrohOnly => self.outside_single.0,
+            NetworkMode::LibP2pOnly => self.outside_single.1,
+            _ => false,
+        }
     }
 
     /// The nodes outside the plan that `target` would be cut off from:
@@ -1347,13 +1369,16 @@ impl<'a> Planner<'a> {
         }
         // Nodes this rollback does not move (held by another plan, or
         // outside the failing wave) keep their modes.
-        let moving: std::collections::BTreeSet<usize> = targets.iter().map(|t| t.0).collect();
+        let mut moving = vec![false; self.nodes.len()];
+        for t in &targets {
+            moving[t.0] = true;
+        }
         let fixed = |m: NetworkMode| {
             self.nodes
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| !moving.contains(i))
-                .any(|(_, n)| n.desired == Some(m) || n.view.applied == Some(m))
+                .zip(&moving)
+                .filter(|(_, moving)| !**moving)
+                .any(|(n, _)| n.desired == Some(m) || n.view.applied == Some(m))
         };
         let count = |m: NetworkMode| targets.iter().filter(|t| t.1 == m).count();
         let (libp2p, iroh) = (count(NetworkMode::LibP2pOnly), count(NetworkMode::IrohOnly));
@@ -1438,33 +1463,27 @@ impl<'a> Planner<'a> {
             batch = ceil_share(g.wave_size, self.managed_count()).max(1);
         }
         let mut moved = 0;
+        let mut moved_now = vec![false; self.nodes.len()];
         for &(i, target) in &pending {
             if moved >= batch || !self.budget_left() {
                 break;
             }
             if self.step_toward(i, target, "rollback") {
                 moved += 1;
+                moved_now[i] = true;
             }
         }
         // Nodes this rollback moved: the ones marked by its step, plus the
         // ones moved now. Counted from the nodes, not added up per call: a
         // reconcile on a store that has not yet seen its own writes
         // re-issues a write (harmless) and must not count the node twice.
-        let mut rolled: std::collections::BTreeSet<&str> = self
+        let rolled = self
             .nodes
             .iter()
-            .filter(|n| n.step == Some("rollback"))
-            .map(|n| n.view.name.as_str())
-            .collect();
-        rolled.extend(
-            self.patches
-                .iter()
-                .filter(|p| p.step == "rollback")
-                .map(|p| p.node.as_str()),
-        );
-        rec.nodes = rec
-            .nodes
-            .max(u32::try_from(rolled.len()).unwrap_or(u32::MAX));
+            .zip(&moved_now)
+            .filter(|(n, now)| **now || n.step == Some("rollback"))
+            .count();
+        rec.nodes = rec.nodes.max(u32::try_from(rolled).unwrap_or(u32::MAX));
         if moved > 0 {
             self.st.step_started_at = Some(Time(self.now()));
             self.st.step_acknowledged_at = None;

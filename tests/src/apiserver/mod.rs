@@ -39,6 +39,9 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Events kept per resource for watch resumption.
     pub history: usize,
+    /// Live events a watcher may fall behind before the server closes it
+    /// (as a real API server closes an unresponsive watcher).
+    pub watch_buffer: usize,
     /// Bookmark interval for watches that allow bookmarks.
     pub bookmark_interval: Duration,
     /// Prune, default and validate custom resources against their CRD's
@@ -52,6 +55,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             history: store::DEFAULT_HISTORY,
+            watch_buffer: store::DEFAULT_WATCH_BUFFER,
             // Real API servers send one about every minute; tests want them sooner.
             bookmark_interval: Duration::from_secs(5),
             validate_custom_resources: true,
@@ -103,6 +107,7 @@ impl ApiServer {
             store: {
                 let store = Store::new(config.history);
                 store.set_validate_custom_resources(config.validate_custom_resources);
+                store.set_watch_buffer(config.watch_buffer);
                 store
             },
             config,

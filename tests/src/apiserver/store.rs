@@ -21,9 +21,10 @@ use super::selectors::{FieldSelector, LabelSelector};
 
 /// How many past events each resource keeps for watch resumption.
 pub const DEFAULT_HISTORY: usize = 10_000;
-/// Live-event buffer per resource; a watcher that falls this far behind
-/// gets a 410 and relists, as with a real API server.
-const BROADCAST_CAPACITY: usize = 8_192;
+/// Live-event buffer per resource. A watcher that falls this far behind
+/// is closed, as a real API server's watch cache closes an unresponsive
+/// watcher; its client watches again from the last version it saw.
+pub const DEFAULT_WATCH_BUFFER: usize = 8_192;
 
 /// Watch event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +72,12 @@ struct Collection {
 }
 
 impl Collection {
-    fn new() -> Self {
+    fn new(watch_buffer: usize) -> Self {
         Collection {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             compacted_to: 0,
-            tx: broadcast::channel(BROADCAST_CAPACITY).0,
+            tx: broadcast::channel(watch_buffer).0,
         }
     }
 }
@@ -128,6 +129,8 @@ pub struct Store {
 pub struct Inner {
     rv: u64,
     history_limit: usize,
+    /// Live events a watcher may fall behind before it is closed.
+    watch_buffer: usize,
     /// Prune, default and validate custom resources per their schema.
     validate_custom: bool,
     builtins: Vec<ResourceType>,
@@ -208,6 +211,7 @@ impl Store {
         let mut inner = Inner {
             rv: 1,
             history_limit: history_limit.max(1),
+            watch_buffer: DEFAULT_WATCH_BUFFER,
             validate_custom: true,
             builtins: registry::builtins(),
             custom: Vec::new(),
@@ -230,6 +234,12 @@ impl Store {
     /// reach the operator's own validator with invalid specs).
     pub fn set_validate_custom_resources(&self, on: bool) {
         self.lock().validate_custom = on;
+    }
+
+    /// How many live events a watcher may fall behind before it is closed
+    /// (at least 1). Applies to resources first written after the call.
+    pub fn set_watch_buffer(&self, events: usize) {
+        self.lock().watch_buffer = events.max(1);
     }
 
     /// Lock the store.
@@ -259,9 +269,10 @@ impl Inner {
     }
 
     fn collection(&mut self, rt: &ResourceType) -> &mut Collection {
+        let buffer = self.watch_buffer;
         self.collections
             .entry(rt.storage_key())
-            .or_insert_with(Collection::new)
+            .or_insert_with(|| Collection::new(buffer))
     }
 
     /// The stored object at `key`, or 404.

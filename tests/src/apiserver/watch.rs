@@ -4,8 +4,10 @@
 //! then streams live ones; `""` or `"0"` (or `sendInitialEvents=true`)
 //! starts with synthetic ADDED events for what exists, the latter ending
 //! them with a BOOKMARK annotated `k8s.io/initial-events-end`. A version
-//! older than the retained history, or a watcher that falls too far
-//! behind, gets an in-stream ERROR with a 410 Expired Status.
+//! older than the retained history gets an in-stream ERROR with a 410
+//! Expired Status. A watcher that falls too far behind is closed without
+//! one, as a real API server's watch cache closes an unresponsive watcher:
+//! the client resumes from the last version it saw.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -202,11 +204,11 @@ pub(super) fn serve(
                         if let Some(kind) = filter.translate(&e)
                             && !send(line(kind.as_str(), &render(&rt, &e.object))).await { return; }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let e = ApiError::expired(format!("the watcher fell behind; too old resource version: {last}"));
-                        let _ = send(line("ERROR", &e.status())).await;
-                        return;
-                    }
+                    // Fell behind: closed without an error, as a real API
+                    // server's watch cache closes an unresponsive watcher.
+                    // The client watches again from `last`; the history
+                    // replays what it missed, or answers 410 if too old.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
