@@ -12,9 +12,15 @@ sets, and check every rendered manifest:
 - every image has an explicit tag, never "latest";
 - the sample workload's script is examples/workload/kv_client.py.
 
+- the operator is told the webhook Secret's name and key, whatever the
+  values say (existingSecret with a custom secretKey included).
+
 Writes each value set's manifests to OUT/<set>.yaml (for kubectl), prints a
 line per value set and exits non-zero, naming each problem, if any check
 fails. Usage: check.py [OUT]
+
+check.py --render SET FILE renders one value set to FILE and nothing else
+(for the system tests that run the binaries as the chart configures them).
 """
 
 import json
@@ -103,7 +109,52 @@ def check(name, docs):
     return problems
 
 
+def operator_env(docs):
+    """The operator container's plain env values, by name."""
+    for obj in docs:
+        if obj.get("kind") == "Deployment" and obj["metadata"]["name"].endswith("-operator"):
+            c = obj["spec"]["template"]["spec"]["containers"][0]
+            return {e["name"]: e.get("value") for e in c.get("env", []) if "value" in e}
+    return None
+
+
+def check_webhook_secret(name, values, docs):
+    """The operator reads the token from the Secret and key the values name."""
+    env = operator_env(docs)
+    if env is None:
+        return []
+    webhook = values.get("webhook", {})
+    want_secret = webhook.get("existingSecret") or "switchyard-webhook"
+    want_key = webhook.get("secretKey", "token")
+    problems = []
+    if env.get("SWITCHYARD_WEBHOOK_SECRET") != want_secret:
+        problems.append(f"{name}: operator webhook Secret {env.get('SWITCHYARD_WEBHOOK_SECRET')!r}, values say {want_secret!r}")
+    if env.get("SWITCHYARD_WEBHOOK_SECRET_KEY") != want_key:
+        problems.append(f"{name}: operator webhook Secret key {env.get('SWITCHYARD_WEBHOOK_SECRET_KEY')!r}, values say {want_key!r}")
+    return problems
+
+
+def render(chart, values):
+    """(docs, text) of one value set."""
+    rendered = chart.render(values, name="switchyard", namespace="switchyard-system")
+    docs = []
+    text = []
+    for path, body in sorted(rendered.items()):
+        if not path.endswith((".yaml", ".yml")) or not body.strip():
+            continue
+        for doc in yaml.safe_load_all(body):
+            if doc:
+                docs.append(doc)
+        text.append(f"# Source: {path}\n{body.strip()}\n")
+    return docs, "---\n".join(text)
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--render":
+        with helm.Chart.load(str(CHART)) as chart:
+            _, text = render(chart, VALUE_SETS[sys.argv[2]])
+        pathlib.Path(sys.argv[3]).write_text(text)
+        return
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/chart")
     out.mkdir(parents=True, exist_ok=True)
     problems = []
@@ -123,18 +174,9 @@ def main():
             problems.append(f"lint ({values_name}): {e}")
     with helm.Chart.load(str(CHART)) as chart:
         for name, values in VALUE_SETS.items():
-            rendered = chart.render(values, name="switchyard", namespace="switchyard-system")
-            docs = []
-            text = []
-            for path, body in sorted(rendered.items()):
-                if not path.endswith((".yaml", ".yml")) or not body.strip():
-                    continue
-                for doc in yaml.safe_load_all(body):
-                    if doc:
-                        docs.append(doc)
-                text.append(f"# Source: {path}\n{body.strip()}\n")
-            (out / f"{name}.yaml").write_text("---\n".join(text))
-            found = check(name, docs)
+            docs, text = render(chart, values)
+            (out / f"{name}.yaml").write_text(text)
+            found = check(name, docs) + check_webhook_secret(name, values, docs)
             problems += found
             kinds = sorted({d["kind"] for d in docs})
             print(f"{name}: {len(docs)} objects ({', '.join(kinds)}); {len(found)} problems")
@@ -156,6 +198,15 @@ def main():
         for needle in ("no explicit tag", "no cpu and memory limits", "not read-only"):
             if not any(needle in p for p in caught):
                 problems.append(f"self-test: a broken value set was not caught ({needle})")
+        # A chart that forgot to pass the key must be caught too.
+        values = VALUE_SETS["existing-secret"]
+        docs, _ = render(chart, values)
+        for obj in docs:
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-operator"):
+                c = obj["spec"]["template"]["spec"]["containers"][0]
+                c["env"] = [e for e in c["env"] if e["name"] != "SWITCHYARD_WEBHOOK_SECRET_KEY"]
+        if not check_webhook_secret("broken", values, docs):
+            problems.append("self-test: an operator without the webhook Secret key was not caught")
         print(f"self-test: a broken value set gives {len(caught)} problems, as it should")
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -2,11 +2,10 @@
 //! run the controllers and the analysis until the Lease is lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 
-use crate::alerts::{AlertAnalysis, AlertBook};
+use crate::alerts::{AlertAnalysis, AlertBook, AlertRecord};
 use crate::analysis::ScrapeAnalysis;
 use crate::config::Config;
 use crate::controller::{self, LeaseFence, Wiring};
@@ -20,15 +19,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes: set KUBECONFIG or run in a cluster")?;
     let metrics = Metrics::new();
-    let book = AlertBook::new(metrics.webhook_requests.clone());
+    let record = AlertRecord::new(
+        kube::Api::namespaced(client.clone(), &config.lease.namespace),
+        config.alert_configmap.clone(),
+    );
+    let book = AlertBook::new(metrics.webhook_requests.clone(), record.clone());
     serve(&config, &metrics, &book).await?;
-    if let Some((name, key)) = config.webhook_secret.clone() {
-        tokio::spawn(load_token(
-            kube::Api::namespaced(client.clone(), &config.lease.namespace),
-            name,
-            key,
-            book.clone(),
-        ));
+    // Every replica follows the alert record, so any of them can accept
+    // an alert and a new leader starts from it.
+    tokio::spawn(record.follow(book.clone()));
+    match config.webhook_secret.clone() {
+        Some((name, key)) => {
+            tokio::spawn(load_token(
+                kube::Api::namespaced(client.clone(), &config.lease.namespace),
+                name,
+                key,
+                book.clone(),
+            ));
+        }
+        None => book.set_token(None),
     }
     // Only the leader runs the controllers, so only the leader writes.
     let lease = &config.lease;
@@ -69,18 +78,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Serve /healthz, /readyz, /metrics and the webhook.
 async fn serve(config: &Config, metrics: &Metrics, book: &Arc<AlertBook>) -> anyhow::Result<()> {
-    let ready = Arc::new(AtomicBool::new(false));
-    let (addr, server) = http::bind(
-        config.http_addr,
-        metrics.clone(),
-        ready.clone(),
-        book.clone(),
-    )
-    .await
-    .with_context(|| format!("binding {}", config.http_addr))?;
+    let (addr, server) = http::bind(config.http_addr, metrics.clone(), book.clone())
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
     tokio::spawn(server);
-    ready.store(true, Ordering::SeqCst);
     Ok(())
 }
 

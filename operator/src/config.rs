@@ -57,6 +57,11 @@ pub struct Args {
     /// Key of the token in that Secret.
     #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET_KEY", default_value = "token")]
     pub webhook_secret_key: String,
+    /// ConfigMap (in the Lease's namespace) where every replica records
+    /// the alerts it accepts, so the leader acts on them (default: the
+    /// Lease's name and `-alerts`).
+    #[arg(long, env = "SWITCHYARD_ALERT_CONFIGMAP")]
+    pub alert_configmap: Option<String>,
     /// Prometheus for PromQL analysis checks, e.g. http://prometheus:9090;
     /// without it PromQL checks are Inconclusive.
     #[arg(long, env = "SWITCHYARD_PROMETHEUS_URL")]
@@ -102,6 +107,8 @@ pub struct Config {
     pub lease: Lease,
     /// The webhook token's Secret (in the Lease's namespace) and key.
     pub webhook_secret: Option<(String, String)>,
+    /// The ConfigMap (in the Lease's namespace) that records firing alerts.
+    pub alert_configmap: String,
     /// Prometheus for PromQL checks.
     pub prometheus: Option<Prometheus>,
 }
@@ -147,6 +154,9 @@ impl TryFrom<Args> for Config {
             .lease_namespace
             .or_else(|| args.namespace.clone())
             .unwrap_or_else(|| "default".into());
+        let alert_configmap = args
+            .alert_configmap
+            .unwrap_or_else(|| format!("{}-alerts", args.lease_name));
         Ok(Config {
             namespace: args.namespace,
             http_addr: args.http_addr,
@@ -163,6 +173,7 @@ impl TryFrom<Args> for Config {
                 grace: args.lease_grace,
             },
             webhook_secret: args.webhook_secret.map(|s| (s, args.webhook_secret_key)),
+            alert_configmap,
             prometheus,
         })
     }
@@ -183,6 +194,7 @@ mod tests {
         assert_eq!(c.lease.namespace, "p2p", "the Lease lives beside the fleet");
         assert_eq!(c.lease.identity, "op-0");
         assert_eq!(c.settings.write_qps, 200.0);
+        assert_eq!(c.alert_configmap, "switchyard-operator-alerts");
         let e = config(&["--write-qps", "0"]).expect_err("refused");
         assert!(e.to_string().contains("--write-qps must be above 0"), "{e}");
         let e = config(&["--lease-duration", "5", "--lease-grace", "5"]).expect_err("refused");

@@ -1,10 +1,10 @@
 //! The operator's HTTP port: `/healthz` (the process serves), `/readyz`
-//! (the controller is running), `/metrics` (Prometheus text),
+//! (this replica can accept an alert: its webhook token is loaded and it
+//! has read the alert record; leader or standby alike), `/metrics` (Prometheus text),
 //! `POST /webhook/alertmanager` (see [`crate::alerts`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 struct AppState {
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    alerts: Arc<AlertBook>,
 }
 
 /// Serve until the listener fails. Binds first, so the caller learns the
@@ -25,7 +25,6 @@ struct AppState {
 pub async fn bind(
     addr: SocketAddr,
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
     alerts: Arc<AlertBook>,
 ) -> std::io::Result<(
     SocketAddr,
@@ -38,7 +37,7 @@ pub async fn bind(
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
-                if s.ready.load(Ordering::SeqCst) {
+                if s.alerts.ready() {
                     (StatusCode::OK, "ok")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "starting")
@@ -54,7 +53,10 @@ pub async fn bind(
                 )
             }),
         )
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState {
+            metrics,
+            alerts: alerts.clone(),
+        })
         .merge(
             Router::new()
                 .route(

@@ -1453,6 +1453,232 @@ async fn a_firing_alert_rolls_back_the_matching_plan_and_bad_webhook_calls_chang
     h.stop().await;
 }
 
+/// Wait until the operator on `port` answers /readyz with 200: its
+/// webhook token is loaded and it has read the alert record.
+async fn wait_ready(port: u16, who: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !http_get(port, "/readyz").await.starts_with("HTTP/1.1 200") {
+        assert!(tokio::time::Instant::now() < deadline, "{who} never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Lease holder's identity.
+async fn lease_holder(h: &Harness) -> String {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(h.client.clone(), NS);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(holder) = leases
+            .get_opt("switchyard-operator")
+            .await
+            .expect("lease")
+            .and_then(|l| l.spec?.holder_identity)
+        {
+            return holder;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plan of 10 nodes that rolls back on `alertname=FleetErrors`, under
+/// way (its 30 s waves keep it going for the test's length).
+async fn guarded_plan(h: &Harness) {
+    let mut p = plan("guarded", &[50, 100], "30s");
+    p.spec.rollback.alert_matchers = vec![
+        serde_json::from_value(json!({"labels": {"alertname": "FleetErrors"}})).expect("matcher"),
+    ];
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    h.wait_for(
+        "guarded",
+        phase_is(PlanPhase::Progressing),
+        "the first wave",
+    )
+    .await;
+}
+
+fn fleet_errors() -> Vec<u8> {
+    notification("firing", &[("fp-fleet", &[("alertname", "FleetErrors")])])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_posted_to_the_standby_rolls_the_plan_back() {
+    let h = Harness::start("alert-standby", 10, Config::default(), acks_after(20)).await;
+    webhook_secret(&h).await;
+    let (mut a, port_a) = h.operator("replica-a", 15);
+    let (mut b, port_b) = h.operator("replica-b", 15);
+    // Both are ready, the standby included: either may take the alert.
+    wait_ready(port_a, "replica-a").await;
+    wait_ready(port_b, "replica-b").await;
+    guarded_plan(&h).await;
+    let standby = match lease_holder(&h).await.as_str() {
+        "replica-a" => port_b,
+        "replica-b" => port_a,
+        other => panic!("unexpected holder {other}"),
+    };
+    let (code, body) = http_post(
+        standby,
+        "/webhook/alertmanager",
+        Some("Bearer s3cret-token"),
+        &fleet_errors(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, record) = h
+        .wait_rollback("guarded", "the leader acting on the standby's alert")
+        .await;
+    assert_eq!(record.trigger, "Alert");
+    assert!(record.reason.contains("FleetErrors"), "{}", record.reason);
+    h.assert_no_islands().await;
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_accepted_just_before_the_leader_dies_rolls_the_plan_back_under_the_next() {
+    let h = Harness::start("alert-failover", 10, Config::default(), acks_after(20)).await;
+    webhook_secret(&h).await;
+    let (mut a, port_a) = h.operator("replica-a", 4);
+    guarded_plan(&h).await;
+    wait_ready(port_a, "replica-a").await;
+    let (code, body) = http_post(
+        port_a,
+        "/webhook/alertmanager",
+        Some("Bearer s3cret-token"),
+        &fleet_errors(),
+    )
+    .await;
+    // SIGKILL as soon as the alert is accepted: no graceful anything.
+    a.kill().await.expect("kill the leader");
+    assert_eq!(code, 200, "{body}");
+    // The accepted alert is on record in the API, not in a dead process.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    let record = cms
+        .get("switchyard-operator-alerts")
+        .await
+        .expect("the alert record");
+    assert!(
+        record.data.unwrap_or_default().contains_key("fp-fleet"),
+        "the alert is recorded by fingerprint"
+    );
+    // A replica started after the old one died, with an empty memory,
+    // takes over and acts on it.
+    let (mut b, _) = h.operator("replica-b", 4);
+    let (_, record) = h
+        .wait_rollback("guarded", "the new leader acting on the alert")
+        .await;
+    assert_eq!(record.trigger, "Alert");
+    assert!(record.reason.contains("FleetErrors"), "{}", record.reason);
+    h.wait_for("guarded", phase_is(PlanPhase::RolledBack), "rolled back")
+        .await;
+    assert_eq!(lease_holder(&h).await, "replica-b");
+    h.assert_no_islands().await;
+    let _ = b.kill().await;
+    h.stop().await;
+}
+
+/// The operator container's plain `env` values in the chart rendered
+/// with value set `set` (charts/check.py, through the Helm SDK).
+fn chart_operator_env(set: &str) -> BTreeMap<String, String> {
+    let out = std::env::temp_dir().join(format!(
+        "switchyard-chart-{}-{set}.yaml",
+        std::process::id()
+    ));
+    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/check.py");
+    let status = std::process::Command::new("python3")
+        .args([check, "--render", set])
+        .arg(&out)
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
+    );
+    let text = std::fs::read_to_string(&out).expect("rendered");
+    let _ = std::fs::remove_file(&out);
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+    let operator = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "switchyard-operator")
+        .expect("the operator Deployment");
+    operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// `webhook.existingSecret` with a custom `webhook.secretKey`: the
+/// operator, configured by the rendered chart's environment, reads the
+/// token under that key and accepts an alert with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_s_existing_webhook_secret_and_custom_key_reach_the_operator() {
+    let env = chart_operator_env("existing-secret");
+    assert_eq!(
+        env.get("SWITCHYARD_WEBHOOK_SECRET").map(String::as_str),
+        Some("alertmanager-token")
+    );
+    assert_eq!(
+        env.get("SWITCHYARD_WEBHOOK_SECRET_KEY").map(String::as_str),
+        Some("bearer")
+    );
+    let h = Harness::start("chart-secret", 2, Config::default(), acks_after(20)).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.client.clone(), NS);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "alertmanager-token"},
+        // "bearer": "k3y-from-chart"; "token" holds something else.
+        "data": {"bearer": "azN5LWZyb20tY2hhcnQ=", "token": "d3Jvbmc="},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
+    let reserved = ports::reserve();
+    let port = reserved.get();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
+    for (k, v) in &env {
+        if k.starts_with("SWITCHYARD_") {
+            cmd.env(k, v);
+        }
+    }
+    let mut operator = cmd
+        .env("KUBECONFIG", &h.c.kubeconfig)
+        .env("SWITCHYARD_NAMESPACE", NS)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_NAME", "chart-replica")
+        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+    wait_ready(port, "the operator").await;
+    let body = notification("resolved", &[("fp-none", &[("alertname", "Nothing")])]);
+    let path = "/webhook/alertmanager";
+    let (code, text) = http_post(port, path, Some("Bearer k3y-from-chart"), &body).await;
+    assert_eq!(
+        code, 200,
+        "the token under the chart's key is accepted: {text}"
+    );
+    let (code, _) = http_post(port, path, Some("Bearer wrong"), &body).await;
+    assert_eq!(code, 401, "the default key's value is not the token");
+    operator.kill().await.expect("kill");
+    drop(reserved);
+    h.stop().await;
+}
+
 /// Stand-in agents' `/metrics`: per node, cumulative counters served at
 /// `/<node>/metrics`, fed every 100 ms with the traffic `feed(moved)` says
 /// (iroh requests, iroh errors, libp2p requests); a node is "moved" while

@@ -12,64 +12,69 @@
 //! A plan with `rollback.alertAction: Pause` is paused instead; with
 //! `resumeWhenAlertsResolve` the operator resumes it once none of its
 //! alerts fires.
+//!
+//! How an alert flows, with any number of replicas behind one Service:
+//! 1. whichever replica Alertmanager reaches checks the call
+//!    ([`webhook::parse`]);
+//! 2. it stores the call's changes in the alert ConfigMap
+//!    ([`record::AlertRecord::store`]) and answers 200 only once the API
+//!    server has them (503 otherwise, so Alertmanager retries);
+//! 3. every replica watches that ConfigMap and rebuilds its book from it
+//!    ([`record::AlertRecord::follow`]); a new or resolved alert wakes the
+//!    controller;
+//! 4. the leader's plan reconciles read the book ([`AlertAnalysis`]). A
+//!    new leader's book is already the ConfigMap's content.
+//!
+//! A replica is ready (`/readyz`) once its token is loaded and its book
+//! has read the ConfigMap: it can accept an alert, leader or not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use kube::ResourceExt;
-use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use switchyard_crds::{Canary, MigrationPlan};
 
 use crate::context::Analysis;
 use crate::planner::{AnalysisInput, Trigger, TriggerInput};
 
-/// The largest webhook body accepted.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub mod record;
+pub mod webhook;
+
+pub use record::AlertRecord;
+use webhook::Firing;
+pub use webhook::MAX_BODY;
 
 /// The label naming the plan an alert is about.
 pub const PLAN_LABEL: &str = "switchyard_plan";
 
-#[derive(Debug, Deserialize)]
-struct Payload {
-    version: String,
-    alerts: Vec<Alert>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Alert {
-    status: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    fingerprint: String,
-    #[serde(default, rename = "startsAt")]
-    starts_at: String,
-}
-
-#[derive(Debug, Clone)]
-struct Firing {
-    labels: BTreeMap<String, String>,
-    starts_at: String,
-}
-
-/// Firing alerts, the webhook token, and a signal for the controller.
+/// Firing alerts (as the alert ConfigMap holds them), the webhook token,
+/// and a signal for the controller.
 pub struct AlertBook {
     firing: Mutex<HashMap<String, Firing>>,
     token: RwLock<Option<String>>,
+    /// The token has been read (or no Secret is configured).
+    token_loaded: AtomicBool,
+    /// The book has read the ConfigMap once.
+    synced: AtomicBool,
+    record: AlertRecord,
     changed: tokio::sync::watch::Sender<u64>,
     requests: prometheus::IntCounterVec,
 }
 
 impl AlertBook {
-    /// An empty book; `requests` counts webhook calls by outcome.
-    pub fn new(requests: prometheus::IntCounterVec) -> Arc<Self> {
+    /// An empty book kept in `record`; `requests` counts webhook calls by
+    /// outcome.
+    pub fn new(requests: prometheus::IntCounterVec, record: AlertRecord) -> Arc<Self> {
         Arc::new(AlertBook {
             firing: Mutex::new(HashMap::new()),
             token: RwLock::new(None),
+            token_loaded: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            record,
             changed: tokio::sync::watch::channel(0).0,
             requests,
         })
@@ -78,9 +83,21 @@ impl AlertBook {
     /// Set (or clear) the bearer token callers must present.
     pub fn set_token(&self, token: Option<String>) {
         *self.token.write().expect("token lock") = token.filter(|t| !t.is_empty());
+        self.token_loaded.store(true, Ordering::SeqCst);
     }
 
-    /// Bumped whenever a new alert fires: the controller re-reconciles.
+    /// Whether this replica can accept an alert: its token is loaded and
+    /// its book has read the alert ConfigMap.
+    pub fn ready(&self) -> bool {
+        self.token_loaded.load(Ordering::SeqCst) && self.synced.load(Ordering::SeqCst)
+    }
+
+    fn mark_synced(&self) {
+        self.synced.store(true, Ordering::SeqCst);
+    }
+
+    /// Bumped whenever an alert fires or resolves: the controller
+    /// re-reconciles.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -88,6 +105,26 @@ impl AlertBook {
     /// How many alerts are firing.
     pub fn firing_count(&self) -> usize {
         self.firing.lock().expect("alerts lock").len()
+    }
+
+    /// The book becomes `firing` (the ConfigMap's content); the
+    /// controller is woken if an alert came or went.
+    fn replace(&self, firing: HashMap<String, Firing>) {
+        let (came, went) = {
+            let mut book = self.firing.lock().expect("alerts lock");
+            let came = firing.keys().filter(|k| !book.contains_key(*k)).count();
+            let went = book.keys().filter(|k| !firing.contains_key(*k)).count();
+            *book = firing;
+            (came, went)
+        };
+        if came > 0 || went > 0 {
+            tracing::info!(
+                newly_firing = came,
+                resolved = went,
+                "Alertmanager: alerts changed"
+            );
+            self.changed.send_modify(|n| *n += 1);
+        }
     }
 
     /// The firing alert that concerns `plan`, if any.
@@ -129,9 +166,23 @@ impl AlertBook {
         })
     }
 
-    /// Handle one webhook call: the status code and a message.
-    pub fn receive(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
-        let (code, message) = self.check_and_record(headers, body);
+    /// Handle one webhook call: check it, store its changes durably, and
+    /// answer with the status code and a message.
+    pub async fn receive(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+        let token = self.token.read().expect("token lock").clone();
+        let (code, message) = match webhook::parse(token.as_deref(), headers, body) {
+            Err(refusal) => refusal,
+            Ok(changes) => match self.record.store(&changes).await {
+                Ok(()) => (StatusCode::OK, "ok".into()),
+                Err(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "could not record the alerts in ConfigMap {}: {e}; send them again",
+                        self.record.name()
+                    ),
+                ),
+            },
+        };
         let outcome = match code.as_u16() {
             200 => "ok",
             401 => "unauthorized",
@@ -145,90 +196,6 @@ impl AlertBook {
         }
         (code, message)
     }
-
-    fn check_and_record(&self, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
-        let Some(want) = self.token.read().expect("token lock").clone() else {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no webhook token is configured (--webhook-secret)".into(),
-            );
-        };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(given) = given else {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer <token>".into(),
-            );
-        };
-        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
-            return (StatusCode::UNAUTHORIZED, "wrong token".into());
-        }
-        if body.len() > MAX_BODY {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over {MAX_BODY} bytes"),
-            );
-        }
-        let payload: Payload = match serde_json::from_slice(body) {
-            Ok(p) => p,
-            Err(e) => {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    format!("not an Alertmanager webhook payload: {e}"),
-                );
-            }
-        };
-        if payload.version != "4" {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "payload version {:?}; this receiver speaks 4",
-                    payload.version
-                ),
-            );
-        }
-        let (mut newly_firing, mut resolved) = (0, 0);
-        {
-            let mut firing = self.firing.lock().expect("alerts lock");
-            for a in payload.alerts {
-                let key = if a.fingerprint.is_empty() {
-                    serde_json::to_string(&a.labels).unwrap_or_default()
-                } else {
-                    a.fingerprint.clone()
-                };
-                match a.status.as_str() {
-                    "firing" => {
-                        let known = firing.contains_key(&key);
-                        firing.insert(
-                            key,
-                            Firing {
-                                labels: a.labels,
-                                starts_at: a.starts_at,
-                            },
-                        );
-                        newly_firing += usize::from(!known);
-                    }
-                    "resolved" => {
-                        resolved += usize::from(firing.remove(&key).is_some());
-                    }
-                    other => {
-                        return (
-                            StatusCode::BAD_REQUEST,
-                            format!("alert status {other:?}; expected firing or resolved"),
-                        );
-                    }
-                }
-            }
-        }
-        if newly_firing > 0 || resolved > 0 {
-            tracing::info!(newly_firing, resolved, "Alertmanager: alerts changed");
-            self.changed.send_modify(|n| *n += 1);
-        }
-        (StatusCode::OK, "ok".into())
-    }
 }
 
 /// The axum handler for `POST /webhook/alertmanager`.
@@ -237,7 +204,7 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    book.receive(&headers, &body)
+    book.receive(&headers, &body).await
 }
 
 /// Analysis whose triggers are firing alerts, on top of another analysis.
