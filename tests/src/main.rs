@@ -1,6 +1,7 @@
 //! `switchyard-testbed`: local infrastructure for Switchyard's tests and demo.
 //!
-//! `switchyard-testbed apiserver [--port N] [--kubeconfig PATH]` serves the
+//! `switchyard-testbed apiserver [--port N] [--kubeconfig PATH]
+//! [--authorization] [--admission]` serves the
 //! in-memory Kubernetes API on 127.0.0.1 and writes a kubeconfig for
 //! kubectl and kube-rs.
 
@@ -34,6 +35,13 @@ enum Command {
         /// Events kept per resource for watch resumption.
         #[arg(long, default_value_t = apiserver::store::DEFAULT_HISTORY)]
         history: usize,
+        /// Authenticate requests by bearer token and authorize them with
+        /// RBAC (the written kubeconfig is an administrator's).
+        #[arg(long)]
+        authorization: bool,
+        /// Judge writes with the stored ValidatingAdmissionPolicies (CEL).
+        #[arg(long)]
+        admission: bool,
     },
 }
 
@@ -47,10 +55,14 @@ async fn main() -> anyhow::Result<()> {
             port,
             kubeconfig,
             history,
+            authorization,
+            admission,
         } => {
             let config = apiserver::Config {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 history,
+                authorization,
+                admission,
                 ..apiserver::Config::default()
             };
             apiserver::serve_forever(config, &kubeconfig).await

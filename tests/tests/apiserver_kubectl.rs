@@ -384,3 +384,171 @@ async fn kubectl_applies_gets_watches_patches_and_deletes() {
     );
     server.stop().await;
 }
+
+/// The chart rendered with value set `set` (charts/check.py, through the
+/// Helm SDK), written to `dir/<set>.yaml`.
+fn render_chart(set: &str, dir: &Path) -> String {
+    let out = dir.join(format!("{set}.yaml"));
+    let status = std::process::Command::new("python3")
+        .arg(repo("charts/check.py"))
+        .args(["--render", set])
+        .arg(&out)
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
+    );
+    out.display().to_string()
+}
+
+const SYS: &str = "switchyard-system";
+
+/// A FleetNode named `name` in the release namespace, as the admin.
+async fn fleet_node(k: &Kubectl, name: &str) {
+    let manifest = k.write(
+        &format!("{name}.yaml"),
+        &format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: FleetNode\nmetadata:\n  name: {name}\n  namespace: {SYS}\nspec: {{}}\n"
+        ),
+    );
+    k.ok(&["apply", "--server-side", "-f", &manifest]).await;
+}
+
+/// With authentication, RBAC and admission on, the chart's own RBAC and
+/// admission policy decide, and kubectl shows their answers as it does
+/// against a real cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_answers_for_the_chart_s_identities_and_denials_read_as_a_cluster_s() {
+    let server = ApiServer::start(Config {
+        authorization: true,
+        admission: true,
+        ..Config::default()
+    })
+    .await
+    .expect("server");
+    let k = Kubectl::new(&server, "authz").await;
+    k.ok(&["apply", "--server-side", "-f", &repo("crds")]).await;
+    k.ok(&["create", "namespace", SYS]).await;
+    let chart = render_chart("default", &k.dir);
+    k.ok(&["apply", "--server-side", "-f", &chart]).await;
+
+    let operator = format!("system:serviceaccount:{SYS}:switchyard-operator");
+    let agent = format!("system:serviceaccount:{SYS}:switchyard-agent");
+    let expectations: &[(&str, &[&str], &str)] = &[
+        (&operator, &["get", "secrets/switchyard-webhook"], "yes"),
+        (&operator, &["get", "secrets/some-agent-key"], "no"),
+        (&operator, &["list", "secrets"], "no"),
+        (&operator, &["patch", "fleetnodes"], "yes"),
+        (
+            &operator,
+            &["patch", "configmaps/switchyard-operator-alerts"],
+            "yes",
+        ),
+        (&operator, &["patch", "configmaps/kube-root-ca.crt"], "no"),
+        (
+            &agent,
+            &["patch", "fleetnodes", "--subresource=status"],
+            "yes",
+        ),
+        (&agent, &["patch", "fleetnodes"], "no"),
+        (&agent, &["get", "secrets/switchyard-webhook"], "no"),
+        (&agent, &["create", "secrets"], "no"),
+        (&agent, &["delete", "migrationplans"], "no"),
+    ];
+    for (user, args, want) in expectations {
+        let mut cmd = vec!["auth", "can-i"];
+        cmd.extend_from_slice(args);
+        cmd.extend_from_slice(&["-n", SYS, "--as", user]);
+        let o = k.run(&cmd).await;
+        assert_eq!(
+            o.stdout.trim(),
+            *want,
+            "kubectl {}: {}",
+            cmd.join(" "),
+            o.stderr
+        );
+    }
+
+    // An agent, with a token bound to its pod, as the kubelet gives it.
+    fleet_node(&k, "switchyard-agent-0").await;
+    fleet_node(&k, "switchyard-agent-1").await;
+    let token = k
+        .ok(&[
+            "create",
+            "token",
+            "switchyard-agent",
+            "-n",
+            SYS,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "switchyard-agent-0",
+        ])
+        .await;
+    let agent_kubeconfig = k.dir.join("agent-kubeconfig");
+    std::fs::write(&agent_kubeconfig, server.kubeconfig_for(token.trim(), SYS))
+        .expect("agent kubeconfig");
+    let as_agent = |args: &[&str]| {
+        let mut c = k.command(args);
+        c.env("KUBECONFIG", &agent_kubeconfig);
+        c
+    };
+    let run = |mut c: Command| async move {
+        let o = tokio::time::timeout(WAIT, c.output())
+            .await
+            .expect("in time")
+            .expect("runs");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let status = r#"{"status":{"appliedMode":"LibP2pOnly"}}"#;
+    let (ok, err) = run(as_agent(&[
+        "patch",
+        "fleetnode",
+        "switchyard-agent-0",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]))
+    .await;
+    assert!(ok, "an agent patches its own status: {err}");
+    let (ok, err) = run(as_agent(&[
+        "patch",
+        "fleetnode",
+        "switchyard-agent-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        status,
+    ]))
+    .await;
+    assert!(!ok, "another node's status is refused");
+    assert!(
+        err.contains(r#"The fleetnodes "switchyard-agent-1" is invalid: : ValidatingAdmissionPolicy 'switchyard-agent-own-fleetnode' with binding 'switchyard-agent-own-fleetnode' denied request: an agent may write only the FleetNode named after its own pod"#),
+        "{err}"
+    );
+    let (ok, err) = run(as_agent(&["get", "secret", "switchyard-webhook"])).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            r#"Error from server (Forbidden): secrets "switchyard-webhook" is forbidden: User "{agent}" cannot get resource "secrets" in API group "" in the namespace "{SYS}""#
+        )),
+        "{err}"
+    );
+    // No token the server knows: 401, as kubectl words it.
+    let stranger = k.dir.join("stranger-kubeconfig");
+    std::fs::write(&stranger, server.kubeconfig_for("not-a-token", SYS)).expect("kubeconfig");
+    let mut c = k.command(&["get", "fleetnodes"]);
+    c.env("KUBECONFIG", &stranger);
+    let (ok, err) = run(c).await;
+    assert!(!ok);
+    assert!(
+        err.contains("You must be logged in to the server (Unauthorized)"),
+        "{err}"
+    );
+    server.stop().await;
+}

@@ -43,3 +43,16 @@ app.kubernetes.io/component: node-agent
 {{- define "switchyard.webhookSecret" -}}
 {{- default (printf "%s-webhook" (include "switchyard.fullname" .)) .Values.webhook.existingSecret -}}
 {{- end -}}
+
+{{/*
+"true" when the agents' admission policy is installed: asked for, and the
+cluster serves ValidatingAdmissionPolicy v1: discovery lists it, or the
+server is Kubernetes >= 1.30, where it is GA (offline rendering has no
+discovery, only a version).
+*/}}
+{{- define "switchyard.admissionPolicy" -}}
+{{- $served := or (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") (semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version) -}}
+{{- if and .Values.agents.enabled .Values.admissionPolicy.enabled $served -}}
+true
+{{- end -}}
+{{- end -}}

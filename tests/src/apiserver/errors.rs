@@ -102,6 +102,34 @@ impl ApiError {
         .with_details(json!({"name": name, "kind": kind, "causes": causes}))
     }
 
+    /// 401: no token, or one this server does not know.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 from the authorizer or admission.
+    pub fn forbidden(message: String, details: Option<Value>) -> Self {
+        let e = Self::new(403, "Forbidden", message);
+        match details {
+            Some(d) => e.with_details(d),
+            None => e,
+        }
+    }
+
+    /// 422 from an admission policy: `<resource>.<group> "<name>" is
+    /// invalid: : <cause>`, the cause on no field, as Kubernetes words it.
+    pub fn invalid_by_policy(
+        what: &str,
+        name: &str,
+        group: &str,
+        plural: &str,
+        cause: String,
+    ) -> Self {
+        Self::new(422, "Invalid", format!("{what} \"{name}\" is invalid: : {cause}")).with_details(
+            json!({"name": name, "group": group, "kind": plural, "causes": [{"message": cause, "field": ""}]}),
+        )
+    }
+
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -114,6 +142,18 @@ impl ApiError {
             "UnsupportedMediaType",
             format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// 415 for a body in a known media type this server cannot read for
+    /// this kind.
+    pub fn unsupported_media_type_for(content_type: &str, why: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in {content_type}, which is not supported here: {why}"
             ),
         )
     }

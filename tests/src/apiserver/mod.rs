@@ -1,17 +1,24 @@
 //! An in-memory Kubernetes API server for tests and the local demo: enough
 //! of the real one that kube-rs controllers and kubectl behave as they would
 //! against a cluster, for everything Switchyard uses. Plain HTTP on
-//! 127.0.0.1; no authentication (the kubeconfig carries a dummy token).
+//! 127.0.0.1. Authentication and RBAC ([`auth`], [`rbac`]) are off unless
+//! [`Config::authorization`] is set; then the default kubeconfig's token is
+//! an administrator and other identities get tokens of their own.
 //!
 //! Start one with [`ApiServer::start`]; it stops when the handle drops.
 
+pub mod admission;
+pub mod auth;
 pub mod errors;
 pub mod patch;
+pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod schema;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod tls;
 mod watch;
 
 use std::collections::HashMap;
@@ -48,6 +55,13 @@ pub struct Config {
     /// schema and CEL rules, as a real API server does. Off imitates a
     /// cluster whose CRDs predate their validation rules.
     pub validate_custom_resources: bool,
+    /// Authenticate every request by its bearer token and authorize it
+    /// with RBAC against the stored Roles and bindings, as a real API
+    /// server does. Off: every request is an administrator's.
+    pub authorization: bool,
+    /// Judge every write with the stored ValidatingAdmissionPolicies and
+    /// their bindings (CEL), as a real API server does.
+    pub admission: bool,
 }
 
 impl Default for Config {
@@ -59,6 +73,8 @@ impl Default for Config {
             // Real API servers send one about every minute; tests want them sooner.
             bookmark_interval: Duration::from_secs(5),
             validate_custom_resources: true,
+            authorization: false,
+            admission: false,
         }
     }
 }
@@ -74,6 +90,11 @@ pub struct App {
     /// LIST requests (not watches) served, per resource plural: what a
     /// benchmark reads to show a client lists once, not periodically.
     lists: std::sync::Mutex<HashMap<String, u64>>,
+    /// Bearer tokens and their users.
+    pub tokens: auth::Tokens,
+    /// HTTPS, when the server authenticates (client-go sends tokens only
+    /// over TLS).
+    tls: Option<tls::Tls>,
 }
 
 impl App {
@@ -86,6 +107,11 @@ impl App {
             .copied()
             .unwrap_or(0)
     }
+}
+
+enum Either {
+    Tls(tls::TlsListener),
+    Plain(tokio::net::TcpListener),
 }
 
 /// A running server; dropping it stops the server.
@@ -103,6 +129,11 @@ impl ApiServer {
     pub async fn start(config: Config) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
+        let tls = if config.authorization {
+            Some(tls::Tls::generate().map_err(std::io::Error::other)?)
+        } else {
+            None
+        };
         let app = Arc::new(App {
             store: {
                 let store = Store::new(config.history);
@@ -114,6 +145,8 @@ impl ApiServer {
             addr,
             cut: tokio::sync::watch::channel(0).0,
             lists: Default::default(),
+            tokens: auth::Tokens::default(),
+            tls,
         });
         Ok(Self::serve(listener, app))
     }
@@ -157,12 +190,18 @@ impl ApiServer {
         let addr = app.addr;
         let router = Router::new().fallback(dispatch).with_state(app.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = match app.tls.as_ref() {
+            Some(t) => Either::Tls(t.listener(listener)),
+            None => Either::Plain(listener),
+        };
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let stop = async {
+                let _ = rx.await;
+            };
+            let _ = match listener {
+                Either::Tls(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
+                Either::Plain(tcp) => axum::serve(tcp, router).with_graceful_shutdown(stop).await,
+            };
         });
         ApiServer {
             addr,
@@ -172,14 +211,35 @@ impl ApiServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when the server
+    /// authenticates.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.app.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A kubeconfig pointing at this server.
+    /// A kubeconfig pointing at this server, as its administrator.
     pub fn kubeconfig(&self) -> String {
-        kubeconfig(&self.url())
+        self.kubeconfig_for(auth::ADMIN_TOKEN, "default")
+    }
+
+    /// A kubeconfig that authenticates with `token`, default namespace
+    /// `namespace` (and trusts the server's CA when it serves HTTPS).
+    pub fn kubeconfig_for(&self, token: &str, namespace: &str) -> String {
+        let ca = self
+            .app
+            .tls
+            .as_ref()
+            .map(|t| format!("\n    certificate-authority-data: {}", t.ca_data()))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard-testbed\n  cluster:\n    server: {}{ca}\ncontexts:\n- name: switchyard-testbed\n  context:\n    cluster: switchyard-testbed\n    user: switchyard-testbed\n    namespace: {namespace}\ncurrent-context: switchyard-testbed\nusers:\n- name: switchyard-testbed\n  user:\n    token: {token}\n",
+            self.url()
+        )
     }
 
     /// Write the kubeconfig to `path`.
@@ -205,13 +265,6 @@ impl Drop for ApiServer {
         }
         self.task.abort();
     }
-}
-
-/// A kubeconfig for a server at `url`.
-pub fn kubeconfig(url: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: switchyard-testbed\n  cluster:\n    server: {url}\ncontexts:\n- name: switchyard-testbed\n  context:\n    cluster: switchyard-testbed\n    user: switchyard-testbed\n    namespace: default\ncurrent-context: switchyard-testbed\nusers:\n- name: switchyard-testbed\n  user:\n    token: switchyard-testbed\n"
-    )
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -287,11 +340,94 @@ async fn dispatch(
     } else {
         path.split('/').collect()
     };
-    let result = route(&app, &method, &segs, &query, &headers, &body).await;
+    let user = if app.config.authorization {
+        let checked = {
+            let mut store = app.store.lock();
+            auth::authenticate(&app.tokens, &mut store, &headers).and_then(|user| {
+                let attrs = auth::attributes(&method, &segs, &query);
+                auth::authorize(&mut store, &user, &attrs).map(|()| user)
+            })
+        };
+        match checked {
+            Ok(user) => Some(user),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        None
+    };
+    let result = match (method.as_str(), segs.as_slice()) {
+        (
+            "POST",
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+        ) => parse_body(&headers, &body).and_then(|review| {
+            let mut store = app.store.lock();
+            auth::self_subject_access_review(&mut store, user.as_ref(), &review)
+                .map(|r| json_response(StatusCode::CREATED, &r))
+        }),
+        (
+            "POST",
+            [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "serviceaccounts",
+                name,
+                "token",
+            ],
+        ) => token_request(&app, ns, name, &headers, &body),
+        _ => route(&app, &method, &segs, &query, &headers, &body, user.as_ref()).await,
+    };
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// The TokenRequest API: a new token for an existing ServiceAccount,
+/// bound to a Pod when `spec.boundObjectRef` names one.
+fn token_request(
+    app: &Arc<App>,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let request = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(headers, body)?
+    };
+    let sa = app
+        .store
+        .lock()
+        .find("", "v1", "serviceaccounts")
+        .ok_or_else(|| ApiError::no_resource("serviceaccounts"))?;
+    app.store.lock().get(&sa, Some(ns), name)?;
+    let bound = &request["spec"]["boundObjectRef"];
+    let pod = (bound["kind"] == "Pod")
+        .then(|| bound["name"].as_str())
+        .flatten();
+    let token = app.tokens.service_account(ns, name, pod);
+    let seconds = request["spec"]["expirationSeconds"]
+        .as_i64()
+        .unwrap_or(3600);
+    let expires = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(jiff::Timestamp::MAX)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut out = request;
+    out["apiVersion"] = json!("authentication.k8s.io/v1");
+    out["kind"] = json!("TokenRequest");
+    out["metadata"] = json!({"name": name, "namespace": ns});
+    out["status"] = json!({"token": token, "expirationTimestamp": expires});
+    Ok(json_response(StatusCode::CREATED, &out))
 }
 
 async fn route(
@@ -301,6 +437,7 @@ async fn route(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &Bytes,
+    user: Option<&rbac::UserInfo>,
 ) -> Result<Response, ApiError> {
     match segs {
         ["version"] => return Ok(ok(&version())),
@@ -321,7 +458,11 @@ async fn route(
     }
     let t = parse_target(app, segs)?;
     let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
-    let opts = WriteOptions { dry_run };
+    let admission = app.config.admission.then(|| store::Admission {
+        user: user.cloned().unwrap_or_else(auth::admin),
+        subresource: t.subresource.clone(),
+    });
+    let opts = WriteOptions { dry_run, admission };
     let manager = q
         .get("fieldManager")
         .cloned()
@@ -667,6 +808,8 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     } else if ct.contains("json") || ct.is_empty() {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}")))?
+    } else if ct.starts_with(protobuf::MEDIA_TYPE) {
+        protobuf::decode(body)?
     } else {
         return Err(ApiError::unsupported_media_type(ct));
     };

@@ -90,6 +90,18 @@ pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 pub struct WriteOptions {
     /// `dryRun=All`: validate and answer, store nothing.
     pub dry_run: bool,
+    /// Judge the write with the stored admission policies, for this
+    /// caller; `None`: admission is off (or the server itself writes).
+    pub admission: Option<Admission>,
+}
+
+/// Who writes, for admission.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The caller.
+    pub user: super::rbac::UserInfo,
+    /// `status` for a write through the status subresource.
+    pub subresource: Option<String>,
 }
 
 /// What a list query asks for.
@@ -500,6 +512,7 @@ impl Inner {
             super::schema::default(schema, &mut obj);
             super::schema::validate(rt, &obj, None)?;
         }
+        self.admit("CREATE", rt, ns, &name, Some(&obj), None, opts)?;
         if opts.dry_run {
             meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
             return Ok(Arc::new(obj));
@@ -708,10 +721,48 @@ impl Inner {
             super::schema::default(schema, &mut new);
             super::schema::validate(rt, &new, Some(&old))?;
         }
+        let ns = (!key.0.is_empty()).then_some(key.0.as_str());
+        self.admit("UPDATE", rt, ns, &key.1, Some(&new), Some(&old), opts)?;
         if opts.dry_run {
             return Ok(Arc::new(new));
         }
         Ok(self.commit(rt, key, Some(old), new))
+    }
+
+    /// Refuse a write that a bound ValidatingAdmissionPolicy denies (see
+    /// [`super::admission`]); nothing when admission is off.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        operation: &'static str,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        object: Option<&Value>,
+        old: Option<&Value>,
+        opts: &WriteOptions,
+    ) -> Result<(), ApiError> {
+        let Some(adm) = &opts.admission else {
+            return Ok(());
+        };
+        let all = |s: &mut Self, plural: &str| -> Vec<Arc<Value>> {
+            s.find("admissionregistration.k8s.io", "v1", plural)
+                .and_then(|t| s.list(&t, &ListQuery::default()).ok())
+                .map(|l| l.items)
+                .unwrap_or_default()
+        };
+        let policies = all(self, "validatingadmissionpolicies");
+        let bindings = all(self, "validatingadmissionpolicybindings");
+        let request = super::admission::Request {
+            operation,
+            rt,
+            subresource: adm.subresource.as_deref(),
+            namespace: ns,
+            name,
+            user: &adm.user,
+            dry_run: opts.dry_run,
+        };
+        super::admission::admit(&policies, &bindings, &request, object, old)
     }
 
     /// The stored object at `key`, if any.
@@ -740,6 +791,7 @@ impl Inner {
     ) -> Result<Arc<Value>, ApiError> {
         let key = (ns.unwrap_or("").to_owned(), name.to_owned());
         let old = self.existing(rt, &key)?;
+        self.admit("DELETE", rt, ns, name, None, Some(&old), opts)?;
         if opts.dry_run {
             return Ok(with_api_version(rt, old));
         }
