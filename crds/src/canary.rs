@@ -18,6 +18,7 @@ use crate::plan::{MetricResult, Verdict};
     version = "v1alpha1",
     kind = "Canary",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: at most 63 characters: the operator writes the name as a label value on every FleetNode it moves, and a label value is at most 63 characters"),
     status = "CanaryStatus",
     shortname = "fcanary",
     category = "switchyard",

@@ -23,6 +23,7 @@ pub const DEFAULT_WAVES: [u8; 5] = [5, 25, 50, 75, 100];
     version = "v1alpha1",
     kind = "MigrationPlan",
     namespaced,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: at most 63 characters: the operator writes the name as a label value on every FleetNode it moves, and a label value is at most 63 characters"),
     status = "MigrationPlanStatus",
     shortname = "mplan",
     shortname = "mp",

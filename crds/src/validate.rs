@@ -65,6 +65,27 @@ impl Errors {
     }
 }
 
+/// The longest MigrationPlan or Canary name: the operator writes the name
+/// as a label value on the FleetNodes it moves.
+pub const MAX_NAME: usize = 63;
+
+/// Check a MigrationPlan's or Canary's name: it must fit a label value.
+/// The CRDs refuse longer names at admission; this catches objects stored
+/// before that rule was installed, so no node write is ever refused.
+pub fn object_name(name: &str) -> Result<(), ValidationErrors> {
+    let mut e = Errors::default();
+    if name.len() > MAX_NAME {
+        e.push(
+            "metadata.name",
+            format!(
+                "at most {MAX_NAME} characters (this one has {}): the operator writes the name as a label value on every FleetNode it moves; recreate it under a shorter name",
+                name.len()
+            ),
+        );
+    }
+    e.finish()
+}
+
 /// Check a MigrationPlan spec on its own (without looking at the fleet).
 pub fn plan_spec(spec: &MigrationPlanSpec) -> Result<(), ValidationErrors> {
     let mut errs = Errors::default();

@@ -204,11 +204,22 @@ impl Harness {
 
     /// The operator as a real process; returns it and its HTTP port.
     fn operator(&self, identity: &str, lease_seconds: u64) -> (tokio::process::Child, u16) {
+        self.operator_as(identity, lease_seconds, &self.c.kubeconfig)
+    }
+
+    /// The operator as a real process with the credentials in
+    /// `kubeconfig`; returns it and its HTTP port.
+    fn operator_as(
+        &self,
+        identity: &str,
+        lease_seconds: u64,
+        kubeconfig: &std::path::Path,
+    ) -> (tokio::process::Child, u16) {
         let reserved = ports::reserve();
         let port = reserved.get();
         self.ports.lock().expect("ports").push(reserved);
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
-            .env("KUBECONFIG", &self.c.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("SWITCHYARD_NAMESPACE", NS)
             .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("POD_NAME", identity)
@@ -2239,12 +2250,53 @@ async fn the_example_canary_rolls_back_when_its_nodes_fail_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_loop() {
-    let h = Harness::start("permanent", 4, Config::default(), acks_after(20)).await;
-    let (mut operator, port) = h.operator("only-replica", 15);
-    // A valid object name, but too long for the label value the plan puts
-    // on its nodes: the API server refuses every node write with 422.
-    let name = "a-plan-whose-name-is-far-too-long-to-be-the-label-value-on-its-nodes";
-    assert!(name.len() > 63);
+    let config = Config {
+        authorization: true,
+        ..Config::default()
+    };
+    let h = Harness::start("permanent", 4, config, acks_after(20)).await;
+    // The operator's identity may do everything it needs except write
+    // FleetNodes: the API server refuses every node write with 403.
+    let kubeconfig =
+        h.c.service_account_kubeconfig(NS, "operator", None)
+            .await
+            .expect("service account");
+    let rbac = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "operator-without-node-writes", "namespace": NS},
+        "rules": [
+            {"apiGroups": ["switchyard.dev"], "resources": ["migrationplans", "migrationplans/status", "migrationplans/finalizers", "canaries", "canaries/status", "canaries/finalizers"], "verbs": ["*"]},
+            {"apiGroups": ["switchyard.dev"], "resources": ["fleetnodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["*"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "operator-without-node-writes", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-without-node-writes"},
+        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": NS}],
+    });
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(h.client.clone(), NS);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(rbac).expect("role"),
+        )
+        .await
+        .expect("role");
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(h.client.clone(), NS);
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(binding).expect("binding"),
+        )
+        .await
+        .expect("binding");
+    let (mut operator, port) = h.operator_as("only-replica", 15, &kubeconfig);
+    let name = "forbidden-writes";
     let mut p = plan(name, &[100], "1s");
     p.spec.canary = None;
     h.plans()
@@ -2254,7 +2306,7 @@ async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_lo
     h.wait_event(
         name,
         "ReconcileFailed",
-        "must be no more than 63 characters",
+        "cannot patch resource \"fleetnodes\" in API group \"switchyard.dev\"",
     )
     .await;
     let errors = "switchyard_operator_reconcile_errors_total";
@@ -2273,6 +2325,26 @@ async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_lo
         assert!(n.labels().get(LABEL_PLAN).is_none(), "no node was written");
     }
     operator.kill().await.expect("kill");
+    h.stop().await;
+}
+
+/// A plan whose name cannot be a label value is refused at admission
+/// (the CRD's rule on metadata.name), with a message naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_name_too_long_for_a_label_value_is_refused_at_admission() {
+    let h = Harness::start("long-name", 2, Config::default(), acks_after(20)).await;
+    let name = "a-plan-whose-name-is-far-too-long-to-be-the-label-value-on-its-nodes";
+    assert!(name.len() > 63);
+    let e = h
+        .plans()
+        .create(&PostParams::default(), &plan(name, &[100], "1s"))
+        .await
+        .expect_err("refused");
+    let kube::Error::Api(e) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(e.code, 422);
+    assert!(e.message.contains("at most 63 characters"), "{}", e.message);
     h.stop().await;
 }
 

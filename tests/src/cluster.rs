@@ -58,6 +58,37 @@ impl TestCluster {
         })
     }
 
+    /// A kubeconfig (written under the scratch directory) for
+    /// ServiceAccount `namespace/name`, created if missing, with a token
+    /// bound to `pod` when given. Only means something with
+    /// [`Config::authorization`] on.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), namespace);
+        if sas.get_opt(name).await?.is_none() {
+            let sa = k8s_openapi::api::core::v1::ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            sas.create(&PostParams::default(), &sa).await?;
+        }
+        let token = self.server.app.tokens.service_account(namespace, name, pod);
+        let path = self.dir.join(format!(
+            "kubeconfig-{namespace}-{name}-{}",
+            pod.unwrap_or("any")
+        ));
+        std::fs::write(&path, self.server.kubeconfig_for(&token, namespace))?;
+        Ok(path)
+    }
+
     /// Create a namespace.
     pub async fn namespace(&self, name: &str) -> anyhow::Result<()> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());

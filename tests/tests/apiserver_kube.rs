@@ -1217,3 +1217,119 @@ async fn custom_resources_are_validated_unless_switched_off() {
         .await
         .expect("accepted when validation is off");
 }
+
+/// Names, labels and annotations are checked per kind, as a real API
+/// server checks them, and the 422 names the field.
+#[tokio::test]
+async fn metadata_is_validated_per_kind_as_a_real_api_server_does() {
+    let (_server, client) = server().await;
+    let refused = |r: Result<serde_json::Value, kube::Error>, field: &str| match r {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+            e.message
+        }
+        other => panic!("{field}: expected 422, got {other:?}"),
+    };
+    let create = |plural: &'static str, ns: Option<&'static str>, body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let (group, version) = match plural {
+                "clusterroles" => ("rbac.authorization.k8s.io", "v1"),
+                _ => ("", "v1"),
+            };
+            let kind = body["kind"].as_str().unwrap_or_default().to_owned();
+            let ar = kube::api::ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version: if group.is_empty() {
+                    version.into()
+                } else {
+                    format!("{group}/{version}")
+                },
+                kind,
+                plural: plural.into(),
+            };
+            let api: Api<kube::api::DynamicObject> = match ns {
+                Some(ns) => Api::namespaced_with(client, ns, &ar),
+                None => Api::all_with(client, &ar),
+            };
+            let obj: kube::api::DynamicObject = serde_json::from_value(body).expect("object");
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map(|o| serde_json::to_value(o).expect("json"))
+        }
+    };
+    // A Namespace name is a DNS label: no dots.
+    let m = refused(
+        create(
+            "namespaces",
+            None,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a.b"}}),
+        )
+        .await,
+        "metadata.name",
+    );
+    assert!(m.contains("RFC 1123 label"), "{m}");
+    // A Service name starts with a letter.
+    let m = refused(
+        create(
+            "services",
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1svc"}}),
+        )
+        .await,
+        "metadata.name",
+    );
+    assert!(m.contains("DNS-1035"), "{m}");
+    // An RBAC name may hold a colon.
+    create(
+        "clusterroles",
+        None,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "system:switchyard"}, "rules": []}),
+    )
+    .await
+    .expect("a path-segment name");
+    // Everything else is a DNS subdomain: empty segments are refused.
+    refused(
+        create(
+            "configmaps",
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a..b"}}),
+        )
+        .await,
+        "metadata.name",
+    );
+    // generateName's prefix makes the name: a bad one is blamed.
+    refused(
+        create(
+            "configmaps",
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "Bad_"}}),
+        )
+        .await,
+        "metadata.generateName",
+    );
+    // Label values: at most 63 characters.
+    refused(
+        create("configmaps", Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l", "labels": {"k": "x".repeat(64)}}})).await,
+        "metadata.labels",
+    );
+    // Annotations: keys qualified, 256 KiB in all.
+    refused(
+        create("configmaps", Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"bad key!": "v"}}})).await,
+        "metadata.annotations",
+    );
+    let m = refused(
+        create("configmaps", Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big", "annotations": {"a": "x".repeat(256 * 1024)}}})).await,
+        "metadata.annotations",
+    );
+    assert!(m.contains("Too long"), "{m}");
+    create(
+        "configmaps",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fine.name-1", "labels": {"example.com/k": "v"}, "annotations": {"example.com/a": "x".repeat(1024)}}}),
+    )
+    .await
+    .expect("valid metadata is accepted");
+}

@@ -163,7 +163,7 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
         CanaryPhase::Running => return running(input, d, share),
         CanaryPhase::Pending | CanaryPhase::Invalid => {}
     }
-    if let Err(e) = validate::canary_spec(spec) {
+    if let Err(e) = validate::object_name(input.name).and_then(|()| validate::canary_spec(spec)) {
         return invalid(d, prev, e.to_string());
     }
     let selected: Vec<&CanaryNode> = input.nodes.iter().filter(|n| n.selected).collect();

@@ -701,6 +701,9 @@ impl<'a> Planner<'a> {
     }
 
     fn run(&mut self) {
+        if let Err(e) = validate::object_name(self.input.name) {
+            return self.mark_invalid(e.to_string());
+        }
         if let Err(e) = validate::plan_spec(self.spec) {
             return self.mark_invalid(e.to_string());
         }

@@ -723,3 +723,19 @@ fn no_node_goes_iroh_only_while_a_node_outside_the_plan_runs_libp2p_only() {
     assert!(rounds.is_some(), "{:?}", sim.status);
     assert_eq!(count_mode(&sim, IrohOnly), 10);
 }
+
+#[test]
+fn a_name_too_long_for_a_label_value_is_invalid_and_touches_no_node() {
+    let mut sim = Sim::new(full(), 4, LibP2pOnly);
+    sim.name = "p".repeat(64);
+    let d = sim.decide();
+    assert_eq!(d.status.phase, PlanPhase::Invalid);
+    assert!(d.patches.is_empty(), "no node is written");
+    let message = d.status.message.unwrap_or_default();
+    assert!(
+        message.contains("metadata.name: at most 63 characters"),
+        "{message}"
+    );
+    sim.name = "p".repeat(63);
+    assert_ne!(sim.decide().status.phase, PlanPhase::Invalid);
+}

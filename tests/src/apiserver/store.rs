@@ -438,7 +438,8 @@ impl Inner {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        if name.is_empty() {
+        let generated = name.is_empty();
+        if generated {
             let prefix = m
                 .get("generateName")
                 .and_then(Value::as_str)
@@ -463,16 +464,16 @@ impl Inner {
             name = format!("{prefix}{suffix}");
             m.insert("name".into(), json!(name));
         }
-        if !valid_name(&name) {
+        if let Err(why) = check_name(rt, &name) {
+            let field = if generated {
+                "metadata.generateName"
+            } else {
+                "metadata.name"
+            };
             return Err(ApiError::invalid(
                 &rt.kind,
                 &name,
-                vec![(
-                    "metadata.name".into(),
-                    format!(
-                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-                    ),
-                )],
+                vec![(field.into(), format!("Invalid value: {name:?}: {why}"))],
             ));
         }
         check_labels(rt, &name, &obj)?;
@@ -954,14 +955,49 @@ fn check_labels(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiErr
             )
         }
     }
-    let Some(labels) = meta(obj)
+    let mut causes = Vec::new();
+    // Annotations: keys are qualified names like label keys; keys and
+    // values together at most 256 KiB.
+    if let Some(annotations) = meta(obj)
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object)
+    {
+        const LIMIT: usize = 256 * 1024;
+        let mut total = 0;
+        for (k, v) in annotations {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            let (prefix, key_name) = k
+                .rsplit_once('/')
+                .map_or((None, k.as_str()), |(p, n)| (Some(p), n));
+            if key_name.is_empty()
+                || label_name(key_name).is_err()
+                || !prefix.is_none_or(valid_name)
+            {
+                causes.push((
+                    "metadata.annotations".to_owned(),
+                    format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
+                ));
+            }
+            if !v.is_string() {
+                causes.push((
+                    "metadata.annotations".to_owned(),
+                    format!("Invalid value: {v}: annotation values must be strings"),
+                ));
+            }
+        }
+        if total > LIMIT {
+            causes.push((
+                "metadata.annotations".to_owned(),
+                format!("Too long: may not be more than {LIMIT} bytes"),
+            ));
+        }
+    }
+    let labels = meta(obj)
         .and_then(|m| m.get("labels"))
         .and_then(Value::as_object)
-    else {
-        return Ok(());
-    };
-    let mut causes = Vec::new();
-    for (k, v) in labels {
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in &labels {
         let (prefix, key_name) = k
             .rsplit_once('/')
             .map_or((None, k.as_str()), |(p, n)| (Some(p), n));
@@ -992,14 +1028,70 @@ fn check_labels(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiErr
     }
 }
 
+/// A name as the API server checks it for this kind: a DNS-1123 label
+/// for Namespaces, a DNS-1035 label for Services, a path segment for RBAC
+/// objects (`system:discovery` is a valid Role name), a DNS-1123
+/// subdomain for everything else. The error reads as Kubernetes'.
+fn check_name(rt: &ResourceType, name: &str) -> Result<(), String> {
+    fn label(part: &str) -> bool {
+        let b = part.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    }
+    match rt.kind.as_str() {
+        "Namespace" => {
+            if name.len() > 63 {
+                return Err("must be no more than 63 characters".into());
+            }
+            if !label(name) {
+                return Err("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into());
+            }
+        }
+        "Service" => {
+            if name.len() > 63 {
+                return Err("must be no more than 63 characters".into());
+            }
+            if !label(name) || !name.as_bytes()[0].is_ascii_lowercase() {
+                return Err("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".into());
+            }
+        }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            if name == "." || name == ".." {
+                return Err(format!("may not be '{name}'"));
+            }
+            for c in ['/', '%'] {
+                if name.contains(c) {
+                    return Err(format!("may not contain '{c}'"));
+                }
+            }
+        }
+        _ => {
+            if !valid_name(name) {
+                return Err(if name.len() > 253 {
+                    "must be no more than 253 characters".into()
+                } else {
+                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into()
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters of dot-separated labels.
 fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 253
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
 }
 
 fn encode_continue(key: &(String, String)) -> String {
