@@ -177,6 +177,12 @@ def main():
             docs, text = render(chart, values)
             (out / f"{name}.yaml").write_text(text)
             found = check(name, docs) + check_webhook_secret(name, values, docs)
+            if values.get("operator", {}).get("watchNamespace"):
+                found += [
+                    f"{name}: a namespaced install renders {d['kind']}/{d['metadata']['name']}"
+                    for d in docs
+                    if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+                ]
             problems += found
             kinds = sorted({d["kind"] for d in docs})
             print(f"{name}: {len(docs)} objects ({', '.join(kinds)}); {len(found)} problems")

@@ -504,26 +504,35 @@ async fn kubectl_auth_can_i_answers_for_the_chart_s_identities_and_denials_read_
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
-    let status = r#"{"status":{"appliedMode":"LibP2pOnly"}}"#;
+    // As the agent writes it: server-side apply of its status (no read
+    // of the status subresource first, which the agent may not do).
+    let status_of = |node: &str| {
+        k.write(
+            &format!("{node}-status.yaml"),
+            &format!(
+                "apiVersion: switchyard.dev/v1alpha1\nkind: FleetNode\nmetadata:\n  name: {node}\n  namespace: {SYS}\nstatus:\n  appliedMode: LibP2pOnly\n"
+            ),
+        )
+    };
+    let own = status_of("switchyard-agent-0");
     let (ok, err) = run(as_agent(&[
-        "patch",
-        "fleetnode",
-        "switchyard-agent-0",
+        "apply",
+        "--server-side",
         "--subresource=status",
-        "--type=merge",
-        "-p",
-        status,
+        "--field-manager=switchyard-agent",
+        "-f",
+        &own,
     ]))
     .await;
     assert!(ok, "an agent patches its own status: {err}");
+    let other = status_of("switchyard-agent-1");
     let (ok, err) = run(as_agent(&[
-        "patch",
-        "fleetnode",
-        "switchyard-agent-1",
+        "apply",
+        "--server-side",
         "--subresource=status",
-        "--type=merge",
-        "-p",
-        status,
+        "--field-manager=switchyard-agent",
+        "-f",
+        &other,
     ]))
     .await;
     assert!(!ok, "another node's status is refused");

