@@ -158,9 +158,12 @@ async fn main() -> anyhow::Result<()> {
     // The baseline is taken once the operator leads and its stores hold
     // the whole fleet (leading alone comes before the first list).
     let deadline = Instant::now() + Duration::from_secs(120);
+    // The sample line, not the HELP text (which also reads "..._synced 1
+    // once ...": matching that took the baseline before the first list).
     while !metrics(port)
         .await
-        .contains("switchyard_operator_stores_synced 1")
+        .lines()
+        .any(|l| l.trim() == "switchyard_operator_stores_synced 1")
     {
         anyhow::ensure!(
             Instant::now() < deadline,
