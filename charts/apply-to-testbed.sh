@@ -31,8 +31,12 @@ fi
 export KUBECONFIG="$kubeconfig"
 
 kubectl apply --server-side -f crds/
-printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: switchyard-system\n' |
-  kubectl apply --server-side -f -
+# The release namespace, and the namespace the existing-secret set's
+# operator watches (a namespaced install puts its Role there).
+for ns in switchyard-system fleet; do
+  printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' "$ns" |
+    kubectl apply --server-side -f -
+done
 
 # The monitoring set's ServiceMonitor and PrometheusRule need the Prometheus
 # Operator's kinds: stand-in CRDs that declare them.
