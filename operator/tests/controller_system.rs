@@ -20,7 +20,7 @@ use switchyard_crds::{
 use switchyard_testbed::agents::{Ack, agents};
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
-use switchyard_testbed::ports;
+use switchyard_testbed::{chart, ports};
 
 const NS: &str = "fleet";
 const WAIT: Duration = Duration::from_secs(60);
@@ -1594,40 +1594,15 @@ async fn an_alert_accepted_just_before_the_leader_dies_rolls_the_plan_back_under
 }
 
 /// The operator container's plain `env` values in the chart rendered
-/// with value set `set` (charts/check.py, through the Helm SDK).
+/// with value set `set`.
 fn chart_operator_env(set: &str) -> BTreeMap<String, String> {
     let out = std::env::temp_dir().join(format!(
         "switchyard-chart-{}-{set}.yaml",
         std::process::id()
     ));
-    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/check.py");
-    let status = std::process::Command::new("python3")
-        .args([check, "--render", set])
-        .arg(&out)
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
-    );
-    let text = std::fs::read_to_string(&out).expect("rendered");
+    let env = chart::operator_env(&chart::render(set, &out));
     let _ = std::fs::remove_file(&out);
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
-    let operator = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "switchyard-operator")
-        .expect("the operator Deployment");
-    operator["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
+    env
 }
 
 /// `webhook.existingSecret` with a custom `webhook.secretKey`: the

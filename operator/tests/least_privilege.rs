@@ -6,7 +6,6 @@
 //! an alert rolls it back, and any 403 the code did not ask for fails the
 //! test. Then each identity tries what it must not do.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -17,7 +16,7 @@ use switchyard_node_agent::agent::{AgentConfig, run_with};
 use switchyard_node_agent::manager::ManagerConfig;
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
-use switchyard_testbed::{ports, serial};
+use switchyard_testbed::{chart, ports, serial};
 
 const SYS: &str = "switchyard-system";
 const AGENTS: usize = 5;
@@ -45,43 +44,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The chart's default value set, rendered through the Helm SDK.
-fn render_chart(dir: &std::path::Path) -> std::path::PathBuf {
-    let out = dir.join("chart.yaml");
-    let check = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/check.py");
-    let status = std::process::Command::new("python3")
-        .args([check, "--render", "default"])
-        .arg(&out)
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
-    );
-    out
-}
-
-/// The operator container's plain env values in the rendered chart.
-fn operator_env(chart: &std::path::Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(chart).expect("rendered chart");
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
-    let operator = docs
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "switchyard-operator")
-        .expect("the operator Deployment");
-    operator["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
 }
 
 async fn client_from(path: &std::path::Path) -> Client {
@@ -173,7 +135,7 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     .expect("cluster");
     let _ = REFUSED.set(c.server.app.clone());
     c.namespace(SYS).await.expect("namespace");
-    let chart = render_chart(&c.dir);
+    let chart = chart::render("default", &c.dir.join("chart.yaml"));
     let applied = tokio::process::Command::new("kubectl")
         .args(["apply", "--server-side", "-f"])
         .arg(&chart)
@@ -252,7 +214,7 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     let reserved = ports::reserve();
     let port = reserved.get();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
-    for (k, v) in operator_env(&chart) {
+    for (k, v) in chart::operator_env(&chart) {
         if k.starts_with("SWITCHYARD_") {
             cmd.env(k, v);
         }

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use switchyard_testbed::apiserver::{ApiServer, Config};
+use switchyard_testbed::chart;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -385,23 +386,6 @@ async fn kubectl_applies_gets_watches_patches_and_deletes() {
     server.stop().await;
 }
 
-/// The chart rendered with value set `set` (charts/check.py, through the
-/// Helm SDK), written to `dir/<set>.yaml`.
-fn render_chart(set: &str, dir: &Path) -> String {
-    let out = dir.join(format!("{set}.yaml"));
-    let status = std::process::Command::new("python3")
-        .arg(repo("charts/check.py"))
-        .args(["--render", set])
-        .arg(&out)
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "rendering the chart failed: pip install helm-python-sdk PyYAML (.ci/run does)"
-    );
-    out.display().to_string()
-}
-
 const SYS: &str = "switchyard-system";
 
 /// A FleetNode named `name` in the release namespace, as the admin.
@@ -430,7 +414,9 @@ async fn kubectl_auth_can_i_answers_for_the_chart_s_identities_and_denials_read_
     let k = Kubectl::new(&server, "authz").await;
     k.ok(&["apply", "--server-side", "-f", &repo("crds")]).await;
     k.ok(&["create", "namespace", SYS]).await;
-    let chart = render_chart("default", &k.dir);
+    let chart = chart::render("default", &k.dir.join("default.yaml"))
+        .display()
+        .to_string();
     k.ok(&["apply", "--server-side", "-f", &chart]).await;
 
     let operator = format!("system:serviceaccount:{SYS}:switchyard-operator");
