@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Apply the CRDs and the rendered chart (from charts/check.py) with real
-# kubectl, server-side, to the in-memory API server, and read every object
+# kubectl, server-side, to the in-memory API server with authentication,
+# RBAC and admission on (kubectl as cluster-admin), and read every object
 # back. Usage: charts/apply-to-testbed.sh [RENDERED_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ kubeconfig="$work/kubeconfig"
 
 cargo build -q -p switchyard-testbed --bin switchyard-testbed
 target/debug/switchyard-testbed apiserver --port 0 --kubeconfig "$kubeconfig" \
+  --authorization --admission \
   >"$work/apiserver.log" 2>&1 &
 server=$!
 cleanup() {
@@ -46,8 +48,8 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 
-for set in default monitoring daemonset existing-secret no-agents; do
-  file="$rendered/$set.yaml"
+for file in "$rendered"/*.yaml; do
+  set=$(basename "$file" .yaml)
   kubectl apply --server-side --field-manager=switchyard-chart-check -f "$file" >/dev/null
   want=$(grep -c '^kind: ' "$file")
   got=$(kubectl get -f "$file" -o name | wc -l)

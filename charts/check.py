@@ -32,26 +32,59 @@ import yaml
 
 CHART = pathlib.Path(__file__).resolve().parent / "switchyard"
 
+# Each value set: (release name, values). The release name of "long-name"
+# is 49 characters, the longest that leaves Helm room for its own
+# "sh.helm.release.v1.<name>.v<N>" Secret.
 VALUE_SETS = {
-    "default": {},
-    "no-workload": {"agents": {"workload": {"enabled": False}}},
-    "monitoring": {
+    "default": ("switchyard", {}),
+    "no-workload": ("switchyard", {"agents": {"workload": {"enabled": False}}}),
+    "monitoring": ("switchyard", {
         "monitoring": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "dashboard": {"enabled": True},
         "networkPolicy": {"enabled": True},
         "admissionPolicy": {"enabled": True},
+        "argocd": {"healthChecks": True},
         "operator": {"prometheus": {
             "url": "http://prometheus-operated.monitoring:9090",
             "authorizationSecret": "prometheus-token",
         }},
         "agents": {"allowFaultInjection": True},
-    },
-    "daemonset": {"agents": {"kind": "DaemonSet"}},
-    "existing-secret": {
+    }),
+    "daemonset": ("switchyard", {"agents": {"kind": "DaemonSet"}}),
+    "existing-secret": ("switchyard", {
         "webhook": {"existingSecret": "alertmanager-token", "secretKey": "bearer"},
-        "operator": {"watchNamespace": "fleet", "image": {"tag": "1.2.3"}},
-    },
-    "no-agents": {"agents": {"enabled": False}},
+        "operator": {"image": {"tag": "1.2.3"}},
+    }),
+    "namespaced": ("switchyard", {"operator": {"watchNamespace": "fleet"}}),
+    "long-name": ("a-release-name-of-forty-nine-characters-for-tests", {
+        "commonLabels": {"team": "p2p"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {
+            "serviceAccount": {"annotations": {"iam.example/role": "switchyard"}},
+            "podAnnotations": {"example/scrape": "true"},
+            "priorityClassName": "system-cluster-critical",
+            "topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+            }],
+            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "extraArgs": ["--write-concurrency=16"],
+        },
+        "agents": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}}},
+    }),
+    "digest": ("switchyard", {
+        "operator": {"image": {"registry": "registry.example", "tag": "1.10",
+                               "digest": "sha256:" + "a" * 64}},
+        "agents": {
+            "image": {"digest": "sha256:" + "b" * 64},
+            "workload": {"image": {"digest": "sha256:" + "c" * 64}},
+        },
+    }),
+    "no-agents": ("switchyard", {"agents": {"enabled": False}}),
+    "admission-off": ("switchyard", {"admissionPolicy": {"enabled": False}}),
 }
 
 KNOWN_KINDS = {
@@ -59,12 +92,21 @@ KNOWN_KINDS = {
     "Deployment", "StatefulSet", "DaemonSet", "Service", "Secret", "ConfigMap",
     "NetworkPolicy", "ServiceMonitor", "PrometheusRule",
     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+    "PodDisruptionBudget", "Pod",
 }
+
+# Kubernetes' limits on generated names: DNS labels (Services, and every
+# object here) within 63 characters; a StatefulSet within 52, as its pods'
+# controller-revision-hash label is the name and 11 more.
+MAX_NAME = 63
+MAX_STATEFULSET_NAME = 52
 
 
 def pod_spec(obj):
     if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
         return obj["spec"]["template"]["spec"]
+    if obj["kind"] == "Pod":
+        return obj["spec"]
     return None
 
 
@@ -77,6 +119,10 @@ def check(name, docs):
                 problems.append(f"{where}: no {field}")
         if obj.get("kind") not in KNOWN_KINDS:
             problems.append(f"{where}: unexpected kind")
+        obj_name = obj.get("metadata", {}).get("name", "")
+        limit = MAX_STATEFULSET_NAME if obj.get("kind") == "StatefulSet" else MAX_NAME
+        if len(obj_name) > limit:
+            problems.append(f"{where}: name is {len(obj_name)} characters, over {limit}")
         if obj.get("kind") in ("Role", "ClusterRole"):
             for rule in obj.get("rules", []):
                 for key in ("apiGroups", "resources", "verbs", "resourceNames"):
@@ -103,9 +149,11 @@ def check(name, docs):
             if "cpu" not in limits or "memory" not in limits:
                 problems.append(f"{cw}: no cpu and memory limits")
             image = c.get("image", "")
+            if "@sha256:" in image:
+                continue
             tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
             if not tag or tag == "latest":
-                problems.append(f"{cw}: image {image!r} has no explicit tag")
+                problems.append(f"{cw}: image {image!r} has no explicit tag or digest")
     return problems
 
 
@@ -124,9 +172,16 @@ def check_webhook_secret(name, values, docs):
     if env is None:
         return []
     webhook = values.get("webhook", {})
-    want_secret = webhook.get("existingSecret") or "switchyard-webhook"
+    deployment = next(
+        d["metadata"]["name"] for d in docs
+        if d.get("kind") == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    )
+    want_secret = webhook.get("existingSecret") or deployment.removesuffix("-operator") + "-webhook"
     want_key = webhook.get("secretKey", "token")
+    want_create = "false" if webhook.get("existingSecret") else "true"
     problems = []
+    if env.get("SWITCHYARD_WEBHOOK_SECRET_CREATE") != want_create:
+        problems.append(f"{name}: operator creates the webhook Secret: {env.get('SWITCHYARD_WEBHOOK_SECRET_CREATE')!r}, want {want_create!r}")
     if env.get("SWITCHYARD_WEBHOOK_SECRET") != want_secret:
         problems.append(f"{name}: operator webhook Secret {env.get('SWITCHYARD_WEBHOOK_SECRET')!r}, values say {want_secret!r}")
     if env.get("SWITCHYARD_WEBHOOK_SECRET_KEY") != want_key:
@@ -134,9 +189,9 @@ def check_webhook_secret(name, values, docs):
     return problems
 
 
-def render(chart, values):
+def render(chart, values, release="switchyard"):
     """(docs, text) of one value set."""
-    rendered = chart.render(values, name="switchyard", namespace="switchyard-system")
+    rendered = chart.render(values, name=release, namespace="switchyard-system")
     docs = []
     text = []
     for path, body in sorted(rendered.items()):
@@ -149,10 +204,74 @@ def render(chart, values):
     return docs, "---\n".join(text)
 
 
+def rendered_docs(rendered):
+    return [
+        d
+        for path, body in rendered.items()
+        if path.endswith(".yaml") and body.strip()
+        for d in yaml.safe_load_all(body)
+        if d
+    ]
+
+
+def refused(chart, values, needle):
+    """A problem unless rendering `values` fails with a message containing
+    `needle` (the schema or a template's `fail`)."""
+    try:
+        chart.render(values, name="switchyard", namespace="switchyard-system")
+    except Exception as e:  # the SDK raises its own error types
+        if needle in str(e):
+            print(f"refused as it should be: {str(e).splitlines()[0][:160]}")
+            return []
+        return [f"self-test: {values} was refused, but not for {needle!r}: {e}"]
+    return [f"self-test: {values} rendered; it must be refused ({needle!r})"]
+
+
+def self_tests(chart):
+    """The checks and the schema themselves: each broken input is caught."""
+    problems = []
+    broken = {
+        "operator": {"image": {"tag": "latest"}, "resources": {"limits": None}},
+        "containerSecurityContext": {"readOnlyRootFilesystem": False},
+    }
+    caught = check("broken", rendered_docs(
+        chart.render(broken, name="switchyard", namespace="switchyard-system")))
+    for needle in ("no explicit tag", "no cpu and memory limits", "not read-only"):
+        if not any(needle in p for p in caught):
+            problems.append(f"self-test: a broken value set was not caught ({needle})")
+    print(f"self-test: a broken value set gives {len(caught)} problems, as it should")
+    # A chart that forgot to pass the key must be caught too.
+    _, values = VALUE_SETS["existing-secret"]
+    docs, _ = render(chart, values)
+    for obj in docs:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-operator"):
+            c = obj["spec"]["template"]["spec"]["containers"][0]
+            c["env"] = [e for e in c["env"] if e["name"] != "SWITCHYARD_WEBHOOK_SECRET_KEY"]
+    if not check_webhook_secret("broken", values, docs):
+        problems.append("self-test: an operator without the webhook Secret key was not caught")
+    # A name over the limit is caught.
+    long = [{"kind": "Service", "apiVersion": "v1", "metadata": {"name": "x" * 53}},
+            {"kind": "Role", "apiVersion": "v1", "metadata": {"name": "x" * 64}}]
+    if [p for p in check("long", long) if "over" in p] != ["long: Role/" + "x" * 64 + ": name is 64 characters, over 63"]:
+        problems.append("self-test: a 64-character name was not caught, or a 53-character Service was")
+    # The schema refuses a misspelt key, a numeric tag and a bad digest;
+    # the templates refuse a pod label that would change a selector.
+    problems += refused(chart, {"operatr": {"replicas": 3}}, "operatr")
+    problems += refused(chart, {"operator": {"replicas": 3, "replica": 2}}, "replica")
+    problems += refused(chart, {"operator": {"image": {"tag": 1.10}}}, "tag")
+    problems += refused(chart, {"agents": {"image": {"digest": "latest"}}}, "digest")
+    problems += refused(chart, {"agents": {"kind": "Deployment"}}, "kind")
+    problems += refused(
+        chart, {"operator": {"podLabels": {"app.kubernetes.io/component": "x"}}},
+        "which the pods' selector owns")
+    return problems
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--render":
+        release, values = VALUE_SETS[sys.argv[2]]
         with helm.Chart.load(str(CHART)) as chart:
-            _, text = render(chart, VALUE_SETS[sys.argv[2]])
+            _, text = render(chart, values, release)
         pathlib.Path(sys.argv[3]).write_text(text)
         return
     out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/chart")
@@ -163,8 +282,10 @@ def main():
     shipped = CHART / "files" / "kv_client.py"
     if example.read_bytes() != shipped.read_bytes():
         problems.append(f"{shipped} differs from {example}: cp {example} {shipped}")
+    # The chart README and values schema are generated from values.yaml.
+    problems += generated_files_problems()
     # Severity 1 info, 2 warning, 3 error; warnings fail the check too.
-    for values_name, values in VALUE_SETS.items():
+    for values_name, (_, values) in VALUE_SETS.items():
         report = helm.lint(str(CHART), values, strict=True, namespace="switchyard-system")
         for m in report.get("messages", []):
             print(f"lint ({values_name}): {json.dumps(m)}")
@@ -173,10 +294,13 @@ def main():
         for e in report.get("errors", []):
             problems.append(f"lint ({values_name}): {e}")
     with helm.Chart.load(str(CHART)) as chart:
-        for name, values in VALUE_SETS.items():
-            docs, text = render(chart, values)
+        for name, (release, values) in VALUE_SETS.items():
+            docs, text = render(chart, values, release)
+            # GitOps tools render on every sync: the output must not change.
+            _, again = render(chart, values, release)
+            found = [] if again == text else [f"{name}: two renders differ (randomness or lookup in a template)"]
             (out / f"{name}.yaml").write_text(text)
-            found = check(name, docs) + check_webhook_secret(name, values, docs)
+            found += check(name, docs) + check_webhook_secret(name, values, docs)
             if values.get("operator", {}).get("watchNamespace"):
                 found += [
                     f"{name}: a namespaced install renders {d['kind']}/{d['metadata']['name']}"
@@ -185,38 +309,21 @@ def main():
                 ]
             problems += found
             kinds = sorted({d["kind"] for d in docs})
-            print(f"{name}: {len(docs)} objects ({', '.join(kinds)}); {len(found)} problems")
-        # The checks themselves: a value set that breaks each rule must be
-        # caught, rule by rule.
-        broken = {
-            "operator": {"image": {"tag": "latest"}, "resources": {"limits": None}},
-            "containerSecurityContext": {"readOnlyRootFilesystem": False},
-        }
-        rendered = chart.render(broken, name="switchyard", namespace="switchyard-system")
-        docs = [
-            d
-            for path, body in rendered.items()
-            if path.endswith(".yaml") and body.strip()
-            for d in yaml.safe_load_all(body)
-            if d
-        ]
-        caught = check("broken", docs)
-        for needle in ("no explicit tag", "no cpu and memory limits", "not read-only"):
-            if not any(needle in p for p in caught):
-                problems.append(f"self-test: a broken value set was not caught ({needle})")
-        # A chart that forgot to pass the key must be caught too.
-        values = VALUE_SETS["existing-secret"]
-        docs, _ = render(chart, values)
-        for obj in docs:
-            if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("-operator"):
-                c = obj["spec"]["template"]["spec"]["containers"][0]
-                c["env"] = [e for e in c["env"] if e["name"] != "SWITCHYARD_WEBHOOK_SECRET_KEY"]
-        if not check_webhook_secret("broken", values, docs):
-            problems.append("self-test: an operator without the webhook Secret key was not caught")
-        print(f"self-test: a broken value set gives {len(caught)} problems, as it should")
+            longest = max(len(d["metadata"]["name"]) for d in docs)
+            print(f"{name}: {len(docs)} objects ({', '.join(kinds)}); longest name {longest}; {len(found)} problems")
+        problems += self_tests(chart)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
+
+
+def generated_files_problems():
+    import subprocess
+    gen = pathlib.Path(__file__).resolve().parent / "gen.py"
+    r = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return [f"generated chart files: {r.stderr.strip() or r.stdout.strip()}"]
+    return []
 
 
 if __name__ == "__main__":

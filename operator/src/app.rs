@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::alerts::{AlertAnalysis, AlertBook, AlertRecord};
 use crate::analysis::ScrapeAnalysis;
@@ -34,6 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 kube::Api::namespaced(client.clone(), &config.lease.namespace),
                 name,
                 key,
+                config.create_webhook_secret,
                 book.clone(),
             ));
         }
@@ -110,29 +112,31 @@ fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<Aler
 }
 
 /// Keep the webhook token current: read the Secret now and every 10 s (a
-/// rotated token takes effect within that).
+/// rotated token takes effect within that). With `create`, an absent
+/// Secret is created with a random token (by whichever replica gets there
+/// first; the others read it).
 async fn load_token(
-    secrets: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    secrets: kube::Api<Secret>,
     name: String,
     key: String,
+    create: bool,
     book: Arc<AlertBook>,
 ) {
     let mut warned = false;
     loop {
         match secrets.get_opt(&name).await {
             Ok(Some(s)) => {
-                let token = s
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(&key))
-                    .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                    .map(|t| t.trim().to_owned());
+                let token = token_of(&s, &key);
                 if token.is_none() && !warned {
                     tracing::warn!(secret = %name, %key, "the webhook Secret has no such key; the webhook answers 503");
                     warned = true;
                 }
                 book.set_token(token);
             }
+            Ok(None) if create => match create_token(&secrets, &name, &key).await {
+                Ok(()) => continue,
+                Err(e) => tracing::warn!(secret = %name, error = %e, "creating the webhook Secret"),
+            },
             Ok(None) => {
                 if !warned {
                     tracing::warn!(secret = %name, "the webhook Secret does not exist; the webhook answers 503");
@@ -144,5 +148,58 @@ async fn load_token(
             Err(e) => tracing::warn!(secret = %name, error = %e, "reading the webhook Secret"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
+}
+
+/// The token under `key`, trimmed; `None` when absent or not UTF-8.
+fn token_of(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .map(|t| t.trim().to_owned())
+}
+
+/// Create the webhook Secret with 256 random bits, hex-encoded. Another
+/// replica having created it first (409) is success: the caller reads it.
+async fn create_token(secrets: &kube::Api<Secret>, name: &str, key: &str) -> anyhow::Result<()> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for the token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "switchyard-operator".to_owned(),
+                )]
+                .into(),
+            ),
+            annotations: Some(
+                [(
+                    "switchyard.dev/purpose".to_owned(),
+                    "Bearer token of the operator's Alertmanager webhook; give Alertmanager a copy"
+                        .to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        string_data: Some([(key.to_owned(), token)].into()),
+        ..Default::default()
+    };
+    match secrets
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(secret = %name, %key, "created the webhook Secret with a random token");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

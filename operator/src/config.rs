@@ -57,6 +57,17 @@ pub struct Args {
     /// Key of the token in that Secret.
     #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET_KEY", default_value = "token")]
     pub webhook_secret_key: String,
+    /// Create the webhook Secret with a random token when it does not
+    /// exist (the chart's default), instead of answering 503 until someone
+    /// does. The chart then renders no Secret, so a GitOps tool's render is
+    /// the same every time.
+    #[arg(
+        long,
+        env = "SWITCHYARD_WEBHOOK_SECRET_CREATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub create_webhook_secret: bool,
     /// ConfigMap (in the Lease's namespace) where every replica records
     /// the alerts it accepts, so the leader acts on them (default: the
     /// Lease's name and `-alerts`).
@@ -77,6 +88,12 @@ pub struct Args {
         hide_env_values = true
     )]
     pub prometheus_authorization: Option<String>,
+    /// Check an installation and exit (the chart's `helm test`): the
+    /// operator at this URL (e.g. http://switchyard-operator:8080) answers
+    /// /readyz, and each Switchyard kind can be listed in --namespace (or
+    /// all namespaces). Exits non-zero naming every failed check.
+    #[arg(long, value_name = "OPERATOR_URL")]
+    pub check_install: Option<String>,
 }
 
 /// The Lease used for leader election.
@@ -107,6 +124,8 @@ pub struct Config {
     pub lease: Lease,
     /// The webhook token's Secret (in the Lease's namespace) and key.
     pub webhook_secret: Option<(String, String)>,
+    /// Create that Secret when it is absent.
+    pub create_webhook_secret: bool,
     /// The ConfigMap (in the Lease's namespace) that records firing alerts.
     pub alert_configmap: String,
     /// Prometheus for PromQL checks.
@@ -132,6 +151,10 @@ impl TryFrom<Args> for Config {
         anyhow::ensure!(
             args.prometheus_timeout.is_finite() && args.prometheus_timeout > 0.0,
             "--prometheus-timeout must be a number of seconds above 0, e.g. 5"
+        );
+        anyhow::ensure!(
+            !args.create_webhook_secret || args.webhook_secret.is_some(),
+            "--create-webhook-secret needs --webhook-secret, the name of the Secret to create"
         );
         let prometheus = args
             .prometheus_url
@@ -173,6 +196,7 @@ impl TryFrom<Args> for Config {
                 grace: args.lease_grace,
             },
             webhook_secret: args.webhook_secret.map(|s| (s, args.webhook_secret_key)),
+            create_webhook_secret: args.create_webhook_secret,
             alert_configmap,
             prometheus,
         })

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod analysis;
 mod app;
 pub mod canary;
+pub mod check;
 pub mod config;
 pub mod context;
 pub mod controller;

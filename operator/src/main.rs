@@ -11,6 +11,10 @@ async fn main() -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let config = Config::try_from(Args::parse())?;
+    let args = Args::parse();
+    if let Some(url) = &args.check_install {
+        return switchyard_operator::check::run(url, args.namespace.as_deref()).await;
+    }
+    let config = Config::try_from(args)?;
     switchyard_operator::run(config).await
 }

@@ -20,7 +20,7 @@ use switchyard_crds::{
 use switchyard_testbed::agents::{Ack, agents};
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
-use switchyard_testbed::{chart, ports};
+use switchyard_testbed::{argocd, chart, ports};
 
 const NS: &str = "fleet";
 const WAIT: Duration = Duration::from_secs(60);
@@ -440,8 +440,11 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         )
         .await
         .expect("plan created");
-    h.wait_for("to-iroh", phase_is(PlanPhase::Succeeded), "Succeeded")
+    let done = h
+        .wait_for("to-iroh", phase_is(PlanPhase::Succeeded), "Succeeded")
         .await;
+    let health = argocd::health("MigrationPlan", &done);
+    assert_eq!(health.status, "Healthy", "Argo CD's view: {health:?}");
 
     let all = h.all_nodes().await;
     assert!(
@@ -475,6 +478,8 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
                 .any(|o| o.kind == "MigrationPlan" && o.name == "to-iroh"),
             "owned by the plan"
         );
+        let health = argocd::health("Canary", &c);
+        assert_eq!(health.status, "Healthy", "Argo CD's view: {health:?}");
         let st = c.status.expect("canary status");
         assert_eq!(st.phase, CanaryPhase::Succeeded, "stage {stage}");
         assert_eq!(st.nodes.len(), 2);
@@ -740,16 +745,19 @@ async fn manual_rollback_from_the_third_stage_returns_every_node_in_the_safe_ord
         .await
         .expect("plan created");
     // The third stage (IrohOnly) under way, with nodes running it.
-    h.wait_for(
-        "to-iroh",
-        |p| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.stage == 2 && s.nodes.by_mode.iroh_only > 0)
-        },
-        "nodes in IrohOnly in the third stage",
-    )
-    .await;
+    let under_way = h
+        .wait_for(
+            "to-iroh",
+            |p| {
+                p.status
+                    .as_ref()
+                    .is_some_and(|s| s.stage == 2 && s.nodes.by_mode.iroh_only > 0)
+            },
+            "nodes in IrohOnly in the third stage",
+        )
+        .await;
+    let health = argocd::health("MigrationPlan", &under_way);
+    assert_eq!(health.status, "Progressing", "Argo CD's view: {health:?}");
     h.plans()
         .patch(
             "to-iroh",
@@ -761,6 +769,8 @@ async fn manual_rollback_from_the_third_stage_returns_every_node_in_the_safe_ord
     let done = h
         .wait_for("to-iroh", phase_is(PlanPhase::RolledBack), "RolledBack")
         .await;
+    let health = argocd::health("MigrationPlan", &done);
+    assert_eq!(health.status, "Degraded", "Argo CD's view: {health:?}");
     for n in h.all_nodes().await {
         assert_eq!(
             n.spec.mode,
@@ -1277,6 +1287,8 @@ async fn an_alert_pauses_plans_that_ask_for_it_and_only_the_one_that_says_so_res
             .wait_for(name, phase_is(PlanPhase::Paused), "paused by the alert")
             .await;
         assert!(p.spec.paused, "{name}: spec.paused set");
+        let health = argocd::health("MigrationPlan", &p);
+        assert_eq!(health.status, "Suspended", "Argo CD's view: {health:?}");
         assert_eq!(
             p.annotations().get(switchyard_crds::ANNOTATION_PAUSED_BY),
             Some(&"alert".to_owned())
@@ -1632,24 +1644,7 @@ async fn the_chart_s_existing_webhook_secret_and_custom_key_reach_the_operator()
         .create(&PostParams::default(), &secret)
         .await
         .expect("secret created");
-    let reserved = ports::reserve();
-    let port = reserved.get();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
-    for (k, v) in &env {
-        if k.starts_with("SWITCHYARD_") {
-            cmd.env(k, v);
-        }
-    }
-    let mut operator = cmd
-        .env("KUBECONFIG", &h.c.kubeconfig)
-        .env("SWITCHYARD_NAMESPACE", NS)
-        .env("POD_NAMESPACE", NS)
-        .env("POD_NAME", "chart-replica")
-        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let (mut operator, port, reserved) = chart_operator(&h, &env, "chart-replica");
     wait_ready(port, "the operator").await;
     let body = notification("resolved", &[("fp-none", &[("alertname", "Nothing")])]);
     let path = "/webhook/alertmanager";
@@ -1662,6 +1657,100 @@ async fn the_chart_s_existing_webhook_secret_and_custom_key_reach_the_operator()
     assert_eq!(code, 401, "the default key's value is not the token");
     operator.kill().await.expect("kill");
     drop(reserved);
+    h.stop().await;
+}
+
+/// Poll `f` every 100 ms until it gives a value, for at most `WAIT`.
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The operator binary as the chart's environment configures it, on a
+/// reserved port of its own, as replica `identity`.
+fn chart_operator(
+    h: &Harness,
+    env: &BTreeMap<String, String>,
+    identity: &str,
+) -> (tokio::process::Child, u16, ports::Port) {
+    let reserved = ports::reserve();
+    let port = reserved.get();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
+    for (k, v) in env {
+        if k.starts_with("SWITCHYARD_") {
+            cmd.env(k, v);
+        }
+    }
+    let operator = cmd
+        .env("KUBECONFIG", &h.c.kubeconfig)
+        .env("SWITCHYARD_NAMESPACE", NS)
+        .env("POD_NAMESPACE", NS)
+        .env("POD_NAME", identity)
+        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+    (operator, port, reserved)
+}
+
+/// The chart's defaults render no Secret (so a GitOps render is the same
+/// every time): the operator creates the webhook Secret with a random
+/// token, once for both replicas, and each accepts an alert with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_chart_s_defaults_the_operator_creates_one_webhook_token_for_both_replicas() {
+    let env = chart_operator_env("default");
+    assert_eq!(
+        env.get("SWITCHYARD_WEBHOOK_SECRET_CREATE")
+            .map(String::as_str),
+        Some("true"),
+        "the default install asks the operator to create the token"
+    );
+    let name = env
+        .get("SWITCHYARD_WEBHOOK_SECRET")
+        .expect("the Secret is named")
+        .clone();
+    let h = Harness::start("chart-token", 2, Config::default(), acks_after(20)).await;
+    let (mut a, port_a, ra) = chart_operator(&h, &env, "replica-a");
+    let (mut b, port_b, rb) = chart_operator(&h, &env, "replica-b");
+    wait_ready(port_a, "replica a").await;
+    wait_ready(port_b, "replica b").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(h.client.clone(), NS);
+    let token = eventually("the operator created the webhook Secret", || async {
+        let s = secrets.get_opt(&name).await.ok()??;
+        let t = s.data?.get("token")?.0.clone();
+        String::from_utf8(t).ok()
+    })
+    .await;
+    assert_eq!(token.len(), 64, "256 random bits, hex: {token}");
+    assert!(token.bytes().all(|c| c.is_ascii_hexdigit()), "{token}");
+    let body = notification("resolved", &[("fp-none", &[("alertname", "Nothing")])]);
+    let path = "/webhook/alertmanager";
+    let bearer = format!("Bearer {token}");
+    for port in [port_a, port_b] {
+        eventually("each replica accepts the created token", || async {
+            let (code, _) = http_post(port, path, Some(&bearer), &body).await;
+            (code == 200).then_some(())
+        })
+        .await;
+        let (code, _) = http_post(port, path, Some("Bearer wrong"), &body).await;
+        assert_eq!(code, 401, "only the created token is accepted");
+    }
+    a.kill().await.expect("kill");
+    b.kill().await.expect("kill");
+    drop((ra, rb));
     h.stop().await;
 }
 
@@ -2206,6 +2295,8 @@ async fn the_example_canary_rolls_back_when_its_nodes_fail_requests() {
     .await;
     assert_eq!(s.phase, CanaryPhase::RolledBack, "{s:?}");
     assert_eq!(s.verdict, Some(switchyard_crds::Verdict::Fail));
+    let health = argocd::health("Canary", &json!({"metadata": {}, "status": &s}));
+    assert_eq!(health.status, "Degraded", "Argo CD's view: {health:?}");
     let errors = s
         .metrics
         .iter()

@@ -230,6 +230,53 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
         .spawn()
         .expect("operator starts");
 
+    // The chart's `helm test`: the operator binary's install check, as
+    // the operator's account, passes once the operator is ready...
+    let check = |url: String| {
+        let kubeconfig = operator_kubeconfig.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"))
+                .arg(format!("--check-install={url}"))
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", "warn")
+                .output()
+                .await
+                .expect("the install check runs")
+        }
+    };
+    let test_pod = chart_test_args(&chart);
+    assert!(
+        test_pod
+            .iter()
+            .any(|a| a.starts_with("--check-install=http://switchyard-operator.")),
+        "the chart's test pod runs the install check against the operator's Service: {test_pod:?}"
+    );
+    let passed = eventually("the chart's install check passes", || async {
+        let out = check(format!("http://127.0.0.1:{port}")).await;
+        out.status.success().then_some(out)
+    })
+    .await;
+    let stdout = String::from_utf8_lossy(&passed.stdout);
+    for kind in ["migrationplans", "canaries", "fleetnodes"] {
+        assert!(
+            stdout.contains(&format!("ok: {kind}.switchyard.dev is served")),
+            "{stdout}"
+        );
+    }
+    // ...and fails, saying what to look at, when the operator is not there.
+    let nobody = ports::reserve();
+    let failed = check(format!("http://127.0.0.1:{}", nobody.get())).await;
+    assert!(
+        !failed.status.success(),
+        "an absent operator fails the check"
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("/readyz") && stderr.contains("operator's logs"),
+        "{stderr}"
+    );
+    drop(nobody);
+
     // A plan with analysis that an alert rolls back.
     let plan: MigrationPlan = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
@@ -422,4 +469,18 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     operator.kill().await.expect("kill");
     drop(reserved);
     c.stop().await;
+}
+
+/// The arguments of the chart's `helm test` pod, from the rendered chart.
+fn chart_test_args(chart: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(chart).expect("rendered chart");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("chart YAML");
+    docs.iter()
+        .find(|d| {
+            d["kind"] == "Pod"
+                && d.pointer("/metadata/annotations/helm.sh~1hook") == Some(&json!("test"))
+        })
+        .and_then(|d| d.pointer("/spec/containers/0/args"))
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .expect("the chart renders a helm test pod with args")
 }

@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod apiserver;
+pub mod argocd;
 pub mod chart;
 pub mod cluster;
 pub mod ports;

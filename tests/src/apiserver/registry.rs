@@ -192,6 +192,15 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
         ),
         builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"],
+            true,
+        ),
+        builtin(
             "networking.k8s.io",
             "v1",
             "NetworkPolicy",

@@ -421,6 +421,7 @@ impl Inner {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
         self.check_namespace(rt, ns)?;
+        merge_string_data(rt, &mut obj);
         if let Some(body_ns) = meta(&obj)
             .and_then(|m| m.get("namespace"))
             .and_then(Value::as_str)
@@ -679,6 +680,7 @@ impl Inner {
         opts: &WriteOptions,
     ) -> Result<Arc<Value>, ApiError> {
         let old_meta = meta(&old).cloned().unwrap_or_default();
+        merge_string_data(rt, &mut new);
         let m = meta_mut(&mut new);
         for k in [
             "uid",
@@ -936,6 +938,28 @@ fn crd_status(crd: &mut Value) {
 /// most 63 characters of `[-_.A-Za-z0-9]`, starting and ending with an
 /// alphanumeric (or empty); a key is such a name, optionally after a DNS
 /// subdomain prefix and `/`.
+/// A Secret's `stringData` is write-only, as in kube-apiserver: each entry
+/// is merged into `data` (base64), over a `data` entry of the same key, and
+/// `stringData` is not stored.
+fn merge_string_data(rt: &ResourceType, obj: &mut Value) {
+    use base64::Engine as _;
+    if !(rt.group.is_empty() && rt.plural == "secrets") {
+        return;
+    }
+    let Some(o) = obj.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = o.remove("stringData") else {
+        return;
+    };
+    let data = o.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (k, v) in strings {
+        let text = v.as_str().unwrap_or_default();
+        data[k.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 fn check_labels(rt: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
     fn label_name(v: &str) -> Result<(), &'static str> {
         let b = v.as_bytes();
