@@ -58,10 +58,12 @@ kind load docker-image --name "$cluster" "switchyard-operator:$tag" "switchyard-
 kubectl --context "$context" apply --server-side -f crds/
 helm --kube-context "$context" install switchyard charts/switchyard \
   --namespace "$ns" --create-namespace \
-  --set operator.image.repository=switchyard-operator --set operator.image.tag="$tag" \
-  --set agents.image.repository=switchyard-node-agent --set agents.image.tag="$tag" \
+  --set operator.image.registry= --set operator.image.repository=switchyard-operator --set-string operator.image.tag="$tag" \
+  --set agents.image.registry= --set agents.image.repository=switchyard-node-agent --set-string agents.image.tag="$tag" \
   --set agents.replicas=4 --set agents.probeRate=5 --set agents.allowFaultInjection=true \
   --wait --timeout 5m
+echo "== helm test: the operator is ready and the CRDs are served"
+helm --kube-context "$context" test switchyard --namespace "$ns" --timeout 2m
 
 echo "== waiting for 4 FleetNodes"
 for _ in $(seq 1 60); do
