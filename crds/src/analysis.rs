@@ -1,4 +1,4 @@
-//! The analysis block shared by `MigrationPlan` and `Canary`: how often to
+//! The analysis block shared by `MigrationPlan` and `MigrationCanary`: how often to
 //! measure, how much data a measurement needs, how many bad measurements to
 //! tolerate, and the metric checks themselves.
 

@@ -1,4 +1,4 @@
-//! `Canary`: a trial of one network mode on a few nodes, compared against
+//! `MigrationCanary`: a trial of one network mode on a few nodes, compared against
 //! the rest. Usable alone (an A/B test) or owned by a MigrationPlan, which
 //! creates one per stage.
 
@@ -16,11 +16,11 @@ use crate::plan::{MetricResult, Verdict};
 #[kube(
     group = "switchyard.dev",
     version = "v1alpha1",
-    kind = "Canary",
+    kind = "MigrationCanary",
     namespaced,
     validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: at most 63 characters: the operator writes the name as a label value on every FleetNode it moves, and a label value is at most 63 characters"),
-    status = "CanaryStatus",
-    shortname = "fcanary",
+    status = "MigrationCanaryStatus",
+    shortname = "mcanary",
     category = "switchyard",
     derive = "PartialEq",
     doc = "Tries a network mode on a few FleetNodes and compares their health against a baseline.",
@@ -35,7 +35,7 @@ use crate::plan::{MetricResult, Verdict};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.nodes) ? 1 : 0) + (has(self.count) ? 1 : 0) + (has(self.percent) ? 1 : 0) == 1").message("set exactly one of nodes, count or percent"))]
-pub struct CanarySpec {
+pub struct MigrationCanarySpec {
     /// The FleetNodes the canary nodes are taken from; the rest of them are
     /// the baseline unless baselineSelector says otherwise.
     pub selector: LabelSelector,
@@ -81,11 +81,11 @@ pub struct CanarySpec {
     pub analysis: Option<Analysis>,
 }
 
-/// Lifecycle phase of a Canary.
+/// Lifecycle phase of a MigrationCanary.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
 )]
-pub enum CanaryPhase {
+pub enum MigrationCanaryPhase {
     /// Not started.
     #[default]
     Pending,
@@ -101,13 +101,13 @@ pub enum CanaryPhase {
     Invalid,
 }
 
-/// Observed state of a Canary.
+/// Observed state of a MigrationCanary.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct CanaryStatus {
+pub struct MigrationCanaryStatus {
     /// Lifecycle phase.
     #[serde(default)]
-    pub phase: CanaryPhase,
+    pub phase: MigrationCanaryPhase,
     /// The metadata.generation this status answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -118,7 +118,7 @@ pub struct CanaryStatus {
     /// When every canary node had acknowledged the trial mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
-    /// Canary vs baseline per metric.
+    /// MigrationCanary vs baseline per metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub metrics: Vec<MetricResult>,

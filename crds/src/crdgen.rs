@@ -6,7 +6,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::{Canary, FleetNode, MigrationPlan};
+use crate::{FleetNode, MigrationCanary, MigrationPlan};
 
 /// Header on every generated file.
 pub const HEADER: &str = "# Generated from the Rust types in crds/src by `cargo run -p switchyard-crds --bin crdgen`.\n# Do not edit: change the types and re-run crdgen.\n";
@@ -16,7 +16,11 @@ pub const OUTPUT_DIRS: [&str; 2] = ["crds", "charts/switchyard/crds"];
 
 /// Every Switchyard CRD.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![FleetNode::crd(), MigrationPlan::crd(), Canary::crd()]
+    vec![
+        FleetNode::crd(),
+        MigrationPlan::crd(),
+        MigrationCanary::crd(),
+    ]
 }
 
 /// `(file name, YAML)` for every CRD, e.g. `migrationplans.switchyard.dev.yaml`.

@@ -59,7 +59,7 @@ pub struct FleetNodeSpec {
     pub routing_strategy: Option<RoutingStrategy>,
 
     /// Percent of requests sent over iroh when the node load-balances (the
-    /// A/B share of a Canary). 0-100; when absent, 50.
+    /// A/B share of a MigrationCanary). 0-100; when absent, 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub iroh_share: Option<u8>,

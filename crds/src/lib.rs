@@ -2,7 +2,7 @@
 //!
 //! - [`FleetNode`]: one per node-agent; spec is the operator's, status the agent's.
 //! - [`MigrationPlan`]: moves selected nodes through stages of [`NetworkMode`]s.
-//! - [`Canary`]: a trial of one mode on a few nodes.
+//! - [`MigrationCanary`]: a trial of one mode on a few nodes.
 //!
 //! [`validate`] holds the semantic checks the schema cannot express;
 //! [`manifest`] reads user YAML with errors that name the field;
@@ -25,7 +25,9 @@ pub mod validate;
 pub use analysis::{
     Analysis, AnalysisTally, BuiltinMetric, InconclusiveAction, MetricCheck, Reference, Transport,
 };
-pub use canary::{Canary, CanaryPhase, CanarySpec, CanaryStatus};
+pub use canary::{
+    MigrationCanary, MigrationCanaryPhase, MigrationCanarySpec, MigrationCanaryStatus,
+};
 pub use duration::Duration;
 pub use fleet_node::{FleetNode, FleetNodeSpec, FleetNodeStatus, NodeAddresses, NodeIdentity};
 pub use mode::{NetworkMode, RoutingStrategy, forms_island};
@@ -59,7 +61,7 @@ pub const ANNOTATION_INJECT_FAULTS: &str = "switchyard.dev/inject-faults";
 /// resumes it once no matching alert fires. A pause set by a person has
 /// no such annotation and is never lifted by the operator.
 pub const ANNOTATION_PAUSED_BY: &str = "switchyard.dev/paused-by";
-/// Label on a FleetNode naming the standalone Canary trying a mode on it.
+/// Label on a FleetNode naming the standalone MigrationCanary trying a mode on it.
 pub const LABEL_CANARY: &str = "switchyard.dev/canary";
 /// Finalizer on MigrationPlans and standalone Canaries: the operator
 /// releases their FleetNodes before the object goes away.

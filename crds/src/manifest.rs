@@ -6,15 +6,15 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validate::{self, FieldError, ValidationErrors};
-use crate::{Canary, FleetNode, MigrationPlan, crdgen};
+use crate::{FleetNode, MigrationCanary, MigrationPlan, crdgen};
 
 /// A Switchyard resource read from a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     /// A MigrationPlan.
     MigrationPlan(Box<MigrationPlan>),
-    /// A Canary.
-    Canary(Box<Canary>),
+    /// A MigrationCanary.
+    MigrationCanary(Box<MigrationCanary>),
     /// A FleetNode.
     FleetNode(Box<FleetNode>),
 }
@@ -27,7 +27,7 @@ pub enum ManifestError {
     Yaml(String),
     /// Not a Switchyard kind.
     #[error(
-        "apiVersion {api_version:?} kind {kind:?} is not a Switchyard resource: use apiVersion switchyard.dev/v1alpha1 with kind MigrationPlan, Canary or FleetNode"
+        "apiVersion {api_version:?} kind {kind:?} is not a Switchyard resource: use apiVersion switchyard.dev/v1alpha1 with kind MigrationPlan, MigrationCanary or FleetNode"
     )]
     NotSwitchyard {
         /// The manifest's apiVersion.
@@ -93,10 +93,10 @@ pub fn parse_value(value: &Value) -> Result<Resource, ManifestError> {
             validate::plan_spec(&plan.spec).map_err(ManifestError::Invalid)?;
             Ok(Resource::MigrationPlan(Box::new(plan)))
         }
-        "Canary" => {
-            let canary: Canary = typed(value)?;
+        "MigrationCanary" => {
+            let canary: MigrationCanary = typed(value)?;
             validate::canary_spec(&canary.spec).map_err(ManifestError::Invalid)?;
-            Ok(Resource::Canary(Box::new(canary)))
+            Ok(Resource::MigrationCanary(Box::new(canary)))
         }
         "FleetNode" => Ok(Resource::FleetNode(Box::new(typed(value)?))),
         _ => Err(not_ours()),

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::analysis::{Analysis, MetricCheck};
-use crate::canary::CanarySpec;
+use crate::canary::MigrationCanarySpec;
 use crate::mode::{NetworkMode, forms_island};
 use crate::plan::{MigrationPlanSpec, PlanCanary, RollbackStrategy};
 
@@ -65,11 +65,11 @@ impl Errors {
     }
 }
 
-/// The longest MigrationPlan or Canary name: the operator writes the name
+/// The longest MigrationPlan or MigrationCanary name: the operator writes the name
 /// as a label value on the FleetNodes it moves.
 pub const MAX_NAME: usize = 63;
 
-/// Check a MigrationPlan's or Canary's name: it must fit a label value.
+/// Check a MigrationPlan's or MigrationCanary's name: it must fit a label value.
 /// The CRDs refuse longer names at admission; this catches objects stored
 /// before that rule was installed, so no node write is ever refused.
 pub fn object_name(name: &str) -> Result<(), ValidationErrors> {
@@ -186,8 +186,8 @@ pub fn plan_against_fleet(
     errs.finish()
 }
 
-/// Check a standalone Canary spec.
-pub fn canary_spec(spec: &CanarySpec) -> Result<(), ValidationErrors> {
+/// Check a standalone MigrationCanary spec.
+pub fn canary_spec(spec: &MigrationCanarySpec) -> Result<(), ValidationErrors> {
     let mut errs = Errors::default();
     label_selector(&spec.selector, "spec.selector", &mut errs);
     if let Some(b) = &spec.baseline_selector {
@@ -217,9 +217,9 @@ pub fn canary_spec(spec: &CanarySpec) -> Result<(), ValidationErrors> {
     errs.finish()
 }
 
-/// Check a standalone Canary against the nodes its selector picks.
+/// Check a standalone MigrationCanary against the nodes its selector picks.
 pub fn canary_against_fleet(
-    spec: &CanarySpec,
+    spec: &MigrationCanarySpec,
     selected: &BTreeSet<&str>,
 ) -> Result<(), ValidationErrors> {
     let mut errs = Errors::default();

@@ -67,7 +67,7 @@ fn cel_errors(value: &Value) -> Vec<String> {
 fn valid_examples_pass_every_layer() {
     let files = yaml_files(&examples_dir());
     let kinds: Vec<String> = files.iter().map(|f| kind(&load(f).1).to_owned()).collect();
-    for k in ["MigrationPlan", "Canary", "FleetNode"] {
+    for k in ["MigrationPlan", "MigrationCanary", "FleetNode"] {
         assert!(kinds.iter().any(|x| x == k), "examples/ holds a {k}");
     }
     for file in files {
@@ -96,7 +96,7 @@ fn valid_examples_pass_every_layer() {
                 assert!(!plan.spec.rollback.alert_matchers.is_empty());
             }
             Ok(Resource::MigrationPlan(plan)) => assert!(!plan.spec.stages.is_empty(), "{name}"),
-            Ok(Resource::Canary(c)) => assert_eq!(c.spec.ab_share, Some(30)),
+            Ok(Resource::MigrationCanary(c)) => assert_eq!(c.spec.ab_share, Some(30)),
             Ok(Resource::FleetNode(n)) => assert!(
                 n.acknowledged(),
                 "{name}: the example node has acknowledged"

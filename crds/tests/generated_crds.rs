@@ -6,7 +6,11 @@ use std::path::Path;
 fn checked_in_crds_match_the_rust_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let files = switchyard_crds::crdgen::render().expect("CRDs render");
-    assert_eq!(files.len(), 3, "FleetNode, MigrationPlan and Canary");
+    assert_eq!(
+        files.len(),
+        3,
+        "FleetNode, MigrationPlan and MigrationCanary"
+    );
     for dir in switchyard_crds::crdgen::OUTPUT_DIRS {
         for (name, yaml) in &files {
             let path = root.join(dir).join(name);
@@ -95,7 +99,7 @@ fn every_schema_property_has_a_description() {
         }
     }
     let mut missing = Vec::new();
-    for kind in ["FleetNode", "MigrationPlan", "Canary"] {
+    for kind in ["FleetNode", "MigrationPlan", "MigrationCanary"] {
         let schema = switchyard_crds::crdgen::schema_for_kind(kind).expect("schema");
         walk(&schema, kind, &mut missing);
     }

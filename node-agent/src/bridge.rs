@@ -156,7 +156,7 @@ pub struct NodeConfig {
     /// mode's own.
     pub strategy: Option<RoutingStrategy>,
     /// Under LoadBalance, the percent of requests sent over iroh first: a
-    /// Canary's A/B share. Defaults to none: 50.
+    /// MigrationCanary's A/B share. Defaults to none: 50.
     pub iroh_share: Option<u8>,
     /// The whole budget of one request, retries included. Defaults to
     /// 10 s.

@@ -1,8 +1,8 @@
-//! The Canary controller. Canaries owned by a MigrationPlan are driven by
+//! The MigrationCanary controller. Canaries owned by a MigrationPlan are driven by
 //! their plan (it moves the nodes and writes their status); this controller
 //! runs standalone Canaries through [`crate::planner::canary`]: status
 //! first, then FleetNode writes under the field manager
-//! `switchyard-canary`, then Events. Deleting a running Canary returns its
+//! `switchyard-canary`, then Events. Deleting a running MigrationCanary returns its
 //! nodes to the modes they had and releases them.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use switchyard_crds::fleet_node::apply_body;
 use switchyard_crds::{
-    ANNOTATION_START_MODE, CANARY_FIELD_MANAGER, Canary, CanaryPhase, CanaryStatus, FleetNode,
-    LABEL_CANARY, MigrationPlan, NetworkMode,
+    ANNOTATION_START_MODE, CANARY_FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationCanary,
+    MigrationCanaryPhase, MigrationCanaryStatus, MigrationPlan, NetworkMode,
 };
 
 use crate::context::{Context, Error, holder_of, plan_refs, release_patch, requeue, resource_of};
@@ -26,7 +26,7 @@ use crate::planner::canary::{
 use crate::planner::selection::matches;
 use crate::reconcile::Reconciled;
 
-/// Whether a MigrationPlan owns this Canary.
+/// Whether a MigrationPlan owns this MigrationCanary.
 pub fn owned_by_plan(meta: &ObjectMeta) -> bool {
     meta.owner_references
         .iter()
@@ -34,7 +34,7 @@ pub fn owned_by_plan(meta: &ObjectMeta) -> bool {
         .any(|o| o.kind == "MigrationPlan" && o.controller == Some(true))
 }
 
-/// A Canary whose stored object does not decode: Invalid, naming the field.
+/// A MigrationCanary whose stored object does not decode: Invalid, naming the field.
 async fn unreadable_canary(
     obj: &DynamicObject,
     message: String,
@@ -42,7 +42,7 @@ async fn unreadable_canary(
     ns: &str,
 ) -> Result<Action, Error> {
     let name = obj.name_any();
-    let status: Option<CanaryStatus> = obj
+    let status: Option<MigrationCanaryStatus> = obj
         .data
         .get("status")
         .and_then(|s| serde_json::from_value(s.clone()).ok());
@@ -52,7 +52,7 @@ async fn unreadable_canary(
         message,
         Timestamp::now(),
     );
-    ctx.write_status::<Canary, _>(
+    ctx.write_status::<MigrationCanary, _>(
         ns,
         &name,
         CANARY_FIELD_MANAGER,
@@ -61,7 +61,7 @@ async fn unreadable_canary(
     )
     .await?;
     ctx.publish(
-        &obj.object_ref(&resource_of::<Canary>()),
+        &obj.object_ref(&resource_of::<MigrationCanary>()),
         decision.events.clone(),
     )
     .await;
@@ -72,12 +72,12 @@ async fn unreadable_canary(
 pub(crate) struct Canaries;
 
 impl Reconciled for Canaries {
-    const KIND: &'static str = "Canary";
+    const KIND: &'static str = "MigrationCanary";
     const CONTROLLER: &'static str = "canary";
-    type Typed = Canary;
+    type Typed = MigrationCanary;
 
     fn resource() -> ApiResource {
-        resource_of::<Canary>()
+        resource_of::<MigrationCanary>()
     }
 
     /// A plan drives the Canaries it owns.
@@ -85,7 +85,11 @@ impl Reconciled for Canaries {
         owned_by_plan(&obj.metadata)
     }
 
-    async fn apply(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
+    async fn apply(
+        canary: Arc<MigrationCanary>,
+        ctx: &Arc<Context>,
+        ns: &str,
+    ) -> Result<Action, Error> {
         let result = run_canary(canary, ctx, ns).await;
         phase_gauge(ctx);
         result
@@ -135,7 +139,11 @@ fn canary_patch(canary: &str, p: &CanaryPatch) -> serde_json::Value {
     )
 }
 
-async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result<Action, Error> {
+async fn run_canary(
+    canary: Arc<MigrationCanary>,
+    ctx: &Arc<Context>,
+    ns: &str,
+) -> Result<Action, Error> {
     let name = canary.name_any();
     let now = Timestamp::now();
     let plans: Vec<Arc<MigrationPlan>> = ctx.plans_in(ns);
@@ -180,7 +188,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
         tally: ctx.analysis.canary_tally(&canary).as_ref(),
         now,
     });
-    ctx.write_status::<Canary, _>(
+    ctx.write_status::<MigrationCanary, _>(
         ns,
         &name,
         CANARY_FIELD_MANAGER,
@@ -197,7 +205,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
     ctx.publish(&canary.object_ref(&()), decision.events.clone())
         .await;
     let mut action = requeue(decision.requeue_at, now);
-    if decision.status.phase == CanaryPhase::Pending && decision.requeue_at.is_none() {
+    if decision.status.phase == MigrationCanaryPhase::Pending && decision.requeue_at.is_none() {
         // Waiting on nodes another plan or canary holds: look again now
         // and then, since their release may not touch a node we watch.
         action = Action::requeue(Duration::from_secs(30));
@@ -205,7 +213,7 @@ async fn run_canary(canary: Arc<Canary>, ctx: &Arc<Context>, ns: &str) -> Result
     Ok(action)
 }
 
-/// A deleted Canary returns its nodes to the modes they had and releases
+/// A deleted MigrationCanary returns its nodes to the modes they had and releases
 /// them in one write each. A node whose start mode would now be cut off
 /// from the fleet (a plan moved the others on meanwhile) keeps the trial
 /// mode instead, which talks to both sides.
@@ -249,10 +257,10 @@ async fn release_canary(
     ctx.write_nodes(ns, CANARY_FIELD_MANAGER, writes).await?;
     if count > 0 {
         ctx.publish(
-            &canary.object_ref(&resource_of::<Canary>()),
+            &canary.object_ref(&resource_of::<MigrationCanary>()),
             vec![Event::normal(
                 "NodesReleased",
-                format!("Canary deleted: {count} FleetNode(s) returned and released"),
+                format!("MigrationCanary deleted: {count} FleetNode(s) returned and released"),
             )],
         )
         .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube::api::{Api, ListParams};
-use switchyard_crds::{Canary, FleetNode, MigrationPlan};
+use switchyard_crds::{FleetNode, MigrationCanary, MigrationPlan};
 
 /// Check an installation: `readyz_base`'s `/readyz`, then one LIST of each
 /// kind (limit 1) in `namespace`, or in all namespaces. The error names
@@ -28,7 +28,10 @@ pub async fn run(readyz_base: &str, namespace: Option<&str>) -> anyhow::Result<(
             "migrationplans",
             list::<MigrationPlan>(&client, namespace, &one).await,
         ),
-        ("canaries", list::<Canary>(&client, namespace, &one).await),
+        (
+            "migrationcanaries",
+            list::<MigrationCanary>(&client, namespace, &one).await,
+        ),
         (
             "fleetnodes",
             list::<FleetNode>(&client, namespace, &one).await,

@@ -1,7 +1,7 @@
 //! What the controllers share: the stores, the seams to analysis and
 //! leadership ([`Analysis`], [`Fence`]), and the write helpers every
 //! reconcile uses (FleetNode applies, status applies, Events). The plan and
-//! Canary controllers both build on this module; it depends on neither.
+//! MigrationCanary controllers both build on this module; it depends on neither.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{
-    AnalysisTally, Canary, CanaryPhase, FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationPlan,
-    NetworkMode,
+    AnalysisTally, FIELD_MANAGER, FleetNode, LABEL_CANARY, MigrationCanary, MigrationCanaryPhase,
+    MigrationPlan, NetworkMode,
 };
 
 use crate::metrics::Metrics;
@@ -30,8 +30,8 @@ pub trait Analysis: Send + Sync + 'static {
     fn verdict(&self, plan: &MigrationPlan) -> Option<AnalysisInput>;
     /// A fired rollback trigger for a plan.
     fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput>;
-    /// The latest verdict for a standalone Canary.
-    fn canary_verdict(&self, _canary: &Canary) -> Option<AnalysisInput> {
+    /// The latest verdict for a standalone MigrationCanary.
+    fn canary_verdict(&self, _canary: &MigrationCanary) -> Option<AnalysisInput> {
         None
     }
     /// Bumped when a verdict or trigger may have changed outside any watched
@@ -44,7 +44,7 @@ pub trait Analysis: Send + Sync + 'static {
     fn plan_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
         None
     }
-    /// (namespace, name) of each standalone Canary with a new measurement.
+    /// (namespace, name) of each standalone MigrationCanary with a new measurement.
     /// Taken once, by the controller.
     fn canary_updates(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
         None
@@ -53,8 +53,8 @@ pub trait Analysis: Send + Sync + 'static {
     fn plan_tally(&self, _plan: &MigrationPlan) -> Option<AnalysisTally> {
         None
     }
-    /// The running count of a standalone Canary's analysis, for its status.
-    fn canary_tally(&self, _canary: &Canary) -> Option<AnalysisTally> {
+    /// The running count of a standalone MigrationCanary's analysis, for its status.
+    fn canary_tally(&self, _canary: &MigrationCanary) -> Option<AnalysisTally> {
         None
     }
     /// Start measuring from the controllers' stores: the returned future
@@ -176,7 +176,7 @@ pub struct Context {
     pub(crate) plans: Store<DynamicObject>,
     /// Canaries as stored, likewise.
     pub(crate) canaries: Store<DynamicObject>,
-    /// Whether the node, plan and Canary stores hold a complete list.
+    /// Whether the node, plan and MigrationCanary stores hold a complete list.
     pub(crate) ready: Arc<Synced>,
     /// This replica's name on its Events.
     pub(crate) instance: String,
@@ -300,22 +300,22 @@ pub(crate) fn plan_refs(plans: &[Arc<MigrationPlan>], now: Timestamp) -> Vec<Pla
         .collect()
 }
 
-/// Whether a standalone Canary still holds the nodes it labelled.
-pub(crate) fn canary_holds(c: &Canary) -> bool {
+/// Whether a standalone MigrationCanary still holds the nodes it labelled.
+pub(crate) fn canary_holds(c: &MigrationCanary) -> bool {
     c.metadata.deletion_timestamp.is_none()
         && matches!(
             c.status.as_ref().map(|s| s.phase).unwrap_or_default(),
-            CanaryPhase::Pending | CanaryPhase::Running
+            MigrationCanaryPhase::Pending | MigrationCanaryPhase::Running
         )
 }
 
 /// Who other than `me` holds this node: a live plan, or a standalone
-/// Canary that labelled it.
+/// MigrationCanary that labelled it.
 pub(crate) fn holder_of(
     node: &FleetNode,
     me: &str,
     plans: &[PlanRef<'_>],
-    canaries: &[Arc<Canary>],
+    canaries: &[Arc<MigrationCanary>],
 ) -> Option<String> {
     if let Some(p) = held_by_other(me, node.labels(), plans) {
         return Some(format!("MigrationPlan {p}"));
@@ -325,7 +325,7 @@ pub(crate) fn holder_of(
         .iter()
         .find(|x| x.metadata.name.as_ref() == Some(c) && x.metadata.name.as_deref() != Some(me))
         .filter(|x| canary_holds(x))
-        .map(|_| format!("Canary {c}"))
+        .map(|_| format!("MigrationCanary {c}"))
 }
 
 impl Context {
@@ -534,7 +534,7 @@ impl Context {
             }
             Err(e) if e.is_permanent() => {
                 let ar = match kind {
-                    "Canary" => resource_of::<Canary>(),
+                    "MigrationCanary" => resource_of::<MigrationCanary>(),
                     _ => resource_of::<MigrationPlan>(),
                 };
                 self.publish(
@@ -563,7 +563,7 @@ impl Context {
     }
 }
 
-/// Which of the node, plan and Canary stores hold a complete list. Once
+/// Which of the node, plan and MigrationCanary stores hold a complete list. Once
 /// all three do, `switchyard_operator_stores_synced` is 1: from then on the
 /// operator decides from the whole fleet (a benchmark's baseline, a
 /// readiness check).
@@ -632,21 +632,21 @@ impl Context {
     }
 
     /// The readable Canaries of a namespace.
-    pub(crate) fn canaries_in(&self, ns: &str) -> Vec<Arc<Canary>> {
+    pub(crate) fn canaries_in(&self, ns: &str) -> Vec<Arc<MigrationCanary>> {
         self.canaries
             .state()
             .iter()
             .filter(|c| c.metadata.namespace.as_deref() == Some(ns))
-            .filter_map(|c| decode(c, "Canary").ok().map(Arc::new))
+            .filter_map(|c| decode(c, "MigrationCanary").ok().map(Arc::new))
             .collect()
     }
 
-    /// One Canary by name, if it exists and reads.
-    pub(crate) fn canary(&self, ns: &str, name: &str) -> Option<Canary> {
+    /// One MigrationCanary by name, if it exists and reads.
+    pub(crate) fn canary(&self, ns: &str, name: &str) -> Option<MigrationCanary> {
         let obj = self
             .canaries
-            .get(&ObjectRef::new_with(name, resource_of::<Canary>()).within(ns))?;
-        decode(&obj, "Canary").ok()
+            .get(&ObjectRef::new_with(name, resource_of::<MigrationCanary>()).within(ns))?;
+        decode(&obj, "MigrationCanary").ok()
     }
 }
 

@@ -1,5 +1,5 @@
 //! The wiring: one watch per kind into shared reflector stores, the
-//! MigrationPlan and Canary controllers over them (their reconcilers are
+//! MigrationPlan and MigrationCanary controllers over them (their reconcilers are
 //! [`crate::plans`] and [`crate::canary`], through the shared entry path in
 //! [`crate::reconcile`]), and the analysis, which reads the same stores.
 //! A FleetNode change wakes the plans and Canaries that select or hold the
@@ -14,7 +14,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use switchyard_crds::{Canary, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan};
+use switchyard_crds::{FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationCanary, MigrationPlan};
 
 use crate::canary::Canaries;
 pub use crate::context::{
@@ -207,7 +207,7 @@ fn watches(client: &Client, ns: Option<&str>, metrics: &Metrics) -> Option<Watch
         raw_reflector(api, ar, (ready.clone(), store))
     };
     let (plans, plan_stream) = raw(&resource_of::<MigrationPlan>(), StoreOf::Plans);
-    let (canaries, canary_stream) = raw(&resource_of::<Canary>(), StoreOf::Canaries);
+    let (canaries, canary_stream) = raw(&resource_of::<MigrationCanary>(), StoreOf::Canaries);
     Some(Watches {
         stores: Stores {
             nodes,
@@ -250,7 +250,7 @@ async fn drain<T, E: std::fmt::Display>(
         .await;
 }
 
-/// Run the MigrationPlan and Canary controllers, and the analysis, until
+/// Run the MigrationPlan and MigrationCanary controllers, and the analysis, until
 /// shutdown.
 pub async fn run(client: Client, wiring: Wiring) {
     let Some(w) = watches(&client, wiring.namespace.as_deref(), &wiring.metrics) else {
@@ -280,7 +280,10 @@ pub async fn run(client: Client, wiring: Wiring) {
         .start(w.stores.clone())
         .unwrap_or_else(|| Box::pin(futures::future::pending::<()>()));
     let [for_plans, for_canaries] = w.node_subscribers;
-    let (plan_ar, canary_ar) = (resource_of::<MigrationPlan>(), resource_of::<Canary>());
+    let (plan_ar, canary_ar) = (
+        resource_of::<MigrationPlan>(),
+        resource_of::<MigrationCanary>(),
+    );
     // An alert arrived: every plan is looked at again.
     let nudges = match ctx.analysis.changes() {
         Some(rx) => tokio_stream::wrappers::WatchStream::from_changes(rx)
@@ -313,10 +316,14 @@ pub async fn run(client: Client, wiring: Wiring) {
         interested(&canaries, &ar, &node, LABEL_CANARY)
     })
     .shutdown_on_signal()
-    .run(reconcile_object::<Canaries>, error_policy("Canary"), ctx);
+    .run(
+        reconcile_object::<Canaries>,
+        error_policy("MigrationCanary"),
+        ctx,
+    );
     // The controllers end on a signal; the watches end with them.
     tokio::select! {
-        _ = futures::future::join(drain(plan_controller, "plans"), drain(canary_controller, "canaries")) => {}
+        _ = futures::future::join(drain(plan_controller, "plans"), drain(canary_controller, "migrationcanaries")) => {}
         _ = w.node_watch => {}
         _ = analysis_run => {}
     }

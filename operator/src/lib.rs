@@ -1,4 +1,4 @@
-//! Switchyard's operator: reconciles MigrationPlan and Canary resources into
+//! Switchyard's operator: reconciles MigrationPlan and MigrationCanary resources into
 //! per-node NetworkMode changes. Decisions come from [`planner`], pure code
 //! with no Kubernetes I/O; [`controller`] carries them out.
 

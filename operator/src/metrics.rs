@@ -28,7 +28,7 @@ pub struct Metrics {
     pub node_writes: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
-    /// 1 once the leader's node, plan and Canary stores hold their first
+    /// 1 once the leader's node, plan and MigrationCanary stores hold their first
     /// complete list.
     pub stores_synced: prometheus::IntGauge,
     /// Alertmanager webhook calls by outcome (`ok`, `unauthorized`,
@@ -118,7 +118,7 @@ impl Metrics {
                 .expect("valid metric");
         let stores_synced = prometheus::IntGauge::new(
             "switchyard_operator_stores_synced",
-            "1 once the node, plan and Canary stores hold their first complete list",
+            "1 once the node, plan and MigrationCanary stores hold their first complete list",
         )
         .expect("valid metric");
         let webhook_requests = IntCounterVec::new(

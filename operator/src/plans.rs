@@ -1,7 +1,7 @@
 //! The MigrationPlan reconciler: observe the plan's nodes from the stores,
 //! ask the pure planner, and carry the decision out. The status goes first
 //! (through the status subresource), then the FleetNode writes, the owned
-//! Canary, the gauges and the Events. If this replica dies between the
+//! MigrationCanary, the gauges and the Events. If this replica dies between the
 //! status and the node writes, its successor finds the new status and
 //! re-issues the same writes (idempotent), instead of reading the old
 //! status beside nodes already moved, which would step them back.
@@ -15,8 +15,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchyard_crds::fleet_node::apply_body;
 use switchyard_crds::{
-    ANNOTATION_PAUSED_BY, ANNOTATION_START_MODE, ANNOTATION_STEP, API_VERSION, Canary,
-    FIELD_MANAGER, FleetNode, LABEL_PLAN, MigrationPlan, MigrationPlanStatus, NetworkMode,
+    ANNOTATION_PAUSED_BY, ANNOTATION_START_MODE, ANNOTATION_STEP, API_VERSION, FIELD_MANAGER,
+    FleetNode, LABEL_PLAN, MigrationCanary, MigrationPlan, MigrationPlanStatus, NetworkMode,
 };
 
 use crate::context::{Context, Error, holder_of, plan_refs, release_patch, requeue, resource_of};
@@ -166,7 +166,7 @@ async fn set_paused(
     Ok(())
 }
 
-/// Carry a decision out: pause, status, node writes, owned Canary.
+/// Carry a decision out: pause, status, node writes, owned MigrationCanary.
 async fn act(
     ctx: &Context,
     plan: &MigrationPlan,
@@ -201,16 +201,16 @@ async fn act(
     Ok(())
 }
 
-/// Apply the owned Canary's spec and status where they changed. It is
+/// Apply the owned MigrationCanary's spec and status where they changed. It is
 /// owned by the plan: garbage collection removes it with the plan, and the
-/// Canary controller leaves it alone.
+/// MigrationCanary controller leaves it alone.
 async fn write_owned_canary(
     ctx: &Context,
     plan: &MigrationPlan,
     ns: &str,
     owned: planner::owned::OwnedCanary,
 ) -> Result<(), Error> {
-    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<MigrationCanary> = Api::namespaced(ctx.client.clone(), ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let plan_name = plan.name_any();
     if let Some(spec) = &owned.spec {
@@ -219,7 +219,7 @@ async fn write_owned_canary(
         })?;
         let body = json!({
             "apiVersion": API_VERSION,
-            "kind": "Canary",
+            "kind": "MigrationCanary",
             "metadata": {
                 "name": owned.name,
                 "labels": {LABEL_PLAN: plan_name},
@@ -232,7 +232,7 @@ async fn write_owned_canary(
     if let Some(status) = &owned.status {
         let body = json!({
             "apiVersion": API_VERSION,
-            "kind": "Canary",
+            "kind": "MigrationCanary",
             "metadata": {"name": owned.name},
             "status": status,
         });

@@ -79,7 +79,7 @@ async fn entry<K: Reconciled>(
     }
     // Deciding on a status older than our own last write would undo it
     // (a plan would drop lastAnalysis when the pause's spec event arrives
-    // before the status event; a Canary that has returned its nodes, seen
+    // before the status event; a MigrationCanary that has returned its nodes, seen
     // still Running, would try its mode on them again): wait for the
     // store to catch up.
     if ctx.stale(K::KIND, &obj) {

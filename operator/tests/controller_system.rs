@@ -14,8 +14,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_crds::{
-    Canary, CanaryPhase, FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationPlan, NetworkMode,
-    PlanPhase, forms_island,
+    FleetNode, LABEL_CANARY, LABEL_PLAN, MigrationCanary, MigrationCanaryPhase, MigrationPlan,
+    NetworkMode, PlanPhase, forms_island,
 };
 use switchyard_testbed::agents::{Ack, agents};
 use switchyard_testbed::apiserver::Config;
@@ -465,23 +465,23 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
     ] {
         h.wait_event("to-iroh", r, "").await;
     }
-    // Each stage's canary is materialised as a Canary the plan owns.
-    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
+    // Each stage's canary is materialised as a MigrationCanary the plan owns.
+    let canaries: Api<MigrationCanary> = Api::namespaced(h.client.clone(), NS);
     for stage in 0..3 {
         let c = canaries
             .get(&format!("to-iroh-stage-{stage}"))
             .await
-            .expect("an owned Canary per stage");
+            .expect("an owned MigrationCanary per stage");
         assert!(
             c.owner_references()
                 .iter()
                 .any(|o| o.kind == "MigrationPlan" && o.name == "to-iroh"),
             "owned by the plan"
         );
-        let health = argocd::health("Canary", &c);
+        let health = argocd::health("MigrationCanary", &c);
         assert_eq!(health.status, "Healthy", "Argo CD's view: {health:?}");
         let st = c.status.expect("canary status");
-        assert_eq!(st.phase, CanaryPhase::Succeeded, "stage {stage}");
+        assert_eq!(st.phase, MigrationCanaryPhase::Succeeded, "stage {stage}");
         assert_eq!(st.nodes.len(), 2);
     }
     assert!(
@@ -951,7 +951,7 @@ async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/invalid");
     let raw = |kind: &str| -> Api<kube::api::DynamicObject> {
         let ar = match kind {
-            "Canary" => kube::api::ApiResource::erase::<Canary>(&()),
+            "MigrationCanary" => kube::api::ApiResource::erase::<MigrationCanary>(&()),
             _ => kube::api::ApiResource::erase::<MigrationPlan>(&()),
         };
         Api::namespaced_with(h.client.clone(), NS, &ar)
@@ -1008,7 +1008,7 @@ async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node
                 .any(|c| c["type"] == "Degraded" && c["status"] == "True"),
             "{name}: Degraded: {conditions:?}"
         );
-        let reason = if kind == "Canary" {
+        let reason = if kind == "MigrationCanary" {
             "CanaryInvalid"
         } else {
             "PlanInvalid"
@@ -1032,10 +1032,10 @@ async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node
 async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
     let h = Harness::start("canary", 6, Config::default(), acks_after(30)).await;
     let (mut operator, _) = h.operator("only-replica", 15);
-    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
-    let canary: Canary = serde_json::from_value(json!({
+    let canaries: Api<MigrationCanary> = Api::namespaced(h.client.clone(), NS);
+    let canary: MigrationCanary = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
-        "kind": "Canary",
+        "kind": "MigrationCanary",
         "metadata": {"name": "try-iroh", "namespace": NS},
         "spec": {
             "selector": {"matchLabels": {"app": "storage"}},
@@ -1054,7 +1054,7 @@ async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
         let c = canaries.get("try-iroh").await.expect("canary");
         if c.status
             .as_ref()
-            .is_some_and(|s| s.phase == CanaryPhase::Succeeded)
+            .is_some_and(|s| s.phase == MigrationCanaryPhase::Succeeded)
         {
             break c;
         }
@@ -1116,7 +1116,7 @@ async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
         if let Some(s) = c
             .status
             .as_ref()
-            .filter(|s| s.phase == CanaryPhase::Invalid)
+            .filter(|s| s.phase == MigrationCanaryPhase::Invalid)
         {
             assert!(
                 s.message
@@ -1864,7 +1864,7 @@ fn analysed_plan(name: &str, min_sample: u32) -> MigrationPlan {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_whose_scraped_iroh_error_rate_is_too_high_fails_and_only_it_rolls_back() {
     let h = Harness::start("analysis-fail", 10, Config::default(), acks_after(20)).await;
-    // Canary nodes fail half their iroh requests; the rest use libp2p cleanly.
+    // MigrationCanary nodes fail half their iroh requests; the rest use libp2p cleanly.
     let (_port, fakes) = fake_metrics(&h, |moved| {
         if moved {
             (20.0, 10.0, 0.0)
@@ -2084,7 +2084,7 @@ async fn a_high_error_rate_across_the_plans_nodes_triggers_a_rollback_without_an
 async fn a_new_leader_continues_the_analysis_tally_and_rolls_back_after_the_second_failure_not_the_third()
  {
     let h = Harness::start("tally-failover", 10, Config::default(), acks_after(20)).await;
-    // Canary nodes fail half their iroh requests: every measurement fails.
+    // MigrationCanary nodes fail half their iroh requests: every measurement fails.
     let (_port, fakes) = fake_metrics(&h, |moved| {
         if moved {
             (20.0, 10.0, 0.0)
@@ -2149,24 +2149,24 @@ fn counted_of(s: &switchyard_crds::MigrationPlanStatus) -> u32 {
 
 /// `examples/canary.yaml` in the test namespace, its minutes made
 /// seconds (a 4 s trial measured every second); the rest as written.
-fn example_canary() -> Canary {
+fn example_canary() -> MigrationCanary {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/canary.yaml");
     let text = std::fs::read_to_string(path).expect("examples/canary.yaml");
     let mut value: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
     value["metadata"]["namespace"] = json!(NS);
     value["spec"]["duration"] = json!("4s");
     value["spec"]["analysis"]["interval"] = json!("1s");
-    serde_json::from_value(value).expect("the example is a Canary")
+    serde_json::from_value(value).expect("the example is a MigrationCanary")
 }
 
-/// Run the example Canary over 20 `app=storage-node` nodes, half in
+/// Run the example MigrationCanary over 20 `app=storage-node` nodes, half in
 /// zone-a, whose stand-in agents report the traffic `feed` says; returns
 /// its final status and how many baseline nodes (zone-a, not on trial) it
 /// should have compared against.
 async fn example_canary_ends(
     name: &str,
     feed: fn(bool) -> (f64, f64, f64),
-) -> (switchyard_crds::CanaryStatus, usize) {
+) -> (switchyard_crds::MigrationCanaryStatus, usize) {
     let h = Harness::start(name, 0, Config::default(), acks_after(20)).await;
     let zone = |z: &str| -> BTreeMap<String, String> {
         [
@@ -2187,7 +2187,7 @@ async fn example_canary_ends(
     }
     let (_port, fakes) = fake_metrics(&h, feed).await;
     let (mut operator, _) = h.operator("only-replica", 15);
-    let canaries: Api<Canary> = Api::namespaced(h.client.clone(), NS);
+    let canaries: Api<MigrationCanary> = Api::namespaced(h.client.clone(), NS);
     let canary = example_canary();
     let name = canary.name_any();
     canaries
@@ -2200,14 +2200,16 @@ async fn example_canary_ends(
         if let Some(s) = c.status.filter(|s| {
             matches!(
                 s.phase,
-                CanaryPhase::Succeeded | CanaryPhase::RolledBack | CanaryPhase::Failed
+                MigrationCanaryPhase::Succeeded
+                    | MigrationCanaryPhase::RolledBack
+                    | MigrationCanaryPhase::Failed
             )
         }) {
             break s;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the example Canary did not finish: {:?}",
+            "the example MigrationCanary did not finish: {:?}",
             canaries.get(&name).await.ok().and_then(|c| c.status)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2254,7 +2256,7 @@ async fn the_example_canary_passes_against_its_zone_a_baseline_when_its_nodes_do
         }
     })
     .await;
-    assert_eq!(s.phase, CanaryPhase::Succeeded, "{s:?}");
+    assert_eq!(s.phase, MigrationCanaryPhase::Succeeded, "{s:?}");
     assert_eq!(s.verdict, Some(switchyard_crds::Verdict::Pass));
     let errors = s
         .metrics
@@ -2293,9 +2295,9 @@ async fn the_example_canary_rolls_back_when_its_nodes_fail_requests() {
         }
     })
     .await;
-    assert_eq!(s.phase, CanaryPhase::RolledBack, "{s:?}");
+    assert_eq!(s.phase, MigrationCanaryPhase::RolledBack, "{s:?}");
     assert_eq!(s.verdict, Some(switchyard_crds::Verdict::Fail));
-    let health = argocd::health("Canary", &json!({"metadata": {}, "status": &s}));
+    let health = argocd::health("MigrationCanary", &json!({"metadata": {}, "status": &s}));
     assert_eq!(health.status, "Degraded", "Argo CD's view: {health:?}");
     let errors = s
         .metrics
@@ -2331,7 +2333,7 @@ async fn a_permanent_api_error_is_a_warning_event_and_is_not_retried_in_a_hot_lo
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": "operator-without-node-writes", "namespace": NS},
         "rules": [
-            {"apiGroups": ["switchyard.dev"], "resources": ["migrationplans", "migrationplans/status", "migrationplans/finalizers", "canaries", "canaries/status", "canaries/finalizers"], "verbs": ["*"]},
+            {"apiGroups": ["switchyard.dev"], "resources": ["migrationplans", "migrationplans/status", "migrationplans/finalizers", "migrationcanaries", "migrationcanaries/status", "migrationcanaries/finalizers"], "verbs": ["*"]},
             {"apiGroups": ["switchyard.dev"], "resources": ["fleetnodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},

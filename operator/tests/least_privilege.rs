@@ -257,7 +257,7 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     })
     .await;
     let stdout = String::from_utf8_lossy(&passed.stdout);
-    for kind in ["migrationplans", "canaries", "fleetnodes"] {
+    for kind in ["migrationplans", "migrationcanaries", "fleetnodes"] {
         assert!(
             stdout.contains(&format!("ok: {kind}.switchyard.dev is served")),
             "{stdout}"

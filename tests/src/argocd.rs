@@ -16,7 +16,7 @@ pub struct Health {
     pub message: String,
 }
 
-/// Run the chart's health check for `kind` (`MigrationPlan` or `Canary`)
+/// Run the chart's health check for `kind` (`MigrationPlan` or `MigrationCanary`)
 /// on `obj` (any serializable object: a typed resource or JSON).
 pub fn health(kind: &str, obj: &impl serde::Serialize) -> Health {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,7 +97,7 @@ mod tests {
         };
         for (phase, want) in [
             ("Pending", "Progressing"),
-            ("Canary", "Progressing"),
+            ("MigrationCanary", "Progressing"),
             ("Progressing", "Progressing"),
             ("RollingBack", "Progressing"),
             ("Paused", "Suspended"),
@@ -123,7 +123,7 @@ mod tests {
             ("Invalid", "Degraded"),
         ] {
             let h = health(
-                "Canary",
+                "MigrationCanary",
                 &json!({"metadata": {}, "status": {"phase": phase}}),
             );
             assert_eq!(h.status, want, "{phase}: {h:?}");

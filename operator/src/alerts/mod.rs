@@ -36,7 +36,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use kube::ResourceExt;
-use switchyard_crds::{Canary, MigrationPlan};
+use switchyard_crds::{MigrationCanary, MigrationPlan};
 
 use crate::context::Analysis;
 use crate::planner::{AnalysisInput, Trigger, TriggerInput};
@@ -224,7 +224,7 @@ impl<A: Analysis> Analysis for AlertAnalysis<A> {
             .trigger(plan)
             .or_else(|| self.book.trigger_for(plan))
     }
-    fn canary_verdict(&self, canary: &Canary) -> Option<AnalysisInput> {
+    fn canary_verdict(&self, canary: &MigrationCanary) -> Option<AnalysisInput> {
         self.inner.canary_verdict(canary)
     }
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
@@ -239,7 +239,7 @@ impl<A: Analysis> Analysis for AlertAnalysis<A> {
     fn plan_tally(&self, plan: &MigrationPlan) -> Option<switchyard_crds::AnalysisTally> {
         self.inner.plan_tally(plan)
     }
-    fn canary_tally(&self, canary: &Canary) -> Option<switchyard_crds::AnalysisTally> {
+    fn canary_tally(&self, canary: &MigrationCanary) -> Option<switchyard_crds::AnalysisTally> {
         self.inner.canary_tally(canary)
     }
     fn start(

@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn iroh_is_compared_with_libp2p_on_the_same_nodes() {
-        // Canary: libp2p answers within 10 ms, iroh within 50 ms.
+        // MigrationCanary: libp2p answers within 10 ms, iroh within 50 ms.
         let m = measurement(
             [window(100.0, 0.0, 0.01), window(100.0, 0.0, 0.05)],
             [window(100.0, 0.0, 0.05), Window::default()],

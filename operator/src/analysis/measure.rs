@@ -21,7 +21,7 @@ const SCRAPES_IN_FLIGHT: usize = 16;
 pub(super) struct Target {
     pub name: String,
     pub url: String,
-    /// In the canary cohort (moved by the plan, or a Canary's trial node);
+    /// In the canary cohort (moved by the plan, or a MigrationCanary's trial node);
     /// else the baseline.
     pub canary: bool,
 }

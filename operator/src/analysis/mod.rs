@@ -50,7 +50,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use kube::ResourceExt;
-use switchyard_crds::{AnalysisTally, Canary, MigrationPlan};
+use switchyard_crds::{AnalysisTally, MigrationCanary, MigrationPlan};
 
 pub use measure::MAX_SCRAPE_BODY;
 
@@ -88,7 +88,7 @@ impl Key {
     }
 
     /// The subject as the operator's metrics label it: `ns/name` for a
-    /// plan, `ns/Canary/name` for a Canary.
+    /// plan, `ns/Canary/name` for a MigrationCanary.
     fn label(&self) -> String {
         match self.kind {
             Kind::Plan => format!("{}/{}", self.ns, self.name),
@@ -180,13 +180,13 @@ impl Analysis for Arc<ScrapeAnalysis> {
     fn trigger(&self, plan: &MigrationPlan) -> Option<TriggerInput> {
         self.outcome(&Key::of(Kind::Plan, plan))?.trigger
     }
-    fn canary_verdict(&self, canary: &Canary) -> Option<AnalysisInput> {
+    fn canary_verdict(&self, canary: &MigrationCanary) -> Option<AnalysisInput> {
         self.outcome(&Key::of(Kind::Canary, canary))?.verdict
     }
     fn plan_tally(&self, plan: &MigrationPlan) -> Option<AnalysisTally> {
         self.outcome(&Key::of(Kind::Plan, plan))?.tally
     }
-    fn canary_tally(&self, canary: &Canary) -> Option<AnalysisTally> {
+    fn canary_tally(&self, canary: &MigrationCanary) -> Option<AnalysisTally> {
         self.outcome(&Key::of(Kind::Canary, canary))?.tally
     }
     fn plan_updates(&self) -> Option<BoxStream<'static, (String, String)>> {

@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::ResourceExt;
 use switchyard_crds::plan::{AnalysisResult, RollbackTriggers};
 use switchyard_crds::{
-    ANNOTATION_START_MODE, AnalysisTally, Canary, CanaryPhase, FleetNode, LABEL_PLAN, MetricCheck,
-    MigrationPlan, PlanPhase,
+    ANNOTATION_START_MODE, AnalysisTally, FleetNode, LABEL_PLAN, MetricCheck, MigrationCanary,
+    MigrationCanaryPhase, MigrationPlan, PlanPhase,
 };
 use tokio::time::Instant;
 
@@ -35,7 +35,7 @@ pub(super) enum Cohorts {
     /// A plan's nodes (labelled as its); the canary cohort is the nodes it
     /// moved from their start mode.
     Plan,
-    /// A Canary's trial nodes against its baseline: `baselineSelector`, or
+    /// A MigrationCanary's trial nodes against its baseline: `baselineSelector`, or
     /// else the rest of its selection.
     Canary {
         trial: Vec<String>,
@@ -148,13 +148,13 @@ pub(super) fn plan_subject(plan: &MigrationPlan) -> Option<Subject> {
     })
 }
 
-/// A standalone Canary to measure: one with an `analysis` block whose
+/// A standalone MigrationCanary to measure: one with an `analysis` block whose
 /// trial nodes all run the trial mode and that has no verdict yet.
-pub(super) fn canary_subject(canary: &Canary) -> Option<Subject> {
+pub(super) fn canary_subject(canary: &MigrationCanary) -> Option<Subject> {
     let status = canary.status.as_ref()?;
     let analysis = canary.spec.analysis.clone()?;
     if owned_by_plan(&canary.metadata)
-        || status.phase != CanaryPhase::Running
+        || status.phase != MigrationCanaryPhase::Running
         || status.verdict.is_some()
     {
         return None;
@@ -190,7 +190,7 @@ fn subjects(stores: &Stores) -> Vec<Subject> {
         .canaries
         .state()
         .into_iter()
-        .filter_map(|c| decode::<Canary>(&c, "Canary").ok())
+        .filter_map(|c| decode::<MigrationCanary>(&c, "MigrationCanary").ok())
         .filter_map(|c| canary_subject(&c));
     plans.chain(canaries).collect()
 }

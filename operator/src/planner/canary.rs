@@ -1,7 +1,7 @@
-//! The standalone Canary's planner: pure, like the plan's. A Canary is a
+//! The standalone MigrationCanary's planner: pure, like the plan's. A MigrationCanary is a
 //! trial: it moves a few nodes to a mode, waits out its duration, takes the
 //! verdict, then returns the nodes to the modes they had and lets go of
-//! them. Moving the whole fleet is a MigrationPlan's job; a Canary owned by
+//! them. Moving the whole fleet is a MigrationPlan's job; a MigrationCanary owned by
 //! a plan is driven by that plan and never reaches this code.
 //!
 //! Lifecycle: Pending → Running (nodes switching, then the trial) → the
@@ -12,8 +12,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use switchyard_crds::{
-    AnalysisTally, CanaryPhase, CanarySpec, CanaryStatus, NetworkMode, Verdict, forms_island,
-    validate,
+    AnalysisTally, MigrationCanaryPhase, MigrationCanarySpec, MigrationCanaryStatus, NetworkMode,
+    Verdict, forms_island, validate,
 };
 
 use super::{AnalysisInput, Event, Severity, add, ceil_share, order_key};
@@ -29,11 +29,11 @@ pub struct CanaryNode {
     pub applied: Option<NetworkMode>,
     /// Runs the desired mode at the current generation.
     pub acknowledged: bool,
-    /// Labelled as this Canary's.
+    /// Labelled as this MigrationCanary's.
     pub mine: bool,
-    /// The start-mode annotation this Canary recorded.
+    /// The start-mode annotation this MigrationCanary recorded.
     pub start_mode: Option<NetworkMode>,
-    /// Who else holds the node (`MigrationPlan p`, `Canary c`).
+    /// Who else holds the node (`MigrationPlan p`, `MigrationCanary c`).
     pub held_by: Option<String>,
     /// Whether `spec.selector` picks it.
     pub selected: bool,
@@ -52,14 +52,14 @@ impl CanaryNode {
 /// Everything one canary step looks at.
 #[derive(Debug, Clone)]
 pub struct CanaryInput<'a> {
-    /// The Canary's name.
+    /// The MigrationCanary's name.
     pub name: &'a str,
     /// Its metadata.generation.
     pub generation: i64,
     /// Its spec.
-    pub spec: &'a CanarySpec,
+    pub spec: &'a MigrationCanarySpec,
     /// Its status, if any.
-    pub status: Option<&'a CanaryStatus>,
+    pub status: Option<&'a MigrationCanaryStatus>,
     /// The FleetNodes it selects or holds.
     pub nodes: &'a [CanaryNode],
     /// Modes (desired and applied) of every other FleetNode in the
@@ -85,7 +85,7 @@ pub struct CanaryPatch {
     pub start_mode: NetworkMode,
     /// spec.irohShare for load-balancing trials.
     pub iroh_share: Option<u8>,
-    /// Keep the node labelled as this Canary's; `false` lets it go.
+    /// Keep the node labelled as this MigrationCanary's; `false` lets it go.
     pub hold: bool,
 }
 
@@ -93,7 +93,7 @@ pub struct CanaryPatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanaryDecision {
     /// The new status.
-    pub status: CanaryStatus,
+    pub status: MigrationCanaryStatus,
     /// FleetNode writes.
     pub patches: Vec<CanaryPatch>,
     /// One Event per transition.
@@ -102,7 +102,7 @@ pub struct CanaryDecision {
     pub requeue_at: Option<Timestamp>,
 }
 
-/// Decide the next step of a standalone Canary.
+/// Decide the next step of a standalone MigrationCanary.
 pub fn plan_canary(input: &CanaryInput<'_>) -> CanaryDecision {
     let prev = input.status.cloned().unwrap_or_default();
     let mut d = CanaryDecision {
@@ -120,11 +120,11 @@ pub fn plan_canary(input: &CanaryInput<'_>) -> CanaryDecision {
     d
 }
 
-/// The decision for a Canary whose stored object cannot be read (a value
+/// The decision for a MigrationCanary whose stored object cannot be read (a value
 /// of the wrong type, an unknown field): Invalid, naming the field.
 pub fn unreadable(
     generation: i64,
-    status: Option<&CanaryStatus>,
+    status: Option<&MigrationCanaryStatus>,
     message: String,
     now: Timestamp,
 ) -> CanaryDecision {
@@ -141,27 +141,29 @@ pub fn unreadable(
     d
 }
 
-fn invalid(d: &mut CanaryDecision, prev: &CanaryStatus, message: String) {
-    if prev.phase != CanaryPhase::Invalid || prev.message.as_deref() != Some(&message) {
+fn invalid(d: &mut CanaryDecision, prev: &MigrationCanaryStatus, message: String) {
+    if prev.phase != MigrationCanaryPhase::Invalid || prev.message.as_deref() != Some(&message) {
         d.events
             .push(Event::warning("CanaryInvalid", message.clone()));
     }
-    d.status.phase = CanaryPhase::Invalid;
+    d.status.phase = MigrationCanaryPhase::Invalid;
     d.status.message = Some(message);
 }
 
-fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
+fn step(input: &CanaryInput<'_>, prev: &MigrationCanaryStatus, d: &mut CanaryDecision) {
     let spec = input.spec;
     let share = (spec.mode == NetworkMode::DualLoadBalance).then(|| spec.ab_share.unwrap_or(50));
     match prev.phase {
-        CanaryPhase::Succeeded | CanaryPhase::RolledBack | CanaryPhase::Failed => {
+        MigrationCanaryPhase::Succeeded
+        | MigrationCanaryPhase::RolledBack
+        | MigrationCanaryPhase::Failed => {
             // Finished: let go of any node still labelled (a replica that
             // died between the status and the node writes left it so).
             release(input, d);
             return;
         }
-        CanaryPhase::Running => return running(input, d, share),
-        CanaryPhase::Pending | CanaryPhase::Invalid => {}
+        MigrationCanaryPhase::Running => return running(input, d, share),
+        MigrationCanaryPhase::Pending | MigrationCanaryPhase::Invalid => {}
     }
     if let Err(e) = validate::object_name(input.name).and_then(|()| validate::canary_spec(spec)) {
         return invalid(d, prev, e.to_string());
@@ -215,7 +217,7 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
                 if prev.message.as_deref() != Some(&msg) {
                     d.events.push(Event::warning("NodeBlocked", msg.clone()));
                 }
-                d.status.phase = CanaryPhase::Pending;
+                d.status.phase = MigrationCanaryPhase::Pending;
                 d.status.message = Some(msg);
                 return;
             }
@@ -235,14 +237,14 @@ fn step(input: &CanaryInput<'_>, prev: &CanaryStatus, d: &mut CanaryDecision) {
         (None, None, None) => Vec::new(),
     };
     if chosen.is_empty() {
-        d.status.phase = CanaryPhase::Pending;
+        d.status.phase = MigrationCanaryPhase::Pending;
         d.status.message = Some(
             "waiting: no selected FleetNode is free and reporting a mode; the trial starts when one is"
                 .into(),
         );
         return;
     }
-    d.status.phase = CanaryPhase::Running;
+    d.status.phase = MigrationCanaryPhase::Running;
     d.status.nodes = chosen.iter().map(|n| n.name.clone()).collect();
     d.status.started_at = None;
     d.status.verdict = None;
@@ -370,9 +372,9 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
     }
     let verdict = d.status.verdict.unwrap_or_default();
     d.status.phase = if verdict == Verdict::Pass {
-        CanaryPhase::Succeeded
+        MigrationCanaryPhase::Succeeded
     } else {
-        CanaryPhase::RolledBack
+        MigrationCanaryPhase::RolledBack
     };
     d.status.message = Some(format!(
         "verdict {verdict:?}; every node is back in its mode"
@@ -384,7 +386,7 @@ fn running(input: &CanaryInput<'_>, d: &mut CanaryDecision, share: Option<u8>) {
     release(input, d);
 }
 
-/// Where a deleted Canary leaves the nodes it `held` (name, mode now,
+/// Where a deleted MigrationCanary leaves the nodes it `held` (name, mode now,
 /// start mode): back in the start mode, unless that mode would now be cut
 /// off from the rest of the namespace (`present`: every other node's
 /// modes; a plan moved them on meanwhile); then the trial mode, which
@@ -406,7 +408,7 @@ pub fn release_targets(
         .collect()
 }
 
-/// Let go of every node still labelled as this Canary's.
+/// Let go of every node still labelled as this MigrationCanary's.
 fn release(input: &CanaryInput<'_>, d: &mut CanaryDecision) {
     for n in input.nodes.iter().filter(|n| n.mine) {
         d.patches.push(CanaryPatch {
@@ -420,8 +422,8 @@ fn release(input: &CanaryInput<'_>, d: &mut CanaryDecision) {
 }
 
 fn conditions(
-    st: &CanaryStatus,
-    prev: &CanaryStatus,
+    st: &MigrationCanaryStatus,
+    prev: &MigrationCanaryStatus,
     generation: i64,
     now: Timestamp,
 ) -> Vec<Condition> {
@@ -429,16 +431,21 @@ fn conditions(
     let reason = format!("{phase:?}");
     let message = st.message.clone().unwrap_or_default();
     let wanted = [
-        ("Ready", phase == CanaryPhase::Succeeded),
+        ("Ready", phase == MigrationCanaryPhase::Succeeded),
         (
             "Progressing",
-            matches!(phase, CanaryPhase::Pending | CanaryPhase::Running),
+            matches!(
+                phase,
+                MigrationCanaryPhase::Pending | MigrationCanaryPhase::Running
+            ),
         ),
         (
             "Degraded",
             matches!(
                 phase,
-                CanaryPhase::Failed | CanaryPhase::RolledBack | CanaryPhase::Invalid
+                MigrationCanaryPhase::Failed
+                    | MigrationCanaryPhase::RolledBack
+                    | MigrationCanaryPhase::Invalid
             ),
         ),
     ];
@@ -467,7 +474,7 @@ fn conditions(
 mod tests {
     use super::*;
 
-    fn spec(mode: &str, extra: serde_json::Value) -> CanarySpec {
+    fn spec(mode: &str, extra: serde_json::Value) -> MigrationCanarySpec {
         let mut v = serde_json::json!({
             "selector": {"matchLabels": {"app": "storage"}},
             "count": 2,
@@ -510,8 +517,8 @@ mod tests {
     }
 
     fn step(
-        spec: &CanarySpec,
-        status: Option<&CanaryStatus>,
+        spec: &MigrationCanarySpec,
+        status: Option<&MigrationCanaryStatus>,
         nodes: &[CanaryNode],
         analysis: Option<&AnalysisInput>,
         now: Timestamp,
@@ -538,7 +545,7 @@ mod tests {
         let spec = spec("DualPreferIroh", serde_json::json!({}));
         let mut nodes = fleet(6);
         let d = step(&spec, None, &nodes, None, at(0));
-        assert_eq!(d.status.phase, CanaryPhase::Running);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::Running);
         assert_eq!(d.patches.len(), 2);
         assert!(
             d.patches
@@ -555,7 +562,7 @@ mod tests {
         // Due: no analysis configured, so Pass; the nodes go back.
         let d = step(&spec, Some(&d.status), &nodes, None, at(11));
         assert_eq!(d.status.verdict, Some(Verdict::Pass));
-        assert_eq!(d.status.phase, CanaryPhase::Running);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::Running);
         assert!(
             d.patches
                 .iter()
@@ -563,21 +570,21 @@ mod tests {
         );
         apply(&mut nodes, &d);
         let d = step(&spec, Some(&d.status), &nodes, None, at(12));
-        assert_eq!(d.status.phase, CanaryPhase::Succeeded);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::Succeeded);
         assert_eq!(d.patches.len(), 2, "both released");
         assert!(d.patches.iter().all(|p| !p.hold));
         apply(&mut nodes, &d);
         // Finished: nothing more to do, and a repeat changes nothing.
         let again = step(&spec, Some(&d.status), &nodes, None, at(13));
         assert!(again.patches.is_empty());
-        assert_eq!(again.status.phase, CanaryPhase::Succeeded);
+        assert_eq!(again.status.phase, MigrationCanaryPhase::Succeeded);
     }
 
     #[test]
     fn a_mode_that_would_cut_the_canaries_off_is_invalid_and_moves_nothing() {
         let spec = spec("IrohOnly", serde_json::json!({}));
         let d = step(&spec, None, &fleet(6), None, at(0));
-        assert_eq!(d.status.phase, CanaryPhase::Invalid);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::Invalid);
         assert!(d.patches.is_empty());
         let msg = d.status.message.clone().unwrap_or_default();
         assert!(msg.starts_with("spec.mode"), "{msg}");
@@ -600,7 +607,7 @@ mod tests {
         let mut nodes = fleet(4);
         nodes[1].held_by = Some("MigrationPlan to-iroh".into());
         let d = step(&spec, None, &nodes, None, at(0));
-        assert_eq!(d.status.phase, CanaryPhase::Pending);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::Pending);
         assert!(d.patches.is_empty());
         assert!(
             d.status
@@ -641,7 +648,7 @@ mod tests {
         assert_eq!(d.status.verdict, Some(Verdict::Fail));
         apply(&mut nodes, &d);
         let d = step(&spec, Some(&d.status), &nodes, Some(&fail), at(4));
-        assert_eq!(d.status.phase, CanaryPhase::RolledBack);
+        assert_eq!(d.status.phase, MigrationCanaryPhase::RolledBack);
         assert!(
             d.status
                 .conditions
@@ -656,9 +663,9 @@ mod tests {
         let mut nodes = fleet(4);
         nodes[2].mine = true;
         nodes[2].start_mode = Some(NetworkMode::LibP2pOnly);
-        let status = CanaryStatus {
-            phase: CanaryPhase::Succeeded,
-            ..CanaryStatus::default()
+        let status = MigrationCanaryStatus {
+            phase: MigrationCanaryPhase::Succeeded,
+            ..MigrationCanaryStatus::default()
         };
         let d = step(&spec, Some(&status), &nodes, None, at(0));
         assert_eq!(d.patches.len(), 1);

@@ -91,7 +91,7 @@ impl Severity {
     }
 }
 
-/// One Kubernetes Event to record on the plan or Canary.
+/// One Kubernetes Event to record on the plan or MigrationCanary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The Event `reason`, UpperCamelCase.

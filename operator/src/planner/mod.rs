@@ -57,7 +57,7 @@ pub struct NodeView {
     pub start_mode: Option<NetworkMode>,
     /// The `switchyard.dev/step` annotation.
     pub step: Option<String>,
-    /// Who else holds this node (`MigrationPlan old`, `Canary trial`);
+    /// Who else holds this node (`MigrationPlan old`, `MigrationCanary trial`);
     /// this plan must not touch it.
     pub held_by: Option<String>,
 }
@@ -161,10 +161,10 @@ pub struct NodePatch {
     pub step: String,
 }
 
-/// What to do with the plan's owned Canary object.
+/// What to do with the plan's owned MigrationCanary object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CanaryAction {
-    /// Create or update the Canary for this stage.
+    /// Create or update the MigrationCanary for this stage.
     Ensure {
         /// Stage index.
         stage: u32,
@@ -301,7 +301,7 @@ pub struct Decision {
     pub status: MigrationPlanStatus,
     /// FleetNode mode changes, in order.
     pub patches: Vec<NodePatch>,
-    /// What to do with the owned Canary.
+    /// What to do with the owned MigrationCanary.
     pub canary: Option<CanaryAction>,
     /// Set spec.paused to true.
     pub pause: Option<Pause>,
@@ -1145,7 +1145,7 @@ impl<'a> Planner<'a> {
             .filter(|n| n.managed && n.desired == Some(mode))
             .count();
         if desired_at_mode < target {
-            // Canary nodes lead, then the plan's stable order.
+            // MigrationCanary nodes lead, then the plan's stable order.
             let canaries = self.canary_nodes();
             let rest = (0..self.nodes.len()).filter(|i| !canaries.contains(i));
             let order: Vec<usize> = canaries.iter().copied().chain(rest).collect();

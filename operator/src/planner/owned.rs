@@ -1,38 +1,39 @@
-//! The plan's owned Canary objects: what each one's spec and status should
+//! The plan's owned MigrationCanary objects: what each one's spec and status should
 //! be for a [`CanaryAction`]. Pure; the controller only writes them. The
-//! plan moves the nodes; the owned Canary shows the trial to people and
+//! plan moves the nodes; the owned MigrationCanary shows the trial to people and
 //! tools that look at Canaries.
 
 use switchyard_crds::{
-    Canary, CanaryPhase, CanarySpec, CanaryStatus, MigrationPlanSpec, MigrationPlanStatus, Verdict,
+    MigrationCanary, MigrationCanaryPhase, MigrationCanarySpec, MigrationCanaryStatus,
+    MigrationPlanSpec, MigrationPlanStatus, Verdict,
 };
 
 use super::CanaryAction;
 
-/// The name of a plan's Canary for a stage.
+/// The name of a plan's MigrationCanary for a stage.
 pub fn owned_canary_name(plan: &str, stage: u32) -> String {
     format!("{plan}-stage-{stage}")
 }
 
-/// The writes an owned Canary needs.
+/// The writes an owned MigrationCanary needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnedCanary {
-    /// The Canary's name.
+    /// The MigrationCanary's name.
     pub name: String,
     /// Its spec, when it differs from the stored one (or none is stored).
-    pub spec: Option<CanarySpec>,
+    pub spec: Option<MigrationCanarySpec>,
     /// Its status, when it differs from the stored one.
-    pub status: Option<CanaryStatus>,
+    pub status: Option<MigrationCanaryStatus>,
 }
 
-/// What the owned Canary of `action` should be, given the stored Canary
+/// What the owned MigrationCanary of `action` should be, given the stored MigrationCanary
 /// of that name (`existing`, looked up by name). `None`: nothing to write.
 pub fn owned_canary(
     plan: &str,
     spec: &MigrationPlanSpec,
     status: &MigrationPlanStatus,
     action: &CanaryAction,
-    existing: impl Fn(&str) -> Option<Canary>,
+    existing: impl Fn(&str) -> Option<MigrationCanary>,
 ) -> Option<OwnedCanary> {
     let (name, want_spec, want_status) = match action {
         CanaryAction::Ensure {
@@ -44,7 +45,7 @@ pub fn owned_canary(
             if nodes.is_empty() {
                 return None;
             }
-            let canary_spec = CanarySpec {
+            let canary_spec = MigrationCanarySpec {
                 selector: spec.selector.clone(),
                 nodes: Some(nodes.clone()),
                 count: None,
@@ -55,15 +56,15 @@ pub fn owned_canary(
                 ab_share: None,
                 analysis: spec.canary.as_ref().and_then(|c| c.analysis.clone()),
             };
-            let canary_status = CanaryStatus {
-                phase: CanaryPhase::Running,
+            let canary_status = MigrationCanaryStatus {
+                phase: MigrationCanaryPhase::Running,
                 nodes: nodes.clone(),
                 started_at: status.step_acknowledged_at.clone(),
                 message: Some(format!(
                     "owned by MigrationPlan {plan}: {} node(s) on {mode}",
                     nodes.len()
                 )),
-                ..CanaryStatus::default()
+                ..MigrationCanaryStatus::default()
             };
             (
                 owned_canary_name(plan, *stage),
@@ -75,9 +76,9 @@ pub fn owned_canary(
             let name = owned_canary_name(plan, *stage);
             let mut s = existing(&name)?.status.unwrap_or_default();
             s.phase = if *verdict == Verdict::Pass {
-                CanaryPhase::Succeeded
+                MigrationCanaryPhase::Succeeded
             } else {
-                CanaryPhase::Failed
+                MigrationCanaryPhase::Failed
             };
             s.verdict = Some(*verdict);
             if let Some(r) = &status.last_analysis {
@@ -124,9 +125,9 @@ mod tests {
         let first = owned_canary("p", &spec, &status, &ensure, |_| None).expect("writes");
         assert_eq!(first.name, "p-stage-0");
         let (Some(s), Some(st)) = (first.spec.clone(), first.status.clone()) else {
-            panic!("a new Canary gets spec and status: {first:?}");
+            panic!("a new MigrationCanary gets spec and status: {first:?}");
         };
-        let stored = Canary {
+        let stored = MigrationCanary {
             metadata: Default::default(),
             spec: s,
             status: Some(st),
@@ -150,7 +151,7 @@ mod tests {
             .expect("the status changes");
         assert_eq!(
             (done.phase, done.verdict),
-            (CanaryPhase::Failed, Some(Verdict::Fail))
+            (MigrationCanaryPhase::Failed, Some(Verdict::Fail))
         );
     }
 }

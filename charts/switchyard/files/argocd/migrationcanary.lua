@@ -1,4 +1,4 @@
--- Argo CD health of a switchyard.dev Canary.
+-- Argo CD health of a switchyard.dev MigrationCanary.
 -- Healthy: Succeeded. Degraded: Failed, Invalid or RolledBack.
 -- Progressing: Pending, Running, and a status not yet written for the
 -- current generation.
