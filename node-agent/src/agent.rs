@@ -388,17 +388,19 @@ async fn register(
     }
     // Labels from the pod, so plans can select by them.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
-    let mut labels = match pods.get_opt(&config.name).await {
-        Ok(Some(p)) => p.metadata.labels.unwrap_or_default(),
-        _ => BTreeMap::new(),
-    };
+    let pod = pods.get_opt(&config.name).await.ok().flatten();
+    let mut labels = pod
+        .as_ref()
+        .and_then(|p| p.metadata.labels.clone())
+        .unwrap_or_default();
     if let Some(n) = &config.node_name {
         labels.insert("switchyard.dev/k8s-node".into(), n.clone());
     }
+    let owners: Vec<_> = pod.as_ref().and_then(pod_owner).into_iter().collect();
     let obj: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
         "kind": "FleetNode",
-        "metadata": {"name": config.name, "labels": labels},
+        "metadata": {"name": config.name, "labels": labels, "ownerReferences": owners},
         "spec": {"mode": config.initial_mode},
     }))?;
     match api.create(&PostParams::default(), &obj).await {
@@ -406,6 +408,38 @@ async fn register(
         Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(register(client, config)).await,
         Err(e) => Err(e).context("creating the FleetNode"),
     }
+}
+
+/// The owner reference that ties a FleetNode's life to its pod's, unless
+/// the pod belongs to a StatefulSet: a StatefulSet's pod comes back with
+/// the same name (and identity), and its FleetNode, with the plan's record
+/// of the node, must survive in between. Any other pod (a DaemonSet's, a
+/// Deployment's, a bare pod) never returns under its name, so its FleetNode
+/// is garbage-collected with it instead of stalling plans as an orphan.
+pub fn pod_owner(
+    pod: &Pod,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    let from_statefulset = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "StatefulSet");
+    if from_statefulset {
+        return None;
+    }
+    Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod.metadata.name.clone()?,
+            uid: pod.metadata.uid.clone()?,
+            // Blocking the pod's deletion would need pods/finalizers rights,
+            // and nothing needs to wait for the FleetNode to go.
+            block_owner_deletion: None,
+            controller: None,
+        },
+    )
 }
 
 /// The health summary `/status` serves.
@@ -1048,7 +1082,41 @@ async fn probes(shared: Arc<Shared>, rate: f64, with_workload: bool, metrics: Ag
 
 #[cfg(test)]
 mod tests {
-    use super::{RoutingHealth, health_score, parse_faults};
+    use super::{RoutingHealth, health_score, parse_faults, pod_owner};
+
+    #[test]
+    fn a_fleet_node_lives_with_its_pod_unless_a_statefulset_brings_the_pod_back() {
+        let pod = |owner: Option<(&str, bool)>| -> k8s_openapi::api::core::v1::Pod {
+            let owners: Vec<_> = owner
+                .map(|(kind, controller)| {
+                    serde_json::json!({"apiVersion": "apps/v1", "kind": kind, "name": "fleet", "uid": "u-1", "controller": controller})
+                })
+                .into_iter()
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "agent-x7k2p", "uid": "pod-uid", "ownerReferences": owners}
+            }))
+            .expect("pod")
+        };
+        for owner in [
+            None,
+            Some(("DaemonSet", true)),
+            Some(("ReplicaSet", true)),
+            Some(("StatefulSet", false)),
+        ] {
+            let r = pod_owner(&pod(owner)).expect("owned by its pod");
+            assert_eq!(
+                (r.kind.as_str(), r.name.as_str(), r.uid.as_str()),
+                ("Pod", "agent-x7k2p", "pod-uid"),
+                "{owner:?}"
+            );
+            assert_eq!(
+                r.block_owner_deletion, None,
+                "no pods/finalizers right needed"
+            );
+        }
+        assert_eq!(pod_owner(&pod(Some(("StatefulSet", true)))), None);
+    }
 
     #[test]
     fn health_is_answered_probes_times_reachable_peers() {

@@ -484,3 +484,236 @@ fn chart_test_args(chart: &std::path::Path) -> Vec<String> {
         .and_then(|a| serde_json::from_value(a.clone()).ok())
         .expect("the chart renders a helm test pod with args")
 }
+
+/// The chart's DaemonSet fleet, under the same RBAC and admission: pods
+/// with random names, each agent's FleetNode owned by its pod. Two pods
+/// are replaced mid-plan (their agents stop, the pods are deleted, two new
+/// pods start): the old FleetNodes are garbage-collected with their pods
+/// instead of stalling the plan as orphans, the newcomers are enrolled,
+/// and the plan finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() {
+    let _heavy = serial::heavy();
+    let c = TestCluster::start(
+        Config {
+            authorization: true,
+            admission: true,
+            ..Config::default()
+        },
+        "daemonset-lifecycle",
+    )
+    .await
+    .expect("cluster");
+    let _ = REFUSED.set(c.server.app.clone());
+    c.namespace(SYS).await.expect("namespace");
+    let chart = chart::render("daemonset", &c.dir.join("chart.yaml"));
+    let applied = tokio::process::Command::new("kubectl")
+        .args(["apply", "--server-side", "-f"])
+        .arg(&chart)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", &c.dir)
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(c.client.clone(), SYS);
+    let ds = daemonsets
+        .get("switchyard-agent")
+        .await
+        .expect("the chart's DaemonSet");
+    let ds_uid = ds.metadata.uid.clone().expect("uid");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.client.clone(), SYS);
+    let nodes: Api<FleetNode> = Api::namespaced(c.client.clone(), SYS);
+
+    // A pod as the DaemonSet controller makes it, and its agent with a
+    // token bound to it; each agent stops on its own signal.
+    struct Running {
+        name: String,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+    let start = |name: String, bootstrap: Vec<String>| {
+        let (c, pods, ds_uid) = (&c, pods.clone(), ds_uid.clone());
+        async move {
+            let pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "storage"}, "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "switchyard-agent", "uid": ds_uid, "controller": true}
+                ]},
+                "spec": {"containers": [{"name": "node-agent", "image": "switchyard/node-agent:test"}]},
+            }))
+            .expect("pod");
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .expect("pod");
+            let kubeconfig = c
+                .service_account_kubeconfig(SYS, "switchyard-agent", Some(&name))
+                .await
+                .expect("agent token");
+            let client = client_from(&kubeconfig).await;
+            let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(run_with(
+                client,
+                agent_config(&c.dir, &name, bootstrap),
+                async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                    Ok(())
+                },
+            ));
+            Running { name, stop, task }
+        }
+    };
+    let first = start("switchyard-agent-x7k2p".into(), Vec::new()).await;
+    let seed = eventually("the first agent registers", || async {
+        let s = nodes.get(&first.name).await.ok()?.status?;
+        let addr = s.addresses?.libp2p.first()?.clone();
+        Some(format!("{}@{addr}", s.identity?.peer_id))
+    })
+    .await;
+    let mut running = vec![first];
+    for name in [
+        "switchyard-agent-b4m9q",
+        "switchyard-agent-c8d2w",
+        "switchyard-agent-h3v6z",
+    ] {
+        running.push(start(name.into(), vec![seed.clone()]).await);
+    }
+    for r in &running {
+        let n = eventually("every agent registers", || async {
+            let n = nodes.get(&r.name).await.ok()?;
+            n.status.as_ref()?.metrics_endpoint.as_ref()?;
+            Some(n)
+        })
+        .await;
+        let owner = n.owner_references().first().cloned().expect("owned");
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Pod", r.name.as_str())
+        );
+    }
+
+    // The operator binary, configured by the chart, as its account.
+    let operator_kubeconfig = c
+        .service_account_kubeconfig(SYS, "switchyard-operator", Some("switchyard-operator-0"))
+        .await
+        .expect("operator token");
+    let reserved = ports::reserve();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
+    for (k, v) in chart::operator_env(&chart) {
+        if k.starts_with("SWITCHYARD_") {
+            cmd.env(k, v);
+        }
+    }
+    let mut operator = cmd
+        .env("KUBECONFIG", &operator_kubeconfig)
+        .env("POD_NAMESPACE", SYS)
+        .env("POD_NAME", "switchyard-operator-0")
+        .env(
+            "SWITCHYARD_HTTP_ADDR",
+            format!("127.0.0.1:{}", reserved.get()),
+        )
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+
+    let plan: MigrationPlan = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "replaced", "namespace": SYS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferLibP2p", "DualPreferIroh"],
+            "canary": {"count": 1, "duration": "1s"},
+            "waves": [50, 100],
+            "waveInterval": "1s",
+            "maxUnavailable": "100%",
+            "progressDeadline": "10m",
+        }
+    }))
+    .expect("plan");
+    let plans: Api<MigrationPlan> = Api::namespaced(c.client.clone(), SYS);
+    plans
+        .create(&PostParams::default(), &plan)
+        .await
+        .expect("plan created");
+    // Mid-plan: waves of the first stage are under way.
+    eventually("the first stage's waves", || async {
+        let s = plans.get("replaced").await.ok()?.status?;
+        (s.phase == PlanPhase::Progressing).then_some(())
+    })
+    .await;
+    // Replace two pods, as a DaemonSet rollout or a drained node does.
+    let replaced: Vec<Running> = running.drain(2..).collect();
+    for r in replaced {
+        let _ = r.stop.send(true);
+        let _ = r.task.await;
+        pods.delete(&r.name, &Default::default())
+            .await
+            .expect("pod deleted");
+        eventually(
+            "the replaced pod's FleetNode is collected with it",
+            || async { matches!(nodes.get_opt(&r.name).await, Ok(None)).then_some(()) },
+        )
+        .await;
+    }
+    for name in ["switchyard-agent-k5r8t", "switchyard-agent-p2n4s"] {
+        running.push(start(name.into(), vec![seed.clone()]).await);
+    }
+    let done = eventually("the plan finishes with the new pods", || async {
+        let s = plans.get("replaced").await.ok()?.status?;
+        assert!(
+            !matches!(
+                s.phase,
+                PlanPhase::Failed | PlanPhase::RolledBack | PlanPhase::RollingBack
+            ),
+            "the plan must not fail or roll back: {s:?}"
+        );
+        (s.phase == PlanPhase::Succeeded).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        done.nodes.total, 4,
+        "the four pods' nodes, no orphans: {:?}",
+        done.nodes
+    );
+    let all = nodes.list(&Default::default()).await.expect("list");
+    let mut names: Vec<String> = all.iter().map(|n| n.name_any()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "switchyard-agent-b4m9q",
+            "switchyard-agent-k5r8t",
+            "switchyard-agent-p2n4s",
+            "switchyard-agent-x7k2p"
+        ]
+    );
+    for n in &all {
+        assert_eq!(
+            n.applied_mode(),
+            Some(NetworkMode::DualPreferIroh),
+            "{}",
+            n.name_any()
+        );
+    }
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    for r in running {
+        let _ = r.task.await;
+    }
+    operator.kill().await.expect("kill");
+    drop(reserved);
+    let refused = c.server.app.forbidden();
+    assert!(
+        refused.is_empty(),
+        "nothing in the run was refused: {refused:?}"
+    );
+}
