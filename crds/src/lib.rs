@@ -56,6 +56,17 @@ pub const ANNOTATION_STEP: &str = "switchyard.dev/step";
 /// `all=<0-1>`). Honoured only by agents started with
 /// `--allow-fault-injection`; removing it ends the faults.
 pub const ANNOTATION_INJECT_FAULTS: &str = "switchyard.dev/inject-faults";
+/// On a FleetNode an agent registered from inside a pod: the pod's name.
+/// Only such nodes are checked for a pod that has gone away.
+pub const ANNOTATION_POD: &str = "switchyard.dev/pod";
+
+/// On a FleetNode whose pod (see [`ANNOTATION_POD`]) has been missing
+/// longer than the operator's grace period: since when (RFC 3339). Plans
+/// neither select nor wait for such a node, and count it in
+/// `status.nodes.excluded`. The operator removes it when the pod is back
+/// (a StatefulSet's pod returns under its name).
+pub const ANNOTATION_ABSENT_SINCE: &str = "switchyard.dev/absent-since";
+
 /// Annotation on a MigrationPlan the operator paused for a firing alert
 /// (value `alert`): with `rollback.resumeWhenAlertsResolve` the operator
 /// resumes it once no matching alert fires. A pause set by a person has

@@ -529,6 +529,12 @@ pub struct MigrationPlanStatus {
     #[schemars(length(max = 10))]
     pub rollback_history: Vec<RollbackRecord>,
 
+    /// Up to 10 of the nodes counted in `nodes.excluded` (their pod is
+    /// gone), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub excluded_nodes: Vec<String>,
+
     /// Up to 10 nodes holding the plan back, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
@@ -566,6 +572,11 @@ pub struct NodeCounts {
     /// Nodes the plan may not touch (held by another plan, not reporting).
     #[serde(default)]
     pub blocked: u32,
+    /// Nodes the selector picks whose pod has been gone longer than the
+    /// operator's grace period: neither selected nor waited for, and not in
+    /// `total`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded: u32,
     /// Nodes by applied mode.
     #[serde(default)]
     pub by_mode: ModeCounts,
@@ -780,4 +791,8 @@ fn default_partition_risk() -> f64 {
 
 fn default_min_health() -> f64 {
     0.5
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode};
+use switchyard_crds::{ANNOTATION_INJECT_FAULTS, ANNOTATION_POD, FleetNode, NetworkMode};
 
 use crate::bridge::{Node, NodeConfig};
 use crate::dht::{Dht, DhtConfig, RoutingHealth};
@@ -397,10 +397,16 @@ async fn register(
         labels.insert("switchyard.dev/k8s-node".into(), n.clone());
     }
     let owners: Vec<_> = pod.as_ref().and_then(pod_owner).into_iter().collect();
+    // Registered from a pod: the operator may check that the pod is there.
+    let annotations: BTreeMap<&str, &str> = pod
+        .as_ref()
+        .map(|_| (ANNOTATION_POD, config.name.as_str()))
+        .into_iter()
+        .collect();
     let obj: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
         "kind": "FleetNode",
-        "metadata": {"name": config.name, "labels": labels, "ownerReferences": owners},
+        "metadata": {"name": config.name, "labels": labels, "annotations": annotations, "ownerReferences": owners},
         "spec": {"mode": config.initial_mode},
     }))?;
     match api.create(&PostParams::default(), &obj).await {

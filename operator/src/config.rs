@@ -30,6 +30,11 @@ pub struct Args {
     /// FleetNode writes in flight at once.
     #[arg(long, env = "SWITCHYARD_WRITE_CONCURRENCY", default_value_t = 32)]
     pub write_concurrency: usize,
+    /// Seconds a FleetNode's pod may be missing before plans stop selecting
+    /// and waiting for the node (a StatefulSet's pod returning under its
+    /// name within this keeps its place).
+    #[arg(long, env = "SWITCHYARD_NODE_ABSENCE_GRACE", default_value_t = 300.0)]
+    pub node_absence_grace: f64,
     /// Name of the coordination.k8s.io Lease used for leader election.
     #[arg(
         long,
@@ -145,6 +150,10 @@ impl TryFrom<Args> for Config {
             "--write-concurrency must be at least 1, e.g. 32"
         );
         anyhow::ensure!(
+            args.node_absence_grace.is_finite() && args.node_absence_grace >= 1.0,
+            "--node-absence-grace must be a number of seconds of at least 1, e.g. 300"
+        );
+        anyhow::ensure!(
             args.lease_grace < args.lease_duration,
             "--lease-grace must be below --lease-duration"
         );
@@ -187,6 +196,7 @@ impl TryFrom<Args> for Config {
                 write_concurrency: args.write_concurrency,
                 write_qps: args.write_qps,
                 write_burst: args.write_burst,
+                absence_grace: Duration::from_secs_f64(args.node_absence_grace),
             },
             lease: Lease {
                 name: args.lease_name,

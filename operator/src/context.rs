@@ -150,6 +150,9 @@ pub struct Settings {
     pub write_qps: f64,
     /// FleetNode writes allowed in a burst.
     pub write_burst: u32,
+    /// How long a FleetNode's pod may be missing before plans stop
+    /// selecting and waiting for the node.
+    pub absence_grace: Duration,
 }
 
 impl Default for Settings {
@@ -163,6 +166,8 @@ impl Default for Settings {
             // how many are due at once.
             write_qps: 200.0,
             write_burst: 400,
+            // Longer than a pod's restart and rescheduling.
+            absence_grace: Duration::from_secs(300),
         }
     }
 }

@@ -275,6 +275,7 @@ pub async fn run(client: Client, wiring: Wiring) {
         failures: std::sync::Mutex::new(std::collections::HashMap::new()),
         node_writes: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
+    let sweep = crate::sweep::run(ctx.clone(), std::time::Duration::from_secs(5));
     let analysis_run = ctx
         .analysis
         .start(w.stores.clone())
@@ -326,5 +327,6 @@ pub async fn run(client: Client, wiring: Wiring) {
         _ = futures::future::join(drain(plan_controller, "plans"), drain(canary_controller, "migrationcanaries")) => {}
         _ = w.node_watch => {}
         _ = analysis_run => {}
+        _ = sweep => {}
     }
 }

@@ -18,5 +18,6 @@ pub mod promql;
 pub mod ratelimit;
 mod reconcile;
 pub mod scrape;
+pub mod sweep;
 
 pub use app::run;

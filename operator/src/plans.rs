@@ -73,24 +73,29 @@ fn node_patch(plan: &str, p: &NodePatch) -> serde_json::Value {
 }
 
 /// The plan's nodes as the planner sees them (those its selector picks or
-/// that carry its label, each with who else holds it), and the rest of the
-/// fleet: every other FleetNode of the namespace.
+/// that carry its label, each with who else holds it), the rest of the
+/// fleet (every other FleetNode of the namespace), and the names of the
+/// plan's nodes left out because their pod is gone.
 fn observe(
     plan: &MigrationPlan,
     plans: &[Arc<MigrationPlan>],
     ctx: &Context,
     ns: &str,
     now: Timestamp,
-) -> (Vec<NodeView>, Vec<NodeView>) {
+) -> (Vec<NodeView>, Vec<NodeView>, Vec<String>) {
     let name = plan.name_any();
     let refs = plan_refs(plans, now);
     let canaries = ctx.canaries_in(ns);
-    let (mut mine, mut outside) = (Vec::new(), Vec::new());
+    let (mut mine, mut outside, mut excluded) = (Vec::new(), Vec::new(), Vec::new());
     for n in ctx.nodes.state() {
         if n.namespace().as_deref() != Some(ns) {
             continue;
         }
         if matches(&plan.spec.selector, n.labels()) || n.labels().get(LABEL_PLAN) == Some(&name) {
+            if crate::sweep::is_absent(&n) {
+                excluded.push(n.name_any());
+                continue;
+            }
             mine.push(NodeView::from_fleet_node(
                 &n,
                 holder_of(&n, &name, &refs, &canaries),
@@ -99,7 +104,8 @@ fn observe(
             outside.push(NodeView::from_fleet_node(&n, None));
         }
     }
-    (mine, outside)
+    excluded.sort();
+    (mine, outside, excluded)
 }
 
 async fn reconcile_plan(
@@ -110,11 +116,11 @@ async fn reconcile_plan(
     let name = plan.name_any();
     let now = Timestamp::now();
     let plans = ctx.plans_in(ns);
-    let (views, outside) = observe(&plan, &plans, ctx, ns, now);
+    let (views, outside, excluded) = observe(&plan, &plans, ctx, ns, now);
     let analysis = ctx.analysis.verdict(&plan);
     let trigger = ctx.analysis.trigger(&plan);
     let tally = ctx.analysis.plan_tally(&plan);
-    let decision = planner::plan(&PlanInput {
+    let mut decision = planner::plan(&PlanInput {
         name: &name,
         generation: plan.metadata.generation.unwrap_or(0),
         spec: &plan.spec,
@@ -131,6 +137,8 @@ async fn reconcile_plan(
             == Some("alert"),
         now,
     });
+    decision.status.nodes.excluded = u32::try_from(excluded.len()).unwrap_or(u32::MAX);
+    decision.status.excluded_nodes = excluded.into_iter().take(10).collect();
     if decision.resume {
         tracing::info!(plan = %name, "the alerts that paused the plan resolved; resuming");
         set_paused(ctx, ns, &name, false, false).await?;

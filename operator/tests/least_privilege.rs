@@ -537,14 +537,19 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
         stop: tokio::sync::watch::Sender<bool>,
         task: tokio::task::JoinHandle<anyhow::Result<()>>,
     }
+    // `switchyard-agent-0` is a StatefulSet's pod instead: its node outlives
+    // the pod, so a pod that stays away is excluded, not collected.
     let start = |name: String, bootstrap: Vec<String>| {
         let (c, pods, ds_uid) = (&c, pods.clone(), ds_uid.clone());
         async move {
+            let controller = if name == "switchyard-agent-0" {
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "storage", "uid": "sts-uid", "controller": true})
+            } else {
+                json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "switchyard-agent", "uid": ds_uid, "controller": true})
+            };
             let pod = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "labels": {"app": "storage"}, "ownerReferences": [
-                    {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "switchyard-agent", "uid": ds_uid, "controller": true}
-                ]},
+                "metadata": {"name": name, "labels": {"app": "storage"}, "ownerReferences": [controller]},
                 "spec": {"containers": [{"name": "node-agent", "image": "switchyard/node-agent:test"}]},
             }))
             .expect("pod");
@@ -580,6 +585,7 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
         "switchyard-agent-b4m9q",
         "switchyard-agent-c8d2w",
         "switchyard-agent-h3v6z",
+        "switchyard-agent-0",
     ] {
         running.push(start(name.into(), vec![seed.clone()]).await);
     }
@@ -590,6 +596,13 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
             Some(n)
         })
         .await;
+        if r.name == "switchyard-agent-0" {
+            assert!(
+                n.owner_references().is_empty(),
+                "a StatefulSet pod's node outlives it"
+            );
+            continue;
+        }
         let owner = n.owner_references().first().cloned().expect("owned");
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str()),
@@ -617,6 +630,7 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
             "SWITCHYARD_HTTP_ADDR",
             format!("127.0.0.1:{}", reserved.get()),
         )
+        .env("SWITCHYARD_NODE_ABSENCE_GRACE", "2")
         .env("RUST_LOG", "warn")
         .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
         .kill_on_drop(true)
@@ -635,6 +649,11 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
             "waveInterval": "1s",
             "maxUnavailable": "100%",
             "progressDeadline": "10m",
+            // No metric triggers: right after pods are replaced, agents
+            // still count their departed peers as unreachable, which the
+            // HealthCheckFailure and NetworkPartition triggers read as a
+            // partition. This test is about the nodes' lifecycle.
+            "rollback": {"triggers": {}},
         }
     }))
     .expect("plan");
@@ -649,6 +668,13 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
         (s.phase == PlanPhase::Progressing).then_some(())
     })
     .await;
+    // The StatefulSet is scaled down: its pod goes and stays away.
+    let sts = running.pop().expect("the StatefulSet's agent");
+    let _ = sts.stop.send(true);
+    let _ = sts.task.await;
+    pods.delete(&sts.name, &Default::default())
+        .await
+        .expect("pod deleted");
     // Replace two pods, as a DaemonSet rollout or a drained node does.
     let replaced: Vec<Running> = running.drain(2..).collect();
     for r in replaced {
@@ -683,19 +709,26 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
         "the four pods' nodes, no orphans: {:?}",
         done.nodes
     );
+    assert_eq!(
+        done.nodes.excluded, 1,
+        "the StatefulSet's absent node: {:?}",
+        done.nodes
+    );
+    assert_eq!(done.excluded_nodes, ["switchyard-agent-0"]);
     let all = nodes.list(&Default::default()).await.expect("list");
     let mut names: Vec<String> = all.iter().map(|n| n.name_any()).collect();
     names.sort();
     assert_eq!(
         names,
         [
+            "switchyard-agent-0",
             "switchyard-agent-b4m9q",
             "switchyard-agent-k5r8t",
             "switchyard-agent-p2n4s",
             "switchyard-agent-x7k2p"
         ]
     );
-    for n in &all {
+    for n in all.iter().filter(|n| n.name_any() != "switchyard-agent-0") {
         assert_eq!(
             n.applied_mode(),
             Some(NetworkMode::DualPreferIroh),
@@ -703,6 +736,14 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
             n.name_any()
         );
     }
+    // The StatefulSet scales back up: the pod returns under its name, the
+    // mark goes, and the plan counts the node again.
+    running.push(start("switchyard-agent-0".into(), vec![seed.clone()]).await);
+    eventually("the returned pod's node is no longer excluded", || async {
+        let s = plans.get("replaced").await.ok()?.status?;
+        (s.nodes.excluded == 0 && s.nodes.total == 5).then_some(())
+    })
+    .await;
     for r in &running {
         let _ = r.stop.send(true);
     }
