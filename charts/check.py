@@ -84,6 +84,15 @@ VALUE_SETS = {
         },
     }),
     "no-agents": ("switchyard", {"agents": {"enabled": False}}),
+    # Prometheus as kube-prometheus-stack and Mimir users run it: https
+    # with a CA from a ConfigMap, basic auth and a tenant header.
+    "prometheus-tls": ("switchyard", {"operator": {"prometheus": {
+        "url": "https://mimir-gateway.monitoring:443/prometheus",
+        "auth": {"type": "basic", "secretName": "mimir-credentials"},
+        "headers": [{"name": "X-Scope-OrgID", "value": "fleet"},
+                    {"name": "X-Api-Key", "secretName": "mimir-credentials", "secretKey": "api-key"}],
+        "tls": {"caConfigMap": "monitoring-ca"},
+    }}}),
     "admission-off": ("switchyard", {"admissionPolicy": {"enabled": False}}),
 }
 

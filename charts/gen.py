@@ -35,6 +35,12 @@ LISTS = {
     "topologySpreadConstraints": {"type": "object"},
     "extraEnv": {"type": "object", "required": ["name"]},
     "extraArgs": {"type": "string"},
+    "headers": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "value": {"type": "string"},
+        "secretName": {"type": "string"},
+        "secretKey": {"type": "string"},
+    }},
 }
 # By dotted path, or by last key ("*.key").
 OVERRIDES = {
@@ -45,6 +51,7 @@ OVERRIDES = {
     "operator.prometheus.timeout": {"type": "number", "exclusiveMinimum": 0},
     "agents.probeRate": {"type": "number", "minimum": 0},
     "agents.workload.rate": {"type": "number", "exclusiveMinimum": 0},
+    "operator.prometheus.auth.type": {"type": "string", "enum": ["none", "basic", "bearer"]},
     "*.pullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
     "*.tag": {"type": "string", "description_suffix": ""},
     "*.digest": {"type": "string", "pattern": "^(sha256:[a-f0-9]{64})?$"},

@@ -68,6 +68,42 @@ pub struct Analysis {
     #[serde(default = "default_metrics")]
     #[schemars(length(min = 1, max = 32))]
     pub metrics: Vec<MetricCheck>,
+
+    /// A Prometheus for this plan's PromQL checks instead of the
+    /// operator's (e.g. a tenant's Mimir or Thanos). The operator's
+    /// credentials are never sent to it; it is trusted as the operator's
+    /// Prometheus is (the same CA bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusOverride>,
+}
+
+/// Where a plan's PromQL checks go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.address.startsWith('http://') || self.address.startsWith('https://')").message("address must be an http:// or https:// URL, e.g. https://mimir.monitoring:8080/prometheus").field_path(".address"))]
+pub struct PrometheusOverride {
+    /// Base URL of the Prometheus HTTP API (a path prefix is kept).
+    #[schemars(length(min = 8, max = 512))]
+    pub address: String,
+    /// Headers every query carries, e.g. `X-Scope-OrgID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub headers: Vec<HttpHeader>,
+}
+
+/// An HTTP header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!self.name.matches('(?i)^authorization$')").message("credentials cannot be set as a header of a plan").field_path(".name"))]
+pub struct HttpHeader {
+    /// Header name.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub name: String,
+    /// Header value.
+    #[schemars(length(max = 1024))]
+    pub value: String,
 }
 
 impl Default for Analysis {
@@ -78,6 +114,7 @@ impl Default for Analysis {
             failure_limit: 0,
             inconclusive_limit: 0,
             consecutive_successes: default_consecutive_successes(),
+            prometheus: None,
             on_inconclusive: InconclusiveAction::default(),
             metrics: default_metrics(),
         }

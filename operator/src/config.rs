@@ -93,6 +93,39 @@ pub struct Args {
         hide_env_values = true
     )]
     pub prometheus_authorization: Option<String>,
+    /// A bearer token for Prometheus (from a Secret, through the
+    /// environment).
+    #[arg(
+        long,
+        env = "SWITCHYARD_PROMETHEUS_BEARER_TOKEN",
+        hide_env_values = true
+    )]
+    pub prometheus_bearer_token: Option<String>,
+    /// Basic auth user name for Prometheus.
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_USERNAME")]
+    pub prometheus_username: Option<String>,
+    /// Basic auth password for Prometheus (from a Secret, through the
+    /// environment).
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_PASSWORD", hide_env_values = true)]
+    pub prometheus_password: Option<String>,
+    /// A header every PromQL query carries, as `Name: value` (repeat it),
+    /// e.g. `X-Scope-OrgID: tenant-a`. The chart passes its headers as
+    /// SWITCHYARD_PROMETHEUS_HEADER_<n>_NAME and _VALUE pairs instead (a
+    /// value may come from a Secret).
+    #[arg(long = "prometheus-header", value_name = "NAME: VALUE")]
+    pub prometheus_headers: Vec<String>,
+    /// PEM file of the CAs to trust for an https Prometheus (instead of
+    /// the system's roots).
+    #[arg(long, env = "SWITCHYARD_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<std::path::PathBuf>,
+    /// Accept any certificate from Prometheus. For tests only.
+    #[arg(
+        long,
+        env = "SWITCHYARD_PROMETHEUS_INSECURE_SKIP_VERIFY",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub prometheus_insecure_skip_verify: bool,
     /// Check an installation and exit (the chart's `helm test`): the
     /// operator at this URL (e.g. http://switchyard-operator:8080) answers
     /// /readyz, and each Switchyard kind can be listed in --namespace (or
@@ -169,10 +202,10 @@ impl TryFrom<Args> for Config {
             .prometheus_url
             .as_deref()
             .map(|url| {
-                Prometheus::new(
+                Prometheus::with_access(
                     url,
                     Duration::from_secs_f64(args.prometheus_timeout),
-                    args.prometheus_authorization.as_deref(),
+                    &prometheus_access(&args, std::env::vars())?,
                 )
             })
             .transpose()?;
@@ -213,6 +246,69 @@ impl TryFrom<Args> for Config {
     }
 }
 
+/// Credentials, headers and trust for Prometheus, from the flags and the
+/// chart's numbered header variables in `env`.
+fn prometheus_access(
+    args: &Args,
+    env: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<crate::promql::Access> {
+    let mut headers = Vec::new();
+    for h in &args.prometheus_headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!(
+                "--prometheus-header {h:?} must be `Name: value`, e.g. `X-Scope-OrgID: tenant-a`"
+            )
+        })?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let env: std::collections::BTreeMap<String, String> = env
+        .filter(|(k, _)| k.starts_with("SWITCHYARD_PROMETHEUS_HEADER_"))
+        .collect();
+    for (k, name) in &env {
+        let Some(n) = k
+            .strip_prefix("SWITCHYARD_PROMETHEUS_HEADER_")
+            .and_then(|r| r.strip_suffix("_NAME"))
+        else {
+            continue;
+        };
+        let value = env
+            .get(&format!("SWITCHYARD_PROMETHEUS_HEADER_{n}_VALUE"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("{k} is set but SWITCHYARD_PROMETHEUS_HEADER_{n}_VALUE is not")
+            })?;
+        headers.push((name.clone(), value.clone()));
+    }
+    let basic = match (&args.prometheus_username, &args.prometheus_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "Prometheus basic auth needs both --prometheus-username and --prometheus-password"
+        ),
+    };
+    let ca_pem = args
+        .prometheus_ca_file
+        .as_ref()
+        .map(|f| {
+            std::fs::read(f)
+                .map_err(|e| anyhow::anyhow!("reading --prometheus-ca-file {}: {e}", f.display()))
+        })
+        .transpose()?;
+    Ok(crate::promql::Access {
+        authorization: args
+            .prometheus_authorization
+            .clone()
+            .filter(|a| !a.is_empty()),
+        bearer_token: args
+            .prometheus_bearer_token
+            .clone()
+            .filter(|t| !t.is_empty()),
+        basic,
+        headers,
+        ca_pem,
+        insecure_skip_verify: args.prometheus_insecure_skip_verify,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +316,75 @@ mod tests {
     fn config(args: &[&str]) -> anyhow::Result<Config> {
         let args = Args::try_parse_from([&["switchyard-operator"], args].concat())?;
         Config::try_from(args)
+    }
+
+    #[test]
+    fn prometheus_headers_and_credentials_come_from_flags_and_the_chart_s_numbered_variables() {
+        let args = |a: &[&str]| {
+            Args::try_parse_from([&["switchyard-operator"], a].concat()).expect("args")
+        };
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        let a = args(&[
+            "--prometheus-header",
+            "X-Scope-OrgID: tenant-a",
+            "--prometheus-username",
+            "u",
+            "--prometheus-password",
+            "p",
+        ]);
+        let access = prometheus_access(
+            &a,
+            env(&[
+                ("SWITCHYARD_PROMETHEUS_HEADER_0_NAME", "X-Api-Key"),
+                ("SWITCHYARD_PROMETHEUS_HEADER_0_VALUE", "k3y"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("access");
+        assert_eq!(
+            access.headers,
+            [
+                ("X-Scope-OrgID".into(), "tenant-a".into()),
+                ("X-Api-Key".into(), "k3y".into())
+            ]
+        );
+        assert_eq!(access.basic, Some(("u".into(), "p".into())));
+        let e = prometheus_access(&args(&["--prometheus-header", "no colon"]), env(&[]))
+            .expect_err("refused");
+        assert!(e.to_string().contains("must be `Name: value`"), "{e}");
+        let e = prometheus_access(
+            &args(&[]),
+            env(&[("SWITCHYARD_PROMETHEUS_HEADER_3_NAME", "X")]),
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("SWITCHYARD_PROMETHEUS_HEADER_3_VALUE"),
+            "{e}"
+        );
+        let e = prometheus_access(&args(&["--prometheus-username", "u"]), env(&[]))
+            .expect_err("refused");
+        assert!(e.to_string().contains("needs both"), "{e}");
+        let e = config(&[
+            "--prometheus-url",
+            "http://p:9090",
+            "--prometheus-bearer-token",
+            "t",
+            "--prometheus-username",
+            "u",
+            "--prometheus-password",
+            "p",
+        ])
+        .expect_err("refused");
+        assert!(e.to_string().contains("one kind of credentials"), "{e}");
+        let e = config(&["--prometheus-url", "ftp://p"]).expect_err("refused");
+        assert!(e.to_string().contains("http:// or https://"), "{e}");
     }
 
     #[test]

@@ -16,20 +16,39 @@
 
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
 use serde::Deserialize;
 
-use crate::scrape::{self, ScrapeError};
+use crate::scrape::ScrapeError;
 
 /// The largest answer read from Prometheus.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// Where and how to query.
+/// Where and how to query: one pooled HTTP client (connections and TLS
+/// sessions are reused across queries), the base URL, and the headers
+/// every query carries.
 #[derive(Debug, Clone)]
 pub struct Prometheus {
     base: String,
     timeout: Duration,
-    authorization: Option<HeaderValue>,
+    client: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
+}
+
+/// How to reach a Prometheus (or Thanos, Mimir, Cortex) beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The whole `Authorization` header value, e.g. `Bearer <token>`.
+    pub authorization: Option<String>,
+    /// A bearer token (sent as `Authorization: Bearer <token>`).
+    pub bearer_token: Option<String>,
+    /// Basic auth: user name and password.
+    pub basic: Option<(String, String)>,
+    /// Extra headers, e.g. `X-Scope-OrgID` for a tenant.
+    pub headers: Vec<(String, String)>,
+    /// PEM CA bundle to trust for https (instead of the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate. For tests only: it gives up what https is for.
+    pub insecure_skip_verify: bool,
 }
 
 /// Why a query gave no number.
@@ -143,30 +162,74 @@ impl Prometheus {
         timeout: Duration,
         authorization: Option<&str>,
     ) -> anyhow::Result<Prometheus> {
-        let uri: hyper::Uri = base
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--prometheus-url {base:?} is not a URL: {e}"))?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("http") && uri.host().is_some(),
-            "--prometheus-url {base:?} must be an http:// URL with a host, e.g. http://prometheus:9090 (put a TLS-terminating proxy in front for https)"
-        );
-        let authorization = authorization
-            .filter(|a| !a.is_empty())
-            .map(|a| {
-                let mut v = HeaderValue::from_str(a).map_err(|_| {
-                    anyhow::anyhow!(
-                        "the Prometheus Authorization header has characters a header cannot carry"
-                    )
-                })?;
-                v.set_sensitive(true);
-                anyhow::Ok(v)
-            })
-            .transpose()?;
+        let access = Access {
+            authorization: authorization.map(str::to_owned),
+            ..Access::default()
+        };
+        Prometheus::with_access(base, timeout, &access)
+    }
+
+    /// A client for the Prometheus at `base` (http or https), reached as
+    /// `access` says.
+    pub fn with_access(
+        base: &str,
+        timeout: Duration,
+        access: &Access,
+    ) -> anyhow::Result<Prometheus> {
         anyhow::ensure!(!timeout.is_zero(), "--prometheus-timeout must be above 0");
-        Ok(Prometheus {
-            base: base.trim_end_matches('/').to_owned(),
+        // kube's TLS runs on ring; reqwest uses the process-wide provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &access.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                anyhow::anyhow!("the Prometheus CA bundle is not PEM certificates: {e}")
+            })?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "the Prometheus CA bundle holds no certificate"
+            );
+            builder = builder.tls_certs_only(certs);
+        }
+        if access.insecure_skip_verify {
+            tracing::warn!(
+                "Prometheus certificates are not verified (insecure skip verify): for tests only"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("building the Prometheus client: {e}"))?;
+        let mut p = Prometheus {
+            base: String::new(),
             timeout,
-            authorization,
+            client,
+            headers: reqwest::header::HeaderMap::new(),
+        };
+        p.base = checked_base(base)?;
+        p.headers = headers(access)?;
+        Ok(p)
+    }
+
+    /// The same client (its pool and trust) for another address, as a
+    /// plan's `analysis.prometheus` names it, with that plan's headers and
+    /// none of the operator's credentials: a plan's author must not be able
+    /// to send them to an address of their choosing.
+    pub fn for_plan(
+        &self,
+        base: &str,
+        plan_headers: &[(String, String)],
+    ) -> anyhow::Result<Prometheus> {
+        let access = Access {
+            headers: plan_headers.to_vec(),
+            ..Access::default()
+        };
+        Ok(Prometheus {
+            base: checked_base(base)?,
+            timeout: self.timeout,
+            client: self.client.clone(),
+            headers: headers(&access)?,
         })
     }
 
@@ -175,11 +238,8 @@ impl Prometheus {
         let encoded: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", query)
             .finish();
-        let uri: hyper::Uri = format!("{}/api/v1/query?{encoded}", self.base)
-            .parse()
-            .map_err(|e| QueryError::Fetch(format!("building the query URL: {e}")))?;
-        let body = match scrape::get(uri, self.authorization.as_ref(), self.timeout, MAX_BODY).await
-        {
+        let url = format!("{}/api/v1/query?{encoded}", self.base);
+        let body = match self.get(&url).await {
             Ok(b) => b,
             // Prometheus explains a bad query in a 400 or 422 JSON body.
             Err(ScrapeError::Status(code, body)) => {
@@ -233,6 +293,117 @@ impl Prometheus {
             Err(QueryError::NotFinite(text))
         }
     }
+}
+
+impl Prometheus {
+    /// GET `url` with the headers: the body of a 200 answer, at most
+    /// [`MAX_BODY`] bytes, within the timeout.
+    async fn get(&self, url: &str) -> Result<bytes::Bytes, ScrapeError> {
+        let fetch = async {
+            let mut response = self
+                .client
+                .get(url)
+                .headers(self.headers.clone())
+                .send()
+                .await
+                .map_err(|e| ScrapeError::Http(error_chain(&e)))?;
+            let status = response.status();
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| ScrapeError::Http(error_chain(&e)))?
+            {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ScrapeError::TooLarge(MAX_BODY));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let body = bytes::Bytes::from(body);
+            if status != reqwest::StatusCode::OK {
+                return Err(ScrapeError::Status(status.as_u16(), body));
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| ScrapeError::Timeout(self.timeout))?
+    }
+}
+
+/// An error with its causes (a TLS failure says why the certificate was
+/// refused).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn checked_base(base: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| anyhow::anyhow!("Prometheus URL {base:?} is not a URL: {e}"))?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https") && url.host().is_some(),
+        "Prometheus URL {base:?} must be an http:// or https:// URL with a host, e.g. https://prometheus:9090"
+    );
+    Ok(base.trim_end_matches('/').to_owned())
+}
+
+/// The headers every query carries: at most one kind of credentials, then
+/// the extra headers. Credentials are marked sensitive (never logged).
+fn headers(access: &Access) -> anyhow::Result<reqwest::header::HeaderMap> {
+    use base64::Engine as _;
+    use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+    let given = [
+        access.authorization.is_some(),
+        access.bearer_token.is_some(),
+        access.basic.is_some(),
+    ];
+    anyhow::ensure!(
+        given.iter().filter(|g| **g).count() <= 1,
+        "give Prometheus one kind of credentials: an Authorization header, a bearer token, or basic auth"
+    );
+    let authorization = match (&access.authorization, &access.bearer_token, &access.basic) {
+        (Some(a), _, _) if !a.is_empty() => Some(a.clone()),
+        (_, Some(t), _) if !t.is_empty() => Some(format!("Bearer {}", t.trim())),
+        (_, _, Some((user, password))) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )),
+        _ => None,
+    };
+    let mut map = HeaderMap::new();
+    if let Some(a) = authorization {
+        let mut v = HeaderValue::from_str(&a).map_err(|_| {
+            anyhow::anyhow!(
+                "the Prometheus Authorization header has characters a header cannot carry"
+            )
+        })?;
+        v.set_sensitive(true);
+        map.insert(AUTHORIZATION, v);
+    }
+    for (name, value) in &access.headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            anyhow::anyhow!("Prometheus header name {name:?} is not a valid header name")
+        })?;
+        anyhow::ensure!(
+            n != AUTHORIZATION,
+            "set Prometheus credentials with the authorization, bearer or basic settings, not as header {name:?}"
+        );
+        let mut v = HeaderValue::from_str(value).map_err(|_| {
+            anyhow::anyhow!(
+                "the value of Prometheus header {name:?} has characters a header cannot carry"
+            )
+        })?;
+        v.set_sensitive(true);
+        map.append(n, v);
+    }
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -174,3 +174,204 @@ async fn promql_answers_that_are_not_one_number_are_errors_with_their_reason() {
     ));
     server.abort();
 }
+
+/// PromQL as users run Prometheus: a real Prometheus serving https (its
+/// `--web.config.file`, with a certificate made here) behind basic auth,
+/// and a header-checking proxy in front of it standing in for a
+/// multi-tenant Mimir/Cortex/Thanos (`X-Scope-OrgID`). The operator's
+/// client trusts the test CA, sends its credentials and headers, and a
+/// plan's own `analysis.prometheus` gets the plan's headers but never the
+/// operator's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promql_reaches_a_real_prometheus_over_tls_with_basic_auth_and_tenant_headers() {
+    use std::sync::{Arc, Mutex};
+    use switchyard_operator::promql::{Access, Prometheus, QueryError};
+    use switchyard_testbed::apiserver::tls::Chain;
+    let prometheus_bin = std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("prometheus"))
+                .find(|p| p.is_file())
+        })
+        .expect(
+            "needs prometheus on PATH (Debian: apt-get install prometheus; .ci/run installs it)",
+        );
+    let dir = std::env::temp_dir().join(format!("switchyard-prom-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let chain = Chain::generate().expect("certificates");
+    std::fs::write(dir.join("cert.pem"), &chain.cert_pem).expect("cert");
+    std::fs::write(dir.join("key.pem"), &chain.key_pem).expect("key");
+    // bcrypt of "prom-s3cret" (cost 4: only a test fixture).
+    let hash = "$2b$04$NFL8ZXQ7x6raxtsnFZdwjeeSVDwtJGxDCcazLpDluP..I/Z.JkhVO";
+    std::fs::write(
+        dir.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {d}/cert.pem\n  key_file: {d}/key.pem\nbasic_auth_users:\n  switchyard: '{hash}'\n",
+            d = dir.display()
+        ),
+    )
+    .expect("web config");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        "global:\n  scrape_interval: 15s\n",
+    )
+    .expect("config");
+    let port = switchyard_testbed::ports::reserve();
+    let mut server = tokio::process::Command::new(prometheus_bin)
+        .arg(format!("--config.file={}/prometheus.yml", dir.display()))
+        .arg(format!("--storage.tsdb.path={}/data", dir.display()))
+        .arg(format!("--web.config.file={}/web.yml", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{}", port.get()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts");
+    let base = format!("https://127.0.0.1:{}", port.get());
+    let t = Duration::from_secs(5);
+    let trusted = |basic: Option<(&str, &str)>| Access {
+        basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        ca_pem: Some(chain.ca_pem.clone().into_bytes()),
+        ..Access::default()
+    };
+    let p = Prometheus::with_access(&base, t, &trusted(Some(("switchyard", "prom-s3cret"))))
+        .expect("client");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match p.query("vector(0.25)").await {
+            Ok(v) => {
+                assert_eq!(v, 0.25);
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "Prometheus over TLS did not answer within 60s: {e}; its log: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The same client, many queries: one pooled connection is reused.
+    for _ in 0..20 {
+        assert_eq!(p.query("scalar(vector(7))").await, Ok(7.0));
+    }
+    // Without credentials, or with the wrong password: 401.
+    let anonymous = Prometheus::with_access(&base, t, &trusted(None)).expect("client");
+    assert_eq!(
+        anonymous.query("vector(1)").await,
+        Err(QueryError::Fetch("HTTP status 401".into()))
+    );
+    let wrong =
+        Prometheus::with_access(&base, t, &trusted(Some(("switchyard", "guess")))).expect("client");
+    assert_eq!(
+        wrong.query("vector(1)").await,
+        Err(QueryError::Fetch("HTTP status 401".into()))
+    );
+    // Without the test CA the certificate is refused, saying why.
+    let untrusted = Prometheus::with_access(
+        &base,
+        t,
+        &Access {
+            basic: Some(("switchyard".into(), "prom-s3cret".into())),
+            ..Access::default()
+        },
+    )
+    .expect("client");
+    let e = untrusted.query("vector(1)").await.expect_err("untrusted");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // insecureSkipVerify (tests only) accepts it.
+    let insecure = Prometheus::with_access(
+        &base,
+        t,
+        &Access {
+            basic: Some(("switchyard".into(), "prom-s3cret".into())),
+            insecure_skip_verify: true,
+            ..Access::default()
+        },
+    )
+    .expect("client");
+    assert_eq!(insecure.query("vector(2)").await, Ok(2.0));
+    // A bad CA bundle is refused when the client is made.
+    let e = Prometheus::with_access(
+        &base,
+        t,
+        &Access {
+            ca_pem: Some(b"not a certificate".to_vec()),
+            ..Access::default()
+        },
+    )
+    .expect_err("bad CA");
+    assert!(e.to_string().contains("CA bundle"), "{e}");
+
+    // The tenant proxy: requires X-Scope-OrgID: tenant-a, records any
+    // Authorization it was sent, and forwards to the real Prometheus.
+    type Seen = Arc<Mutex<Vec<Option<String>>>>;
+    let seen: Seen = Arc::default();
+    let upstream = p.clone();
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/query",
+            axum::routing::get(
+                |axum::extract::State((seen, upstream)): axum::extract::State<(Seen, Prometheus)>,
+                 headers: axum::http::HeaderMap,
+                 axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                    seen.lock().expect("seen").push(
+                        headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
+                    );
+                    if headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()) != Some("tenant-a") {
+                        return (axum::http::StatusCode::UNAUTHORIZED, "no org id".to_owned());
+                    }
+                    match upstream.query(&q["query"]).await {
+                        Ok(v) => (
+                            axum::http::StatusCode::OK,
+                            format!(r#"{{"status":"success","data":{{"resultType":"scalar","result":[0,"{v}"]}}}}"#),
+                        ),
+                        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()),
+                    }
+                },
+            ),
+        )
+        .with_state((seen.clone(), upstream));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = format!("http://{}", listener.local_addr().expect("addr"));
+    let proxy_task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let tenant = vec![("X-Scope-OrgID".to_owned(), "tenant-a".to_owned())];
+    // The operator's own headers reach it...
+    let with_header = Prometheus::with_access(
+        &proxy,
+        t,
+        &Access {
+            headers: tenant.clone(),
+            bearer_token: Some("operator-token".into()),
+            ..Access::default()
+        },
+    )
+    .expect("client");
+    assert_eq!(with_header.query("vector(3)").await, Ok(3.0));
+    let without = Prometheus::with_access(&proxy, t, &Access::default()).expect("client");
+    assert_eq!(
+        without.query("vector(3)").await,
+        Err(QueryError::Fetch("HTTP status 401".into()))
+    );
+    // ...and a plan's own address gets the plan's headers, without the
+    // operator's credentials.
+    let for_plan = with_header.for_plan(&proxy, &tenant).expect("plan client");
+    assert_eq!(for_plan.query("vector(4)").await, Ok(4.0));
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(
+        seen,
+        [Some("Bearer operator-token".to_owned()), None, None],
+        "the operator's token went to its own Prometheus only"
+    );
+    proxy_task.abort();
+    server.kill().await.expect("kill prometheus");
+    drop(port);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -286,7 +286,8 @@ async fn measure_one(
                 canary,
                 baseline,
             };
-            let promql = queries(out.prometheus.as_deref(), &a.metrics, &placeholders).await;
+            let prometheus = prometheus_for(out.prometheus.as_deref(), a.prometheus.as_ref());
+            let promql = queries(prometheus, &a.metrics, &placeholders).await;
             Some(judge(out, s, a, &mut t.tally, &m, &promql, now))
         }
         None => None,
@@ -340,20 +341,56 @@ fn judge(
     }
 }
 
+/// The Prometheus a plan's checks query: its own `analysis.prometheus`
+/// (on the operator's client, without the operator's credentials), else
+/// the operator's; or why there is none.
+fn prometheus_for<'a>(
+    operator: Option<&'a Prometheus>,
+    plan: Option<&switchyard_crds::analysis::PrometheusOverride>,
+) -> Result<std::borrow::Cow<'a, Prometheus>, String> {
+    let headers = |o: &switchyard_crds::analysis::PrometheusOverride| {
+        o.headers
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    match (operator, plan) {
+        (_, Some(o)) => {
+            let built = match operator {
+                Some(p) => p.for_plan(&o.address, &headers(o)),
+                None => Prometheus::with_access(
+                    &o.address,
+                    std::time::Duration::from_secs(5),
+                    &crate::promql::Access {
+                        headers: headers(o),
+                        ..Default::default()
+                    },
+                ),
+            };
+            built
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| format!("analysis.prometheus: {e}"))
+        }
+        (Some(p), None) => Ok(std::borrow::Cow::Borrowed(p)),
+        (None, None) => Err(
+            "no Prometheus is configured: start the operator with --prometheus-url, or set the plan's analysis.prometheus".into(),
+        ),
+    }
+}
+
 /// Run the PromQL checks, all at once: each one's value or why not.
 async fn queries(
-    prometheus: Option<&Prometheus>,
+    prometheus: Result<std::borrow::Cow<'_, Prometheus>, String>,
     checks: &[MetricCheck],
     placeholders: &Placeholders,
 ) -> HashMap<String, Result<f64, String>> {
+    let prometheus = &prometheus;
     let runs = checks.iter().filter_map(|c| {
         let q = c.promql.as_ref()?;
         Some(async move {
             let r = match prometheus {
-                None => Err(
-                    "no Prometheus is configured: start the operator with --prometheus-url".into(),
-                ),
-                Some(p) => p
+                Err(why) => Err(why.clone()),
+                Ok(p) => p
                     .query(&placeholders.fill(q))
                     .await
                     .map_err(|e| e.to_string()),

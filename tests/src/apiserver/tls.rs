@@ -10,16 +10,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-/// The server's TLS material.
-pub struct Tls {
-    acceptor: TlsAcceptor,
-    /// The CA that signed the serving certificate, PEM.
+/// A test CA and a serving certificate it signs, for 127.0.0.1 and
+/// `localhost`: for this server, and for any other server a test runs
+/// with TLS (Prometheus's `--web.config.file`).
+pub struct Chain {
+    /// The CA's certificate, PEM.
     pub ca_pem: String,
+    /// The serving certificate, PEM and DER.
+    pub cert_pem: String,
+    cert_der: Vec<u8>,
+    /// The serving certificate's key, PKCS#8 PEM and DER.
+    pub key_pem: String,
+    key_der: Vec<u8>,
 }
 
-impl Tls {
-    /// A new CA and a serving certificate it signs.
-    pub fn generate() -> anyhow::Result<Tls> {
+impl Chain {
+    /// A new CA and serving certificate.
+    pub fn generate() -> anyhow::Result<Chain> {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -37,17 +44,38 @@ impl Tls {
             .distinguished_name
             .push(DnType::CommonName, "switchyard-testbed");
         let cert = params.signed_by(&key, &ca, &ca_key)?;
+        Ok(Chain {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
+/// The server's TLS material.
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    /// The CA that signed the serving certificate, PEM.
+    pub ca_pem: String,
+}
+
+impl Tls {
+    /// A new CA and a serving certificate it signs.
+    pub fn generate() -> anyhow::Result<Tls> {
+        let chain = Chain::generate()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                vec![chain.cert_der.clone().into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(chain.key_der.clone().into()),
             )?;
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            ca_pem: ca.pem(),
+            ca_pem: chain.ca_pem,
         })
     }
 
