@@ -152,7 +152,9 @@ async fn run_canary(
     let mut nodes = Vec::new();
     let mut others = Vec::new();
     for n in ctx.nodes.state() {
-        if n.namespace().as_deref() != Some(ns) {
+        // A node whose pod has been gone past the grace period is neither
+        // picked nor waited for (see `sweep`).
+        if n.namespace().as_deref() != Some(ns) || crate::sweep::is_absent(&n) {
             continue;
         }
         let selected = matches(&canary.spec.selector, n.labels());

@@ -1028,6 +1028,62 @@ async fn every_invalid_example_ends_invalid_naming_its_field_and_touches_no_node
     h.stop().await;
 }
 
+/// Nodes whose pod has been gone past the grace period (marked by the
+/// sweep) are not picked by a standalone MigrationCanary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_canary_does_not_pick_nodes_whose_pod_is_gone() {
+    let h = Harness::start("canary-absent", 6, Config::default(), acks_after(30)).await;
+    // In the order the canary would pick them, so the ones it would take
+    // first are the ones whose pod is gone.
+    let mut names: Vec<String> = h.all_nodes().await.iter().map(|n| n.name_any()).collect();
+    names.sort_by_cached_key(|n| {
+        (
+            switchyard_operator::planner::order_key("present-only", n),
+            n.clone(),
+        )
+    });
+    let nodes: Api<FleetNode> = Api::namespaced(h.client.clone(), NS);
+    // Three of six gone: two canaries and a baseline of one remain.
+    for gone in &names[..3] {
+        let mark = json!({"metadata": {"annotations": {switchyard_crds::ANNOTATION_ABSENT_SINCE: "2026-12-01T00:00:00Z"}}});
+        nodes
+            .patch(gone, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+            .expect("marked absent");
+    }
+    let (mut operator, _) = h.operator("only-replica", 15);
+    let canaries: Api<MigrationCanary> = Api::namespaced(h.client.clone(), NS);
+    let canary: MigrationCanary = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationCanary",
+        "metadata": {"name": "present-only", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "count": 2,
+            "mode": "DualPreferIroh",
+            "duration": "1s",
+        }
+    }))
+    .expect("canary");
+    canaries
+        .create(&PostParams::default(), &canary)
+        .await
+        .expect("canary created");
+    let st = eventually("the canary picks its nodes", || async {
+        let s = canaries.get("present-only").await.ok()?.status?;
+        (s.nodes.len() == 2).then_some(s)
+    })
+    .await;
+    assert!(
+        st.nodes.iter().all(|n| names[3..].contains(n)),
+        "only nodes whose pod is there: picked {:?}, gone {:?}",
+        st.nodes,
+        &names[..3]
+    );
+    let _ = operator.kill().await;
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standalone_canary_tries_its_mode_and_returns_the_nodes() {
     let h = Harness::start("canary", 6, Config::default(), acks_after(30)).await;
