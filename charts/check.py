@@ -273,6 +273,9 @@ def self_tests(chart):
     problems += refused(
         chart, {"operator": {"podLabels": {"app.kubernetes.io/component": "x"}}},
         "which the pods' selector owns")
+    problems += refused(
+        chart, {"commonLabels": {"app.kubernetes.io/part-of": "x"}},
+        "which the chart sets on every object")
     return problems
 
 

@@ -47,6 +47,11 @@ label adds 11).
 {{- end -}}
 
 {{- define "switchyard.labels" -}}
+{{- range $k := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" "helm.sh/chart" }}
+{{- if hasKey ($.Values.commonLabels | default dict) $k }}
+{{- fail (printf "commonLabels sets %q, which the chart sets on every object; remove it" $k) }}
+{{- end }}
+{{- end }}
 app.kubernetes.io/name: {{ include "switchyard.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
