@@ -121,6 +121,44 @@ async fn install(name: &str, set: &str) -> (TestCluster, std::path::PathBuf) {
     (c, chart)
 }
 
+/// The operator binary as the rendered chart configures it, with a token
+/// of the chart's operator ServiceAccount, on a reserved port, with
+/// `extra` environment on top: the process, its kubeconfig and the port.
+async fn chart_operator(
+    c: &TestCluster,
+    chart: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, std::path::PathBuf, ports::Port) {
+    let kubeconfig = c
+        .service_account_kubeconfig(SYS, "switchyard-operator", Some("switchyard-operator-0"))
+        .await
+        .expect("operator token");
+    let reserved = ports::reserve();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
+    for (k, v) in chart::operator_env(chart) {
+        if k.starts_with("SWITCHYARD_") {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let operator = cmd
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", SYS)
+        .env("POD_NAME", "switchyard-operator-0")
+        .env(
+            "SWITCHYARD_HTTP_ADDR",
+            format!("127.0.0.1:{}", reserved.get()),
+        )
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator starts");
+    (operator, kubeconfig, reserved)
+}
+
 /// A plain HTTP POST on 127.0.0.1: the status code.
 async fn post(port: u16, path: &str, token: &str, body: &[u8]) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -215,28 +253,8 @@ async fn the_chart_s_rbac_and_admission_policy_are_enough_and_no_more() {
     }
 
     // The operator binary, configured by the chart, as its account.
-    let operator_kubeconfig = c
-        .service_account_kubeconfig(SYS, "switchyard-operator", Some("switchyard-operator-0"))
-        .await
-        .expect("operator token");
-    let reserved = ports::reserve();
+    let (mut operator, operator_kubeconfig, reserved) = chart_operator(&c, &chart, &[]).await;
     let port = reserved.get();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
-    for (k, v) in chart::operator_env(&chart) {
-        if k.starts_with("SWITCHYARD_") {
-            cmd.env(k, v);
-        }
-    }
-    let mut operator = cmd
-        .env("KUBECONFIG", &operator_kubeconfig)
-        .env("POD_NAMESPACE", SYS)
-        .env("POD_NAME", "switchyard-operator-0")
-        .env("SWITCHYARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
 
     // The chart's `helm test`: the operator binary's install check, as
     // the operator's account, passes once the operator is ready...
@@ -594,31 +612,8 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
     }
 
     // The operator binary, configured by the chart, as its account.
-    let operator_kubeconfig = c
-        .service_account_kubeconfig(SYS, "switchyard-operator", Some("switchyard-operator-0"))
-        .await
-        .expect("operator token");
-    let reserved = ports::reserve();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard-operator"));
-    for (k, v) in chart::operator_env(&chart) {
-        if k.starts_with("SWITCHYARD_") {
-            cmd.env(k, v);
-        }
-    }
-    let mut operator = cmd
-        .env("KUBECONFIG", &operator_kubeconfig)
-        .env("POD_NAMESPACE", SYS)
-        .env("POD_NAME", "switchyard-operator-0")
-        .env(
-            "SWITCHYARD_HTTP_ADDR",
-            format!("127.0.0.1:{}", reserved.get()),
-        )
-        .env("SWITCHYARD_NODE_ABSENCE_GRACE", "2")
-        .env("RUST_LOG", "warn")
-        .stderr(std::fs::File::create(c.dir.join("operator.err")).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let (mut operator, _, reserved) =
+        chart_operator(&c, &chart, &[("SWITCHYARD_NODE_ABSENCE_GRACE", "2")]).await;
 
     let plan: MigrationPlan = serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
