@@ -92,6 +92,8 @@ VALUE_SETS = {
         "headers": [{"name": "X-Scope-OrgID", "value": "fleet"},
                     {"name": "X-Api-Key", "secretName": "mimir-credentials", "secretKey": "api-key"}],
         "tls": {"caConfigMap": "monitoring-ca"},
+        # Tenants' plans bring their own credentials.
+        "allowPlanCredentials": True,
     }}}),
     "admission-off": ("switchyard", {"admissionPolicy": {"enabled": False}}),
 }
@@ -195,6 +197,30 @@ def check_webhook_secret(name, values, docs):
         problems.append(f"{name}: operator webhook Secret {env.get('SWITCHYARD_WEBHOOK_SECRET')!r}, values say {want_secret!r}")
     if env.get("SWITCHYARD_WEBHOOK_SECRET_KEY") != want_key:
         problems.append(f"{name}: operator webhook Secret key {env.get('SWITCHYARD_WEBHOOK_SECRET_KEY')!r}, values say {want_key!r}")
+    return problems
+
+
+def check_plan_credentials(name, values, docs):
+    """Only allowPlanCredentials lets anyone read Secrets by no name: then
+    the operator alone, and it is told so."""
+    allowed = bool(values.get("operator", {}).get("prometheus", {}).get("allowPlanCredentials"))
+    readers = [
+        d["metadata"]["name"] for d in docs
+        if d.get("kind") in ("Role", "ClusterRole")
+        for rule in d.get("rules", [])
+        if "secrets" in rule.get("resources", []) and "get" in rule.get("verbs", [])
+        and not rule.get("resourceNames")
+    ]
+    env = operator_env(docs) or {}
+    want = ["true"] if allowed else [None]
+    problems = []
+    if [env.get("SWITCHYARD_ALLOW_PLAN_CREDENTIALS")] != want:
+        problems.append(f"{name}: operator SWITCHYARD_ALLOW_PLAN_CREDENTIALS is {env.get('SWITCHYARD_ALLOW_PLAN_CREDENTIALS')!r}, want {want[0]!r}")
+    operator_only = len(readers) == 1 and readers[0].endswith("-operator")
+    if allowed and not operator_only:
+        problems.append(f"{name}: with allowPlanCredentials only the operator's role may get any Secret; these do: {readers}")
+    if not allowed and readers:
+        problems.append(f"{name}: without allowPlanCredentials no role may get Secrets by no name; these do: {readers}")
     return problems
 
 
@@ -313,6 +339,7 @@ def main():
             found = [] if again == text else [f"{name}: two renders differ (randomness or lookup in a template)"]
             (out / f"{name}.yaml").write_text(text)
             found += check(name, docs) + check_webhook_secret(name, values, docs)
+            found += check_plan_credentials(name, values, docs)
             if values.get("operator", {}).get("watchNamespace"):
                 found += [
                     f"{name}: a namespaced install renders {d['kind']}/{d['metadata']['name']}"

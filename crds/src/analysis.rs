@@ -71,8 +71,9 @@ pub struct Analysis {
 
     /// A Prometheus for this plan's PromQL checks instead of the
     /// operator's (e.g. a tenant's Mimir or Thanos). The operator's
-    /// credentials are never sent to it; it is trusted as the operator's
-    /// Prometheus is (the same CA bundle).
+    /// credentials are never sent to it; its own can come from a Secret
+    /// (`secretRef`). It is trusted as the operator's Prometheus is (the
+    /// same CA bundle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusOverride>,
 }
@@ -89,7 +90,27 @@ pub struct PrometheusOverride {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub headers: Vec<HttpHeader>,
+    /// Credentials for this Prometheus: a Secret in the plan's namespace
+    /// holding `token` (sent as a bearer token) or `username` and
+    /// `password` (basic auth). The Secret must carry the label
+    /// `switchyard.dev/prometheus-credentials: "true"`, and the operator
+    /// reads it only when installed with
+    /// `operator.prometheus.allowPlanCredentials` (it then may get Secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
 }
+
+/// A Secret in the object's own namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The label a Secret needs before a plan's `analysis.prometheus.secretRef`
+/// may use it: its owner's consent to send it to the plan's Prometheus.
+pub const PROMETHEUS_CREDENTIALS_LABEL: &str = "switchyard.dev/prometheus-credentials";
 
 /// An HTTP header.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -92,6 +92,8 @@ async fn serve(config: &Config, metrics: &Metrics, book: &Arc<AlertBook>) -> any
 /// write batch; writing stops a second before it would lapse), with the
 /// built-in analysis (scraped agent metrics and PromQL) under the alerts.
 fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<AlertBook>) -> Wiring {
+    // Only with the opt-in may the analysis read the Secrets plans name.
+    let plan_secrets = config.allow_plan_credentials.then(|| client.clone());
     let fence = LeaseFence {
         api: kube::Api::namespaced(client, &config.lease.namespace),
         name: config.lease.name.clone(),
@@ -102,7 +104,7 @@ fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<Aler
         namespace: config.namespace,
         identity: config.lease.identity,
         analysis: Arc::new(AlertAnalysis {
-            inner: ScrapeAnalysis::new(metrics.clone(), config.prometheus),
+            inner: ScrapeAnalysis::new(metrics.clone(), config.prometheus, plan_secrets),
             book,
         }),
         fence: Arc::new(fence),

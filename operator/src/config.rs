@@ -126,6 +126,18 @@ pub struct Args {
         action = clap::ArgAction::Set
     )]
     pub prometheus_insecure_skip_verify: bool,
+    /// Let a plan's `analysis.prometheus.secretRef` name a Secret in the
+    /// plan's namespace holding that Prometheus's credentials. The operator
+    /// then needs `get` on Secrets, and uses only Secrets labelled
+    /// `switchyard.dev/prometheus-credentials=true`. Off: such a plan's
+    /// PromQL checks are Inconclusive, saying why.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ALLOW_PLAN_CREDENTIALS",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_plan_credentials: bool,
     /// Check an installation and exit (the chart's `helm test`): the
     /// operator at this URL (e.g. http://switchyard-operator:8080) answers
     /// /readyz, and each Switchyard kind can be listed in --namespace (or
@@ -168,6 +180,8 @@ pub struct Config {
     pub alert_configmap: String,
     /// Prometheus for PromQL checks.
     pub prometheus: Option<Prometheus>,
+    /// Read a plan's own Prometheus credentials from the Secret it names.
+    pub allow_plan_credentials: bool,
 }
 
 impl TryFrom<Args> for Config {
@@ -242,6 +256,7 @@ impl TryFrom<Args> for Config {
             create_webhook_secret: args.create_webhook_secret,
             alert_configmap,
             prometheus,
+            allow_plan_credentials: args.allow_plan_credentials,
         })
     }
 }

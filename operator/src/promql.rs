@@ -216,13 +216,15 @@ impl Prometheus {
     /// plan's `analysis.prometheus` names it, with that plan's headers and
     /// none of the operator's credentials: a plan's author must not be able
     /// to send them to an address of their choosing.
-    pub fn for_plan(
-        &self,
-        base: &str,
-        plan_headers: &[(String, String)],
-    ) -> anyhow::Result<Prometheus> {
+    ///
+    /// `plan` gives the plan's headers and its own credentials (a bearer
+    /// token or basic auth, from the Secret the plan names); its trust
+    /// settings are the client's and are not read.
+    pub fn for_plan(&self, base: &str, plan: &Access) -> anyhow::Result<Prometheus> {
         let access = Access {
-            headers: plan_headers.to_vec(),
+            headers: plan.headers.clone(),
+            bearer_token: plan.bearer_token.clone(),
+            basic: plan.basic.clone(),
             ..Access::default()
         };
         Ok(Prometheus {

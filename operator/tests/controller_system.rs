@@ -207,6 +207,17 @@ impl Harness {
         self.operator_as(identity, lease_seconds, &self.c.kubeconfig)
     }
 
+    /// The operator as a real process with `env` set on top; returns it
+    /// and its HTTP port.
+    fn operator_with(
+        &self,
+        identity: &str,
+        lease_seconds: u64,
+        env: &[(&str, &str)],
+    ) -> (tokio::process::Child, u16) {
+        self.spawn_operator(identity, lease_seconds, &self.c.kubeconfig, env)
+    }
+
     /// The operator as a real process with the credentials in
     /// `kubeconfig`; returns it and its HTTP port.
     fn operator_as(
@@ -214,6 +225,16 @@ impl Harness {
         identity: &str,
         lease_seconds: u64,
         kubeconfig: &std::path::Path,
+    ) -> (tokio::process::Child, u16) {
+        self.spawn_operator(identity, lease_seconds, kubeconfig, &[])
+    }
+
+    fn spawn_operator(
+        &self,
+        identity: &str,
+        lease_seconds: u64,
+        kubeconfig: &std::path::Path,
+        env: &[(&str, &str)],
     ) -> (tokio::process::Child, u16) {
         let reserved = ports::reserve();
         let port = reserved.get();
@@ -231,6 +252,7 @@ impl Harness {
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .expect("operator starts");
@@ -2534,5 +2556,139 @@ async fn a_plan_waits_for_unselected_nodes_in_its_namespace_before_going_iroh_on
     assert_eq!(iroh, 6);
     h.assert_no_islands().await;
     operator.kill().await.expect("kill");
+    h.stop().await;
+}
+
+/// A tenant's plan queries its own Prometheus with credentials from a
+/// Secret it names: only once the Secret's owner labels it, and never with
+/// the operator's. Real Prometheus behind basic auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_s_own_prometheus_credentials_come_from_the_labelled_secret_it_names() {
+    use k8s_openapi::api::core::v1::Secret;
+    use switchyard_operator::promql::{Access, Prometheus};
+    let h = Harness::start("plan-credentials", 4, Config::default(), acks_after(20)).await;
+    // bcrypt of "prom-s3cret" (cost 4: only a test fixture).
+    let hash = "$2b$04$NFL8ZXQ7x6raxtsnFZdwjeeSVDwtJGxDCcazLpDluP..I/Z.JkhVO";
+    let prometheus = switchyard_testbed::prometheus::Prometheus::start(
+        "plan-credentials",
+        &[],
+        Some(&format!("basic_auth_users:\n  tenant: '{hash}'\n")),
+        false,
+    );
+    let tenant = Prometheus::with_access(
+        &prometheus.url,
+        Duration::from_secs(5),
+        &Access {
+            basic: Some(("tenant".into(), "prom-s3cret".into())),
+            ..Access::default()
+        },
+    )
+    .expect("client");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = tenant.query("vector(1)").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Prometheus did not answer: {e}; its log: {}",
+            prometheus.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "tenant-prometheus"},
+                "stringData": {"username": "tenant", "password": "prom-s3cret"},
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("secret created");
+    // The agents' own metrics: clean traffic (the rollback triggers read them).
+    let (_metrics_port, fakes) = fake_metrics(&h, |moved| {
+        if moved {
+            (20.0, 0.0, 0.0)
+        } else {
+            (0.0, 0.0, 20.0)
+        }
+    })
+    .await;
+    let (mut operator, port) = h.operator_with(
+        "only-replica",
+        15,
+        &[("SWITCHYARD_ALLOW_PLAN_CREDENTIALS", "true")],
+    );
+    let plan: MigrationPlan = serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": "tenant", "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "storage"}},
+            "stages": ["DualPreferIroh"],
+            "canary": {"count": 2, "duration": "2s"},
+            "waves": [100],
+            "waveInterval": "1s",
+            "maxUnavailable": "50%",
+            "analysis": {
+                "interval": "1s",
+                "inconclusiveLimit": 1000,
+                "prometheus": {"address": prometheus.url, "secretRef": {"name": "tenant-prometheus"}},
+                "metrics": [{"name": "tenant-errors", "promql": "scalar(vector(0.01))", "max": 0.05}],
+            },
+        }
+    }))
+    .expect("plan");
+    h.plans()
+        .create(&PostParams::default(), &plan)
+        .await
+        .expect("plan created");
+    // Without its owner's label the Secret is not used, and status says
+    // which label to add; the plan waits in its canary.
+    let reason = |p: &MigrationPlan| -> String {
+        p.status
+            .as_ref()
+            .and_then(|s| s.last_analysis.as_ref())
+            .and_then(|a| a.metrics.iter().find(|m| m.name == "tenant-errors"))
+            .and_then(|m| m.reason.clone())
+            .unwrap_or_default()
+    };
+    let p = h
+        .wait_for(
+            "tenant",
+            |p| reason(p).contains("label it switchyard.dev/prometheus-credentials=true"),
+            "an inconclusive measurement naming the label",
+        )
+        .await;
+    assert_eq!(p.status.expect("status").phase, PlanPhase::Canary);
+    secrets
+        .patch(
+            "tenant-prometheus",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"switchyard.dev/prometheus-credentials": "true"}}}),
+            ),
+        )
+        .await
+        .expect("labelled");
+    // Labelled: the plan's queries carry its credentials and pass.
+    h.wait_for(
+        "tenant",
+        phase_is(PlanPhase::Succeeded),
+        "the plan succeeds",
+    )
+    .await;
+    let text = http_get(port, "/metrics").await;
+    assert!(
+        text.contains(
+            "switchyard_operator_analysis_value{check=\"tenant-errors\",plan=\"fleet/tenant\"} 0.01"
+        ),
+        "{text}"
+    );
+    operator.kill().await.expect("kill");
+    for t in fakes {
+        t.abort();
+    }
+    drop(prometheus);
     h.stop().await;
 }

@@ -187,47 +187,21 @@ async fn promql_reaches_a_real_prometheus_over_tls_with_basic_auth_and_tenant_he
     use std::sync::{Arc, Mutex};
     use switchyard_operator::promql::{Access, Prometheus, QueryError};
     use switchyard_testbed::apiserver::tls::Chain;
-    let prometheus_bin = std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("prometheus"))
-                .find(|p| p.is_file())
-        })
-        .expect(
-            "needs prometheus on PATH (Debian: apt-get install prometheus; .ci/run installs it)",
-        );
-    let dir = std::env::temp_dir().join(format!("switchyard-prom-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let chain = Chain::generate().expect("certificates");
-    std::fs::write(dir.join("cert.pem"), &chain.cert_pem).expect("cert");
-    std::fs::write(dir.join("key.pem"), &chain.key_pem).expect("key");
     // bcrypt of "prom-s3cret" (cost 4: only a test fixture).
     let hash = "$2b$04$NFL8ZXQ7x6raxtsnFZdwjeeSVDwtJGxDCcazLpDluP..I/Z.JkhVO";
-    std::fs::write(
-        dir.join("web.yml"),
-        format!(
-            "tls_server_config:\n  cert_file: {d}/cert.pem\n  key_file: {d}/key.pem\nbasic_auth_users:\n  switchyard: '{hash}'\n",
-            d = dir.display()
-        ),
-    )
-    .expect("web config");
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        "global:\n  scrape_interval: 15s\n",
-    )
-    .expect("config");
-    let port = switchyard_testbed::ports::reserve();
-    let mut server = tokio::process::Command::new(prometheus_bin)
-        .arg(format!("--config.file={}/prometheus.yml", dir.display()))
-        .arg(format!("--storage.tsdb.path={}/data", dir.display()))
-        .arg(format!("--web.config.file={}/web.yml", dir.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{}", port.get()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prometheus starts");
-    let base = format!("https://127.0.0.1:{}", port.get());
+    let server = switchyard_testbed::prometheus::Prometheus::start(
+        "tls",
+        &[
+            ("cert.pem", chain.cert_pem.as_bytes()),
+            ("key.pem", chain.key_pem.as_bytes()),
+        ],
+        Some(&format!(
+            "tls_server_config:\n  cert_file: {{dir}}/cert.pem\n  key_file: {{dir}}/key.pem\nbasic_auth_users:\n  switchyard: '{hash}'\n"
+        )),
+        true,
+    );
+    let base = server.url.clone();
     let t = Duration::from_secs(5);
     let trusted = |basic: Option<(&str, &str)>| Access {
         basic: basic.map(|(u, p)| (u.to_owned(), p.to_owned())),
@@ -246,7 +220,7 @@ async fn promql_reaches_a_real_prometheus_over_tls_with_basic_auth_and_tenant_he
             Err(e) => assert!(
                 tokio::time::Instant::now() < deadline,
                 "Prometheus over TLS did not answer within 60s: {e}; its log: {}",
-                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+                server.log()
             ),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -362,16 +336,30 @@ async fn promql_reaches_a_real_prometheus_over_tls_with_basic_auth_and_tenant_he
     );
     // ...and a plan's own address gets the plan's headers, without the
     // operator's credentials.
-    let for_plan = with_header.for_plan(&proxy, &tenant).expect("plan client");
+    let plan = Access {
+        headers: tenant.clone(),
+        ..Access::default()
+    };
+    let for_plan = with_header.for_plan(&proxy, &plan).expect("plan client");
     assert_eq!(for_plan.query("vector(4)").await, Ok(4.0));
+    // A plan's own credentials (from the Secret it names) go with it.
+    let own = Access {
+        bearer_token: Some("plan-token".into()),
+        ..plan
+    };
+    let with_own = with_header.for_plan(&proxy, &own).expect("plan client");
+    assert_eq!(with_own.query("vector(5)").await, Ok(5.0));
     let seen = seen.lock().expect("seen").clone();
     assert_eq!(
         seen,
-        [Some("Bearer operator-token".to_owned()), None, None],
-        "the operator's token went to its own Prometheus only"
+        [
+            Some("Bearer operator-token".to_owned()),
+            None,
+            None,
+            Some("Bearer plan-token".to_owned())
+        ],
+        "the operator's token went to its own Prometheus only, the plan's to the plan's"
     );
     proxy_task.abort();
-    server.kill().await.expect("kill prometheus");
-    drop(port);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
 }

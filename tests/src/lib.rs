@@ -9,5 +9,6 @@ pub mod argocd;
 pub mod chart;
 pub mod cluster;
 pub mod ports;
+pub mod prometheus;
 pub mod serial;
 pub mod stats;

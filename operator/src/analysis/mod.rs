@@ -35,6 +35,7 @@
 //! samples into windows; [`evaluate`], [`tally`] and [`triggers`] are pure,
 //! with the time passed in.
 
+mod credentials;
 mod dirty;
 mod evaluate;
 mod measure;
@@ -110,6 +111,9 @@ struct Outcome {
 pub struct ScrapeAnalysis {
     metrics: Metrics,
     prometheus: Option<Arc<Prometheus>>,
+    /// Reads the Secrets plans name for their own Prometheus credentials;
+    /// `None` unless the operator was installed to allow that.
+    plan_secrets: Option<kube::Client>,
     outcomes: Mutex<HashMap<Key, Outcome>>,
     /// Plans and Canaries whose outcome changed: bounded by the number of
     /// subjects, however often they change.
@@ -120,10 +124,17 @@ pub struct ScrapeAnalysis {
 impl ScrapeAnalysis {
     /// An analysis that starts measuring when the controller hands it its
     /// stores ([`Analysis::start`]).
-    pub fn new(metrics: Metrics, prometheus: Option<Prometheus>) -> Arc<Self> {
+    /// With `plan_secrets`, a plan's `analysis.prometheus.secretRef` is
+    /// read with that client.
+    pub fn new(
+        metrics: Metrics,
+        prometheus: Option<Prometheus>,
+        plan_secrets: Option<kube::Client>,
+    ) -> Arc<Self> {
         Arc::new(ScrapeAnalysis {
             metrics,
             prometheus: prometheus.map(Arc::new),
+            plan_secrets,
             outcomes: Mutex::new(HashMap::new()),
             plans_dirty: Arc::default(),
             canaries_dirty: Arc::default(),

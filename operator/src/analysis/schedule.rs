@@ -17,6 +17,7 @@ use switchyard_crds::{
 };
 use tokio::time::Instant;
 
+use super::credentials;
 use super::measure::{self, Measurement, Previous, Target};
 use super::{Key, Kind, Outcome, ScrapeAnalysis, TRIGGER_INTERVAL, evaluate, tally, triggers};
 use crate::canary::owned_by_plan;
@@ -286,7 +287,7 @@ async fn measure_one(
                 canary,
                 baseline,
             };
-            let prometheus = prometheus_for(out.prometheus.as_deref(), a.prometheus.as_ref());
+            let prometheus = prometheus_for(out, &s.key.ns, a.prometheus.as_ref()).await;
             let promql = queries(prometheus, &a.metrics, &placeholders).await;
             Some(judge(out, s, a, &mut t.tally, &m, &promql, now))
         }
@@ -342,40 +343,35 @@ fn judge(
 }
 
 /// The Prometheus a plan's checks query: its own `analysis.prometheus`
-/// (on the operator's client, without the operator's credentials), else
-/// the operator's; or why there is none.
-fn prometheus_for<'a>(
-    operator: Option<&'a Prometheus>,
+/// (on the operator's client, without the operator's credentials, with
+/// the plan's own from the Secret it names), else the operator's; or why
+/// there is none.
+async fn prometheus_for<'a>(
+    out: &'a ScrapeAnalysis,
+    ns: &str,
     plan: Option<&switchyard_crds::analysis::PrometheusOverride>,
 ) -> Result<std::borrow::Cow<'a, Prometheus>, String> {
-    let headers = |o: &switchyard_crds::analysis::PrometheusOverride| {
-        o.headers
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect::<Vec<_>>()
+    let operator = out.prometheus.as_deref();
+    let Some(o) = plan else {
+        return operator.map(std::borrow::Cow::Borrowed).ok_or_else(|| {
+            "no Prometheus is configured: start the operator with --prometheus-url, or set the plan's analysis.prometheus".into()
+        });
     };
-    match (operator, plan) {
-        (_, Some(o)) => {
-            let built = match operator {
-                Some(p) => p.for_plan(&o.address, &headers(o)),
-                None => Prometheus::with_access(
-                    &o.address,
-                    std::time::Duration::from_secs(5),
-                    &crate::promql::Access {
-                        headers: headers(o),
-                        ..Default::default()
-                    },
-                ),
-            };
-            built
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| format!("analysis.prometheus: {e}"))
-        }
-        (Some(p), None) => Ok(std::borrow::Cow::Borrowed(p)),
-        (None, None) => Err(
-            "no Prometheus is configured: start the operator with --prometheus-url, or set the plan's analysis.prometheus".into(),
-        ),
+    let mut access = match &o.secret_ref {
+        Some(r) => credentials::fetch(out.plan_secrets.as_ref(), ns, &r.name).await?,
+        None => crate::promql::Access::default(),
+    };
+    access.headers = o
+        .headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect();
+    match operator {
+        Some(p) => p.for_plan(&o.address, &access),
+        None => Prometheus::with_access(&o.address, Duration::from_secs(5), &access),
     }
+    .map(std::borrow::Cow::Owned)
+    .map_err(|e| format!("analysis.prometheus: {e}"))
 }
 
 /// Run the PromQL checks, all at once: each one's value or why not.
