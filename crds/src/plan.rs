@@ -119,6 +119,12 @@ pub struct MigrationPlanSpec {
     #[serde(default)]
     pub paused: bool,
 
+    /// Why a person paused the plan (`kubectl switchyard pause --reason`):
+    /// shown in status and in the Paused Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub pause_reason: Option<String>,
+
     /// Set to roll the plan back by hand: every node returns to the mode
     /// it had when the plan started, in the safe order. Example:
     /// kubectl patch mplan NAME --type merge -p '{"spec":{"rollbackRequest":{"reason":"..."}}}'
@@ -134,6 +140,10 @@ pub struct RollbackRequest {
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub reason: String,
+    /// How this rollback moves nodes, instead of `rollback.strategy`
+    /// (`kubectl switchyard rollback --strategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RollbackStrategy>,
 }
 
 /// Which nodes lead each stage, and for how long they run alone.

@@ -38,6 +38,7 @@ fn spec(stages: &[NetworkMode], waves: &[u8], max_unavailable: &str) -> Migratio
         analysis: Some(Analysis::default()),
         rollback: RollbackPolicy::default(),
         paused: false,
+        pause_reason: None,
         rollback_request: None,
     }
 }
@@ -96,6 +97,7 @@ fn scenarios(nodes: usize) -> Vec<Scenario> {
     rollback.drive(700, 10_000, |s| s.phase() == PlanPhase::Succeeded);
     rollback.spec.rollback_request = Some(RollbackRequest {
         reason: "bench".into(),
+        strategy: None,
     });
     out.push(Scenario {
         name: "fast rollback of every node",

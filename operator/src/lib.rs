@@ -7,6 +7,7 @@ pub mod analysis;
 mod app;
 pub mod canary;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod controller;

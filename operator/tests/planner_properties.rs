@@ -155,6 +155,7 @@ fn spec() -> impl Strategy<Value = MigrationPlanSpec> {
                     analysis,
                     rollback,
                     paused: false,
+                    pause_reason: None,
                     rollback_request: None,
                 }
             },
@@ -369,7 +370,7 @@ proptest! {
                 Event::NoVerdict => sim.analysis = None,
                 Event::Pause => sim.spec.paused = true,
                 Event::Resume => sim.spec.paused = false,
-                Event::ManualRollback => sim.spec.rollback_request = Some(RollbackRequest { reason: "test".into() }),
+                Event::ManualRollback => sim.spec.rollback_request = Some(RollbackRequest { reason: "test".into(), strategy: None }),
                 Event::TriggerCleared => sim.trigger = None,
                 Event::Trigger => sim.trigger = Some(TriggerInput { trigger: Trigger::Alert, reason: "SwitchyardHighErrorRate".into() }),
                 Event::TakenByOther(i) => {
@@ -389,7 +390,7 @@ proptest! {
         }
 
         // Roll back by hand and let the agents follow.
-        sim.spec.rollback_request = Some(RollbackRequest { reason: "end of case".into() });
+        sim.spec.rollback_request = Some(RollbackRequest { reason: "end of case".into(), strategy: None });
         sim.trigger = None;
         sim.analysis = None;
         for _ in 0..400 {
@@ -546,7 +547,7 @@ proptest! {
                 }
                 Both::Rollback(which) => {
                     plans[usize::from(which)].spec.rollback_request =
-                        Some(RollbackRequest { reason: "test".into() });
+                        Some(RollbackRequest { reason: "test".into(), strategy: None });
                 }
             }
         }

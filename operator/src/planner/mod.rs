@@ -755,8 +755,14 @@ impl<'a> Planner<'a> {
         if self.spec.paused {
             if self.st.phase != PlanPhase::Paused {
                 self.st.phase = PlanPhase::Paused;
-                self.transitions.push(Transition::Paused(
-                    "paused by spec.paused; in-flight switches finish, nothing new starts".into(),
+                self.transitions.push(Transition::Paused(match &self.spec.pause_reason {
+                    Some(why) => format!(
+                        "paused by spec.paused ({why}); in-flight switches finish, nothing new starts"
+                    ),
+                    None => {
+                        "paused by spec.paused; in-flight switches finish, nothing new starts".into()
+                    }
+                },
                 ));
             }
             return;
@@ -1444,7 +1450,13 @@ impl<'a> Planner<'a> {
         }
         let in_flight = pending.iter().any(|&(i, _)| !self.nodes[i].acked);
         let mut batch = usize::MAX;
-        if self.spec.rollback.strategy == RollbackStrategy::Gradual {
+        let strategy = self
+            .spec
+            .rollback_request
+            .as_ref()
+            .and_then(|r| r.strategy)
+            .unwrap_or(self.spec.rollback.strategy);
+        if strategy == RollbackStrategy::Gradual {
             let g = self.spec.rollback.gradual.clone().unwrap_or_default();
             if in_flight {
                 self.check_deadline(

@@ -25,6 +25,7 @@ fn spec(stages: &[NetworkMode]) -> MigrationPlanSpec {
         analysis: None,
         rollback: RollbackPolicy::default(),
         paused: false,
+        pause_reason: None,
         rollback_request: None,
     }
 }
@@ -209,6 +210,7 @@ fn rollback_from_iroh_only_goes_through_dual_first() {
         .expect("succeeds");
     sim.spec.rollback_request = Some(RollbackRequest {
         reason: "by hand".into(),
+        strategy: None,
     });
     let d = sim.reconcile();
     assert!(
@@ -296,6 +298,41 @@ fn pause_stops_new_switches_and_resume_restarts_the_soak() {
     let d = sim.reconcile();
     assert!(d.transitions.contains(&Transition::Resumed));
     assert_eq!(sim.phase(), PlanPhase::Progressing);
+}
+
+#[test]
+fn a_person_s_pause_reason_is_in_the_paused_transition() {
+    let mut sim = Sim::new(spec(&[DualPreferLibP2p]), 4, LibP2pOnly);
+    sim.reconcile();
+    sim.spec.paused = true;
+    sim.spec.pause_reason = Some("waiting for the DB window".into());
+    let d = sim.reconcile();
+    assert!(
+        d.transitions.iter().any(|t| matches!(t,
+            Transition::Paused(m) if m.contains("(waiting for the DB window)"))),
+        "{:?}",
+        d.transitions
+    );
+}
+
+#[test]
+fn a_rollback_request_s_strategy_overrides_the_plan_s() {
+    let mut s = spec(&[DualPreferIroh]);
+    s.waves = vec![100];
+    s.max_unavailable = IntOrString::String("100%".into());
+    assert_eq!(s.rollback.strategy, RollbackStrategy::Fast);
+    let mut sim = Sim::new(s, 8, DualPreferLibP2p);
+    sim.drive(400, 100, |s| s.phase() == PlanPhase::Succeeded)
+        .expect("succeeds");
+    sim.spec.rollback_request = Some(RollbackRequest {
+        reason: "p99 too high".into(),
+        strategy: Some(RollbackStrategy::Gradual),
+    });
+    let batch = sim.reconcile().patches.len();
+    assert!(
+        (1..8).contains(&batch),
+        "a gradual batch (the default gradual settings), not all 8 at once: {batch}"
+    );
 }
 
 /// A one-stage analysed plan over 20 nodes whose first step is acknowledged

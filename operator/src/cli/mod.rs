@@ -1,0 +1,362 @@
+//! `kubectl switchyard`: watch and steer migrations from a terminal.
+//!
+//! The binary `kubectl-switchyard` is a kubectl plugin: once it is on PATH,
+//! `kubectl switchyard …` runs it. It reads the kubeconfig as kubectl does
+//! (`KUBECONFIG`, `--kubeconfig`, `--context`, the context's namespace or
+//! `-n`), and prints tables (the default), JSON or YAML (`-o`).
+//!
+//! What it prints is [`render`]'s, pure functions of the objects and `now`.
+
+pub mod render;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchyard_crds::plan::RollbackStrategy;
+use switchyard_crds::{FleetNode, LABEL_PLAN, MigrationPlan};
+
+/// Watch and steer Switchyard migrations.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl-switchyard",
+    bin_name = "kubectl switchyard",
+    version,
+    about = "Watch and steer Switchyard migrations (MigrationPlans and their FleetNodes)"
+)]
+pub struct Cli {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// The namespace (default: the context's, else "default").
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// Every namespace (status and nodes without a plan name).
+    #[arg(short = 'A', long, global = true)]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Text for people.
+    Table,
+    /// The objects as JSON.
+    Json,
+    /// The objects as YAML.
+    Yaml,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// A plan's phase, position, progress and ETA, nodes by mode, blocked
+    /// nodes, the last analysis against its thresholds, and rollbacks.
+    /// Without PLAN: one line per plan.
+    Status {
+        /// The MigrationPlan.
+        plan: Option<String>,
+        /// Redraw on every change (from a watch) until the plan finishes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Per node: desired and applied mode, acknowledgement, plan and step,
+    /// readiness, and the time since its last mode change.
+    Nodes {
+        /// Only the nodes this MigrationPlan manages.
+        plan: Option<String>,
+    },
+    /// Stop a plan starting new switches (in-flight ones finish).
+    Pause {
+        /// The MigrationPlan.
+        plan: String,
+        /// Why; shown in status and in the Paused Event.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a paused plan go on.
+    Resume {
+        /// The MigrationPlan.
+        plan: String,
+    },
+    /// Roll a plan back: every node returns to the mode it had before it.
+    Rollback {
+        /// The MigrationPlan.
+        plan: String,
+        /// fast (all at once, in the safe order) or gradual (in batches);
+        /// default: the plan's rollback.strategy.
+        #[arg(long, value_enum)]
+        strategy: Option<StrategyArg>,
+        /// Why; recorded in the rollback history and the Event.
+        #[arg(long, default_value = "requested with kubectl switchyard rollback")]
+        reason: String,
+    },
+}
+
+/// `--strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Every node at once, in the safe order.
+    Fast,
+    /// In batches, as rollback.gradual says.
+    Gradual,
+}
+
+/// The instant ages and ETAs are counted from: now, or `SWITCHYARD_NOW`
+/// (RFC 3339) for output that must not change between runs (golden tests,
+/// documentation).
+fn now() -> jiff::Timestamp {
+    std::env::var("SWITCHYARD_NOW")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(jiff::Timestamp::now)
+}
+
+/// The field manager of the plugin's writes.
+const FIELD_MANAGER: &str = "kubectl-switchyard";
+
+/// Run the plugin; the process's exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    let (client, namespace) = connect(&cli).await?;
+    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &namespace);
+    match &cli.command {
+        Command::Status { plan: None, .. } => {
+            let list = if cli.all_namespaces {
+                Api::<MigrationPlan>::all(client.clone())
+                    .list(&ListParams::default())
+                    .await
+            } else {
+                plans.list(&ListParams::default()).await
+            }
+            .map_err(|e| explain(e, "list MigrationPlans", &namespace))?;
+            let mut items = list.items;
+            items.sort_by_key(|p| (p.namespace(), p.name_any()));
+            if cli.output == Output::Table && items.is_empty() {
+                println!("No MigrationPlans in {}.", scope(&cli, &namespace));
+                return Ok(());
+            }
+            print(cli.output, &items, || {
+                render::plans_table(&items, cli.all_namespaces, now())
+            })
+        }
+        Command::Status {
+            plan: Some(name),
+            watch: false,
+        } => {
+            let p = get_plan(&plans, name, &namespace).await?;
+            print(cli.output, &p, || render::plan_detail(&p, now()))
+        }
+        Command::Status {
+            plan: Some(name),
+            watch: true,
+        } => watch_plan(&plans, name, &namespace, cli.output).await,
+        Command::Nodes { plan } => {
+            let api: Api<FleetNode> = if cli.all_namespaces && plan.is_none() {
+                Api::all(client.clone())
+            } else {
+                Api::namespaced(client.clone(), &namespace)
+            };
+            if let Some(name) = plan {
+                get_plan(&plans, name, &namespace).await?;
+            }
+            let lp = match plan {
+                Some(name) => ListParams::default().labels(&format!("{LABEL_PLAN}={name}")),
+                None => ListParams::default(),
+            };
+            let mut items = api
+                .list(&lp)
+                .await
+                .map_err(|e| explain(e, "list FleetNodes", &namespace))?
+                .items;
+            items.sort_by_key(|n| (n.namespace(), n.name_any()));
+            print(cli.output, &items, || render::nodes_table(&items, now()))
+        }
+        Command::Pause { plan, reason } => {
+            let body = json!({"spec": {"paused": true, "pauseReason": reason}});
+            steer(&plans, plan, &namespace, body, "paused").await
+        }
+        Command::Resume { plan } => {
+            let body = json!({"spec": {"paused": false, "pauseReason": null}});
+            steer(&plans, plan, &namespace, body, "resumed").await
+        }
+        Command::Rollback {
+            plan,
+            strategy,
+            reason,
+        } => {
+            let strategy = strategy.map(|s| match s {
+                StrategyArg::Fast => RollbackStrategy::Fast,
+                StrategyArg::Gradual => RollbackStrategy::Gradual,
+            });
+            let body =
+                json!({"spec": {"rollbackRequest": {"reason": reason, "strategy": strategy}}});
+            steer(&plans, plan, &namespace, body, "rolling back").await
+        }
+    }
+}
+
+/// The client and namespace the flags and kubeconfig give.
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await
+        }
+        None => kube::Config::from_kubeconfig(&options).await,
+    }
+    .context("loading the kubeconfig (set KUBECONFIG or --kubeconfig, and --context if needed)")?;
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+fn scope(cli: &Cli, namespace: &str) -> String {
+    if cli.all_namespaces {
+        "any namespace".into()
+    } else {
+        format!("namespace {namespace}")
+    }
+}
+
+/// A plan by name, or an error that says what to do.
+async fn get_plan(
+    plans: &Api<MigrationPlan>,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<MigrationPlan> {
+    match plans.get(name).await {
+        Ok(p) => Ok(p),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let names: Vec<String> = plans
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.iter().map(ResourceExt::name_any).collect())
+                .unwrap_or_default();
+            if names.is_empty() {
+                bail!(
+                    "no MigrationPlan {name:?} in namespace {namespace}, and none other there; pick another namespace with -n, or list every plan with `kubectl switchyard status -A`"
+                )
+            }
+            bail!(
+                "no MigrationPlan {name:?} in namespace {namespace}; there: {}",
+                names.join(", ")
+            )
+        }
+        Err(e) => Err(explain(e, &format!("get MigrationPlan {name}"), namespace)),
+    }
+}
+
+/// An API error as a sentence about what to do.
+fn explain(e: kube::Error, what: &str, namespace: &str) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
+            "not allowed to {what} in namespace {namespace}: {} (ask for RBAC that grants it, or use another --context)",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => anyhow::anyhow!(
+            "the API server did not accept your credentials ({}); refresh them in the kubeconfig",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 404 && s.message.contains("the server could not find") => {
+            anyhow::anyhow!(
+                "the cluster does not serve MigrationPlans: install Switchyard's CRDs (helm install, or kubectl apply -f crds/)"
+            )
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow::anyhow!(
+            "cannot reach the API server to {what}: {e} (is the cluster up, and the kubeconfig's server right?)"
+        ),
+        e => anyhow::anyhow!("{what}: {e}"),
+    }
+}
+
+/// Print `value` as the output format asks; `table` for people.
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(value).context("writing YAML")?
+        ),
+    }
+    Ok(())
+}
+
+/// Merge-patch a plan's spec, after checking it exists.
+async fn steer(
+    plans: &Api<MigrationPlan>,
+    name: &str,
+    namespace: &str,
+    body: serde_json::Value,
+    done: &str,
+) -> anyhow::Result<()> {
+    get_plan(plans, name, namespace).await?;
+    plans
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(body),
+        )
+        .await
+        .map_err(|e| explain(e, &format!("patch MigrationPlan {name}"), namespace))?;
+    println!("migrationplan.switchyard.dev/{name} {done}");
+    Ok(())
+}
+
+/// `status PLAN -w`: redraw from a watch on the plan until it finishes.
+async fn watch_plan(
+    plans: &Api<MigrationPlan>,
+    name: &str,
+    namespace: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    get_plan(plans, name, namespace).await?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(plans.clone(), config)
+        .applied_objects()
+        .map_err(|e| anyhow::anyhow!("watching MigrationPlan {name}: {e}"))
+        .boxed();
+    while let Some(p) = stream.try_next().await? {
+        if tty && output == Output::Table {
+            // Clear the screen and draw from the top, as `watch` does.
+            print!("\x1b[2J\x1b[H");
+        } else if output == Output::Table {
+            println!("---");
+        }
+        print(output, &p, || render::plan_detail(&p, now()))?;
+        if p.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+            return Ok(());
+        }
+    }
+    bail!("the watch on MigrationPlan {name} ended")
+}
