@@ -125,11 +125,29 @@ pub struct MigrationPlanSpec {
     #[schemars(length(max = 1024))]
     pub pause_reason: Option<String>,
 
+    /// Skip the rest of one step's wait (the canary's duration or the
+    /// wave's soak), e.g. once a person has looked
+    /// (`kubectl switchyard promote`). Analysis still gates the step. Names
+    /// the step, so it cannot skip a later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<Promote>,
+
     /// Set to roll the plan back by hand: every node returns to the mode
     /// it had when the plan started, in the safe order. Example:
     /// kubectl patch mplan NAME --type merge -p '{"spec":{"rollbackRequest":{"reason":"..."}}}'
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_request: Option<RollbackRequest>,
+}
+
+/// A promotion of one step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Promote {
+    /// The step: `STAGE/WAVE`, or `STAGE/canary` (0-based), as the plan's
+    /// status shows it in `analysisTally.step` and on its nodes'
+    /// `switchyard.dev/step` annotation.
+    #[schemars(length(min = 1, max = 64))]
+    pub step: String,
 }
 
 /// A manual rollback request.

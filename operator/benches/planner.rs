@@ -39,6 +39,7 @@ fn spec(stages: &[NetworkMode], waves: &[u8], max_unavailable: &str) -> Migratio
         rollback: RollbackPolicy::default(),
         paused: false,
         pause_reason: None,
+        promote: None,
         rollback_request: None,
     }
 }

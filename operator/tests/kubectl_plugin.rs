@@ -249,6 +249,20 @@ async fn kubectl_switchyard_shows_and_steers_a_plan_through_kubectl_s_plugin_dis
     );
     let (ok, _, err) = run(&k, &["switchyard", "resume", "storage-to-iroh", "-n", NS]).await;
     assert!(ok, "{err}");
+    // Promote names the step the plan is in: stage 1, wave 1.
+    let (ok, out, err) = run(&k, &["switchyard", "promote", "storage-to-iroh", "-n", NS]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "migrationplan.switchyard.dev/storage-to-iroh promoted (step 1/1)\n"
+    );
+    let promoted = plans
+        .get("storage-to-iroh")
+        .await
+        .expect("plan")
+        .spec
+        .promote;
+    assert_eq!(promoted.map(|p| p.step).as_deref(), Some("1/1"));
     let p = plans.get("storage-to-iroh").await.expect("plan");
     assert!(!p.spec.paused);
     assert_eq!(p.spec.pause_reason, None);

@@ -156,6 +156,7 @@ fn spec() -> impl Strategy<Value = MigrationPlanSpec> {
                     rollback,
                     paused: false,
                     pause_reason: None,
+                    promote: None,
                     rollback_request: None,
                 }
             },

@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_crds::plan::RollbackStrategy;
-use switchyard_crds::{FleetNode, LABEL_PLAN, MigrationPlan};
+use switchyard_crds::{FleetNode, LABEL_PLAN, MigrationPlan, PlanPhase};
 
 /// Watch and steer Switchyard migrations.
 #[derive(Parser, Debug)]
@@ -90,6 +90,12 @@ pub enum Command {
     },
     /// Let a paused plan go on.
     Resume {
+        /// The MigrationPlan.
+        plan: String,
+    },
+    /// Skip the rest of the current step's wait (the canary's duration or
+    /// the wave's soak) once you have looked; analysis still gates it.
+    Promote {
         /// The MigrationPlan.
         plan: String,
     },
@@ -192,6 +198,26 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Resume { plan } => {
             let body = json!({"spec": {"paused": false, "pauseReason": null}});
             steer(&plans, plan, &namespace, body, "resumed").await
+        }
+        Command::Promote { plan } => {
+            let p = get_plan(&plans, plan, &namespace).await?;
+            let s = p.status.clone().unwrap_or_default();
+            if !matches!(s.phase, PlanPhase::Canary | PlanPhase::Progressing) {
+                bail!(
+                    "MigrationPlan {plan} is {:?}: only a plan in its canary or a wave can be promoted",
+                    s.phase
+                );
+            }
+            let step = crate::planner::step_id(s.stage, s.wave);
+            let body = json!({"spec": {"promote": {"step": step}}});
+            steer(
+                &plans,
+                plan,
+                &namespace,
+                body,
+                &format!("promoted (step {step})"),
+            )
+            .await
         }
         Command::Rollback {
             plan,

@@ -476,6 +476,15 @@ struct Planner<'a> {
     outside_single: (bool, bool),
 }
 
+/// A step's name: `STAGE/WAVE`, or `STAGE/canary` while the stage's
+/// canary runs (what `spec.promote.step` names).
+pub fn step_id(stage: u32, wave: Option<u32>) -> String {
+    match wave {
+        Some(w) => format!("{stage}/{w}"),
+        None => format!("{stage}/canary"),
+    }
+}
+
 fn ts(t: &Option<Time>) -> Option<Timestamp> {
     t.as_ref().map(|t| t.0)
 }
@@ -596,10 +605,13 @@ impl<'a> Planner<'a> {
     }
 
     fn step_id(&self) -> String {
-        match self.st.wave {
-            Some(w) => format!("{}/{w}", self.st.stage),
-            None => format!("{}/canary", self.st.stage),
-        }
+        step_id(self.st.stage, self.st.wave)
+    }
+
+    /// Whether a person promoted `step`: its wait (canary duration or wave
+    /// soak) is over; analysis still gates it.
+    fn promoted(&self, step: &str) -> bool {
+        self.spec.promote.as_ref().is_some_and(|p| p.step == step)
     }
 
     /// Tell node `i` the next mode on its way to `target`, if the guard and
@@ -1114,7 +1126,7 @@ impl<'a> Planner<'a> {
         let ack = *ts(&self.st.step_acknowledged_at).get_or_insert(self.now());
         self.st.step_acknowledged_at = Some(Time(ack));
         let due = add(ack, duration);
-        if self.now() < due {
+        if self.now() < due && !self.promoted(&step) {
             self.requeue(due);
             return false;
         }
@@ -1190,7 +1202,7 @@ impl<'a> Planner<'a> {
         let switched_something = self.nodes.iter().any(|n| n.step == Some(step.as_str()));
         if switched_something {
             let due = add(ack, self.spec.wave_interval);
-            if self.now() < due {
+            if self.now() < due && !self.promoted(&step) {
                 self.requeue(due);
                 return false;
             }

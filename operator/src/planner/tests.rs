@@ -3,7 +3,7 @@
 use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use switchyard_crds::plan::{GradualRollback, RollbackRequest};
+use switchyard_crds::plan::{GradualRollback, Promote, RollbackRequest};
 use switchyard_crds::{
     Analysis, Duration, InconclusiveAction, MigrationPlanSpec, NetworkMode, PlanCanary, PlanPhase,
     RollbackPolicy, RollbackScope, RollbackStrategy, Verdict,
@@ -26,6 +26,7 @@ fn spec(stages: &[NetworkMode]) -> MigrationPlanSpec {
         rollback: RollbackPolicy::default(),
         paused: false,
         pause_reason: None,
+        promote: None,
         rollback_request: None,
     }
 }
@@ -298,6 +299,37 @@ fn pause_stops_new_switches_and_resume_restarts_the_soak() {
     let d = sim.reconcile();
     assert!(d.transitions.contains(&Transition::Resumed));
     assert_eq!(sim.phase(), PlanPhase::Progressing);
+}
+
+#[test]
+fn promote_skips_the_named_step_s_wait_and_no_other() {
+    let mut s = with_canary(spec(&[DualPreferLibP2p]), 2);
+    s.canary.as_mut().expect("canary").duration = Duration::from_secs(600);
+    s.wave_interval = Duration::from_secs(600);
+    s.max_unavailable = IntOrString::String("100%".into());
+    let mut sim = Sim::new(s, 10, LibP2pOnly);
+    sim.reconcile();
+    sim.ack_all();
+    let d = sim.reconcile();
+    assert!(
+        d.patches.is_empty(),
+        "the canary runs its 10 minutes: {d:?}"
+    );
+    assert_eq!(sim.phase(), PlanPhase::Canary);
+    // A promotion of a later step does not skip this one.
+    sim.spec.promote = Some(Promote { step: "0/0".into() });
+    assert!(sim.reconcile().patches.is_empty(), "still the canary");
+    sim.spec.promote = Some(Promote {
+        step: "0/canary".into(),
+    });
+    let d = sim.reconcile();
+    assert!(!d.patches.is_empty(), "the first wave starts at once");
+    let wave = sim.status.as_ref().and_then(|s| s.wave);
+    assert!(wave.is_some(), "the canary is over");
+    sim.ack_all();
+    // The stale promotion (of the canary) does not skip the wave's soak.
+    assert!(sim.reconcile().patches.is_empty(), "the wave soaks");
+    assert_eq!(sim.status.as_ref().and_then(|s| s.wave), wave);
 }
 
 #[test]
