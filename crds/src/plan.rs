@@ -531,10 +531,18 @@ pub struct MigrationPlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
-    /// Estimated completion, from the remaining steps' soak and canary
-    /// times.
+    /// Estimated completion: for every remaining step, its switch time
+    /// (batches of maxUnavailable nodes at the observed time a batch takes
+    /// to acknowledge, and the operator's write rate) and its wait (canary
+    /// duration or soak, at least the analysis's passes in a row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_completion: Option<Time>,
+
+    /// Milliseconds a batch of nodes has taken from being told a mode to
+    /// acknowledging it, a weighted mean over this plan's steps (the ETA's
+    /// switch time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_switch_millis: Option<u64>,
 
     /// Node counts.
     #[serde(default)]

@@ -209,6 +209,7 @@ fn main() {
             trigger: sim.trigger.as_ref(),
             tally: None,
             paused_by_alert: false,
+            write_qps: Some(200.0),
             now: sim.now,
         };
         let mut samples = Vec::with_capacity(iterations);

@@ -38,6 +38,83 @@ pub struct Metrics {
     pub analysis_values: prometheus::GaugeVec,
     /// Analysis measurements by plan and verdict.
     pub analysis_measurements: IntCounterVec,
+    /// Each plan's progress, ETA and velocity.
+    pub progress: Progress,
+}
+
+/// Each plan's progress, ETA and velocity, by plan name.
+#[derive(Clone)]
+pub struct Progress {
+    /// Share of the plan's node-steps done, 0 to 1.
+    pub ratio: prometheus::GaugeVec,
+    /// Seconds until the ETA (0 once the plan has ended).
+    pub eta_seconds: prometheus::GaugeVec,
+    /// Node-steps acknowledged per hour since the plan started.
+    pub velocity: prometheus::GaugeVec,
+    /// Nodes running the plan's final mode.
+    pub migrated: IntGaugeVec,
+    /// Nodes returned by finished rollbacks.
+    pub rolled_back: IntCounterVec,
+}
+
+impl Progress {
+    fn new(registry: &Registry) -> Progress {
+        let gauge = |name: &str, help: &str| {
+            let g =
+                prometheus::GaugeVec::new(Opts::new(name, help), &["plan"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let migrated = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_plan_nodes_migrated",
+                "Nodes of the plan running its final mode",
+            ),
+            &["plan"],
+        )
+        .expect("valid metric");
+        let rolled_back = IntCounterVec::new(
+            Opts::new(
+                "switchyard_plan_nodes_rolled_back_total",
+                "Nodes the plan's finished rollbacks returned",
+            ),
+            &["plan"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(migrated.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rolled_back.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Progress {
+            ratio: gauge(
+                "switchyard_plan_progress_ratio",
+                "Share of the plan's node-steps done (0 to 1)",
+            ),
+            eta_seconds: gauge(
+                "switchyard_plan_eta_seconds",
+                "Seconds until the plan's estimated completion (0 once it has ended)",
+            ),
+            velocity: gauge(
+                "switchyard_plan_velocity_nodes_per_hour",
+                "Node-steps acknowledged per hour since the plan started",
+            ),
+            migrated,
+            rolled_back,
+        }
+    }
+
+    /// Forget a deleted plan.
+    pub fn remove(&self, plan: &str) {
+        let _ = self.ratio.remove_label_values(&[plan]);
+        let _ = self.eta_seconds.remove_label_values(&[plan]);
+        let _ = self.velocity.remove_label_values(&[plan]);
+        let _ = self.migrated.remove_label_values(&[plan]);
+        let _ = self.rolled_back.remove_label_values(&[plan]);
+    }
 }
 
 impl Metrics {
@@ -163,6 +240,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let progress = Progress::new(&registry);
         Metrics {
             registry,
             reconciles,
@@ -179,6 +257,7 @@ impl Metrics {
             webhook_requests,
             analysis_values,
             analysis_measurements,
+            progress,
         }
     }
 

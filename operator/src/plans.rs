@@ -135,6 +135,7 @@ async fn reconcile_plan(
             .get(ANNOTATION_PAUSED_BY)
             .map(String::as_str)
             == Some("alert"),
+        write_qps: Some(ctx.settings.write_qps),
         now,
     });
     decision.status.nodes.excluded = u32::try_from(excluded.len()).unwrap_or(u32::MAX);
@@ -144,7 +145,7 @@ async fn reconcile_plan(
         set_paused(ctx, ns, &name, false, false).await?;
     } else {
         act(ctx, &plan, ns, &decision).await?;
-        gauges(ctx, &name, &plans, &decision);
+        gauges(ctx, &name, &plans, &plan.spec, &decision, now);
     }
     ctx.publish(&plan.object_ref(&()), events(&decision.transitions))
         .await;
@@ -252,7 +253,14 @@ async fn write_owned_canary(
 
 /// Plans by phase (recomputed from the store), this plan's nodes by mode,
 /// and the rollbacks it started.
-fn gauges(ctx: &Context, name: &str, plans: &[Arc<MigrationPlan>], decision: &Decision) {
+fn gauges(
+    ctx: &Context,
+    name: &str,
+    plans: &[Arc<MigrationPlan>],
+    spec: &switchyard_crds::MigrationPlanSpec,
+    decision: &Decision,
+    now: jiff::Timestamp,
+) {
     ctx.metrics.plans.reset();
     for p in plans {
         let phase = if p.metadata.name.as_deref() == Some(name) {
@@ -277,12 +285,65 @@ fn gauges(ctx: &Context, name: &str, plans: &[Arc<MigrationPlan>], decision: &De
             .set(i64::from(decision.desired.get(mode)));
     }
     for t in &decision.transitions {
-        if let planner::Transition::RollbackStarted { trigger, .. } = t {
-            ctx.metrics
+        match t {
+            planner::Transition::RollbackStarted { trigger, .. } => ctx
+                .metrics
                 .rollbacks
                 .with_label_values(&[trigger.as_str()])
-                .inc();
+                .inc(),
+            planner::Transition::RollbackFinished { nodes } => ctx
+                .metrics
+                .progress
+                .rolled_back
+                .with_label_values(&[name])
+                .inc_by(u64::from(*nodes)),
+            _ => {}
         }
+    }
+    let p = progress_numbers(spec, &decision.status, now);
+    let m = &ctx.metrics.progress;
+    m.ratio.with_label_values(&[name]).set(p.ratio);
+    m.eta_seconds.with_label_values(&[name]).set(p.eta_seconds);
+    m.velocity.with_label_values(&[name]).set(p.velocity);
+    m.migrated.with_label_values(&[name]).set(p.migrated);
+}
+
+/// A plan's progress metrics, from its status at `now`.
+#[derive(Debug, PartialEq)]
+struct ProgressNumbers {
+    ratio: f64,
+    eta_seconds: f64,
+    velocity: f64,
+    migrated: i64,
+}
+
+fn progress_numbers(
+    spec: &switchyard_crds::MigrationPlanSpec,
+    s: &switchyard_crds::MigrationPlanStatus,
+    now: jiff::Timestamp,
+) -> ProgressNumbers {
+    let ratio = f64::from(s.progress_percent) / 100.0;
+    let eta_seconds = s
+        .estimated_completion
+        .as_ref()
+        .filter(|_| !s.phase.is_terminal())
+        .map_or(0.0, |t| t.0.duration_since(now).as_secs_f64().max(0.0));
+    #[allow(clippy::cast_precision_loss)]
+    let node_steps = f64::from(s.nodes.total) * spec.stages.len() as f64 * ratio;
+    let hours = s
+        .start_time
+        .as_ref()
+        .map_or(0.0, |t| now.duration_since(t.0).as_secs_f64() / 3600.0);
+    let velocity = if hours > 0.0 { node_steps / hours } else { 0.0 };
+    let migrated = spec
+        .stages
+        .last()
+        .map_or(0, |m| i64::from(s.nodes.by_mode.get(*m)));
+    ProgressNumbers {
+        ratio,
+        eta_seconds,
+        velocity,
+        migrated,
     }
 }
 
@@ -312,6 +373,7 @@ async fn release_plan(plan: &DynamicObject, ctx: &Arc<Context>, ns: &str) -> Res
         .collect();
     let count = writes.len();
     ctx.write_nodes(ns, FIELD_MANAGER, writes).await?;
+    ctx.metrics.progress.remove(&name);
     for mode in NetworkMode::ALL {
         let _ = ctx
             .metrics
@@ -366,4 +428,42 @@ async fn unreadable_plan(
     )
     .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_numbers_come_from_status_and_now() {
+        let spec: switchyard_crds::MigrationPlanSpec = serde_json::from_value(json!({
+            "selector": {},
+            "stages": ["DualPreferLibP2p", "IrohOnly"],
+        }))
+        .expect("spec");
+        let now: jiff::Timestamp = "2026-12-01T06:00:00Z".parse().expect("now");
+        let status: switchyard_crds::MigrationPlanStatus = serde_json::from_value(json!({
+            "phase": "Progressing",
+            "progressPercent": 50,
+            "startTime": "2026-12-01T05:00:00Z",
+            "estimatedCompletion": "2026-12-01T06:10:00Z",
+            "nodes": {"total": 40, "acknowledged": 40, "switching": 0, "blocked": 0,
+                      "byMode": {"IrohOnly": 15, "DualPreferLibP2p": 25}},
+        }))
+        .expect("status");
+        assert_eq!(
+            progress_numbers(&spec, &status, now),
+            ProgressNumbers {
+                ratio: 0.5,
+                eta_seconds: 600.0,
+                velocity: 40.0,
+                migrated: 15,
+            }
+        );
+        let done = switchyard_crds::MigrationPlanStatus {
+            phase: switchyard_crds::PlanPhase::Succeeded,
+            ..status
+        };
+        assert_eq!(progress_numbers(&spec, &done, now).eta_seconds, 0.0);
+    }
 }

@@ -520,6 +520,10 @@ async fn a_fifty_node_plan_with_a_canary_and_three_stages_completes_without_isla
         "switchyard_operator_plan_nodes{mode=\"IrohOnly\",plan=\"to-iroh\"} 50",
         "switchyard_operator_plan_nodes_desired{mode=\"IrohOnly\",plan=\"to-iroh\"} 50",
         "switchyard_operator_reconcile_duration_seconds_bucket{controller=\"migrationplan\"",
+        "switchyard_plan_progress_ratio{plan=\"to-iroh\"} 1",
+        "switchyard_plan_eta_seconds{plan=\"to-iroh\"} 0",
+        "switchyard_plan_nodes_migrated{plan=\"to-iroh\"} 50",
+        "switchyard_plan_velocity_nodes_per_hour{plan=\"to-iroh\"}",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

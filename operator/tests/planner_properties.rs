@@ -274,6 +274,7 @@ fn checked_reconcile(sim: &mut Sim) -> Result<(), TestCaseError> {
         trigger: sim.trigger.as_ref(),
         tally: None,
         paused_by_alert: sim.paused_by_alert,
+        write_qps: sim.write_qps,
         now: sim.now,
     });
     prop_assert_eq!(&decision, &again, "a restarted operator decides the same");

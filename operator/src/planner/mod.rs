@@ -142,6 +142,9 @@ pub struct PlanInput<'a> {
     /// Whether an alert paused the plan (the paused-by annotation says
     /// `alert`).
     pub paused_by_alert: bool,
+    /// The operator's FleetNode write rate (writes a second), for the
+    /// ETA; `None` leaves it out.
+    pub write_qps: Option<f64>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -410,6 +413,7 @@ pub fn unreadable(
         trigger: None,
         tally: None,
         paused_by_alert: false,
+        write_qps: None,
         now,
     };
     let mut p = Planner::new(&input);
@@ -606,6 +610,32 @@ impl<'a> Planner<'a> {
 
     fn step_id(&self) -> String {
         step_id(self.st.stage, self.st.wave)
+    }
+
+    /// When the current step (`step`) was all acknowledged: now, the first
+    /// time, which also folds the time its batches took into the mean
+    /// switch time the ETA uses.
+    fn acknowledge_step(&mut self, step: &str) -> Timestamp {
+        if let Some(t) = ts(&self.st.step_acknowledged_at) {
+            return t;
+        }
+        let now = self.now();
+        self.st.step_acknowledged_at = Some(Time(now));
+        let switched = self.nodes.iter().filter(|n| n.step == Some(step)).count();
+        if let Some(started) = ts(&self.st.step_started_at)
+            && switched > 0
+        {
+            let batches =
+                u64::try_from(switched.div_ceil(self.max_unavailable.max(1))).unwrap_or(1);
+            let took =
+                u64::try_from(now.duration_since(started).as_millis()).unwrap_or(0) / batches;
+            // The newest step weighs a third: recent, but not one outlier.
+            self.st.mean_switch_millis = Some(match self.st.mean_switch_millis {
+                Some(m) => (m * 2 + took) / 3,
+                None => took,
+            });
+        }
+        now
     }
 
     /// Whether a person promoted `step`: its wait (canary duration or wave
@@ -1123,8 +1153,7 @@ impl<'a> Planner<'a> {
             self.check_deadline(&chosen, mode);
             return false;
         }
-        let ack = *ts(&self.st.step_acknowledged_at).get_or_insert(self.now());
-        self.st.step_acknowledged_at = Some(Time(ack));
+        let ack = self.acknowledge_step(&step);
         let due = add(ack, duration);
         if self.now() < due && !self.promoted(&step) {
             self.requeue(due);
@@ -1195,8 +1224,7 @@ impl<'a> Planner<'a> {
             self.check_deadline(&pending, mode);
             return false;
         }
-        let ack = *ts(&self.st.step_acknowledged_at).get_or_insert(self.now());
-        self.st.step_acknowledged_at = Some(Time(ack));
+        let ack = self.acknowledge_step(&step);
         // A wave that had to switch no node has nothing new to soak. The
         // step annotation on the nodes says whether this wave moved any.
         let switched_something = self.nodes.iter().any(|n| n.step == Some(step.as_str()));
@@ -1603,30 +1631,100 @@ impl<'a> Planner<'a> {
         u8::try_from((done * 100 / (managed * stages)).min(100)).unwrap_or(100)
     }
 
+    /// When the plan should finish: now plus the rest of the current step
+    /// and every step after it. A step takes its switch time (its nodes in
+    /// batches of maxUnavailable at the observed time a batch takes, plus
+    /// their writes at the operator's write rate) and then its wait (the
+    /// canary's duration or the wave's soak, at least as long as the
+    /// analysis needs for its passes in a row).
     fn estimate(&self, now: Timestamp) -> Option<Timestamp> {
         if !matches!(self.st.phase, PlanPhase::Canary | PlanPhase::Progressing) {
             return None;
         }
-        let stage = usize::try_from(self.st.stage).unwrap_or(0);
-        let canary_ms = self
+        let batch_ms = self.st.mean_switch_millis.unwrap_or(0);
+        let qps = self.input.write_qps.filter(|q| q.is_finite() && *q > 0.0);
+        let switch = |nodes: usize| -> u64 {
+            if nodes == 0 {
+                return 0;
+            }
+            let batches = u64::try_from(nodes.div_ceil(self.max_unavailable.max(1))).unwrap_or(0);
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let writes = qps.map_or(0, |q| (nodes as f64 / q * 1000.0) as u64);
+            batches * batch_ms + writes
+        };
+        let wait = |base: Duration, canary: bool| -> u64 {
+            let analysis = self.analysis_config(canary).map_or(0, |a| {
+                u64::from(a.consecutive_successes.max(1)) * a.interval.as_millis()
+            });
+            base.as_millis().max(analysis)
+        };
+        let canary = self
             .spec
             .canary
             .as_ref()
-            .map_or(0, |c| c.duration.as_millis());
-        let waves = u64::try_from(self.spec.waves.len()).unwrap_or(0);
-        let per_stage = canary_ms + waves * self.spec.wave_interval.as_millis();
+            .map(|c| (self.canary_nodes().len(), c.duration));
+        // The steps of one stage: (nodes it switches, its wait).
+        let mut steps: Vec<(usize, u64)> = Vec::new();
+        if let Some((n, d)) = canary {
+            steps.push((n, wait(d, true)));
+        }
+        let mut before = canary.map_or(0, |c| c.0);
+        for w in 0..self.spec.waves.len() {
+            let target = self.wave_target(u32::try_from(w).unwrap_or(u32::MAX));
+            let n = target.saturating_sub(before);
+            before = before.max(target);
+            steps.push((
+                n,
+                if n > 0 {
+                    wait(self.spec.wave_interval, false)
+                } else {
+                    0
+                },
+            ));
+        }
+        let step_ms = |(n, w): (usize, u64)| switch(n) + w;
+        // Where in its stage the plan is: index into `steps`.
+        let offset = usize::from(canary.is_some());
+        let current = match self.st.wave {
+            Some(w) => offset + usize::try_from(w).unwrap_or(0),
+            None => 0,
+        }
+        .min(steps.len().saturating_sub(1));
+        let mut left = match (ts(&self.st.step_acknowledged_at), steps.get(current)) {
+            (Some(ack), Some(&(_, w))) => u64::try_from(
+                add(ack, Duration::from_millis(w))
+                    .duration_since(now)
+                    .as_millis(),
+            )
+            .unwrap_or(0),
+            (None, Some(&(n, w))) => {
+                let mode = self.stage_mode();
+                let at = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].managed && self.at_mode_acked(i, mode))
+                    .count();
+                let want = match self.st.wave {
+                    Some(wave) => self.wave_target(wave),
+                    None => n,
+                };
+                switch(want.saturating_sub(at).min(n.max(1))) + w
+            }
+            _ => 0,
+        };
+        left += steps
+            .iter()
+            .skip(current + 1)
+            .copied()
+            .map(step_ms)
+            .sum::<u64>();
+        let stage = usize::try_from(self.st.stage).unwrap_or(0);
         let later_stages =
             u64::try_from(self.spec.stages.len().saturating_sub(stage + 1)).unwrap_or(0);
-        let done_waves = self.st.wave.map_or(0, u64::from);
-        let current = if self.st.wave.is_some() {
-            waves.saturating_sub(done_waves) * self.spec.wave_interval.as_millis()
-        } else {
-            per_stage
-        };
-        Some(add(
-            now,
-            Duration::from_millis(current + later_stages * per_stage),
-        ))
+        left += later_stages * steps.iter().copied().map(step_ms).sum::<u64>();
+        Some(add(now, Duration::from_millis(left)))
     }
 
     fn message(&self) -> String {

@@ -86,6 +86,8 @@ pub struct Sim {
     /// not select (another team's, another plan's). The plan never moves
     /// them; tests move them, or run a second plan over them.
     pub outside: Vec<NodeView>,
+    /// The operator's write rate the planner is told (for its ETA).
+    pub write_qps: Option<f64>,
 }
 
 impl Sim {
@@ -102,6 +104,7 @@ impl Sim {
             trigger: None,
             paused_by_alert: false,
             outside: Vec::new(),
+            write_qps: None,
         };
         for i in 0..nodes {
             sim.add_node(&format!("node-{i:05}"), mode);
@@ -145,6 +148,7 @@ impl Sim {
             trigger: self.trigger.as_ref(),
             tally: None,
             paused_by_alert: self.paused_by_alert,
+            write_qps: self.write_qps,
             now: self.now,
         })
     }

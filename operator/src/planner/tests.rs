@@ -1,6 +1,8 @@
 //! Scenario tests of the planner, driven through the simulator.
 
-use jiff::SignedDuration;
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use switchyard_crds::plan::{GradualRollback, Promote, RollbackRequest};
@@ -330,6 +332,70 @@ fn promote_skips_the_named_step_s_wait_and_no_other() {
     // The stale promotion (of the canary) does not skip the wave's soak.
     assert!(sim.reconcile().patches.is_empty(), "the wave soaks");
     assert_eq!(sim.status.as_ref().and_then(|s| s.wave), wave);
+}
+
+/// A uniform fleet of 100 whose nodes acknowledge 30 s after their write
+/// (writes at 20 a second), through a canary and three waves in each of
+/// three stages: the ETA at 10% progress against the finish. Returns
+/// (seconds the ETA predicted from 10%, seconds it took).
+fn eta_against_finish(max_unavailable: &str) -> (f64, f64) {
+    let mut s = with_canary(spec(&[DualPreferLibP2p, DualPreferIroh, IrohOnly]), 2);
+    s.canary.as_mut().expect("canary").duration = Duration::from_secs(60);
+    s.waves = vec![25, 50, 100];
+    s.wave_interval = Duration::from_secs(120);
+    s.max_unavailable = IntOrString::String(max_unavailable.into());
+    let mut sim = Sim::new(s, 100, LibP2pOnly);
+    let qps = 20.0;
+    sim.write_qps = Some(qps);
+    let mut due: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let mut at_ten = None;
+    for _ in 0..20_000 {
+        let d = sim.reconcile();
+        for (j, p) in d.patches.iter().enumerate() {
+            let written = SignedDuration::from_secs_f64(j as f64 / qps);
+            due.insert(
+                p.node.clone(),
+                sim.now + written + SignedDuration::from_secs(30),
+            );
+        }
+        let st = sim.status.clone().expect("status");
+        if at_ten.is_none() && st.progress_percent >= 10 {
+            let eta = st.estimated_completion.expect("an ETA while progressing").0;
+            at_ten = Some((sim.now, eta));
+        }
+        if sim.phase() == PlanPhase::Succeeded {
+            break;
+        }
+        sim.advance(1);
+        let acked: Vec<String> = due
+            .iter()
+            .filter(|(_, t)| **t <= sim.now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in acked {
+            sim.ack(&n);
+            due.remove(&n);
+        }
+    }
+    assert_eq!(sim.phase(), PlanPhase::Succeeded);
+    let (t10, eta) = at_ten.expect("10% reached");
+    (
+        eta.duration_since(t10).as_secs_f64(),
+        sim.now.duration_since(t10).as_secs_f64(),
+    )
+}
+
+#[test]
+fn the_eta_at_ten_percent_is_within_a_fifth_of_the_finish() {
+    for max_unavailable in ["10%", "50%"] {
+        let (predicted, actual) = eta_against_finish(max_unavailable);
+        let error = (predicted - actual).abs() / actual;
+        assert!(
+            error <= 0.2,
+            "maxUnavailable {max_unavailable}: predicted {predicted:.0} s at 10%, took {actual:.0} s ({:.0}% off)",
+            error * 100.0
+        );
+    }
 }
 
 #[test]
