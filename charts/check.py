@@ -358,11 +358,28 @@ def main():
 
 def generated_files_problems():
     import subprocess
-    gen = pathlib.Path(__file__).resolve().parent / "gen.py"
-    r = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True)
-    if r.returncode != 0:
-        return [f"generated chart files: {r.stderr.strip() or r.stdout.strip()}"]
-    return []
+    here = pathlib.Path(__file__).resolve().parent
+    problems = []
+    for gen in ("gen.py", "dashboard.py"):
+        r = subprocess.run([sys.executable, str(here / gen), "--check"], capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append(f"generated chart files: {r.stderr.strip() or r.stdout.strip()}")
+    return problems + dashboard_metric_problems(here.parent)
+
+
+def dashboard_metric_problems(repo):
+    """Every metric the Grafana dashboard queries is one the code exports."""
+    import re
+    board = json.loads((CHART / "dashboards" / "switchyard.json").read_text())
+    wanted = {
+        re.sub(r"_(bucket|sum|count)$", "", m)
+        for p in board["panels"] for t in p["targets"]
+        for m in re.findall(r"switchyard_[a-z0-9_]+", t["expr"])
+    }
+    source = "".join(
+        f.read_text() for d in ("operator/src", "node-agent/src") for f in (repo / d).rglob("*.rs")
+    )
+    return [f"dashboard queries {m}, which no code exports" for m in sorted(wanted) if f'"{m}"' not in source]
 
 
 if __name__ == "__main__":
