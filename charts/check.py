@@ -96,6 +96,9 @@ VALUE_SETS = {
         "allowPlanCredentials": True,
     }}}),
     "admission-off": ("switchyard", {"admissionPolicy": {"enabled": False}}),
+    # Phase transitions to a Slack incoming webhook whose URL is a Secret.
+    "notifications": ("switchyard", {"notifications": {
+        "enabled": True, "format": "slack", "secretName": "slack-hook"}}),
 }
 
 KNOWN_KINDS = {

@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             fence: Arc::new(controller::NoFence),
             settings: Settings::default(),
             metrics: Default::default(),
+            notifier: None,
         },
     ));
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);

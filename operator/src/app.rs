@@ -100,7 +100,20 @@ fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<Aler
         identity: config.lease.identity.clone(),
         margin: std::time::Duration::from_secs(1),
     };
+    let notifier = config.notify.and_then(|target| {
+        match crate::notify::Notifier::new(target, metrics.notifications.clone()) {
+            Ok((notifier, deliver)) => {
+                tokio::spawn(deliver);
+                Some(notifier)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "notifications are off");
+                None
+            }
+        }
+    });
     Wiring {
+        notifier,
         namespace: config.namespace,
         identity: config.lease.identity,
         analysis: Arc::new(AlertAnalysis {

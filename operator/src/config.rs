@@ -138,6 +138,19 @@ pub struct Args {
         action = clap::ArgAction::Set
     )]
     pub allow_plan_credentials: bool,
+    /// Send plans' phase transitions (started, canary passed, stage
+    /// completed, paused, resumed, rollback started and finished,
+    /// succeeded, failed) to this webhook URL.
+    #[arg(long, env = "SWITCHYARD_NOTIFY_URL", hide_env_values = true)]
+    pub notify_url: Option<String>,
+    /// The webhook's message shape: generic (JSON) or slack (an incoming
+    /// webhook's {"text": ...}).
+    #[arg(long, env = "SWITCHYARD_NOTIFY_FORMAT", value_enum, default_value_t = crate::notify::Format::Generic)]
+    pub notify_format: crate::notify::Format,
+    /// Attempts per notification (1 s, 2 s, 4 s ... apart) before it is
+    /// given up and counted as failed.
+    #[arg(long, env = "SWITCHYARD_NOTIFY_ATTEMPTS", default_value_t = 5)]
+    pub notify_attempts: u32,
     /// Check an installation and exit (the chart's `helm test`): the
     /// operator at this URL (e.g. http://switchyard-operator:8080) answers
     /// /readyz, and each Switchyard kind can be listed in --namespace (or
@@ -182,6 +195,8 @@ pub struct Config {
     pub prometheus: Option<Prometheus>,
     /// Read a plan's own Prometheus credentials from the Secret it names.
     pub allow_plan_credentials: bool,
+    /// Where plans' phase transitions are sent.
+    pub notify: Option<crate::notify::Target>,
 }
 
 impl TryFrom<Args> for Config {
@@ -208,6 +223,12 @@ impl TryFrom<Args> for Config {
             args.prometheus_timeout.is_finite() && args.prometheus_timeout > 0.0,
             "--prometheus-timeout must be a number of seconds above 0, e.g. 5"
         );
+        if let Some(url) = args.notify_url.as_deref().filter(|u| !u.is_empty()) {
+            anyhow::ensure!(
+                reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+                "--notify-url (SWITCHYARD_NOTIFY_URL) must be an http:// or https:// URL, e.g. https://hooks.slack.com/services/..."
+            );
+        }
         anyhow::ensure!(
             !args.create_webhook_secret || args.webhook_secret.is_some(),
             "--create-webhook-secret needs --webhook-secret, the name of the Secret to create"
@@ -257,6 +278,14 @@ impl TryFrom<Args> for Config {
             alert_configmap,
             prometheus,
             allow_plan_credentials: args.allow_plan_credentials,
+            notify: args
+                .notify_url
+                .filter(|u| !u.is_empty())
+                .map(|url| crate::notify::Target {
+                    url,
+                    format: args.notify_format,
+                    attempts: args.notify_attempts.max(1),
+                }),
         })
     }
 }
@@ -415,5 +444,18 @@ mod tests {
         assert!(e.to_string().contains("--lease-grace"), "{e}");
         let e = config(&["--prometheus-url", "not a url"]).expect_err("refused");
         assert!(!e.to_string().is_empty());
+        let e = config(&["--notify-url", "ftp://hooks"]).expect_err("refused");
+        assert!(e.to_string().contains("--notify-url"), "{e}");
+        let c = config(&[
+            "--notify-url",
+            "https://hooks.example/x",
+            "--notify-format",
+            "slack",
+        ])
+        .expect("config");
+        let t = c.notify.expect("notifications on");
+        assert_eq!(t.format, crate::notify::Format::Slack);
+        assert_eq!(t.attempts, 5);
+        assert!(config(&[]).expect("config").notify.is_none());
     }
 }

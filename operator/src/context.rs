@@ -192,6 +192,8 @@ pub struct Context {
     pub(crate) limiter: RateLimiter,
     pub(crate) metrics: Metrics,
     pub(crate) fence: Arc<dyn Fence>,
+    /// Where plans' phase transitions are sent, if anywhere.
+    pub(crate) notifier: Option<crate::notify::Notifier>,
     /// The resourceVersion of this replica's last status write per object
     /// (kind/namespace/name): a reconcile that sees an older version is
     /// looking at a store that has not caught up with its own write.

@@ -175,6 +175,8 @@ pub struct Wiring {
     pub settings: Settings,
     /// The operator's metrics.
     pub metrics: Metrics,
+    /// Where plans' phase transitions are sent, if anywhere.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// The stores, their watches and the streams that trigger the
@@ -271,6 +273,7 @@ pub async fn run(client: Client, wiring: Wiring) {
         settings,
         metrics: wiring.metrics,
         fence: wiring.fence,
+        notifier: wiring.notifier,
         written: std::sync::Mutex::new(std::collections::HashMap::new()),
         failures: std::sync::Mutex::new(std::collections::HashMap::new()),
         node_writes: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -13,6 +13,7 @@ pub mod context;
 pub mod controller;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod planner;
 mod plans;
 pub mod promql;

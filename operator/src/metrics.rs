@@ -40,6 +40,8 @@ pub struct Metrics {
     pub analysis_measurements: IntCounterVec,
     /// Each plan's progress, ETA and velocity.
     pub progress: Progress,
+    /// Notifications by outcome (delivered, failed, dropped).
+    pub notifications: IntCounterVec,
 }
 
 /// Each plan's progress, ETA and velocity, by plan name.
@@ -241,6 +243,17 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let progress = Progress::new(&registry);
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "switchyard_operator_notifications_total",
+                "Notifications by outcome (delivered, failed, dropped)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(notifications.clone()))
+            .expect("metric names are unique");
         Metrics {
             registry,
             reconciles,
@@ -258,6 +271,7 @@ impl Metrics {
             analysis_values,
             analysis_measurements,
             progress,
+            notifications,
         }
     }
 

@@ -147,8 +147,23 @@ async fn reconcile_plan(
         act(ctx, &plan, ns, &decision).await?;
         gauges(ctx, &name, &plans, &plan.spec, &decision, now);
     }
-    ctx.publish(&plan.object_ref(&()), events(&decision.transitions))
-        .await;
+    let events = events(&decision.transitions);
+    if let Some(notifier) = &ctx.notifier {
+        for e in events
+            .iter()
+            .filter(|e| crate::notify::REASONS.contains(&e.reason))
+        {
+            notifier.send(crate::notify::Notification {
+                namespace: ns.to_owned(),
+                plan: name.clone(),
+                reason: e.reason,
+                message: e.note.clone(),
+                warning: e.severity == planner::Severity::Warning,
+                time: now.to_string(),
+            });
+        }
+    }
+    ctx.publish(&plan.object_ref(&()), events).await;
     Ok(requeue(decision.requeue_at, now))
 }
 

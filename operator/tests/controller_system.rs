@@ -2696,3 +2696,84 @@ async fn a_plan_s_own_prometheus_credentials_come_from_the_labelled_secret_it_na
     drop(prometheus);
     h.stop().await;
 }
+
+/// Phase transitions reach a webhook: in order, each retried after a
+/// refusal, without holding the plan up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_s_phase_transitions_reach_the_notification_webhook_despite_refusals() {
+    type Got = Arc<Mutex<(u32, Vec<serde_json::Value>)>>;
+    let h = Harness::start("notify", 6, Config::default(), acks_after(20)).await;
+    let got: Got = Arc::default();
+    // Refuses every other call with a 503: each message needs a retry.
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(got): axum::extract::State<Got>,
+                 axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    let mut g = got.lock().expect("got");
+                    g.0 += 1;
+                    if g.0 % 2 == 1 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    g.1.push(body);
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let (mut operator, port) = h.operator_with(
+        "only-replica",
+        15,
+        &[("SWITCHYARD_NOTIFY_URL", url.as_str())],
+    );
+    let mut p = plan("notified", &[100], "0s");
+    p.spec.stages = vec![NetworkMode::DualPreferLibP2p];
+    h.plans()
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("plan created");
+    h.wait_for("notified", phase_is(PlanPhase::Succeeded), "Succeeded")
+        .await;
+    let want = [
+        "CanaryStarted",
+        "CanaryPassed",
+        "StageCompleted",
+        "Succeeded",
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let reasons = loop {
+        let reasons: Vec<String> = got
+            .lock()
+            .expect("got")
+            .1
+            .iter()
+            .filter(|b| b["plan"] == "notified" && b["namespace"] == NS)
+            .map(|b| b["reason"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if reasons.len() >= want.len() {
+            break reasons;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notifications so far: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reasons, want, "every phase transition, in order, once");
+    let metrics = http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_operator_notifications_total{outcome=\"delivered\"} 4"),
+        "{metrics}"
+    );
+    operator.kill().await.expect("kill");
+    server.abort();
+    h.stop().await;
+}
