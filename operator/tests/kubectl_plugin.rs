@@ -400,3 +400,84 @@ async fn kubectl_switchyard_errors_say_what_to_do() {
     drop(port);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_dry_run_previews_the_example_plan_over_a_hundred_node_fleet_and_creates_nothing() {
+    let c = TestCluster::start(Config::default(), "kubectl-plugin-start")
+        .await
+        .expect("cluster");
+    c.namespace("p2p").await.expect("namespace");
+    let labels: BTreeMap<String, String> = [("app".into(), "storage-node".into())].into();
+    c.register_nodes(
+        "p2p",
+        (0..100).map(|i| format!("storage-{i:03}")),
+        &labels,
+        NetworkMode::LibP2pOnly,
+    )
+    .await
+    .expect("nodes");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/migrationplan.yaml");
+    let example = example.to_str().expect("path");
+    let k = c.kubeconfig.clone();
+    let (ok, out, err) = run(&k, &["switchyard", "start", "-f", example, "--dry-run"]).await;
+    assert!(ok, "{err}");
+    golden("start-dry-run.txt", &out);
+    let plans: Api<MigrationPlan> = Api::namespaced(c.client.clone(), "p2p");
+    assert!(
+        plans
+            .get_opt("storage-to-iroh")
+            .await
+            .expect("get")
+            .is_none(),
+        "a dry run creates nothing"
+    );
+    // The same as JSON: every node in every stage, each exactly once.
+    let (ok, out, err) = run(
+        &k,
+        &[
+            "switchyard",
+            "start",
+            "-f",
+            example,
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).expect("JSON preview");
+    assert_eq!(p["outcome"], "Succeeded");
+    for mode in ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"] {
+        let mut moved: Vec<String> = p["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter(|s| s["mode"] == mode)
+            .flat_map(|s| s["nodes"].as_array().expect("nodes").clone())
+            .map(|n| n.as_str().expect("name").to_owned())
+            .collect();
+        moved.sort();
+        moved.dedup();
+        assert_eq!(moved.len(), 100, "{mode}: every node once");
+    }
+    // Without --dry-run it creates the plan; a second start says what to do.
+    let (ok, out, err) = run(&k, &["switchyard", "start", "-f", example]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("storage-to-iroh created"), "{out}");
+    let (ok, _, err) = run(&k, &["switchyard", "start", "-f", example]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("already exists") && err.contains("status storage-to-iroh"),
+        "{err}"
+    );
+    // A file that is not a plan says so.
+    let (ok, _, err) = run(
+        &k,
+        &["switchyard", "start", "-f", "/etc/hostname", "--dry-run"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("is not a MigrationPlan"), "{err}");
+    c.stop().await;
+}

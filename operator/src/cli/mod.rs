@@ -7,6 +7,7 @@
 //!
 //! What it prints is [`render`]'s, pure functions of the objects and `now`.
 
+pub mod preview;
 pub mod render;
 
 use std::path::PathBuf;
@@ -79,6 +80,20 @@ pub enum Command {
     Nodes {
         /// Only the nodes this MigrationPlan manages.
         plan: Option<String>,
+    },
+    /// Create a MigrationPlan from a file; with --dry-run, create nothing:
+    /// the API server checks it (server-side dry run, admission included)
+    /// and the planner previews its schedule over the live fleet.
+    Start {
+        /// The MigrationPlan's YAML or JSON.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Check and preview only.
+        #[arg(long)]
+        dry_run: bool,
+        /// The operator's FleetNode write rate, for the preview's write times.
+        #[arg(long, default_value_t = 200.0)]
+        write_qps: f64,
     },
     /// Stop a plan starting new switches (in-flight ones finish).
     Pause {
@@ -191,6 +206,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             items.sort_by_key(|n| (n.namespace(), n.name_any()));
             print(cli.output, &items, || render::nodes_table(&items, now()))
         }
+        Command::Start {
+            file,
+            dry_run,
+            write_qps,
+        } => start(&client, &namespace, file, *dry_run, *write_qps, cli.output).await,
         Command::Pause { plan, reason } => {
             let body = json!({"spec": {"paused": true, "pauseReason": reason}});
             steer(&plans, plan, &namespace, body, "paused").await
@@ -356,6 +376,64 @@ async fn steer(
         .map_err(|e| explain(e, &format!("patch MigrationPlan {name}"), namespace))?;
     println!("migrationplan.switchyard.dev/{name} {done}");
     Ok(())
+}
+
+/// `start -f FILE [--dry-run]`.
+async fn start(
+    client: &Client,
+    namespace: &str,
+    file: &std::path::Path,
+    dry_run: bool,
+    write_qps: f64,
+    output: Output,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        write_qps.is_finite() && write_qps > 0.0,
+        "--write-qps must be above 0, e.g. 200"
+    );
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut plan: MigrationPlan = serde_saphyr::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a MigrationPlan (apiVersion switchyard.dev/v1alpha1)",
+            file.display()
+        )
+    })?;
+    let ns = plan.namespace().unwrap_or_else(|| namespace.to_owned());
+    plan.metadata.namespace = Some(ns.clone());
+    let name = plan.name_any();
+    let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &ns);
+    let pp = kube::api::PostParams {
+        dry_run,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let created = plans.create(&pp, &plan).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 409 => anyhow::anyhow!(
+            "MigrationPlan {name} already exists in namespace {ns}: follow it with `kubectl switchyard status {name} -n {ns} -w`, or delete it first"
+        ),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => {
+            anyhow::anyhow!("the API server refuses MigrationPlan {name}: {}", s.message)
+        }
+        e => explain(e, &format!("create MigrationPlan {name}"), &ns),
+    })?;
+    if !dry_run {
+        println!(
+            "migrationplan.switchyard.dev/{name} created; follow it with `kubectl switchyard status {name} -n {ns} -w`"
+        );
+        return Ok(());
+    }
+    let fleet = Api::<FleetNode>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(e, "list FleetNodes", &ns))?
+        .items;
+    let p = preview::preview(&created, &fleet, write_qps, now());
+    print(output, &p, || {
+        format!(
+            "Server-side dry run: accepted (nothing was created).\n{}",
+            preview::render(&created, &p)
+        )
+    })
 }
 
 /// `status PLAN -w`: redraw from a watch on the plan until it finishes.
