@@ -223,12 +223,7 @@ impl TryFrom<Args> for Config {
             args.prometheus_timeout.is_finite() && args.prometheus_timeout > 0.0,
             "--prometheus-timeout must be a number of seconds above 0, e.g. 5"
         );
-        if let Some(url) = args.notify_url.as_deref().filter(|u| !u.is_empty()) {
-            anyhow::ensure!(
-                reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
-                "--notify-url (SWITCHYARD_NOTIFY_URL) must be an http:// or https:// URL, e.g. https://hooks.slack.com/services/..."
-            );
-        }
+        let notify = notify_target(&args)?;
         anyhow::ensure!(
             !args.create_webhook_secret || args.webhook_secret.is_some(),
             "--create-webhook-secret needs --webhook-secret, the name of the Secret to create"
@@ -278,16 +273,25 @@ impl TryFrom<Args> for Config {
             alert_configmap,
             prometheus,
             allow_plan_credentials: args.allow_plan_credentials,
-            notify: args
-                .notify_url
-                .filter(|u| !u.is_empty())
-                .map(|url| crate::notify::Target {
-                    url,
-                    format: args.notify_format,
-                    attempts: args.notify_attempts.max(1),
-                }),
+            notify,
         })
     }
+}
+
+/// Where notifications go, if `--notify-url` is set; or what to fix.
+fn notify_target(args: &Args) -> anyhow::Result<Option<crate::notify::Target>> {
+    let Some(url) = args.notify_url.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")),
+        "--notify-url (SWITCHYARD_NOTIFY_URL) must be an http:// or https:// URL, e.g. https://hooks.slack.com/services/..."
+    );
+    Ok(Some(crate::notify::Target {
+        url: url.to_owned(),
+        format: args.notify_format,
+        attempts: args.notify_attempts.max(1),
+    }))
 }
 
 /// Credentials, headers and trust for Prometheus, from the flags and the

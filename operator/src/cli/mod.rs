@@ -155,25 +155,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let (client, namespace) = connect(&cli).await?;
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &namespace);
     match &cli.command {
-        Command::Status { plan: None, .. } => {
-            let list = if cli.all_namespaces {
-                Api::<MigrationPlan>::all(client.clone())
-                    .list(&ListParams::default())
-                    .await
-            } else {
-                plans.list(&ListParams::default()).await
-            }
-            .map_err(|e| explain(e, "list MigrationPlans", &namespace))?;
-            let mut items = list.items;
-            items.sort_by_key(|p| (p.namespace(), p.name_any()));
-            if cli.output == Output::Table && items.is_empty() {
-                println!("No MigrationPlans in {}.", scope(&cli, &namespace));
-                return Ok(());
-            }
-            print(cli.output, &items, || {
-                render::plans_table(&items, cli.all_namespaces, now())
-            })
-        }
+        Command::Status { plan: None, .. } => list_plans(&cli, &client, &namespace).await,
         Command::Status {
             plan: Some(name),
             watch: false,
@@ -185,27 +167,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             plan: Some(name),
             watch: true,
         } => watch_plan(&plans, name, &namespace, cli.output).await,
-        Command::Nodes { plan } => {
-            let api: Api<FleetNode> = if cli.all_namespaces && plan.is_none() {
-                Api::all(client.clone())
-            } else {
-                Api::namespaced(client.clone(), &namespace)
-            };
-            if let Some(name) = plan {
-                get_plan(&plans, name, &namespace).await?;
-            }
-            let lp = match plan {
-                Some(name) => ListParams::default().labels(&format!("{LABEL_PLAN}={name}")),
-                None => ListParams::default(),
-            };
-            let mut items = api
-                .list(&lp)
-                .await
-                .map_err(|e| explain(e, "list FleetNodes", &namespace))?
-                .items;
-            items.sort_by_key(|n| (n.namespace(), n.name_any()));
-            print(cli.output, &items, || render::nodes_table(&items, now()))
-        }
+        Command::Nodes { plan } => list_nodes(&cli, &client, &namespace, plan.as_deref()).await,
         Command::Start {
             file,
             dry_run,
@@ -376,6 +338,57 @@ async fn steer(
         .map_err(|e| explain(e, &format!("patch MigrationPlan {name}"), namespace))?;
     println!("migrationplan.switchyard.dev/{name} {done}");
     Ok(())
+}
+
+/// `status` without a plan: one line per plan.
+async fn list_plans(cli: &Cli, client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let list = if cli.all_namespaces {
+        Api::<MigrationPlan>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+    } else {
+        Api::<MigrationPlan>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+    }
+    .map_err(|e| explain(e, "list MigrationPlans", namespace))?;
+    let mut items = list.items;
+    items.sort_by_key(|p| (p.namespace(), p.name_any()));
+    if cli.output == Output::Table && items.is_empty() {
+        println!("No MigrationPlans in {}.", scope(cli, namespace));
+        return Ok(());
+    }
+    print(cli.output, &items, || {
+        render::plans_table(&items, cli.all_namespaces, now())
+    })
+}
+
+/// `nodes [PLAN]`.
+async fn list_nodes(
+    cli: &Cli,
+    client: &Client,
+    namespace: &str,
+    plan: Option<&str>,
+) -> anyhow::Result<()> {
+    let api: Api<FleetNode> = if cli.all_namespaces && plan.is_none() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), namespace)
+    };
+    let lp = match plan {
+        Some(name) => {
+            get_plan(&Api::namespaced(client.clone(), namespace), name, namespace).await?;
+            ListParams::default().labels(&format!("{LABEL_PLAN}={name}"))
+        }
+        None => ListParams::default(),
+    };
+    let mut items = api
+        .list(&lp)
+        .await
+        .map_err(|e| explain(e, "list FleetNodes", namespace))?
+        .items;
+    items.sort_by_key(|n| (n.namespace(), n.name_any()));
+    print(cli.output, &items, || render::nodes_table(&items, now()))
 }
 
 /// `start -f FILE [--dry-run]`.

@@ -38,6 +38,42 @@ pub struct Step {
     pub write_seconds: f64,
 }
 
+/// Count patch `p`, made `at` seconds in, into its step.
+fn record(
+    steps: &mut Vec<Step>,
+    modes: &mut BTreeMap<String, NetworkMode>,
+    p: &crate::planner::NodePatch,
+    at: f64,
+    write_qps: f64,
+) {
+    let i = match steps
+        .iter()
+        .position(|s| s.step == p.step && s.mode == p.mode)
+    {
+        Some(i) => i,
+        None => {
+            steps.push(Step {
+                step: p.step.clone(),
+                mode: p.mode,
+                nodes: Vec::new(),
+                from: BTreeMap::new(),
+                starts_after_seconds: at,
+                write_seconds: 0.0,
+            });
+            steps.len() - 1
+        }
+    };
+    let s = &mut steps[i];
+    s.nodes.push(p.node.clone());
+    let from = modes
+        .insert(p.node.clone(), p.mode)
+        .unwrap_or(NetworkMode::LibP2pOnly);
+    *s.from.entry(from.to_string()).or_default() += 1;
+    #[allow(clippy::cast_precision_loss)]
+    let writes = s.nodes.len() as f64;
+    s.write_seconds = writes / write_qps;
+}
+
 /// The whole schedule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,36 +123,8 @@ pub fn preview(
         }
         let d = sim.reconcile();
         let at = sim.now.duration_since(now).as_secs_f64();
-        for p in &d.patches {
-            if !p.step.contains('/') {
-                continue;
-            }
-            let i = match steps
-                .iter()
-                .position(|s| s.step == p.step && s.mode == p.mode)
-            {
-                Some(i) => i,
-                None => {
-                    steps.push(Step {
-                        step: p.step.clone(),
-                        mode: p.mode,
-                        nodes: Vec::new(),
-                        from: BTreeMap::new(),
-                        starts_after_seconds: at,
-                        write_seconds: 0.0,
-                    });
-                    steps.len() - 1
-                }
-            };
-            let s = &mut steps[i];
-            s.nodes.push(p.node.clone());
-            let from = modes
-                .insert(p.node.clone(), p.mode)
-                .unwrap_or(NetworkMode::LibP2pOnly);
-            *s.from.entry(from.to_string()).or_default() += 1;
-            #[allow(clippy::cast_precision_loss)]
-            let writes = s.nodes.len() as f64;
-            s.write_seconds = writes / write_qps;
+        for p in d.patches.iter().filter(|p| p.step.contains('/')) {
+            record(&mut steps, &mut modes, p, at, write_qps);
         }
         let status = sim.status.clone().unwrap_or_default();
         match status.phase {
