@@ -1724,7 +1724,10 @@ impl<'a> Planner<'a> {
         let later_stages =
             u64::try_from(self.spec.stages.len().saturating_sub(stage + 1)).unwrap_or(0);
         left += later_stages * steps.iter().copied().map(step_ms).sum::<u64>();
-        Some(add(now, Duration::from_millis(left)))
+        // Whole seconds: status keeps no more, and a restarted operator
+        // must decide the same from what status kept.
+        let eta = add(now, Duration::from_millis(left));
+        Some(Timestamp::from_second(eta.as_second()).unwrap_or(eta))
     }
 
     fn message(&self) -> String {
