@@ -347,6 +347,9 @@ async fn kubectl_switchyard_errors_say_what_to_do() {
     plan_mid_flight(&c).await;
     let k = c.kubeconfig.clone();
 
+    let (ok, _, err) = run(&k, &["switchyard", "status", "-w", "-n", NS]).await;
+    assert!(!ok);
+    assert!(err.contains("-w follows one plan"), "{err}");
     let (ok, _, err) = run(&k, &["switchyard", "status", "storage", "-n", NS]).await;
     assert!(!ok);
     assert!(

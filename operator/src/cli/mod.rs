@@ -155,7 +155,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let (client, namespace) = connect(&cli).await?;
     let plans: Api<MigrationPlan> = Api::namespaced(client.clone(), &namespace);
     match &cli.command {
-        Command::Status { plan: None, .. } => list_plans(&cli, &client, &namespace).await,
+        Command::Status {
+            plan: None,
+            watch: true,
+        } => bail!("-w follows one plan: name it, e.g. kubectl switchyard status PLAN -w"),
+        Command::Status {
+            plan: None,
+            watch: false,
+        } => list_plans(&cli, &client, &namespace).await,
         Command::Status {
             plan: Some(name),
             watch: false,
