@@ -99,6 +99,9 @@ VALUE_SETS = {
     # Phase transitions to a Slack incoming webhook whose URL is a Secret.
     "notifications": ("switchyard", {"notifications": {
         "enabled": True, "format": "slack", "secretName": "slack-hook"}}),
+    # The live dashboard open to an Ingress with a token from a Secret.
+    "live-dashboard-token": ("switchyard", {"liveDashboard": {
+        "tokenSecret": "dashboard-token"}}),
 }
 
 KNOWN_KINDS = {
@@ -200,6 +203,30 @@ def check_webhook_secret(name, values, docs):
         problems.append(f"{name}: operator webhook Secret {env.get('SWITCHYARD_WEBHOOK_SECRET')!r}, values say {want_secret!r}")
     if env.get("SWITCHYARD_WEBHOOK_SECRET_KEY") != want_key:
         problems.append(f"{name}: operator webhook Secret key {env.get('SWITCHYARD_WEBHOOK_SECRET_KEY')!r}, values say {want_key!r}")
+    return problems
+
+
+def check_live_dashboard(name, values, docs):
+    """The dashboard is on unless the values turn it off; its token comes
+    only from the Secret they name, never as a plain value."""
+    for obj in docs:
+        if obj.get("kind") == "Deployment" and obj["metadata"]["name"].endswith("-operator"):
+            env = {e["name"]: e for e in obj["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+            break
+    else:
+        return []
+    live = {"enabled": True, "tokenSecret": "", "tokenKey": "token"} | values.get("liveDashboard", {})
+    problems = []
+    want = "true" if live["enabled"] else "false"
+    if env.get("SWITCHYARD_DASHBOARD", {}).get("value") != want:
+        problems.append(f"{name}: SWITCHYARD_DASHBOARD is {env.get('SWITCHYARD_DASHBOARD')!r}, values say {want}")
+    token = env.get("SWITCHYARD_DASHBOARD_TOKEN")
+    if live["enabled"] and live["tokenSecret"]:
+        ref = (token or {}).get("valueFrom", {}).get("secretKeyRef", {})
+        if (ref.get("name"), ref.get("key")) != (live["tokenSecret"], live["tokenKey"]):
+            problems.append(f"{name}: the dashboard token is not read from Secret {live['tokenSecret']}/{live['tokenKey']}: {token!r}")
+    elif token is not None:
+        problems.append(f"{name}: a dashboard token is set though the values name no Secret: {token!r}")
     return problems
 
 
@@ -343,6 +370,7 @@ def main():
             (out / f"{name}.yaml").write_text(text)
             found += check(name, docs) + check_webhook_secret(name, values, docs)
             found += check_plan_credentials(name, values, docs)
+            found += check_live_dashboard(name, values, docs)
             if values.get("operator", {}).get("watchNamespace"):
                 found += [
                     f"{name}: a namespaced install renders {d['kind']}/{d['metadata']['name']}"

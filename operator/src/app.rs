@@ -10,6 +10,7 @@ use crate::alerts::{AlertAnalysis, AlertBook, AlertRecord};
 use crate::analysis::ScrapeAnalysis;
 use crate::config::Config;
 use crate::controller::{self, LeaseFence, Wiring};
+use crate::dashboard::{self, Board};
 use crate::http;
 use crate::metrics::Metrics;
 
@@ -25,7 +26,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.alert_configmap.clone(),
     );
     let book = AlertBook::new(metrics.webhook_requests.clone(), record.clone());
-    serve(&config, &metrics, &book).await?;
+    let board = Board::new();
+    let dashboard = config.dashboard.clone().map(|access| {
+        let (d, watch) = dashboard::serve::start(
+            client.clone(),
+            config.namespace.as_deref(),
+            board.clone(),
+            metrics.leader.clone(),
+            access,
+        );
+        tokio::spawn(watch);
+        d
+    });
+    serve(&config, &metrics, &book, dashboard).await?;
     // Every replica follows the alert record, so any of them can accept
     // an alert and a new leader starts from it.
     tokio::spawn(record.follow(book.clone()));
@@ -70,7 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let lease = config.lease.clone();
     tokio::select! {
-        _ = controller::run(client.clone(), wiring(client, config, metrics.clone(), book)) => Ok(()),
+        _ = controller::run(client.clone(), wiring(client, config, metrics.clone(), book, board)) => Ok(()),
         _ = lost => {
             metrics.leader.set(0);
             anyhow::bail!("lost the Lease {}/{}; exiting so a restart rejoins as a standby", lease.namespace, lease.name)
@@ -78,12 +91,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Serve /healthz, /readyz, /metrics and the webhook.
-async fn serve(config: &Config, metrics: &Metrics, book: &Arc<AlertBook>) -> anyhow::Result<()> {
-    let (addr, server) = http::bind(config.http_addr, metrics.clone(), book.clone())
+/// Serve /healthz, /readyz, /metrics, the webhook and the dashboard.
+async fn serve(
+    config: &Config,
+    metrics: &Metrics,
+    book: &Arc<AlertBook>,
+    dashboard: Option<Arc<dashboard::serve::Dashboard>>,
+) -> anyhow::Result<()> {
+    let on = dashboard.is_some();
+    let (addr, server) = http::bind(config.http_addr, metrics.clone(), book.clone(), dashboard)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
+    if on {
+        tracing::info!(url = %format!("http://{addr}/"), "serving the dashboard");
+    }
     tokio::spawn(server);
     Ok(())
 }
@@ -91,7 +113,13 @@ async fn serve(config: &Config, metrics: &Metrics, book: &Arc<AlertBook>) -> any
 /// The leader's controllers: fenced by the Lease (checked before every
 /// write batch; writing stops a second before it would lapse), with the
 /// built-in analysis (scraped agent metrics and PromQL) under the alerts.
-fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<AlertBook>) -> Wiring {
+fn wiring(
+    client: kube::Client,
+    config: Config,
+    metrics: Metrics,
+    book: Arc<AlertBook>,
+    board: Arc<Board>,
+) -> Wiring {
     // Only with the opt-in may the analysis read the Secrets plans name.
     let plan_secrets = config.allow_plan_credentials.then(|| client.clone());
     let fence = LeaseFence {
@@ -117,7 +145,7 @@ fn wiring(client: kube::Client, config: Config, metrics: Metrics, book: Arc<Aler
         namespace: config.namespace,
         identity: config.lease.identity,
         analysis: Arc::new(AlertAnalysis {
-            inner: ScrapeAnalysis::new(metrics.clone(), config.prometheus, plan_secrets),
+            inner: ScrapeAnalysis::new(metrics.clone(), config.prometheus, plan_secrets, board),
             book,
         }),
         fence: Arc::new(fence),

@@ -151,6 +151,21 @@ pub struct Args {
     /// given up and counted as failed.
     #[arg(long, env = "SWITCHYARD_NOTIFY_ATTEMPTS", default_value_t = 5)]
     pub notify_attempts: u32,
+    /// Serve the live dashboard (`/`, `/api/v1/...`, `/ws`) on the HTTP
+    /// port. It answers clients on 127.0.0.1 (`kubectl port-forward`)
+    /// without a token, others only with --dashboard-token.
+    #[arg(
+        long,
+        env = "SWITCHYARD_DASHBOARD",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub dashboard: bool,
+    /// A bearer token that lets clients other than 127.0.0.1 see the
+    /// dashboard (`Authorization: Bearer <token>`, or open `/?token=<token>`
+    /// once in a browser). At least 16 characters.
+    #[arg(long, env = "SWITCHYARD_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
     /// Check an installation and exit (the chart's `helm test`): the
     /// operator at this URL (e.g. http://switchyard-operator:8080) answers
     /// /readyz, and each Switchyard kind can be listed in --namespace (or
@@ -197,6 +212,8 @@ pub struct Config {
     pub allow_plan_credentials: bool,
     /// Where plans' phase transitions are sent.
     pub notify: Option<crate::notify::Target>,
+    /// Serve the dashboard; with a token for clients beyond 127.0.0.1.
+    pub dashboard: Option<crate::dashboard::serve::Access>,
 }
 
 impl TryFrom<Args> for Config {
@@ -239,6 +256,7 @@ impl TryFrom<Args> for Config {
                 )
             })
             .transpose()?;
+        let dashboard = dashboard_access(&args)?;
         let identity = args.identity.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_owned())
@@ -274,8 +292,30 @@ impl TryFrom<Args> for Config {
             prometheus,
             allow_plan_credentials: args.allow_plan_credentials,
             notify,
+            dashboard,
         })
     }
+}
+
+/// Who may see the dashboard, if it is on; or what to fix.
+fn dashboard_access(args: &Args) -> anyhow::Result<Option<crate::dashboard::serve::Access>> {
+    if !args.dashboard {
+        return Ok(None);
+    }
+    let token = args
+        .dashboard_token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let Some(t) = token {
+        anyhow::ensure!(
+            t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic()),
+            "--dashboard-token (SWITCHYARD_DASHBOARD_TOKEN) must be at least 16 printable characters without spaces, e.g. the output of `openssl rand -hex 16`"
+        );
+    }
+    Ok(Some(crate::dashboard::serve::Access {
+        token: token.map(str::to_owned),
+    }))
 }
 
 /// Where notifications go, if `--notify-url` is set; or what to fix.

@@ -1,7 +1,8 @@
 //! The operator's HTTP port: `/healthz` (the process serves), `/readyz`
 //! (this replica can accept an alert: its webhook token is loaded and it
 //! has read the alert record; leader or standby alike), `/metrics` (Prometheus text),
-//! `POST /webhook/alertmanager` (see [`crate::alerts`]).
+//! `POST /webhook/alertmanager` (see [`crate::alerts`]), and the live
+//! dashboard (see [`crate::dashboard`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::alerts::{self, AlertBook};
+use crate::dashboard::serve::Dashboard;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -26,6 +28,7 @@ pub async fn bind(
     addr: SocketAddr,
     metrics: Metrics,
     alerts: Arc<AlertBook>,
+    dashboard: Option<Arc<Dashboard>>,
 ) -> std::io::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
@@ -66,5 +69,15 @@ pub async fn bind(
                 .layer(axum::extract::DefaultBodyLimit::max(alerts::MAX_BODY))
                 .with_state(alerts),
         );
-    Ok((local, async move { axum::serve(listener, app).await }))
+    let app = match dashboard {
+        Some(d) => app.merge(crate::dashboard::serve::router(d)),
+        None => app,
+    };
+    Ok((local, async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    }))
 }

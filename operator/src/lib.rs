@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod controller;
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -31,7 +31,16 @@ pub struct NodeSample {
     pub dht: (f64, f64),
     /// The agent's DHT routing health (2 Healthy, 1 Degraded, 0 Failed).
     pub routing_health: Option<f64>,
+    /// Per transport (libp2p, iroh): seed 001's health score, 0-1, when
+    /// the agent knows it.
+    pub transport_scores: [Option<f64>; 2],
+    /// Per transport: the agent's health state (Healthy, Degraded,
+    /// Unhealthy or Unknown).
+    pub transport_states: [Option<&'static str>; 2],
 }
+
+/// The health states an agent reports per transport.
+pub const HEALTH_STATES: [&str; 4] = ["Healthy", "Degraded", "Unhealthy", "Unknown"];
 
 /// Cumulative request counters and latency histogram of one transport.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -159,6 +168,8 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
         health_score: None,
         dht: (0.0, 0.0),
         routing_health: None,
+        transport_scores: [None, None],
+        transport_states: [None, None],
     };
     let mut saw_requests = false;
     for s in &scrape.samples {
@@ -184,38 +195,7 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
                 buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
                 sample.transports[i].buckets = buckets;
             }
-            ("switchyard_agent_partition_risk", Value::Gauge(v) | Value::Untyped(v), _) => {
-                sample.partition_risk = Some(checked("switchyard_agent_partition_risk", *v)?);
-            }
-            ("switchyard_agent_health_score", Value::Gauge(v) | Value::Untyped(v), _) => {
-                let v = checked("switchyard_agent_health_score", *v)?;
-                if v > 1.0 {
-                    return Err(ScrapeError::Invalid(format!(
-                        "switchyard_agent_health_score is {v}, above 1"
-                    )));
-                }
-                sample.health_score = Some(v);
-            }
-            ("switchyard_dht_lookups_total", Value::Counter(v) | Value::Untyped(v), _) => {
-                let v = checked("switchyard_dht_lookups_total", *v)?;
-                sample.dht.0 += v;
-                if s.labels.get("outcome") == Some("error") {
-                    sample.dht.1 += v;
-                }
-            }
-            ("switchyard_dht_routing_health", Value::Gauge(v) | Value::Untyped(v), _) => {
-                let v = checked("switchyard_dht_routing_health", *v)?;
-                if v > 2.0 {
-                    return Err(ScrapeError::Invalid(format!(
-                        "switchyard_dht_routing_health is {v}, above 2"
-                    )));
-                }
-                sample.routing_health = Some(v);
-            }
-            ("switchyard_node_peers", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
-                sample.peers[i] = Some(checked("switchyard_node_peers", *v)?);
-            }
-            _ => {}
+            _ => gauge(&mut sample, s, t)?,
         }
     }
     if !saw_requests {
@@ -224,6 +204,71 @@ pub fn parse(text: &str) -> Result<NodeSample, ScrapeError> {
         ));
     }
     Ok(sample)
+}
+
+/// The gauges and DHT counters of one sample into `sample`.
+fn gauge(
+    sample: &mut NodeSample,
+    s: &prometheus_parse::Sample,
+    t: Option<usize>,
+) -> Result<(), ScrapeError> {
+    use prometheus_parse::Value;
+    match (s.metric.as_str(), &s.value, t) {
+        ("switchyard_agent_partition_risk", Value::Gauge(v) | Value::Untyped(v), _) => {
+            sample.partition_risk = Some(checked("switchyard_agent_partition_risk", *v)?);
+        }
+        ("switchyard_agent_health_score", Value::Gauge(v) | Value::Untyped(v), _) => {
+            let v = checked("switchyard_agent_health_score", *v)?;
+            if v > 1.0 {
+                return Err(ScrapeError::Invalid(format!(
+                    "switchyard_agent_health_score is {v}, above 1"
+                )));
+            }
+            sample.health_score = Some(v);
+        }
+        ("switchyard_dht_lookups_total", Value::Counter(v) | Value::Untyped(v), _) => {
+            let v = checked("switchyard_dht_lookups_total", *v)?;
+            sample.dht.0 += v;
+            if s.labels.get("outcome") == Some("error") {
+                sample.dht.1 += v;
+            }
+        }
+        ("switchyard_dht_routing_health", Value::Gauge(v) | Value::Untyped(v), _) => {
+            let v = checked("switchyard_dht_routing_health", *v)?;
+            if v > 2.0 {
+                return Err(ScrapeError::Invalid(format!(
+                    "switchyard_dht_routing_health is {v}, above 2"
+                )));
+            }
+            sample.routing_health = Some(v);
+        }
+        ("switchyard_node_peers", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
+            sample.peers[i] = Some(checked("switchyard_node_peers", *v)?);
+        }
+        ("switchyard_transport_health_score", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
+            let v = checked("switchyard_transport_health_score", *v)?;
+            if v > 1.0 {
+                return Err(ScrapeError::Invalid(format!(
+                    "switchyard_transport_health_score is {v}, above 1"
+                )));
+            }
+            sample.transport_scores[i] = Some(v);
+        }
+        ("switchyard_transport_health_state", Value::Gauge(v) | Value::Untyped(v), Some(i)) => {
+            let on = checked("switchyard_transport_health_state", *v)? >= 1.0;
+            let state = s.labels.get("state").unwrap_or_default();
+            let known = HEALTH_STATES.iter().find(|k| **k == state).ok_or_else(|| {
+                ScrapeError::Invalid(format!(
+                    "switchyard_transport_health_state has an unknown state {state:?}"
+                ))
+            })?;
+            if on {
+                sample.transport_states[i] = Some(known);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Requests, errors and latency histogram over a window.
@@ -340,6 +385,13 @@ switchyard_dht_lookups_total{kind="get",outcome="not_found",transport="iroh"} 5
 switchyard_dht_lookups_total{kind="put",outcome="error",transport="none"} 3
 # TYPE switchyard_dht_routing_health gauge
 switchyard_dht_routing_health 2
+# TYPE switchyard_transport_health_score gauge
+switchyard_transport_health_score{transport="libp2p"} 0.9
+# TYPE switchyard_transport_health_state gauge
+switchyard_transport_health_state{state="Healthy",transport="libp2p"} 1
+switchyard_transport_health_state{state="Degraded",transport="libp2p"} 0
+switchyard_transport_health_state{state="Healthy",transport="iroh"} 0
+switchyard_transport_health_state{state="Unknown",transport="iroh"} 1
 "#;
 
     #[test]
@@ -353,6 +405,8 @@ switchyard_dht_routing_health 2
         assert_eq!(s.peers, [None, Some(4.0)]);
         assert_eq!(s.dht, (48.0, 3.0));
         assert_eq!(s.routing_health, Some(2.0));
+        assert_eq!(s.transport_scores, [Some(0.9), None]);
+        assert_eq!(s.transport_states, [Some("Healthy"), Some("Unknown")]);
     }
 
     #[test]
@@ -370,6 +424,12 @@ switchyard_dht_routing_health 2
         let health = AGENT.replace("routing_health 2", "routing_health 7");
         let e = parse(&health).expect_err("out of range");
         assert!(e.to_string().contains("above 2"), "{e}");
+        let score = AGENT.replace("} 0.9", "} 1.5");
+        let e = parse(&score).expect_err("score above 1");
+        assert!(e.to_string().contains("above 1"), "{e}");
+        let state = AGENT.replace("state=\"Unknown\"", "state=\"Splendid\"");
+        let e = parse(&state).expect_err("unknown state");
+        assert!(e.to_string().contains("Splendid"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 
+use crate::dashboard::{AnalysisPoint, TransportPoint};
 use crate::scrape::{self, NodeSample, ScrapeError, Window};
 
 /// The largest `/metrics` body read from an agent.
@@ -78,6 +79,40 @@ impl Measurement {
             per_node: Vec::new(),
             scraped: 0,
             failed: Vec::new(),
+        }
+    }
+}
+
+impl Measurement {
+    /// What the dashboard shows of this measurement, taken at `now`: both
+    /// cohorts together, per transport.
+    pub fn board_point(&self, now: Timestamp) -> AnalysisPoint {
+        let seconds = now.duration_since(self.window_start).as_secs_f64();
+        let transport = |i: usize| {
+            let mut w = self.canary[i].clone();
+            w.add(&self.baseline[i]);
+            TransportPoint {
+                requests_per_second: if seconds > 0.0 {
+                    w.requests / seconds
+                } else {
+                    0.0
+                },
+                error_rate: w.error_rate(),
+                p50_ms: w.latency_ms(0.50),
+                p95_ms: w.latency_ms(0.95),
+                p99_ms: w.latency_ms(0.99),
+            }
+        };
+        AnalysisPoint {
+            at: now.as_millisecond(),
+            libp2p: transport(0),
+            iroh: transport(1),
+            lowest_health: self.health_all,
+            partition_risk: self.partition_risk_all,
+            routing_health: self.routing_health,
+            canary_nodes: self.canary_nodes,
+            baseline_nodes: self.baseline_nodes,
+            failed_scrapes: self.failed.len(),
         }
     }
 }

@@ -56,6 +56,7 @@ use switchyard_crds::{AnalysisTally, MigrationCanary, MigrationPlan};
 pub use measure::MAX_SCRAPE_BODY;
 
 use crate::context::{Analysis, Stores};
+use crate::dashboard::Board;
 use crate::metrics::Metrics;
 use crate::planner::{AnalysisInput, TriggerInput};
 use crate::promql::Prometheus;
@@ -119,17 +120,21 @@ pub struct ScrapeAnalysis {
     /// subjects, however often they change.
     plans_dirty: Arc<dirty::Dirty>,
     canaries_dirty: Arc<dirty::Dirty>,
+    /// Where the dashboard reads each plan's measurements and the agents'
+    /// health reports.
+    board: Arc<Board>,
 }
 
 impl ScrapeAnalysis {
     /// An analysis that starts measuring when the controller hands it its
     /// stores ([`Analysis::start`]).
     /// With `plan_secrets`, a plan's `analysis.prometheus.secretRef` is
-    /// read with that client.
+    /// read with that client. Every measurement goes to `board` too.
     pub fn new(
         metrics: Metrics,
         prometheus: Option<Prometheus>,
         plan_secrets: Option<kube::Client>,
+        board: Arc<Board>,
     ) -> Arc<Self> {
         Arc::new(ScrapeAnalysis {
             metrics,
@@ -138,6 +143,7 @@ impl ScrapeAnalysis {
             outcomes: Mutex::new(HashMap::new()),
             plans_dirty: Arc::default(),
             canaries_dirty: Arc::default(),
+            board,
         })
     }
 
@@ -166,6 +172,12 @@ impl ScrapeAnalysis {
             .lock()
             .expect("outcomes lock")
             .retain(|k, _| live.contains(k));
+        let plans: std::collections::HashSet<String> = live
+            .iter()
+            .filter(|k| k.kind == Kind::Plan)
+            .map(Key::label)
+            .collect();
+        self.board.retain_subjects(|s| plans.contains(s));
     }
 
     fn dirty(&self, kind: Kind) -> &Arc<dirty::Dirty> {

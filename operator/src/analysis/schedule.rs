@@ -22,6 +22,7 @@ use super::measure::{self, Measurement, Previous, Target};
 use super::{Key, Kind, Outcome, ScrapeAnalysis, TRIGGER_INTERVAL, evaluate, tally, triggers};
 use crate::canary::owned_by_plan;
 use crate::context::{Stores, decode};
+use crate::dashboard::NodeHealth;
 use crate::planner::AnalysisInput;
 use crate::planner::selection::matches;
 use crate::promql::{Placeholders, Prometheus};
@@ -268,6 +269,15 @@ async fn measure_one(
         None if s.promql_only() => Measurement::empty(now),
         None => return None,
     };
+    out.board.reported(
+        t.previous
+            .iter()
+            .filter(|(_, (_, at))| *at == now)
+            .map(|(name, (sample, at))| NodeHealth::of(&s.key.ns, name, sample, *at)),
+    );
+    if s.key.kind == Kind::Plan {
+        out.board.analysed(&s.key.label(), m.board_point(now));
+    }
     let trigger = s.triggers.as_ref().and_then(|tr| {
         let min_requests = s
             .analysis

@@ -7,6 +7,7 @@
 //!
 //! What it prints is [`render`]'s, pure functions of the objects and `now`.
 
+pub mod operator_api;
 pub mod preview;
 pub mod render;
 
@@ -21,6 +22,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchyard_crds::plan::RollbackStrategy;
 use switchyard_crds::{FleetNode, LABEL_PLAN, MigrationPlan, PlanPhase};
+
+use crate::dashboard::HealthView;
 
 /// Watch and steer Switchyard migrations.
 #[derive(Parser, Debug)]
@@ -126,6 +129,67 @@ pub enum Command {
         #[arg(long, default_value = "requested with kubectl switchyard rollback")]
         reason: String,
     },
+    /// Fleet health from the agents' own reports, worst first: each
+    /// transport's score and state, partition risk and DHT routing health,
+    /// as the operator's analysis last scraped them (from the operator's
+    /// dashboard API: --operator).
+    Health {
+        /// Only this transport, its worst nodes first.
+        #[arg(long, value_enum)]
+        transport: Option<TransportArg>,
+        /// The operator.
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+    /// A plan's latest analysis (each check's value against its
+    /// threshold), its traffic per transport, and the operator's own
+    /// metrics about it (the last two with --operator). Without PLAN:
+    /// every plan in the namespace.
+    Metrics {
+        /// The MigrationPlan.
+        plan: Option<String>,
+        /// Output format (overrides -o).
+        #[arg(long, value_enum)]
+        format: Option<MetricsFormat>,
+        /// The operator.
+        #[command(flatten)]
+        operator: OperatorArgs,
+    },
+}
+
+/// Where the operator's dashboard API is, for `health` and `metrics`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OperatorArgs {
+    /// The operator's HTTP address, e.g. http://127.0.0.1:8080 after
+    /// `kubectl port-forward -n switchyard-system deploy/switchyard-operator 8080`.
+    #[arg(long = "operator", env = "SWITCHYARD_OPERATOR_URL")]
+    pub url: Option<String>,
+    /// The operator's dashboard token, needed unless the operator sees
+    /// you on 127.0.0.1 (as through a port-forward).
+    #[arg(
+        long = "operator-token",
+        env = "SWITCHYARD_DASHBOARD_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+/// `--transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// libp2p.
+    Libp2p,
+    /// iroh.
+    Iroh,
+}
+
+/// `metrics --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsFormat {
+    /// Text for people.
+    Table,
+    /// JSON.
+    Json,
 }
 
 /// `--strategy`.
@@ -221,7 +285,52 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 json!({"spec": {"rollbackRequest": {"reason": reason, "strategy": strategy}}});
             steer(&plans, plan, &namespace, body, "rolling back").await
         }
+        Command::Health {
+            transport,
+            operator,
+        } => {
+            let view: HealthView = operator_api::get(operator, "api/v1/health").await?;
+            print(cli.output, &view, || {
+                render::health_table(&view, *transport)
+            })
+        }
+        Command::Metrics {
+            plan,
+            format,
+            operator,
+        } => metrics(&cli, &plans, &namespace, plan.as_deref(), *format, operator).await,
     }
+}
+
+/// `metrics`: the plans' analysis, traffic and the operator's samples.
+async fn metrics(
+    cli: &Cli,
+    plans: &Api<MigrationPlan>,
+    namespace: &str,
+    plan: Option<&str>,
+    format: Option<MetricsFormat>,
+    operator: &OperatorArgs,
+) -> anyhow::Result<()> {
+    let output = match format {
+        Some(MetricsFormat::Table) => Output::Table,
+        Some(MetricsFormat::Json) => Output::Json,
+        None => cli.output,
+    };
+    let chosen = match plan {
+        Some(name) => vec![get_plan(plans, name, namespace).await?],
+        None => {
+            plans
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| explain(e, "list MigrationPlans", namespace))?
+                .items
+        }
+    };
+    if chosen.is_empty() {
+        bail!("no MigrationPlans in namespace {namespace}: name one, or use -n")
+    }
+    let report = operator_api::metrics(&chosen, operator).await?;
+    print(output, &report, || render::metrics_table(&report))
 }
 
 /// The client and namespace the flags and kubeconfig give.

@@ -301,6 +301,213 @@ pub fn nodes_table(nodes: &[FleetNode], now: Timestamp) -> String {
     )
 }
 
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn routing(v: Option<f64>) -> &'static str {
+    match v {
+        Some(v) if v >= 2.0 => "Healthy",
+        Some(v) if v >= 1.0 => "Degraded",
+        Some(_) => "Failed",
+        None => "-",
+    }
+}
+
+fn transport_cell(t: &crate::dashboard::TransportHealth) -> String {
+    format!(
+        "{} {}",
+        t.state.as_deref().unwrap_or("Unknown"),
+        opt(t.score, 2)
+    )
+}
+
+/// Agents by state and their scores, per transport (only `transport`'s
+/// when given).
+fn health_summary(
+    h: &crate::dashboard::HealthView,
+    transport: Option<super::TransportArg>,
+) -> String {
+    use super::TransportArg;
+    let summaries = [
+        (TransportArg::Libp2p, "libp2p", &h.libp2p),
+        (TransportArg::Iroh, "iroh", &h.iroh),
+    ];
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .filter(|(t, _, _)| transport.is_none_or(|want| want == *t))
+        .map(|(_, name, s)| {
+            vec![
+                (*name).to_owned(),
+                s.healthy.to_string(),
+                s.degraded.to_string(),
+                s.unhealthy.to_string(),
+                s.unknown.to_string(),
+                opt(s.mean_score, 2),
+                opt(s.lowest_score, 2),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TRANSPORT",
+            "HEALTHY",
+            "DEGRADED",
+            "UNHEALTHY",
+            "UNKNOWN",
+            "MEAN",
+            "LOWEST",
+        ],
+        &rows,
+    )
+}
+
+/// `kubectl switchyard health`: per transport, agents by state and their
+/// scores; then every reporting agent, worst first (or, with `transport`,
+/// worst on that transport first, showing only it).
+pub fn health_table(
+    h: &crate::dashboard::HealthView,
+    transport: Option<super::TransportArg>,
+) -> String {
+    use super::TransportArg;
+    let mut out = String::new();
+    if h.reported == 0 {
+        out.push_str(
+            "No agent has reported yet: the operator's analysis scrapes the agents of running plans (on the leader).\n",
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{} agents reporting; highest partition risk {}\n",
+        h.reported,
+        percent(h.highest_partition_risk)
+    );
+    out.push_str(&health_summary(h, transport));
+    out.push('\n');
+    let mut nodes = h.nodes.clone();
+    let pick = |n: &crate::dashboard::NodeHealth| match transport {
+        Some(TransportArg::Libp2p) => n.libp2p.score,
+        Some(TransportArg::Iroh) => n.iroh.score,
+        None => n.score,
+    };
+    // The view comes worst first overall; per transport, sort again (no
+    // data first: unknown is not healthy).
+    nodes.sort_by(|a, b| {
+        pick(a)
+            .unwrap_or(-1.0)
+            .total_cmp(&pick(b).unwrap_or(-1.0))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut header = vec!["NODE", "SCORE"];
+    match transport {
+        Some(TransportArg::Libp2p) => header.push("LIBP2P"),
+        Some(TransportArg::Iroh) => header.push("IROH"),
+        None => header.extend(["LIBP2P", "IROH"]),
+    }
+    header.extend(["PEERS", "PARTITION RISK", "DHT ROUTING"]);
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            let mut r = vec![n.name.clone(), opt(n.score, 2)];
+            match transport {
+                Some(TransportArg::Libp2p) => r.push(transport_cell(&n.libp2p)),
+                Some(TransportArg::Iroh) => r.push(transport_cell(&n.iroh)),
+                None => r.extend([transport_cell(&n.libp2p), transport_cell(&n.iroh)]),
+            }
+            let peers = |t: &crate::dashboard::TransportHealth| opt(t.peers, 0);
+            r.push(format!("{}/{}", peers(&n.libp2p), peers(&n.iroh)));
+            r.push(percent(n.partition_risk));
+            r.push(routing(n.routing_health).to_owned());
+            r
+        })
+        .collect();
+    out.push_str(&table(&header, &rows));
+    out
+}
+
+/// `kubectl switchyard metrics`: per plan, its latest analysis, traffic
+/// per transport, and the operator's samples about it.
+pub fn metrics_table(report: &super::operator_api::MetricsReport) -> String {
+    let mut out = String::new();
+    for p in &report.plans {
+        let _ = writeln!(out, "Plan:      {}/{} ({})", p.namespace, p.name, p.phase);
+        match &p.last_analysis {
+            Some(a) => {
+                let _ = writeln!(out, "Analysis:  {:?}", a.verdict);
+                let rows: Vec<Vec<String>> = a
+                    .metrics
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            format!("  {}", m.name),
+                            opt(m.value, 4),
+                            opt(m.baseline, 4),
+                            m.threshold.clone(),
+                            format!("{:?}", m.verdict),
+                        ]
+                    })
+                    .collect();
+                out.push_str(&table(
+                    &["  CHECK", "VALUE", "BASELINE", "THRESHOLD", "VERDICT"],
+                    &rows,
+                ));
+            }
+            None => out.push_str("Analysis:  none yet\n"),
+        }
+        if let Some(t) = &p.traffic {
+            out.push_str("Traffic:   (latest measurement, all scraped nodes)\n");
+            let row = |name: &str, x: &crate::dashboard::TransportPoint| {
+                vec![
+                    format!("  {name}"),
+                    format!("{:.1}", x.requests_per_second),
+                    percent(x.error_rate),
+                    opt(x.p50_ms, 2),
+                    opt(x.p95_ms, 2),
+                    opt(x.p99_ms, 2),
+                ]
+            };
+            out.push_str(&table(
+                &[
+                    "  TRANSPORT",
+                    "REQ/S",
+                    "ERRORS",
+                    "P50 MS",
+                    "P95 MS",
+                    "P99 MS",
+                ],
+                &[row("libp2p", &t.libp2p), row("iroh", &t.iroh)],
+            ));
+        }
+        if !p.operator_metrics.is_empty() {
+            out.push_str("Operator:\n");
+            let rows: Vec<Vec<String>> = p
+                .operator_metrics
+                .iter()
+                .map(|s| {
+                    let labels: Vec<String> =
+                        s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    vec![
+                        format!("  {}", s.name),
+                        labels.join(","),
+                        format!("{}", s.value),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["  METRIC", "LABELS", "VALUE"], &rows));
+        }
+        out.push('\n');
+    }
+    if let Some(note) = &report.note {
+        let _ = writeln!(out, "Note: {note}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
