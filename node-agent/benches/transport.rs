@@ -314,15 +314,46 @@ async fn latencies(n: usize, out: &mut serde_json::Map<String, Value>) {
     );
 }
 
+/// Rounds of each in-flight count, alternating (1, 8, 1, 8, ...): the
+/// machine's drift over the run falls on both alike.
+const THROUGHPUT_ROUNDS: usize = 3;
+
+/// Send `total` 1 MiB requests from `client` to `addr`, `in_flight` at
+/// once; MiB/s.
+async fn pump(client: &Arc<Node>, addr: &PeerAddr, payload: &Bytes, in_flight: usize) -> f64 {
+    // 512 MiB each way: long enough (half a second or more) that the
+    // start and the end do not decide the rate.
+    let total = 512;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..total / in_flight {
+                client
+                    .request(&addr, payload.clone())
+                    .await
+                    .expect("1 MiB request");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("sender");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn throughput(out: &mut serde_json::Map<String, Value>) {
     let payload = Bytes::from(vec![1u8; 1024 * 1024]);
     let server = node(NetworkMode::DualPreferLibP2p, NodeConfig::default()).await;
     let addr = server.addr();
-    println!("\n1 MiB requests (answers are 8 bytes)\n");
     println!(
-        "| transport | in flight | requests | MiB/s | UDP datagrams dropped (receive buffer full) |"
+        "\n1 MiB requests (answers are 8 bytes), 512 per round, {THROUGHPUT_ROUNDS} rounds of each in-flight count alternating\n"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| transport | in flight | MiB/s, median | MiB/s, each round | UDP datagrams dropped (receive buffer full) |"
+    );
+    println!("|---|---:|---:|---|---:|");
     for (t, mode) in [
         (Transport::LibP2p, NetworkMode::LibP2pOnly),
         (Transport::Iroh, NetworkMode::IrohOnly),
@@ -332,36 +363,31 @@ async fn throughput(out: &mut serde_json::Map<String, Value>) {
             .request(&addr, payload.clone())
             .await
             .expect("warm-up");
-        for in_flight in [1usize, 8] {
-            // 512 MiB each way: long enough (half a second or more) that
-            // the start and the end do not decide the rate.
-            let total = 512;
-            let drops = udp_receive_buffer_errors();
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            for _ in 0..in_flight {
-                let (client, addr, payload) = (client.clone(), addr.clone(), payload.clone());
-                tasks.push(tokio::spawn(async move {
-                    for _ in 0..total / in_flight {
-                        client
-                            .request(&addr, payload.clone())
-                            .await
-                            .expect("1 MiB request");
-                    }
-                }));
+        let drops = udp_receive_buffer_errors();
+        let mut rounds: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..THROUGHPUT_ROUNDS {
+            for (i, in_flight) in [1usize, 8].into_iter().enumerate() {
+                rounds[i].push(pump(&client, &addr, &payload, in_flight).await);
             }
-            for task in tasks {
-                task.await.expect("sender");
-            }
-            let mib_s = total as f64 / started.elapsed().as_secs_f64();
-            let dropped = udp_receive_buffer_errors() - drops;
+        }
+        let dropped = udp_receive_buffer_errors() - drops;
+        for (i, in_flight) in [1usize, 8].into_iter().enumerate() {
+            let each: Vec<String> = rounds[i].iter().map(|r| format!("{r:.0}")).collect();
+            let mut sorted = rounds[i].clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[sorted.len() / 2];
             println!(
-                "| {} | {in_flight} | {total} | {mib_s:.0} | {dropped} |",
-                t.as_str()
+                "| {} | {in_flight} | {median:.0} | {} | {dropped} |",
+                t.as_str(),
+                each.join(", ")
             );
             out.insert(
                 format!("throughput_{}_{in_flight}_mib_s", t.as_str()),
-                json!(mib_s),
+                json!(median),
+            );
+            out.insert(
+                format!("throughput_{}_{in_flight}_rounds_mib_s", t.as_str()),
+                json!(rounds[i]),
             );
         }
         client.stop().await;

@@ -66,7 +66,7 @@ pub struct IrohStack {
     /// Taken when the stack stops.
     endpoint: std::sync::Mutex<Option<Endpoint>>,
     addr: EndpointAddr,
-    conns: Mutex<HashMap<EndpointId, Connection>>,
+    conns: Mutex<HashMap<EndpointId, Peer>>,
     /// Each peer's heartbeat stream, idle between pings (a ping takes it
     /// out, so one ping per peer runs at a time).
     pings: std::sync::Mutex<HashMap<EndpointId, (SendStream, RecvStream)>>,
@@ -78,6 +78,96 @@ pub struct IrohStack {
     peers: Arc<PeerSynchronizer>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// A connection to a peer, and the turn its bulk requests take.
+#[derive(Clone)]
+struct Peer {
+    conn: Connection,
+    bulk: Bulk,
+}
+
+/// Frames at least this large are bulk: on one connection they are sent
+/// one at a time ([`BULK_STREAMS`]).
+const BULK_FRAME: usize = 64 * 1024;
+
+/// Bulk frames in flight at once per connection and direction.
+///
+/// Eight 1 MiB requests written at once on one connection interleave
+/// their packets: the receiver wakes eight stream readers per round of
+/// packets and each takes the connection's lock, and on two cores that
+/// cost a fifth to a half of the throughput of one at a time
+/// (docs/benchmarks.md). Taking turns, a frame's turn ends when the peer
+/// has acknowledged all of it (or answered), so the next one is already
+/// on the wire while the first is being handled. Small frames (pings,
+/// ordinary requests) never wait for a turn.
+///
+/// Turns are taken only on a path whose round trip is under
+/// [`BULK_TURN_RTT`]: there a frame's time to its acknowledgement is
+/// mostly its own sending, so waiting for it costs little. On a longer
+/// path it would allow one frame per round trip, and frames must overlap
+/// to fill the path.
+const BULK_STREAMS: usize = 1;
+
+/// The longest round trip on which bulk frames take turns.
+const BULK_TURN_RTT: Duration = Duration::from_millis(1);
+
+/// The turn bulk frames take on one connection in one direction.
+#[derive(Clone)]
+struct Bulk(Arc<tokio::sync::Semaphore>);
+
+impl Bulk {
+    fn new() -> Self {
+        Bulk(Arc::new(tokio::sync::Semaphore::new(BULK_STREAMS)))
+    }
+
+    /// A turn for a frame of `len` bytes on `conn`: `None` for a small
+    /// one, or on a long path, which do not wait.
+    async fn turn(
+        &self,
+        conn: &Connection,
+        len: usize,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if len < BULK_FRAME {
+            return None;
+        }
+        let paths = conn.paths();
+        let rtt = paths.iter().find(|p| p.is_selected()).map(|p| p.rtt());
+        if rtt.is_none_or(|rtt| rtt >= BULK_TURN_RTT) {
+            return None;
+        }
+        // The semaphore is never closed.
+        self.0.clone().acquire_owned().await.ok()
+    }
+}
+
+/// Write `envelope` on `send` and finish it, in `bulk`'s turn if it is
+/// large; then `read` the answer. The turn ends once the peer has
+/// acknowledged the whole frame, or the answer came first.
+async fn exchange<T>(
+    conn: &Connection,
+    bulk: &Bulk,
+    send: &mut SendStream,
+    envelope: &Envelope,
+    max_frame: usize,
+    read: impl Future<Output = Result<T, StackError>>,
+) -> Result<T, StackError> {
+    let turn = bulk.turn(conn, envelope.payload.len()).await;
+    wire::write_frame(send, envelope, max_frame)
+        .await
+        .map_err(StackError::from)?;
+    let _ = send.finish();
+    let Some(turn) = turn else {
+        return read.await;
+    };
+    let mut read = std::pin::pin!(read);
+    tokio::select! {
+        r = &mut read => r,
+        _ = send.stopped() => {
+            drop(turn);
+            read.await
+        }
+    }
 }
 
 /// How long a stack started on a fixed port waits for an earlier stack of
@@ -237,21 +327,21 @@ impl IrohStack {
         // Counted by the stop that waits for every holder of the socket.
         let _holding = self.tasks.token();
         let attempt = async {
-            let conn = self.connection(peer).await?;
+            let Peer { conn, bulk } = self.connection(peer).await?;
             let (mut send, mut recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| StackError::Connection(e.to_string()))?;
-            wire::write_frame(&mut send, envelope, self.max_frame)
-                .await
-                .map_err(StackError::from)?;
-            let _ = send.finish();
+            let read = async {
+                wire::read_frame(&mut recv, self.max_frame)
+                    .await
+                    .map_err(StackError::from)
+            };
+            let response =
+                exchange(&conn, &bulk, &mut send, envelope, self.max_frame, read).await?;
             self.stats
                 .bytes_sent
                 .fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
-            let response = wire::read_frame(&mut recv, self.max_frame)
-                .await
-                .map_err(StackError::from)?;
             self.stats
                 .bytes_received
                 .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
@@ -304,7 +394,7 @@ impl IrohStack {
                     }
                 }
             }
-            let conn = self.connection(peer).await?;
+            let conn = self.connection(peer).await?.conn;
             let mut stream = conn
                 .open_bi()
                 .await
@@ -327,9 +417,9 @@ impl IrohStack {
         Ok(pong)
     }
 
-    async fn connection(&self, peer: &EndpointAddr) -> Result<Connection, StackError> {
+    async fn connection(&self, peer: &EndpointAddr) -> Result<Peer, StackError> {
         if let Some(c) = self.conns.lock().await.get(&peer.id)
-            && c.close_reason().is_none()
+            && c.conn.close_reason().is_none()
         {
             return Ok(c.clone());
         }
@@ -349,10 +439,14 @@ impl IrohStack {
         let mut conns = self.conns.lock().await;
         match conns.get(&peer.id) {
             // Another request dialled first: share its connection.
-            Some(c) if c.close_reason().is_none() => Ok(c.clone()),
+            Some(c) if c.conn.close_reason().is_none() => Ok(c.clone()),
             _ => {
-                conns.insert(peer.id, conn.clone());
-                Ok(conn)
+                let p = Peer {
+                    conn,
+                    bulk: Bulk::new(),
+                };
+                conns.insert(peer.id, p.clone());
+                Ok(p)
             }
         }
     }
@@ -579,10 +673,12 @@ async fn serve_connection(serving: Arc<Serving>, incoming: Incoming) {
         return;
     };
     watch(&serving.tasks, &serving.cancel, &serving.peers, &conn, addr);
+    let bulk = Bulk::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let s = serving.clone();
         let conn = conn.clone();
-        serving.spawn(async move { serve_stream(&s, &conn, peer, send, recv).await });
+        let bulk = bulk.clone();
+        serving.spawn(async move { serve_stream(&s, &conn, &bulk, peer, send, recv).await });
     }
 }
 
@@ -591,6 +687,7 @@ async fn serve_connection(serving: Arc<Serving>, incoming: Incoming) {
 async fn serve_stream(
     s: &Serving,
     conn: &Connection,
+    bulk: &Bulk,
     peer: libp2p::PeerId,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -644,6 +741,7 @@ async fn serve_stream(
     s.stats
         .bytes_sent
         .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
+    let turn = bulk.turn(conn, response.payload.len()).await;
     if wire::write_frame(&mut send, &response, s.max_frame)
         .await
         .is_ok()
@@ -653,5 +751,6 @@ async fn serve_stream(
         // reads does not hold us forever).
         let _ = tokio::time::timeout(STOPPED_WAIT, send.stopped()).await;
     }
+    drop(turn);
     drop(admitted);
 }
