@@ -14,8 +14,8 @@ use crate::transport::{PerTransport, Transport};
 pub struct Route {
     /// Best first; each with whether the peer is believed to run it.
     pub order: Vec<(Transport, bool)>,
-    /// Send on every transport at once (nothing measured yet under
-    /// LowestLatency).
+    /// Send on every transport at once (under LowestLatency: nothing
+    /// measured yet, or a turn that measures both again).
     pub race: bool,
 }
 
@@ -38,6 +38,10 @@ pub struct RouteInput<'a> {
 
 const BOTH: [Transport; 2] = Transport::ALL;
 
+/// Under LowestLatency, one request in this many is sent on both
+/// transports, to keep both measured.
+pub const EXPLORE_EVERY: u64 = 64;
+
 /// The transports to try, best first.
 ///
 /// Only transports this node runs and has an address for are tried. Those
@@ -45,7 +49,8 @@ const BOTH: [Transport; 2] = Transport::ALL;
 /// never, as the peer may have switched since. Among them, the strategy
 /// orders: the preferred one first; LoadBalance puts iroh first on
 /// `iroh_share` of every 100 turns, interleaved; LowestLatency the faster
-/// first, racing both until both are measured; HighestSuccessRate the more
+/// first, racing both until both are measured and then on one turn in
+/// [`EXPLORE_EVERY`]; HighestSuccessRate the more
 /// reliable first (unmeasured counts as reliable).
 pub fn route(input: &RouteInput<'_>) -> Route {
     let RouteInput {
@@ -79,9 +84,12 @@ pub fn route(input: &RouteInput<'_>) -> Route {
         }
         RoutingStrategy::LowestLatency => {
             // Until both are measured, ask both: the answers measure them.
-            race = BOTH
-                .iter()
-                .any(|t| reachable(*t) && advertised(*t) && facts.latency(*t).is_none());
+            // And every EXPLORE_EVERY-th turn after: otherwise the slower
+            // one is never asked again, and a first measurement that was
+            // unlucky (a dial, a busy moment) decides for good.
+            let open = |t: &Transport| reachable(*t) && advertised(*t);
+            race = BOTH.iter().any(|t| open(t) && facts.latency(*t).is_none())
+                || (BOTH.iter().all(open) && input.turn.is_multiple_of(EXPLORE_EVERY));
             let mut v = BOTH.to_vec();
             v.sort_by_key(|t| facts.latency(*t).unwrap_or(Duration::ZERO));
             v
@@ -181,7 +189,7 @@ mod tests {
                 for (l, i) in [(true, true), (true, false), (false, true), (false, false)] {
                     let addressed = PerTransport::new(l, i);
                     for facts in facts_cases() {
-                        for turn in [0, 1, 2, 3] {
+                        for turn in [0, 1, 2, 3, EXPLORE_EVERY] {
                             let input = RouteInput {
                                 local,
                                 addressed,
@@ -228,17 +236,19 @@ mod tests {
                                 .order
                                 .iter()
                                 .any(|(t, a)| *a && facts.latency(*t).is_none());
+                            let remeasure =
+                                adv == [true, true] && turn.is_multiple_of(EXPLORE_EVERY);
                             assert_eq!(
                                 r.race,
-                                s == RoutingStrategy::LowestLatency && unmeasured,
-                                "races only under LowestLatency until measured: {ctx}"
+                                s == RoutingStrategy::LowestLatency && (unmeasured || remeasure),
+                                "races only under LowestLatency, until measured and then once in {EXPLORE_EVERY} turns: {ctx}"
                             );
                         }
                     }
                 }
             }
         }
-        assert_eq!(cases, 6 * 5 * 4 * 72 * 4);
+        assert_eq!(cases, 6 * 5 * 4 * 72 * 5);
     }
 
     #[test]
@@ -250,7 +260,7 @@ mod tests {
             facts,
             strategy,
             iroh_share: 50,
-            turn: 0,
+            turn: 1,
         };
         use Transport::{Iroh, LibP2p};
         // The mode's default strategy.
@@ -287,6 +297,17 @@ mod tests {
             &measured,
         ));
         assert!(!r.race);
+        assert_eq!(r.order[0].0, Iroh);
+        // ...and once in EXPLORE_EVERY turns races again, to measure both.
+        let r = route(&RouteInput {
+            turn: 2 * EXPLORE_EVERY,
+            ..input(
+                NetworkMode::DualLoadBalance,
+                Some(RoutingStrategy::LowestLatency),
+                &measured,
+            )
+        });
+        assert!(r.race);
         assert_eq!(r.order[0].0, Iroh);
     }
 
