@@ -8,6 +8,8 @@ pub mod apiserver;
 pub mod argocd;
 pub mod chart;
 pub mod cluster;
+pub mod netfleet;
+pub mod netns;
 pub mod ports;
 pub mod prometheus;
 pub mod serial;
