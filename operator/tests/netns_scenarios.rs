@@ -22,8 +22,31 @@ use tokio::sync::watch;
 /// How long a scenario waits for the plan or the fleet.
 const WAIT: Duration = Duration::from_secs(180);
 
-/// The fleet, or why this machine cannot run it (`None`: skip).
+/// The fleet with the fast settings, or why this machine cannot run it
+/// (`None`: skip).
 async fn fleet(n: usize) -> Option<NetFleet> {
+    fleet_with(
+        n,
+        &[
+            "--heartbeat-interval",
+            "500ms",
+            "--disconnect-after",
+            "3s",
+            "--probe-rate",
+            "5",
+            "--dht-check-interval",
+            "1s",
+            "--redial-max",
+            "1s",
+            "--slow-redial",
+            "2s",
+        ],
+    )
+    .await
+}
+
+/// `n` hosts whose agents run with `extra` flags.
+async fn fleet_with(n: usize, extra: &[&str]) -> Option<NetFleet> {
     if let Some(why) = switchyard_testbed::netns::unavailable() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -34,22 +57,8 @@ async fn fleet(n: usize) -> Option<NetFleet> {
     }
     let operator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_switchyard-operator"));
     let agent = operator.with_file_name("switchyard-node-agent");
-    let extra = [
-        "--heartbeat-interval",
-        "500ms",
-        "--disconnect-after",
-        "3s",
-        "--probe-rate",
-        "5",
-        "--dht-check-interval",
-        "1s",
-        "--redial-max",
-        "1s",
-        "--slow-redial",
-        "2s",
-    ];
     Some(
-        NetFleet::start(n, &agent, &operator, &extra)
+        NetFleet::start(n, &agent, &operator, extra)
             .await
             .expect("the fleet starts"),
     )
@@ -122,6 +131,36 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str, label: &str) -> O
     )
 }
 
+/// Whether every agent at `urls` has every known peer Connected on some
+/// transport (its partition risk 0), a connection to each of the others,
+/// and its DHT routing check Healthy.
+async fn connected(urls: Vec<String>, http: reqwest::Client) -> Option<()> {
+    let others = (urls.len() - 1) as f64;
+    for u in &urls {
+        let peers = metric(&http, u, "switchyard_node_peers", "transport=\"libp2p\"").await?;
+        let risk = metric(&http, u, "switchyard_agent_partition_risk", "").await?;
+        let health = metric(&http, u, "switchyard_dht_routing_health", "").await?;
+        if peers < others || risk > 0.0 || health < 2.0 {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Wait until the fleet is fully connected ([`connected`]).
+async fn wait_connected(f: &NetFleet) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let urls: Vec<String> = (0..f.names.len()).map(|i| f.metrics_url(i)).collect();
+    netfleet::eventually("the fleet is fully connected", WAIT, || {
+        connected(urls.clone(), http.clone())
+    })
+    .await
+    .expect("connected");
+}
+
 fn plan(name: &str, extra: serde_json::Value) -> MigrationPlan {
     let mut spec = json!({
         "selector": {"matchLabels": {"app": "storage"}},
@@ -156,20 +195,7 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
         .build()
         .expect("client");
     let urls: Vec<String> = (0..HOSTS).map(|i| f.metrics_url(i)).collect();
-    let all_connected = |urls: Vec<String>, http: reqwest::Client| async move {
-        for u in &urls {
-            // Every known peer Connected on some transport (the agent's
-            // partition risk 0), connections to all 19 others, and the
-            // DHT's routing check Healthy.
-            let peers = metric(&http, u, "switchyard_node_peers", "transport=\"libp2p\"").await?;
-            let risk = metric(&http, u, "switchyard_agent_partition_risk", "").await?;
-            let health = metric(&http, u, "switchyard_dht_routing_health", "").await?;
-            if peers < (HOSTS - 1) as f64 || risk > 0.0 || health < 2.0 {
-                return None;
-            }
-        }
-        Some(())
-    };
+    let all_connected = |urls: Vec<String>, http: reqwest::Client| connected(urls, http);
     netfleet::eventually("the fleet is fully connected", WAIT, || {
         all_connected(urls.clone(), http.clone())
     })
@@ -325,5 +351,200 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
         serving < Duration::from_secs(60),
         "the DHT took {serving:?} to serve again after the heal"
     );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_rollback_from_iroh_only_is_well_within_the_sla() {
+    // Twenty hosts: a hundred agent processes on two cores starved the
+    // workload, and fifty did not all connect within three minutes (the
+    // issue's hundred-host run is still owed).
+    const HOSTS: usize = 20;
+    let Some(f) = fleet(HOSTS).await else {
+        return;
+    };
+    wait_connected(&f).await;
+    f.plans
+        .create(
+            &PostParams::default(),
+            &plan(
+                "there-and-back",
+                json!({"waveInterval": "1s", "rollback": {"strategy": "Fast"}}),
+            ),
+        )
+        .await
+        .expect("plan");
+    netfleet::eventually("the plan brings every node to IrohOnly", WAIT, || async {
+        let p = f.plans.get("there-and-back").await.ok()?;
+        (p.status?.phase == PlanPhase::Succeeded).then_some(())
+    })
+    .await
+    .expect("succeeded");
+    let (stop, stop_rx) = watch::channel(false);
+    let load = Arc::new(Load::default());
+    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
+    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
+    netfleet::eventually("the workload runs on iroh", WAIT, || async {
+        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} ok, {} failed, the last: {}",
+            load.ok.load(Ordering::Relaxed),
+            load.failed.load(Ordering::Relaxed),
+            load.last_failure.lock().expect("failure")
+        )
+    });
+
+    let asked = Instant::now();
+    let patch = json!({"spec": {"rollbackRequest": {"strategy": "Fast", "reason": "rapid rollback scenario"}}});
+    f.plans
+        .patch(
+            "there-and-back",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .expect("rollback requested");
+    netfleet::eventually("every node acknowledges LibP2pOnly", WAIT, || async {
+        let list = f.nodes.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|n| n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged())
+            .then_some(())
+    })
+    .await
+    .expect("rolled back");
+    let took = asked.elapsed();
+    let _ = stop.send(true);
+    running.await.expect("workload");
+    let p = f.plans.get("there-and-back").await.expect("plan");
+    let s = p.status.expect("status");
+    println!(
+        "rapid rollback: {HOSTS} hosts IrohOnly -> LibP2pOnly, Fast, acknowledged by every node {:.1} s after the request (SLA 300 s); plan {:?}; workload {} ok, {} failed",
+        took.as_secs_f64(),
+        s.phase,
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "the rollback took {took:?}: the seed's SLA is 5 minutes, and this must be far inside it"
+    );
+    assert_eq!(
+        load.failed.load(Ordering::Relaxed),
+        0,
+        "workload failures during the rollback: {}",
+        load.last_failure.lock().expect("failure")
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_losing_a_third_of_their_packets_fail_their_health_check_and_only_they_roll_back()
+{
+    const HOSTS: usize = 10;
+    let Some(f) = fleet(HOSTS).await else {
+        return;
+    };
+    wait_connected(&f).await;
+    f.plans
+        .create(
+            &PostParams::default(),
+            &plan(
+                "lossy",
+                json!({
+                    // The canaries soak long: the fault comes during it.
+                    "canary": {"count": 2, "duration": "10m"},
+                    "rollback": {
+                        "scope": "Wave",
+                        "triggers": {"healthCheckFailure": {"minHealthScore": 0.7}},
+                    },
+                }),
+            ),
+        )
+        .await
+        .expect("plan");
+    let canaries: Vec<usize> =
+        netfleet::eventually("the canaries run DualPreferIroh", WAIT, || async {
+            let list = f.nodes.list(&ListParams::default()).await.ok()?;
+            let moved: Vec<usize> = list
+                .items
+                .iter()
+                .filter(|n| {
+                    n.applied_mode() == Some(NetworkMode::DualPreferIroh) && n.acknowledged()
+                })
+                .filter_map(|n| {
+                    f.names
+                        .iter()
+                        .position(|x| Some(x) == n.metadata.name.as_ref())
+                })
+                .collect();
+            (moved.len() == 2).then_some(moved)
+        })
+        .await
+        .expect("canaries");
+    let (stop, stop_rx) = watch::channel(false);
+    let load = Arc::new(Load::default());
+    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
+    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
+    netfleet::eventually("the workload runs", WAIT, || async {
+        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await
+    .expect("workload");
+    let failed_before = load.failed.load(Ordering::Relaxed);
+    let first_failure = load.last_failure.lock().expect("failure").clone();
+
+    let lossy_at = Instant::now();
+    for &c in &canaries {
+        f.net.loss(c, 33, false).expect("loss");
+    }
+    let s = netfleet::eventually("the canaries roll back", WAIT, || async {
+        let s = f.plans.get("lossy").await.ok()?.status?;
+        s.rollback_history
+            .iter()
+            .chain(s.rollback.iter())
+            .any(|r| r.trigger == "HealthCheckFailure")
+            .then_some(s)
+    })
+    .await
+    .expect("health check failure");
+    let detected = lossy_at.elapsed();
+    let record = s
+        .rollback_history
+        .iter()
+        .chain(s.rollback.iter())
+        .find(|r| r.trigger == "HealthCheckFailure")
+        .expect("record")
+        .clone();
+    for &c in &canaries {
+        f.net.loss(c, 0, false).expect("loss cleared");
+    }
+    netfleet::eventually("the canaries are back in LibP2pOnly", WAIT, || async {
+        let list = f.nodes.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|n| n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged())
+            .then_some(())
+    })
+    .await
+    .expect("back");
+    let _ = stop.send(true);
+    running.await.expect("workload");
+    println!(
+        "health check failure: 33% loss each way on {} canaries; {} ({:?} scope, {} nodes) {:.1} s after the loss began; workload {} ok, {} failed before the loss, {} in all",
+        canaries.len(),
+        record.reason,
+        record.scope,
+        record.nodes,
+        detected.as_secs_f64(),
+        load.ok.load(Ordering::Relaxed),
+        failed_before,
+        load.failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(record.nodes, 2, "only the canaries: {record:?}");
+    assert_eq!(failed_before, 0, "before the loss: {first_failure}");
     f.stop().await;
 }

@@ -4,9 +4,10 @@
 //! API server, the operator) sits on the bridge too, at the subnet's `.1`.
 //!
 //! Faults are real: [`Net::partition`] adds blackhole routes between
-//! groups, [`Net::netem`] puts `tc netem` delay, jitter and loss on a
-//! host's link (all of its traffic, or only UDP: iroh's path, not
-//! libp2p's TCP).
+//! groups, [`Net::loss`] drops a share of a host's packets at random
+//! (nftables), and [`Net::netem`] puts `tc netem` delay, jitter and loss
+//! on a host's link where the kernel has netem. Both can target UDP only:
+//! iroh's path, not libp2p's TCP.
 //!
 //! Names carry the subnet's reserved port and the owner's pid
 //! (`sy<port>p<pid>h<i>` namespaces, `sy<port>v<i>` and `sy<port>br`
@@ -374,15 +375,57 @@ impl Net {
         )
     }
 
-    /// `percent` packet loss on host `i`.
-    pub fn loss(&self, i: usize, percent: f64) -> anyhow::Result<()> {
-        self.netem(
-            i,
-            Netem {
-                loss_percent: percent,
-                ..Default::default()
-            },
-        )
+    /// Drop `percent` of host `i`'s packets, each way (both its outgoing
+    /// and its incoming), at random; only UDP (iroh) with `udp_only`; 0
+    /// clears it. With nftables (`numgen random`), which works where
+    /// `tc netem` is missing from the kernel.
+    pub fn loss(&self, i: usize, percent: u8, udp_only: bool) -> anyhow::Result<()> {
+        let ns = self.hosts[i].ns.as_str();
+        let _ = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "switchyard",
+            ],
+        );
+        if percent == 0 {
+            return Ok(());
+        }
+        let only = if udp_only { "meta l4proto udp " } else { "" };
+        let chance = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
+        let rules = format!(
+            "table inet switchyard {{\n\
+             chain out {{ type filter hook output priority 0; {only}{chance}drop; }}\n\
+             chain in {{ type filter hook input priority 0; {only}{chance}drop; }}\n\
+             }}\n"
+        );
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nft (apt-get install nftables)")?;
+        child
+            .stdin
+            .take()
+            .context("nft's stdin")?
+            .write_all(rules.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 }
 
@@ -431,6 +474,11 @@ mod tests {
         assert!(ping(1, 2), "1 and 2 still talk");
         net.heal().expect("heal");
         assert!(ping(0, 1) && ping(2, 0), "healed");
+        // All of host 0's packets lost, then none.
+        net.loss(0, 100, false).expect("loss");
+        assert!(!ping(0, 1) && !ping(2, 0), "100% loss");
+        net.loss(0, 0, false).expect("no loss");
+        assert!(ping(0, 1), "loss cleared");
         match netem_unavailable() {
             None => {
                 net.delay(0, 100, 0).expect("delay");
