@@ -87,18 +87,7 @@ async fn workload(apis: Vec<String>, load: Arc<Load>, mut stop: watch::Receiver<
             _ = tick.tick(), if running.len() < 32 => {
                 let (http, n) = (http.clone(), apis.len());
                 let (put, get) = (apis[i % n].clone(), apis[(i * 7 + 3) % n].clone());
-                running.push(async move {
-                    let key = format!("k{i}");
-                    let r = http.put(format!("{put}/v1/records/{key}")).body(key.clone()).send().await;
-                    if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
-                        return Err(format!("put {key} through {put}: {r:?}"));
-                    }
-                    let r = http.get(format!("{get}/v1/records/{key}")).send().await;
-                    match r {
-                        Ok(r) if r.status().is_success() => Ok(()),
-                        r => Err(format!("get {key} through {get}: {r:?}")),
-                    }
-                });
+                running.push(async move { round(&http, &put, &get, &format!("k{i}")).await });
                 i += 1;
             }
             Some(r) = running.next() => note(&load, r),
@@ -107,6 +96,23 @@ async fn workload(apis: Vec<String>, load: Arc<Load>, mut stop: watch::Receiver<
     }
     while let Some(r) = running.next().await {
         note(&load, r);
+    }
+}
+
+/// Put `key` through the agent at `put`, then read it through `get`.
+async fn round(http: &reqwest::Client, put: &str, get: &str, key: &str) -> Result<(), String> {
+    let r = http
+        .put(format!("{put}/v1/records/{key}"))
+        .body(key.to_owned())
+        .send()
+        .await;
+    if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
+        return Err(format!("put {key} through {put}: {r:?}"));
+    }
+    let r = http.get(format!("{get}/v1/records/{key}")).send().await;
+    match r {
+        Ok(r) if r.status().is_success() => Ok(()),
+        r => Err(format!("get {key} through {get}: {r:?}")),
     }
 }
 
@@ -300,32 +306,17 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let (mut streak, mut ok, mut misses, mut round) = (0, 0u64, 0u64, 0usize);
+    let (mut streak, mut ok, mut misses, mut n) = (0, 0u64, 0u64, 0usize);
     let mut last_miss = String::new();
     while streak < 50 {
         assert!(
             healed_at.elapsed() < WAIT,
             "the DHT does not serve 50 rounds in a row within {WAIT:?} of the heal: {misses} misses, the last: {last_miss}"
         );
-        let (put, get) = (&apis[round % HOSTS], &apis[(round * 7 + 3) % HOSTS]);
-        let key = format!("healed-{round}");
-        round += 1;
-        let r = async {
-            let p = http
-                .put(format!("{put}/v1/records/{key}"))
-                .body(key.clone())
-                .send()
-                .await;
-            if !p.as_ref().is_ok_and(|r| r.status().is_success()) {
-                return Err(format!("put {key} through {put}: {p:?}"));
-            }
-            let g = http.get(format!("{get}/v1/records/{key}")).send().await;
-            match g {
-                Ok(r) if r.status().is_success() => Ok(()),
-                g => Err(format!("get {key} through {get}: {g:?}")),
-            }
-        }
-        .await;
+        let (put, get) = (&apis[n % HOSTS], &apis[(n * 7 + 3) % HOSTS]);
+        let key = format!("healed-{n}");
+        n += 1;
+        let r = round(&http, put, get, &key).await;
         match r {
             Ok(()) => {
                 streak += 1;
