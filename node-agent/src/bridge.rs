@@ -495,9 +495,15 @@ impl Node {
         }
         self.metrics.dual_peers.set(gauge(c.dual));
         for t in [Transport::LibP2p, Transport::Iroh] {
-            let seen = self.stats[t].rejected.load(Ordering::Relaxed);
-            let counter = &self.metrics.of(t).rejected;
-            counter.inc_by(seen.saturating_sub(counter.get()));
+            let (stats, m) = (&self.stats[t], self.metrics.of(t));
+            for (seen, counter) in [
+                (&stats.rejected, &m.rejected),
+                (&stats.malformed, &m.malformed_frames),
+                (&stats.bad_adverts, &m.bad_adverts),
+            ] {
+                let seen = seen.load(Ordering::Relaxed);
+                counter.inc_by(seen.saturating_sub(counter.get()));
+            }
         }
         &self.metrics
     }

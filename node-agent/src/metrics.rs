@@ -34,6 +34,10 @@ pub struct TransportMetrics {
     pub rejected: prometheus::IntCounter,
     /// Sends failed on purpose by fault injection.
     pub injected: prometheus::IntCounter,
+    /// Malformed frames from peers (each drops its connection).
+    pub malformed_frames: prometheus::IntCounter,
+    /// Peers' address adverts refused (not JSON, or too big).
+    pub bad_adverts: prometheus::IntCounter,
 }
 
 /// Every metric a node exports.
@@ -147,6 +151,12 @@ impl NodeMetrics {
             "Sends failed on purpose by fault injection (also counted as errors)",
             per_transport,
         );
+        let malformed = counters(
+            r,
+            "malformed_total",
+            "Malformed input from peers, dropped: kind frame (a frame or envelope that does not parse; its connection is dropped) or advert (a pong's address advert that is not JSON or too big). DHT messages: switchyard_dht_malformed_messages_total",
+            &["transport", "kind"],
+        );
         let protocol_requests = counters(
             r,
             "protocol_requests_total",
@@ -166,6 +176,8 @@ impl NodeMetrics {
                 hedges: hedges.with_label_values(&[l]),
                 rejected: rejected.with_label_values(&[l]),
                 injected: injected.with_label_values(&[l]),
+                malformed_frames: malformed.with_label_values(&[l, "frame"]),
+                bad_adverts: malformed.with_label_values(&[l, "advert"]),
             }
         };
         NodeMetrics {

@@ -478,3 +478,39 @@ async fn load_balancing_sends_the_configured_share_over_iroh() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_s_garbage_frames_show_in_the_node_s_metrics() {
+    let target = node(NetworkMode::IrohOnly).await;
+    let iroh_addr = target.addr().iroh.expect("an iroh address");
+    // A raw iroh endpoint speaking the ALPN but sending nonsense.
+    let evil = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .bind_addr(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("addr")
+        .bind()
+        .await
+        .expect("evil endpoint");
+    let conn = evil
+        .connect(iroh_addr, switchyard_node_agent::stack::iroh_stack::ALPN)
+        .await
+        .expect("connects");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&[0, 0, 0, 12, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9])
+        .await
+        .expect("sent");
+    let _ = send.finish();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    assert!(closed.is_ok(), "the target dropped the connection");
+    let text = target.metrics().render();
+    assert!(
+        text.contains("switchyard_node_malformed_total{kind=\"frame\",transport=\"iroh\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_node_malformed_total{kind=\"advert\",transport=\"iroh\"} 0"),
+        "{text}"
+    );
+    evil.close().await;
+    target.stop().await;
+}
