@@ -223,12 +223,8 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
         )
         .await
         .expect("plan");
-    netfleet::eventually("every node runs DualPreferIroh", WAIT, || async {
-        let list = f.nodes.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .all(|n| n.applied_mode() == Some(NetworkMode::DualPreferIroh))
-            .then_some(())
+    f.wait_nodes("every node runs DualPreferIroh", WAIT, |n| {
+        n.applied_mode() == Some(NetworkMode::DualPreferIroh)
     })
     .await
     .expect("stage DualPreferIroh");
@@ -280,12 +276,8 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
                     .is_some_and(|n| n.contains("NetworkPartition"))
         });
     assert!(started, "a RollbackStarted Event names the trigger");
-    netfleet::eventually("every node is back in LibP2pOnly", WAIT, || async {
-        let list = f.nodes.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .all(|n| n.applied_mode() == Some(NetworkMode::LibP2pOnly))
-            .then_some(())
+    f.wait_nodes("every node is back in LibP2pOnly", WAIT, |n| {
+        n.applied_mode() == Some(NetworkMode::LibP2pOnly)
     })
     .await
     .expect("rolled back nodes");
@@ -398,12 +390,8 @@ async fn a_fast_rollback_from_iroh_only_is_well_within_the_sla() {
         )
         .await
         .expect("rollback requested");
-    netfleet::eventually("every node acknowledges LibP2pOnly", WAIT, || async {
-        let list = f.nodes.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .all(|n| n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged())
-            .then_some(())
+    f.wait_nodes("every node acknowledges LibP2pOnly", WAIT, |n| {
+        n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged()
     })
     .await
     .expect("rolled back");
@@ -518,12 +506,8 @@ async fn canaries_losing_a_third_of_their_packets_fail_their_health_check_and_on
     for &c in &canaries {
         f.net.loss(c, 0, false).expect("loss cleared");
     }
-    netfleet::eventually("the canaries are back in LibP2pOnly", WAIT, || async {
-        let list = f.nodes.list(&ListParams::default()).await.ok()?;
-        list.items
-            .iter()
-            .all(|n| n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged())
-            .then_some(())
+    f.wait_nodes("the canaries are back in LibP2pOnly", WAIT, |n| {
+        n.applied_mode() == Some(NetworkMode::LibP2pOnly) && n.acknowledged()
     })
     .await
     .expect("back");

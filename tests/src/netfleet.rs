@@ -209,6 +209,20 @@ impl NetFleet {
         }
     }
 
+    /// Wait (at most `within`) until every FleetNode satisfies `want`.
+    pub async fn wait_nodes(
+        &self,
+        what: &str,
+        within: Duration,
+        want: impl Fn(&FleetNode) -> bool,
+    ) -> anyhow::Result<()> {
+        eventually(what, within, || async {
+            let list = self.nodes.list(&Default::default()).await.ok()?;
+            list.items.iter().all(&want).then_some(())
+        })
+        .await
+    }
+
     /// Agent `i`'s workload API.
     pub fn workload_api(&self, i: usize) -> String {
         format!("http://{}:{WORKLOAD_PORT}", self.net.hosts[i].ip)
