@@ -106,13 +106,19 @@ async fn round(http: &reqwest::Client, put: &str, get: &str, key: &str) -> Resul
         .body(key.to_owned())
         .send()
         .await;
-    if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
-        return Err(format!("put {key} through {put}: {r:?}"));
-    }
+    let stored = match r {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        r => return Err(format!("put {key} through {put}: {r:?}")),
+    };
     let r = http.get(format!("{get}/v1/records/{key}")).send().await;
     match r {
         Ok(r) if r.status().is_success() => Ok(()),
-        r => Err(format!("get {key} through {get}: {r:?}")),
+        Ok(r) => Err(format!(
+            "get {key} through {get}: {} {} (the put through {put} answered {stored})",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+        Err(e) => Err(format!("get {key} through {get}: {e}")),
     }
 }
 
@@ -138,12 +144,18 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str, label: &str) -> O
 }
 
 /// Whether every agent at `urls` has every known peer Connected on some
-/// transport (its partition risk 0), a connection to each of the others,
-/// and its DHT routing check Healthy.
+/// transport (its partition risk 0), a libp2p connection to each of the
+/// others, and its DHT routing check Healthy.
 async fn connected(urls: Vec<String>, http: reqwest::Client) -> Option<()> {
+    connected_on(urls, http, "libp2p").await
+}
+
+/// [`connected`], with connections on `transport`.
+async fn connected_on(urls: Vec<String>, http: reqwest::Client, transport: &str) -> Option<()> {
     let others = (urls.len() - 1) as f64;
+    let on = format!("transport=\"{transport}\"");
     for u in &urls {
-        let peers = metric(&http, u, "switchyard_node_peers", "transport=\"libp2p\"").await?;
+        let peers = metric(&http, u, "switchyard_node_peers", &on).await?;
         let risk = metric(&http, u, "switchyard_agent_partition_risk", "").await?;
         let health = metric(&http, u, "switchyard_dht_routing_health", "").await?;
         if peers < others || risk > 0.0 || health < 2.0 {
@@ -151,6 +163,22 @@ async fn connected(urls: Vec<String>, http: reqwest::Client) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// Each agent's peers per transport, partition risk and DHT routing
+/// health, for a failure's message.
+async fn fleet_state(urls: &[String], http: &reqwest::Client) -> String {
+    let mut out = Vec::new();
+    for (i, u) in urls.iter().enumerate() {
+        let l = metric(http, u, "switchyard_node_peers", "transport=\"libp2p\"").await;
+        let r = metric(http, u, "switchyard_node_peers", "transport=\"iroh\"").await;
+        let risk = metric(http, u, "switchyard_agent_partition_risk", "").await;
+        let h = metric(http, u, "switchyard_dht_routing_health", "").await;
+        out.push(format!(
+            "{i}: peers libp2p {l:?} iroh {r:?}, risk {risk:?}, dht {h:?}"
+        ));
+    }
+    out.join("; ")
 }
 
 /// Wait until the fleet is fully connected ([`connected`]).
@@ -526,5 +554,295 @@ async fn canaries_losing_a_third_of_their_packets_fail_their_health_check_and_on
     );
     assert_eq!(record.nodes, 2, "only the canaries: {record:?}");
     assert_eq!(failed_before, 0, "before the loss: {first_failure}");
+    f.stop().await;
+}
+
+/// Bring every node of `f` to DualPreferIroh with a plan, then delete
+/// the plan (its nodes stay there), so the next plan starts from it.
+async fn fleet_to_dual_prefer_iroh(f: &NetFleet) {
+    f.plans
+        .create(
+            &PostParams::default(),
+            &plan(
+                "to-dual",
+                json!({"stages": ["DualPreferIroh"], "waveInterval": "1s"}),
+            ),
+        )
+        .await
+        .expect("plan");
+    netfleet::eventually("the fleet reaches DualPreferIroh", WAIT, || async {
+        let p = f.plans.get("to-dual").await.ok()?;
+        (p.status?.phase == PlanPhase::Succeeded).then_some(())
+    })
+    .await
+    .expect("succeeded");
+    f.plans
+        .delete("to-dual", &kube::api::DeleteParams::default())
+        .await
+        .expect("deleted");
+    netfleet::eventually("the plan is gone", WAIT, || async {
+        f.plans
+            .get_opt("to-dual")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_ms_on_the_canaries_iroh_path_is_a_latency_regression_and_only_they_roll_back()
+{
+    const HOSTS: usize = 10;
+    if let Some(why) = switchyard_testbed::netdelay::unavailable() {
+        assert!(std::env::var_os("CI").is_none(), "CI installs it: {why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let Some(f) = fleet(HOSTS).await else {
+        return;
+    };
+    wait_connected(&f).await;
+    // Everyone speaks iroh first, so the canaries' peers reach them on
+    // iroh (UDP), where the delay goes; libp2p (TCP) stays fast.
+    fleet_to_dual_prefer_iroh(&f).await;
+    f.plans
+        .create(
+            &PostParams::default(),
+            &plan(
+                "slow",
+                json!({
+                    "stages": ["IrohOnly"],
+                    // The canaries soak long: the fault comes during it.
+                    "canary": {"count": 2, "duration": "10m"},
+                    "rollback": {
+                        "scope": "Wave",
+                        "triggers": {"latencyRegression": {"thresholdMs": 100, "percentile": 95}},
+                    },
+                }),
+            ),
+        )
+        .await
+        .expect("plan");
+    let canaries: Vec<usize> = netfleet::eventually("the canaries run IrohOnly", WAIT, || async {
+        let list = f.nodes.list(&ListParams::default()).await.ok()?;
+        let moved: Vec<usize> = list
+            .items
+            .iter()
+            .filter(|n| n.applied_mode() == Some(NetworkMode::IrohOnly) && n.acknowledged())
+            .filter_map(|n| {
+                f.names
+                    .iter()
+                    .position(|x| Some(x) == n.metadata.name.as_ref())
+            })
+            .collect();
+        (moved.len() == 2).then_some(moved)
+    })
+    .await
+    .expect("canaries");
+    // The fault comes to a settled fleet: every agent connected to every
+    // other on iroh, its DHT routing Healthy. (Reads can miss while nodes
+    // change transports: see the rapid rollback's note.)
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let urls: Vec<String> = (0..HOSTS).map(|i| f.metrics_url(i)).collect();
+    if let Err(e) = netfleet::eventually("the fleet is connected on iroh", WAIT, || {
+        connected_on(urls.clone(), http.clone(), "iroh")
+    })
+    .await
+    {
+        panic!("{e}: {}", fleet_state(&urls, &http).await);
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let load = Arc::new(Load::default());
+    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
+    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
+    netfleet::eventually("the workload runs", WAIT, || async {
+        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await
+    .expect("workload");
+    let failed_before = load.failed.load(Ordering::Relaxed);
+    let first_failure = load.last_failure.lock().expect("failure").clone();
+    // Nothing has fired while the path was fast.
+    let s = f
+        .plans
+        .get("slow")
+        .await
+        .expect("plan")
+        .status
+        .expect("status");
+    assert!(
+        s.rollback.is_none() && s.rollback_history.is_empty(),
+        "{s:?}"
+    );
+
+    let slow_at = Instant::now();
+    for &c in &canaries {
+        f.net
+            .netem(
+                c,
+                switchyard_testbed::netns::Netem {
+                    delay_ms: 200,
+                    udp_only: true,
+                    ..Default::default()
+                },
+            )
+            .expect("delay");
+    }
+    let s = netfleet::eventually("the canaries roll back", WAIT, || async {
+        let s = f.plans.get("slow").await.ok()?.status?;
+        s.rollback_history
+            .iter()
+            .chain(s.rollback.iter())
+            .any(|r| r.trigger == "LatencyRegression")
+            .then_some(s)
+    })
+    .await
+    .expect("latency regression");
+    let detected = slow_at.elapsed();
+    let record = s
+        .rollback_history
+        .iter()
+        .chain(s.rollback.iter())
+        .find(|r| r.trigger == "LatencyRegression")
+        .expect("record")
+        .clone();
+    let shaped: Vec<(u64, u64)> = canaries.iter().filter_map(|&c| f.net.shaped(c)).collect();
+    for &c in &canaries {
+        f.net.delay(c, 0, 0).expect("delay cleared");
+    }
+    f.wait_nodes(
+        "the canaries are back in DualPreferIroh, the rest never left",
+        WAIT,
+        |n| n.applied_mode() == Some(NetworkMode::DualPreferIroh) && n.acknowledged(),
+    )
+    .await
+    .expect("back");
+    let _ = stop.send(true);
+    running.await.expect("workload");
+    println!(
+        "latency regression: 200 ms on the iroh (UDP) path out of {} canaries (packets held and passed: {shaped:?}); {} ({:?} scope, {} nodes) {:.1} s after the delay began; workload {} ok, {} failed before the delay, {} in all",
+        canaries.len(),
+        record.reason,
+        record.scope,
+        record.nodes,
+        detected.as_secs_f64(),
+        load.ok.load(Ordering::Relaxed),
+        failed_before,
+        load.failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(record.nodes, 2, "only the canaries: {record:?}");
+    assert_eq!(failed_before, 0, "before the delay: {first_failure}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_migration_under_fifty_ms_of_delay_and_half_a_percent_loss_fails_no_operation() {
+    const HOSTS: usize = 10;
+    if let Some(why) = switchyard_testbed::netdelay::unavailable() {
+        assert!(std::env::var_os("CI").is_none(), "CI installs it: {why}");
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let Some(f) = fleet(HOSTS).await else {
+        return;
+    };
+    // Every host's packets out: 50 ± 10 ms and 0.5% lost, both transports
+    // (so 100 ms round trips between hosts, and about 1% of round trips
+    // lose a packet).
+    for i in 0..HOSTS {
+        f.net
+            .netem(
+                i,
+                switchyard_testbed::netns::Netem {
+                    delay_ms: 50,
+                    jitter_ms: 10,
+                    loss_percent: 0.5,
+                    udp_only: false,
+                },
+            )
+            .expect("netem");
+    }
+    wait_connected(&f).await;
+    let (stop, stop_rx) = watch::channel(false);
+    let load = Arc::new(Load::default());
+    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
+    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
+    netfleet::eventually("the workload runs", WAIT, || async {
+        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await
+    .expect("workload");
+    let started = Instant::now();
+    f.plans
+        .create(
+            &PostParams::default(),
+            &plan(
+                "gradual",
+                json!({
+                    "stages": ["DualPreferLibP2p", "DualPreferIroh", "IrohOnly"],
+                    "canary": {"count": 1, "duration": "5s"},
+                    "waves": [50, 100],
+                    "waveInterval": "3s",
+                    "maxUnavailable": "50%",
+                }),
+            ),
+        )
+        .await
+        .expect("plan");
+    // Each stage's time: from the plan entering it to the next.
+    let mut stages: Vec<(String, Instant)> = Vec::new();
+    let phase = loop {
+        let s = f.plans.get("gradual").await.ok().and_then(|p| p.status);
+        if let Some(s) = &s {
+            let mode = s.stage_mode.map(|m| format!("{m:?}"));
+            if let Some(m) = mode
+                && stages.last().map(|l| &l.0) != Some(&m)
+            {
+                stages.push((m, Instant::now()));
+            }
+            if matches!(
+                s.phase,
+                PlanPhase::Succeeded | PlanPhase::RolledBack | PlanPhase::Failed
+            ) {
+                break s.phase;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the plan did not end within 10 minutes: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = started.elapsed();
+    let _ = stop.send(true);
+    running.await.expect("workload");
+    let mut report = Vec::new();
+    for (k, (m, at)) in stages.iter().enumerate() {
+        let until = stages.get(k + 1).map_or(started + took, |n| n.1);
+        report.push(format!("{m} {:.1} s", (until - *at).as_secs_f64()));
+    }
+    let shaped: (u64, u64) = (0..HOSTS)
+        .filter_map(|i| f.net.shaped(i))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!(
+        "gradual migration under 50 ± 10 ms and 0.5% loss on {HOSTS} hosts: {phase:?} in {:.1} s ({}); packets passed and dropped: {shaped:?}; workload {} ok, {} failed",
+        took.as_secs_f64(),
+        report.join(", "),
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+    );
+    assert_eq!(phase, PlanPhase::Succeeded);
+    assert_eq!(
+        load.failed.load(Ordering::Relaxed),
+        0,
+        "failed operations, the last: {}",
+        load.last_failure.lock().expect("failure")
+    );
     f.stop().await;
 }
