@@ -771,6 +771,8 @@ impl Node {
         peer: &PeerAddr,
         payload: Bytes,
     ) -> Result<(Bytes, Transport), BridgeError> {
+        let completed = self.complete(peer);
+        let peer = completed.as_ref().unwrap_or(peer);
         let (timeout, retry_for, hedge, strategy, iroh_share) = {
             let c = self.config.lock().expect("config lock");
             (
@@ -829,6 +831,32 @@ impl Node {
             tried,
             last,
         })
+    }
+
+    /// `peer` with the addresses it lacks filled in from the peer view,
+    /// if the view knows more. A caller's copy can be older than a mode
+    /// switch: the DHT's routing table follows the view once a second, so
+    /// right after a peer added iroh its entry may still have no iroh
+    /// address, and a node that has just gone IrohOnly would find "no
+    /// common transport" with a peer it is connected to on iroh.
+    fn complete(&self, peer: &PeerAddr) -> Option<PeerAddr> {
+        if !peer.libp2p.is_empty() && peer.iroh.is_some() {
+            return None;
+        }
+        let known = self.peers.get(&peer.peer)?.addr()?;
+        let libp2p = peer.libp2p.is_empty() && !known.libp2p.is_empty();
+        let iroh = peer.iroh.is_none() && known.iroh.is_some();
+        if !libp2p && !iroh {
+            return None;
+        }
+        let mut out = peer.clone();
+        if libp2p {
+            out.libp2p = known.libp2p;
+        }
+        if iroh {
+            out.iroh = known.iroh;
+        }
+        Some(out)
     }
 
     fn no_common_transport(&self, peer: &PeerAddr) -> BridgeError {

@@ -419,43 +419,9 @@ fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
         if view.peer == me {
             continue;
         }
-        let libp2p: Vec<Multiaddr> = view
-            .libp2p
-            .listen
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .map(|a: Multiaddr| {
-                a.into_iter()
-                    .filter(|p| !matches!(p, Protocol::P2p(_)))
-                    .collect()
-            })
-            .collect();
-        let iroh: Vec<SocketAddr> = view
-            .iroh
-            .listen
-            .iter()
-            .chain(&view.iroh.addrs)
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        if libp2p.is_empty() && iroh.is_empty() {
-            continue;
+        if let Some(addr) = view.addr() {
+            merge(peers, addr);
         }
-        // The view already holds the iroh id: no mapping (a curve-point
-        // decompression) per peer per round.
-        let iroh = (!iroh.is_empty()).then(|| {
-            iroh.into_iter()
-                .fold(iroh::EndpointAddr::new(view.endpoint), |a, s| {
-                    a.with_ip_addr(s)
-                })
-        });
-        merge(
-            peers,
-            PeerAddr {
-                peer: view.peer,
-                libp2p,
-                iroh,
-            },
-        );
     }
 }
 

@@ -75,6 +75,31 @@ async fn every_pair_of_modes_talks_or_fails_fast() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_older_than_a_mode_switch_is_completed_from_the_peer_view() {
+    // The DHT's routing table keeps the addresses a peer had when it was
+    // learned; `a` knows `b` only on libp2p there, then goes IrohOnly.
+    let (a, b) = (
+        node(NetworkMode::DualPreferIroh).await,
+        node(NetworkMode::DualPreferIroh).await,
+    );
+    let body = a
+        .request(&b.addr(), Bytes::from_static(b"hi"))
+        .await
+        .expect("dual to dual");
+    assert!(body.starts_with(b"iroh:"), "iroh preferred");
+    let mut old = b.addr();
+    old.iroh = None;
+    a.set_mode(NetworkMode::IrohOnly).await.expect("switch");
+    let body = a
+        .request(&old, Bytes::from_static(b"hi"))
+        .await
+        .expect("the view knows b's iroh address");
+    assert_eq!(&body[..], b"iroh:hi");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_transport_fails_over_to_the_other() {
     let (a, b) = (
         node(NetworkMode::DualPreferLibP2p).await,
