@@ -23,6 +23,7 @@ pub mod app;
 pub mod bootstrap;
 pub mod bridge;
 pub mod dht;
+pub mod fuzzing;
 pub mod health;
 pub mod identity;
 pub mod manager;

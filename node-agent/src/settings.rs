@@ -257,11 +257,16 @@ impl Settings {
         self.or(file).into_config()
     }
 
+    /// The settings in YAML text.
+    pub fn from_yaml(text: &str) -> Result<Settings, serde_saphyr::Error> {
+        serde_saphyr::from_str(text)
+    }
+
     /// The settings in a YAML file.
     pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading --config {}: {e}", path.display()))?;
-        serde_saphyr::from_str(&text).map_err(|e| {
+        Settings::from_yaml(&text).map_err(|e| {
             anyhow::anyhow!(
                 "--config {}: {e}; see --help for the settings",
                 path.display()

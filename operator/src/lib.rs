@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod dashboard;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -153,6 +153,49 @@ fn regex_escape(name: &str) -> String {
     out
 }
 
+/// The one finite number in a Prometheus instant-query answer (HTTP 200
+/// body), or what is wrong with it.
+pub fn read_answer(body: &[u8]) -> Result<f64, QueryError> {
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| QueryError::Malformed(e.to_string()))?;
+    if answer.status != "success" {
+        return Err(QueryError::Refused(
+            answer
+                .error
+                .unwrap_or_else(|| format!("status {:?}", answer.status)),
+        ));
+    }
+    let text = match answer.data {
+        Some(Data::Scalar((_, v))) => v,
+        Some(Data::Vector(series)) => match series.len() {
+            0 => return Err(QueryError::NoData),
+            1 => series
+                .into_iter()
+                .next()
+                .map(|s| s.value.1)
+                .unwrap_or_default(),
+            n => return Err(QueryError::TooMany(n)),
+        },
+        Some(Data::Matrix(_)) => {
+            return Err(QueryError::Malformed(
+                "a range vector; use an instant vector, e.g. wrap it in rate(...)".into(),
+            ));
+        }
+        Some(Data::String(_)) => {
+            return Err(QueryError::Malformed("a string, not a number".into()));
+        }
+        None => return Err(QueryError::Malformed("no data".into())),
+    };
+    let v: f64 = text
+        .parse()
+        .map_err(|_| QueryError::Malformed(format!("the value {text:?} is not a number")))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(QueryError::NotFinite(text))
+    }
+}
+
 impl Prometheus {
     /// A client for the Prometheus at `base` (e.g. `http://prometheus:9090`;
     /// a path prefix is kept). `authorization` is sent as the whole
@@ -256,44 +299,7 @@ impl Prometheus {
             }
             Err(e) => return Err(QueryError::Fetch(e.to_string())),
         };
-        let answer: Answer =
-            serde_json::from_slice(&body).map_err(|e| QueryError::Malformed(e.to_string()))?;
-        if answer.status != "success" {
-            return Err(QueryError::Refused(
-                answer
-                    .error
-                    .unwrap_or_else(|| format!("status {:?}", answer.status)),
-            ));
-        }
-        let text = match answer.data {
-            Some(Data::Scalar((_, v))) => v,
-            Some(Data::Vector(series)) => match series.len() {
-                0 => return Err(QueryError::NoData),
-                1 => series
-                    .into_iter()
-                    .next()
-                    .map(|s| s.value.1)
-                    .unwrap_or_default(),
-                n => return Err(QueryError::TooMany(n)),
-            },
-            Some(Data::Matrix(_)) => {
-                return Err(QueryError::Malformed(
-                    "a range vector; use an instant vector, e.g. wrap it in rate(...)".into(),
-                ));
-            }
-            Some(Data::String(_)) => {
-                return Err(QueryError::Malformed("a string, not a number".into()));
-            }
-            None => return Err(QueryError::Malformed("no data".into())),
-        };
-        let v: f64 = text
-            .parse()
-            .map_err(|_| QueryError::Malformed(format!("the value {text:?} is not a number")))?;
-        if v.is_finite() {
-            Ok(v)
-        } else {
-            Err(QueryError::NotFinite(text))
-        }
+        read_answer(&body)
     }
 }
 
