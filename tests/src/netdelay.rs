@@ -1,11 +1,18 @@
-//! Delay, jitter and loss on a host's outgoing packets in user space, for
-//! kernels built without `sch_netem` (as this project's CI machines are).
+//! Delay, jitter and loss on a host's link in user space, for kernels
+//! built without `sch_netem` (as this project's CI machines are).
 //!
-//! An iptables rule in the host's namespace hands each packet leaving its
-//! link to an NFQUEUE; a thread of the test process, bound to that queue
-//! from inside the namespace, holds each packet for its delay and then
-//! accepts it, or drops it at the loss rate. The kernel keeps the packet
-//! meanwhile; only its metadata crosses to user space.
+//! An iptables rule in the host's namespace hands each packet arriving on
+//! its link to an NFQUEUE; a thread of the test process, bound to that
+//! queue from inside the namespace, holds each packet for its delay and
+//! then accepts it, or drops it at the loss rate. The kernel keeps the
+//! packet meanwhile; only its metadata crosses to user space.
+//!
+//! Arriving, not leaving: a packet held on its sender's way out still
+//! counts against the sending socket (TCP small queues, a UDP socket's
+//! send buffer), which throttles the sender to a trickle at tens of
+//! milliseconds; once a packet has crossed into the receiving namespace
+//! it belongs to no socket. (netem on a sender's own link has the same
+//! trap.)
 //!
 //! Unlike netem, packets leave in the order they came: a packet never
 //! overtakes an earlier one, so jitter never reorders (netem's does,
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-/// What to do to a host's outgoing packets.
+/// What to do to the packets arriving at a host.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Shape {
     /// Added one-way delay, milliseconds.
@@ -69,8 +76,8 @@ pub fn unavailable() -> Option<String> {
 }
 
 impl Delayer {
-    /// Shape what leaves device `dev` of namespace `ns`, through NFQUEUE
-    /// number `queue`.
+    /// Shape what arrives on device `dev` of namespace `ns`, through
+    /// NFQUEUE number `queue`.
     pub fn start(ns: &str, dev: &str, queue: u16, shape: Shape) -> anyhow::Result<Delayer> {
         anyhow::ensure!(
             (0.0..=100.0).contains(&shape.loss_percent),
@@ -107,7 +114,7 @@ impl Delayer {
             delayer.stop();
             return Err(e);
         }
-        let mut rule: Vec<String> = ["OUTPUT", "-o", dev].map(String::from).to_vec();
+        let mut rule: Vec<String> = ["INPUT", "-i", dev].map(String::from).to_vec();
         if shape.udp_only {
             rule.extend(["-p", "udp"].map(String::from));
         }

@@ -6,8 +6,8 @@
 //! Faults are real: [`Net::partition`] adds blackhole routes between
 //! groups, [`Net::loss`] drops a share of a host's packets at random
 //! (nftables), and [`Net::netem`] puts delay, jitter and loss on a host's
-//! outgoing packets: `tc netem` where the kernel has it, else a user-space
-//! delayer on an NFQUEUE ([`crate::netdelay`]). Both can target UDP only:
+//! link: `tc netem` on its way out where the kernel has it, else a
+//! user-space delayer on its way in ([`crate::netdelay`]). Both can target UDP only:
 //! iroh's path, not libp2p's TCP.
 //!
 //! Names carry the subnet's reserved port and the owner's pid
@@ -270,6 +270,16 @@ impl Net {
         Ok(())
     }
 
+    /// Move the calling thread (only it) into host `i`'s namespace: the
+    /// sockets it opens from now on, and the threads it starts, are that
+    /// host's. For an in-process peer on a host, e.g. a benchmark's.
+    pub fn enter(&self, i: usize) -> anyhow::Result<()> {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.hosts[i].ns))
+            .with_context(|| format!("opening namespace {}", self.hosts[i].ns))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(())
+    }
+
     /// A command that runs `program` in host `i`'s namespace.
     pub fn command(&self, i: usize, program: &std::path::Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("ip");
@@ -318,9 +328,9 @@ impl Net {
         Ok(())
     }
 
-    /// Put `netem` on host `i`'s outgoing traffic (replacing what was
-    /// there); all zero clears it. With `tc netem` where the kernel has
-    /// it, else in user space ([`crate::netdelay`]).
+    /// Put `netem` on host `i`'s link (replacing what was there); all zero
+    /// clears it. With `tc netem` on its way out where the kernel has it,
+    /// else in user space on its way in ([`crate::netdelay`]).
     pub fn netem(&self, i: usize, netem: Netem) -> anyhow::Result<()> {
         static KERNEL: OnceLock<bool> = OnceLock::new();
         if *KERNEL.get_or_init(|| netem_unavailable().is_none()) {
