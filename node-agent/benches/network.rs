@@ -232,8 +232,8 @@ fn on_host<T: Send + 'static>(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(why) = switchyard_testbed::netns::unavailable()
-        .or_else(switchyard_testbed::netdelay::unavailable)
+    if let Some(why) =
+        switchyard_testbed::netns::unavailable().or_else(switchyard_testbed::netdelay::unavailable)
     {
         println!("skipped: {why}");
         return Ok(());
@@ -282,8 +282,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .expect("warm-up");
                     let (p50, p99, n) = round_trips(&client, &server_addr, samples).await;
                     let (one, failed_one) = throughput(&client, &server_addr, 1, secs).await;
-                    let (eight, failed_eight) =
-                        throughput(&client, &server_addr, 8, secs).await;
+                    let (eight, failed_eight) = throughput(&client, &server_addr, 8, secs).await;
                     let failed = failed_one + failed_eight;
                     client.stop().await;
                     let row = format!(

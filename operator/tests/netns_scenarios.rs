@@ -9,15 +9,18 @@
 //! under `CI` (which runs as root).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use switchyard_crds::{MigrationPlan, NetworkMode, PlanPhase};
 use switchyard_testbed::netfleet::{self, NS, NetFleet};
 use tokio::sync::watch;
+use workload::{Load, connected, connected_on, metric, round, workload};
+
+#[path = "support/workload.rs"]
+mod workload;
 
 /// How long a scenario waits for the plan or the fleet.
 const WAIT: Duration = Duration::from_secs(180);
@@ -62,107 +65,6 @@ async fn fleet_with(n: usize, extra: &[&str]) -> Option<NetFleet> {
             .await
             .expect("the fleet starts"),
     )
-}
-
-/// What the workload saw, per phase of a scenario.
-#[derive(Default)]
-struct Load {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    last_failure: std::sync::Mutex<String>,
-}
-
-/// Put a record through one agent and read it back through another, ten
-/// rounds a second, until `stop`.
-async fn workload(apis: Vec<String>, load: Arc<Load>, mut stop: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut i = 0usize;
-    loop {
-        tokio::select! {
-            _ = tick.tick(), if running.len() < 32 => {
-                let (http, n) = (http.clone(), apis.len());
-                let (put, get) = (apis[i % n].clone(), apis[(i * 7 + 3) % n].clone());
-                running.push(async move { round(&http, &put, &get, &format!("k{i}")).await });
-                i += 1;
-            }
-            Some(r) = running.next() => note(&load, r),
-            _ = stop.changed() => break,
-        }
-    }
-    while let Some(r) = running.next().await {
-        note(&load, r);
-    }
-}
-
-/// Put `key` through the agent at `put`, then read it through `get`.
-async fn round(http: &reqwest::Client, put: &str, get: &str, key: &str) -> Result<(), String> {
-    let r = http
-        .put(format!("{put}/v1/records/{key}"))
-        .body(key.to_owned())
-        .send()
-        .await;
-    let stored = match r {
-        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-        r => return Err(format!("put {key} through {put}: {r:?}")),
-    };
-    let r = http.get(format!("{get}/v1/records/{key}")).send().await;
-    match r {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!(
-            "get {key} through {get}: {} {} (the put through {put} answered {stored})",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        )),
-        Err(e) => Err(format!("get {key} through {get}: {e}")),
-    }
-}
-
-fn note(load: &Load, r: Result<(), String>) {
-    match r {
-        Ok(()) => load.ok.fetch_add(2, Ordering::Relaxed),
-        Err(why) => {
-            *load.last_failure.lock().expect("failure") = why;
-            load.failed.fetch_add(1, Ordering::Relaxed)
-        }
-    };
-}
-
-/// One agent's metric (the sum over matching lines), if it answers.
-async fn metric(http: &reqwest::Client, url: &str, name: &str, label: &str) -> Option<f64> {
-    let body = http.get(url).send().await.ok()?.text().await.ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
-}
-
-/// Whether every agent at `urls` has every known peer Connected on some
-/// transport (its partition risk 0), a libp2p connection to each of the
-/// others, and its DHT routing check Healthy.
-async fn connected(urls: Vec<String>, http: reqwest::Client) -> Option<()> {
-    connected_on(urls, http, "libp2p").await
-}
-
-/// [`connected`], with connections on `transport`.
-async fn connected_on(urls: Vec<String>, http: reqwest::Client, transport: &str) -> Option<()> {
-    let others = (urls.len() - 1) as f64;
-    let on = format!("transport=\"{transport}\"");
-    for u in &urls {
-        let peers = metric(&http, u, "switchyard_node_peers", &on).await?;
-        let risk = metric(&http, u, "switchyard_agent_partition_risk", "").await?;
-        let health = metric(&http, u, "switchyard_dht_routing_health", "").await?;
-        if peers < others || risk > 0.0 || health < 2.0 {
-            return None;
-        }
-    }
-    Some(())
 }
 
 /// Each agent's peers per transport, partition risk and DHT routing
@@ -366,15 +268,35 @@ async fn a_partition_during_migration_rolls_the_plan_back_and_the_fleet_heals() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fast_rollback_from_iroh_only_is_well_within_the_sla() {
-    // Twenty hosts: a hundred agent processes on two cores starved the
-    // workload, and fifty did not all connect within three minutes (the
-    // issue's hundred-host run is still owed).
+async fn a_fast_rollback_of_a_hundred_nodes_from_iroh_only_is_well_within_the_sla() {
+    // A hundred nodes: twenty real agents on hosts of their own, carrying
+    // the workload, and eighty stand-ins (`switchyard_testbed::agents`)
+    // that apply a mode 50-250 ms after it is set, as an agent does. A
+    // hundred agent processes on two cores starved the workload, and fifty
+    // did not all connect within three minutes; the operator's side (the
+    // planner, the writes, the watches) is the same for stand-ins.
     const HOSTS: usize = 20;
+    const STAND_INS: usize = 80;
     let Some(f) = fleet(HOSTS).await else {
         return;
     };
     wait_connected(&f).await;
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".into(), "storage".into())].into();
+    let stand_ins: Vec<String> = (0..STAND_INS).map(|i| format!("stand-in-{i:02}")).collect();
+    f.c.register_nodes(NS, stand_ins, &labels, NetworkMode::LibP2pOnly)
+        .await
+        .expect("stand-in FleetNodes");
+    let acking = tokio::spawn(switchyard_testbed::agents::agents(
+        f.c.client.clone(),
+        NS,
+        |node, _| match node.strip_prefix("stand-in-") {
+            Some(i) => switchyard_testbed::agents::Ack::After(Duration::from_millis(
+                50 + i.parse::<u64>().unwrap_or(0) * 199 % 200,
+            )),
+            None => switchyard_testbed::agents::Ack::Never,
+        },
+    ));
     f.plans
         .create(
             &PostParams::default(),
@@ -428,8 +350,10 @@ async fn a_fast_rollback_from_iroh_only_is_well_within_the_sla() {
     running.await.expect("workload");
     let p = f.plans.get("there-and-back").await.expect("plan");
     let s = p.status.expect("status");
+    acking.abort();
     println!(
-        "rapid rollback: {HOSTS} hosts IrohOnly -> LibP2pOnly, Fast, acknowledged by every node {:.1} s after the request (SLA 300 s); plan {:?}; workload {} ok, {} failed",
+        "rapid rollback: {} nodes ({HOSTS} agents on hosts of their own, {STAND_INS} stand-ins) IrohOnly -> LibP2pOnly, Fast, acknowledged by every node {:.1} s after the request (SLA 300 s); plan {:?}; workload {} ok, {} failed",
+        HOSTS + STAND_INS,
         took.as_secs_f64(),
         s.phase,
         load.ok.load(Ordering::Relaxed),

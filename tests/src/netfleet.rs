@@ -202,6 +202,21 @@ impl NetFleet {
         Ok(())
     }
 
+    /// Every running process: each agent by its node name, and the
+    /// operator.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .names
+            .iter()
+            .zip(&self.agents)
+            .filter_map(|(n, a)| Some((n.clone(), a.as_ref()?.id()?)))
+            .collect();
+        if let Some(pid) = self.operator.id() {
+            out.push(("operator".into(), pid));
+        }
+        out
+    }
+
     /// Kill host `i`'s agent (SIGKILL: no goodbye to its peers).
     pub async fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.agents[i].take() {
