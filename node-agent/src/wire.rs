@@ -176,6 +176,9 @@ impl Envelope {
     }
 }
 
+/// The most a frame's body buffer holds before its bytes arrive.
+const FIRST_READ: usize = 64 * 1024;
+
 /// Read one frame; refuses bodies over `max` before reading them.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -187,8 +190,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(WireError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len];
+    // Not allocated at the claimed length before a byte of it arrives: a
+    // peer claiming the maximum and sending nothing costs 64 KiB, not
+    // 4 MiB. Once the first 64 KiB are in, the whole is allocated (zeroed
+    // by the allocator, as before) and they are copied over.
+    let first = len.min(FIRST_READ);
+    let mut body = vec![0u8; first];
     r.read_exact(&mut body).await?;
+    if len > first {
+        let mut whole = vec![0u8; len];
+        whole[..first].copy_from_slice(&body);
+        r.read_exact(&mut whole[first..]).await?;
+        body = whole;
+    }
     Envelope::decode(Bytes::from(body))
 }
 
@@ -270,5 +284,41 @@ mod tests {
             .await
             .expect_err("too big");
         assert!(err.is_malformed());
+    }
+
+    /// Records the largest buffer it was asked to fill, then ends.
+    struct Silent {
+        largest: usize,
+    }
+
+    impl AsyncRead for Silent {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.largest = self.largest.max(buf.len());
+            std::task::Poll::Ready(Ok(0))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_claiming_the_maximum_and_sending_nothing_costs_no_buffer_of_that_size() {
+        let len = u32::try_from(DEFAULT_MAX_FRAME).expect("fits");
+        let head = len.to_be_bytes();
+        let mut r = head.as_slice().chain(Silent { largest: 0 });
+        let err = read_frame(&mut r, DEFAULT_MAX_FRAME)
+            .await
+            .expect_err("truncated");
+        assert!(
+            matches!(&err, WireError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{err}"
+        );
+        let (_, silent) = r.into_inner();
+        assert!(
+            silent.largest <= FIRST_READ,
+            "asked to fill {} bytes",
+            silent.largest
+        );
     }
 }
