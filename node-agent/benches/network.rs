@@ -231,6 +231,65 @@ fn on_host<T: Send + 'static>(
     })
 }
 
+/// Every shape and transport, measured from the client's host.
+async fn measure_all(
+    net: Arc<Net>,
+    shapes: Vec<Shape>,
+    client_ip: std::net::Ipv4Addr,
+    server_addr: PeerAddr,
+    samples: usize,
+    secs: u64,
+) -> (Vec<String>, serde_json::Map<String, Value>) {
+    let mut rows = Vec::new();
+    let mut out = serde_json::Map::new();
+    for s in shapes {
+        shape(&net, s);
+        for t in Transport::ALL {
+            let first = first_answer(t, client_ip, &server_addr).await;
+            let client = node(client_mode(t), client_ip).await;
+            client
+                .request(&server_addr, Bytes::from_static(b"warm"))
+                .await
+                .expect("warm-up");
+            let (p50, p99, n) = round_trips(&client, &server_addr, samples).await;
+            let (one, failed_one) = throughput(&client, &server_addr, 1, secs).await;
+            let (eight, failed_eight) = throughput(&client, &server_addr, 8, secs).await;
+            let failed = failed_one + failed_eight;
+            client.stop().await;
+            let row = format!(
+                "| {} | {} | {:.1} | {:.2} | {:.2} | {n} | {one:.1} | {eight:.1} | {failed} |",
+                s.name(),
+                t.as_str(),
+                first.as_secs_f64() * 1e3,
+                p50 / 1e3,
+                p99 / 1e3,
+            );
+            println!("{row}");
+            rows.push(row);
+            out.insert(
+                format!("{} {}", s.name(), t.as_str()),
+                json!({
+                    "rtt_ms": s.rtt_ms, "loss_percent": s.loss_percent,
+                    "transport": t.as_str(),
+                    "first_answer_ms": first.as_secs_f64() * 1e3,
+                    "p50_ms": p50 / 1e3, "p99_ms": p99 / 1e3, "samples": n,
+                    "mib_s_1_in_flight": one, "mib_s_8_in_flight": eight,
+                    "failed_1_mib_requests": failed,
+                }),
+            );
+        }
+    }
+    shape(
+        &net,
+        Shape {
+            rtt_ms: 0,
+            loss_percent: 0.0,
+            shaped: false,
+        },
+    );
+    (rows, out)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(why) =
         switchyard_testbed::netns::unavailable().or_else(switchyard_testbed::netdelay::unavailable)
@@ -268,56 +327,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         shaped,
     });
     let client = on_host(&net, 1, move |net| {
-        Box::pin(async move {
-            let mut rows = Vec::new();
-            let mut out = serde_json::Map::new();
-            for s in shapes {
-                shape(&net, s);
-                for t in Transport::ALL {
-                    let first = first_answer(t, client_ip, &server_addr).await;
-                    let client = node(client_mode(t), client_ip).await;
-                    client
-                        .request(&server_addr, Bytes::from_static(b"warm"))
-                        .await
-                        .expect("warm-up");
-                    let (p50, p99, n) = round_trips(&client, &server_addr, samples).await;
-                    let (one, failed_one) = throughput(&client, &server_addr, 1, secs).await;
-                    let (eight, failed_eight) = throughput(&client, &server_addr, 8, secs).await;
-                    let failed = failed_one + failed_eight;
-                    client.stop().await;
-                    let row = format!(
-                        "| {} | {} | {:.1} | {:.2} | {:.2} | {n} | {one:.1} | {eight:.1} | {failed} |",
-                        s.name(),
-                        t.as_str(),
-                        first.as_secs_f64() * 1e3,
-                        p50 / 1e3,
-                        p99 / 1e3,
-                    );
-                    println!("{row}");
-                    rows.push(row);
-                    out.insert(
-                        format!("{} {}", s.name(), t.as_str()),
-                        json!({
-                            "rtt_ms": s.rtt_ms, "loss_percent": s.loss_percent,
-                            "transport": t.as_str(),
-                            "first_answer_ms": first.as_secs_f64() * 1e3,
-                            "p50_ms": p50 / 1e3, "p99_ms": p99 / 1e3, "samples": n,
-                            "mib_s_1_in_flight": one, "mib_s_8_in_flight": eight,
-                            "failed_1_mib_requests": failed,
-                        }),
-                    );
-                }
-            }
-            shape(
-                &net,
-                Shape {
-                    rtt_ms: 0,
-                    loss_percent: 0.0,
-                    shaped: false,
-                },
-            );
-            (rows, out)
-        })
+        Box::pin(measure_all(
+            net,
+            shapes.to_vec(),
+            client_ip,
+            server_addr,
+            samples,
+            secs,
+        ))
     });
     println!(
         "| network (added round trip, loss each way) | transport | first answer, ms | p50, ms | p99, ms | samples | MiB/s, 1 in flight | MiB/s, 8 in flight | 1 MiB requests failed |"

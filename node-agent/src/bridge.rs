@@ -77,6 +77,48 @@ impl PeerAddr {
     }
 }
 
+/// Where a peer can be reached, as the transports have learned it
+/// (libp2p's identify listen addresses without their `/p2p` part;
+/// iroh's advertised and remote sockets); `None` when neither knows.
+pub fn view_addr(view: &PeerView) -> Option<PeerAddr> {
+    use libp2p::Multiaddr;
+    use libp2p::multiaddr::Protocol;
+    let libp2p: Vec<Multiaddr> = view
+        .libp2p
+        .listen
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .map(|a: Multiaddr| {
+            a.into_iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect()
+        })
+        .collect();
+    let iroh: Vec<std::net::SocketAddr> = view
+        .iroh
+        .listen
+        .iter()
+        .chain(&view.iroh.addrs)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if libp2p.is_empty() && iroh.is_empty() {
+        return None;
+    }
+    // The view already holds the iroh id: no mapping (a curve-point
+    // decompression) per peer per round.
+    let iroh = (!iroh.is_empty()).then(|| {
+        iroh.into_iter()
+            .fold(iroh::EndpointAddr::new(view.endpoint), |a, s| {
+                a.with_ip_addr(s)
+            })
+    });
+    Some(PeerAddr {
+        peer: view.peer,
+        libp2p,
+        iroh,
+    })
+}
+
 /// Why a request failed on every transport it could use.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BridgeError {
@@ -843,7 +885,7 @@ impl Node {
         if !peer.libp2p.is_empty() && peer.iroh.is_some() {
             return None;
         }
-        let known = self.peers.get(&peer.peer)?.addr()?;
+        let known = view_addr(&self.peers.get(&peer.peer)?)?;
         let libp2p = peer.libp2p.is_empty() && !known.libp2p.is_empty();
         let iroh = peer.iroh.is_none() && known.iroh.is_some();
         if !libp2p && !iroh {

@@ -419,7 +419,7 @@ fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
         if view.peer == me {
             continue;
         }
-        if let Some(addr) = view.addr() {
+        if let Some(addr) = crate::bridge::view_addr(&view) {
             merge(peers, addr);
         }
     }

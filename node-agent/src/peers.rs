@@ -59,48 +59,6 @@ pub struct PeerView {
 }
 
 impl PeerView {
-    /// Where the peer can be reached, as the transports have learned it
-    /// (libp2p's identify listen addresses without their `/p2p` part;
-    /// iroh's advertised and remote sockets); `None` when neither knows.
-    pub fn addr(&self) -> Option<crate::bridge::PeerAddr> {
-        use libp2p::Multiaddr;
-        use libp2p::multiaddr::Protocol;
-        let libp2p: Vec<Multiaddr> = self
-            .libp2p
-            .listen
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .map(|a: Multiaddr| {
-                a.into_iter()
-                    .filter(|p| !matches!(p, Protocol::P2p(_)))
-                    .collect()
-            })
-            .collect();
-        let iroh: Vec<std::net::SocketAddr> = self
-            .iroh
-            .listen
-            .iter()
-            .chain(&self.iroh.addrs)
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        if libp2p.is_empty() && iroh.is_empty() {
-            return None;
-        }
-        // The view already holds the iroh id: no mapping (a curve-point
-        // decompression) per peer per round.
-        let iroh = (!iroh.is_empty()).then(|| {
-            iroh.into_iter()
-                .fold(iroh::EndpointAddr::new(self.endpoint), |a, s| {
-                    a.with_ip_addr(s)
-                })
-        });
-        Some(crate::bridge::PeerAddr {
-            peer: self.peer,
-            libp2p,
-            iroh,
-        })
-    }
-
     /// The view of one transport.
     pub fn path(&self, t: Transport) -> &PathView {
         match t {
