@@ -26,42 +26,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use libp2p::PeerId;
 use serde_json::{Value, json};
 use switchyard_node_agent::NetworkMode;
 use switchyard_node_agent::bridge::{Hedge, Node, NodeConfig, PeerAddr};
 use switchyard_node_agent::identity::Identity;
-use switchyard_node_agent::stack::{Handler, Transport};
-use switchyard_node_agent::wire::Envelope;
+use switchyard_node_agent::stack::Transport;
 use switchyard_testbed::netns::{Net, Netem};
 use switchyard_testbed::stats::Summary;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::BenchEcho;
+
 const T: Duration = Duration::from_secs(30);
-
-/// Echoes small requests; answers large ones with their length.
-struct Echo;
-
-impl Handler for Echo {
-    fn handle(
-        &self,
-        _: PeerId,
-        _: Transport,
-        request: Envelope,
-    ) -> BoxFuture<'static, Result<Bytes, String>> {
-        Box::pin(async move {
-            if request.payload.len() <= 4096 {
-                Ok(request.payload)
-            } else {
-                Ok(Bytes::copy_from_slice(
-                    &(request.payload.len() as u64).to_be_bytes(),
-                ))
-            }
-        })
-    }
-    fn mode(&self) -> NetworkMode {
-        NetworkMode::DualPreferLibP2p
-    }
-}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -85,7 +63,7 @@ async fn node(mode: NetworkMode, ip: std::net::Ipv4Addr) -> Arc<Node> {
     config.libp2p.listen = format!("/ip4/{ip}/tcp/0").parse().expect("multiaddr");
     config.libp2p.request_timeout = T;
     config.iroh.bind = std::net::SocketAddr::from((ip, 0));
-    Node::start(Identity::generate(), config, mode, Arc::new(Echo))
+    Node::start(Identity::generate(), config, mode, Arc::new(BenchEcho))
         .await
         .expect("node starts")
 }

@@ -32,39 +32,18 @@ use switchyard_node_agent::identity::Identity;
 use switchyard_node_agent::peers::PeerSynchronizer;
 use switchyard_node_agent::stack::iroh_stack::{IrohConfig, IrohStack};
 use switchyard_node_agent::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
-use switchyard_node_agent::stack::{Handler, StackStats, Transport};
+use switchyard_node_agent::stack::{StackStats, Transport};
 use switchyard_node_agent::wire::Envelope;
 use switchyard_node_agent::{NetworkMode, RoutingStrategy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::BenchEcho;
+
 const T: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "SWITCHYARD_TRANSPORT_BENCH_CHILD";
-
-/// Echoes small requests; answers large ones with their length, so a
-/// throughput run moves its bytes one way.
-struct BenchEcho;
-
-impl Handler for BenchEcho {
-    fn handle(
-        &self,
-        _: PeerId,
-        _: Transport,
-        request: Envelope,
-    ) -> BoxFuture<'static, Result<Bytes, String>> {
-        Box::pin(async move {
-            if request.payload.len() <= 4096 {
-                Ok(request.payload)
-            } else {
-                Ok(Bytes::copy_from_slice(
-                    &(request.payload.len() as u64).to_be_bytes(),
-                ))
-            }
-        })
-    }
-    fn mode(&self) -> NetworkMode {
-        NetworkMode::DualPreferLibP2p
-    }
-}
 
 /// The sum of every sample of `metric` whose line contains `filter`.
 fn metric_sum(text: &str, metric: &str, filter: &str) -> f64 {

@@ -6,34 +6,13 @@
 //! The binary seeds come from the real encoders: `UPDATE_SEEDS=1` writes
 //! them again, and without it the test checks they are on disk.
 
-use std::path::{Path, PathBuf};
-
 use bytes::Bytes;
 use switchyard_node_agent::NetworkMode;
 use switchyard_node_agent::dht::key::Key;
 use switchyard_node_agent::dht::proto::{self, Contact, Request, Response};
 use switchyard_node_agent::fuzzing;
 use switchyard_node_agent::wire::{Envelope, Kind};
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// Every corpus file of `target`: seeds and regressions.
-pub fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for dir in ["seeds", "regressions"] {
-        let Ok(list) = std::fs::read_dir(fuzz_dir().join(dir).join(target)) else {
-            continue;
-        };
-        for e in list.flatten() {
-            let bytes = std::fs::read(e.path()).expect("read a corpus file");
-            out.push((e.path(), bytes));
-        }
-    }
-    out.sort();
-    out
-}
+use switchyard_testbed::fuzz_corpus::{Parser, fuzz_dir, run_all};
 
 fn frame(env: &Envelope) -> Vec<u8> {
     let body = env.encode();
@@ -144,9 +123,6 @@ fn the_encoders_seeds_are_on_disk() {
     }
 }
 
-/// A fuzz target's entry point.
-type Parser = fn(&[u8]);
-
 #[test]
 fn every_corpus_file_goes_through_its_parser() {
     let targets: [(&str, Parser); 7] = [
@@ -158,12 +134,5 @@ fn every_corpus_file_goes_through_its_parser() {
         ("agent_config", fuzzing::agent_config),
         ("workload_request", fuzzing::workload_request),
     ];
-    for (target, run) in targets {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "no seeds for {target} in fuzz/seeds");
-        for (path, bytes) in files {
-            let r = std::panic::catch_unwind(|| run(&bytes));
-            assert!(r.is_ok(), "{target} panicked on {}", path.display());
-        }
-    }
+    run_all(&targets);
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
+use switchyard_crds::plan::RollbackRecord;
 use switchyard_crds::{MigrationPlan, NetworkMode, PlanPhase};
 use switchyard_testbed::netfleet::{self, NS, NetFleet};
 use tokio::sync::watch;
@@ -118,6 +119,58 @@ fn plan(name: &str, extra: serde_json::Value) -> MigrationPlan {
         "spec": spec,
     }))
     .expect("plan")
+}
+
+/// The two canaries (host indices), once both run `mode`, acknowledged.
+async fn two_canaries(f: &NetFleet, mode: NetworkMode) -> Vec<usize> {
+    netfleet::eventually(&format!("the canaries run {mode}"), WAIT, || async {
+        let list = f.nodes.list(&ListParams::default()).await.ok()?;
+        let moved: Vec<usize> = list
+            .items
+            .iter()
+            .filter(|n| n.applied_mode() == Some(mode) && n.acknowledged())
+            .filter_map(|n| {
+                f.names
+                    .iter()
+                    .position(|x| Some(x) == n.metadata.name.as_ref())
+            })
+            .collect();
+        (moved.len() == 2).then_some(moved)
+    })
+    .await
+    .expect("canaries")
+}
+
+/// The workload on every host, once it has 100 operations through: its
+/// stop switch, its counts and its task.
+async fn run_workload(
+    f: &NetFleet,
+) -> (watch::Sender<bool>, Arc<Load>, tokio::task::JoinHandle<()>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let load = Arc::new(Load::default());
+    let apis: Vec<String> = (0..f.names.len()).map(|i| f.workload_api(i)).collect();
+    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
+    netfleet::eventually("the workload runs", WAIT, || async {
+        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
+    })
+    .await
+    .expect("workload");
+    (stop, load, running)
+}
+
+/// Plan `plan`'s rollback record for `trigger`, once there is one
+/// (running or finished).
+async fn rollback_by(f: &NetFleet, plan: &str, trigger: &str) -> RollbackRecord {
+    netfleet::eventually(&format!("{plan} rolls back on {trigger}"), WAIT, || async {
+        let s = f.plans.get(plan).await.ok()?.status?;
+        s.rollback_history
+            .iter()
+            .chain(s.rollback.iter())
+            .find(|r| r.trigger == trigger)
+            .cloned()
+    })
+    .await
+    .expect("a rollback record")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,34 +455,8 @@ async fn canaries_losing_a_third_of_their_packets_fail_their_health_check_and_on
         )
         .await
         .expect("plan");
-    let canaries: Vec<usize> =
-        netfleet::eventually("the canaries run DualPreferIroh", WAIT, || async {
-            let list = f.nodes.list(&ListParams::default()).await.ok()?;
-            let moved: Vec<usize> = list
-                .items
-                .iter()
-                .filter(|n| {
-                    n.applied_mode() == Some(NetworkMode::DualPreferIroh) && n.acknowledged()
-                })
-                .filter_map(|n| {
-                    f.names
-                        .iter()
-                        .position(|x| Some(x) == n.metadata.name.as_ref())
-                })
-                .collect();
-            (moved.len() == 2).then_some(moved)
-        })
-        .await
-        .expect("canaries");
-    let (stop, stop_rx) = watch::channel(false);
-    let load = Arc::new(Load::default());
-    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
-    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
-    netfleet::eventually("the workload runs", WAIT, || async {
-        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
-    })
-    .await
-    .expect("workload");
+    let canaries = two_canaries(&f, NetworkMode::DualPreferIroh).await;
+    let (stop, load, running) = run_workload(&f).await;
     let failed_before = load.failed.load(Ordering::Relaxed);
     let first_failure = load.last_failure.lock().expect("failure").clone();
 
@@ -437,24 +464,8 @@ async fn canaries_losing_a_third_of_their_packets_fail_their_health_check_and_on
     for &c in &canaries {
         f.net.loss(c, 33, false).expect("loss");
     }
-    let s = netfleet::eventually("the canaries roll back", WAIT, || async {
-        let s = f.plans.get("lossy").await.ok()?.status?;
-        s.rollback_history
-            .iter()
-            .chain(s.rollback.iter())
-            .any(|r| r.trigger == "HealthCheckFailure")
-            .then_some(s)
-    })
-    .await
-    .expect("health check failure");
+    let record = rollback_by(&f, "lossy", "HealthCheckFailure").await;
     let detected = lossy_at.elapsed();
-    let record = s
-        .rollback_history
-        .iter()
-        .chain(s.rollback.iter())
-        .find(|r| r.trigger == "HealthCheckFailure")
-        .expect("record")
-        .clone();
     for &c in &canaries {
         f.net.loss(c, 0, false).expect("loss cleared");
     }
@@ -550,22 +561,7 @@ async fn two_hundred_ms_on_the_canaries_iroh_path_is_a_latency_regression_and_on
         )
         .await
         .expect("plan");
-    let canaries: Vec<usize> = netfleet::eventually("the canaries run IrohOnly", WAIT, || async {
-        let list = f.nodes.list(&ListParams::default()).await.ok()?;
-        let moved: Vec<usize> = list
-            .items
-            .iter()
-            .filter(|n| n.applied_mode() == Some(NetworkMode::IrohOnly) && n.acknowledged())
-            .filter_map(|n| {
-                f.names
-                    .iter()
-                    .position(|x| Some(x) == n.metadata.name.as_ref())
-            })
-            .collect();
-        (moved.len() == 2).then_some(moved)
-    })
-    .await
-    .expect("canaries");
+    let canaries = two_canaries(&f, NetworkMode::IrohOnly).await;
     // The fault comes to a settled fleet: every agent connected to every
     // other on iroh, its DHT routing Healthy. (Reads can miss while nodes
     // change transports: see the rapid rollback's note.)
@@ -581,15 +577,7 @@ async fn two_hundred_ms_on_the_canaries_iroh_path_is_a_latency_regression_and_on
     {
         panic!("{e}: {}", fleet_state(&urls, &http).await);
     }
-    let (stop, stop_rx) = watch::channel(false);
-    let load = Arc::new(Load::default());
-    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
-    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
-    netfleet::eventually("the workload runs", WAIT, || async {
-        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
-    })
-    .await
-    .expect("workload");
+    let (stop, load, running) = run_workload(&f).await;
     let failed_before = load.failed.load(Ordering::Relaxed);
     let first_failure = load.last_failure.lock().expect("failure").clone();
     // Nothing has fired while the path was fast.
@@ -618,24 +606,8 @@ async fn two_hundred_ms_on_the_canaries_iroh_path_is_a_latency_regression_and_on
             )
             .expect("delay");
     }
-    let s = netfleet::eventually("the canaries roll back", WAIT, || async {
-        let s = f.plans.get("slow").await.ok()?.status?;
-        s.rollback_history
-            .iter()
-            .chain(s.rollback.iter())
-            .any(|r| r.trigger == "LatencyRegression")
-            .then_some(s)
-    })
-    .await
-    .expect("latency regression");
+    let record = rollback_by(&f, "slow", "LatencyRegression").await;
     let detected = slow_at.elapsed();
-    let record = s
-        .rollback_history
-        .iter()
-        .chain(s.rollback.iter())
-        .find(|r| r.trigger == "LatencyRegression")
-        .expect("record")
-        .clone();
     let shaped: Vec<(u64, u64)> = canaries.iter().filter_map(|&c| f.net.shaped(c)).collect();
     for &c in &canaries {
         f.net.delay(c, 0, 0).expect("delay cleared");
@@ -693,15 +665,7 @@ async fn a_whole_migration_under_fifty_ms_of_delay_and_half_a_percent_loss_fails
             .expect("netem");
     }
     wait_connected(&f).await;
-    let (stop, stop_rx) = watch::channel(false);
-    let load = Arc::new(Load::default());
-    let apis: Vec<String> = (0..HOSTS).map(|i| f.workload_api(i)).collect();
-    let running = tokio::spawn(workload(apis, load.clone(), stop_rx));
-    netfleet::eventually("the workload runs", WAIT, || async {
-        (load.ok.load(Ordering::Relaxed) >= 100).then_some(())
-    })
-    .await
-    .expect("workload");
+    let (stop, load, running) = run_workload(&f).await;
     let started = Instant::now();
     f.plans
         .create(

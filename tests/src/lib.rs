@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod argocd;
 pub mod chart;
 pub mod cluster;
+pub mod fuzz_corpus;
 pub mod netdelay;
 pub mod netfleet;
 pub mod netns;

@@ -22,7 +22,7 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context as _, bail};
 
-use crate::netdelay::{Delayer, Shape};
+use crate::netdelay::Delayer;
 use crate::ports::{self, Port};
 
 /// One host.
@@ -34,18 +34,9 @@ pub struct Host {
     pub ip: Ipv4Addr,
 }
 
-/// `tc netem` settings for a host's link.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Netem {
-    /// Added one-way delay, milliseconds.
-    pub delay_ms: u32,
-    /// Spread of that delay, milliseconds.
-    pub jitter_ms: u32,
-    /// Packets dropped, percent.
-    pub loss_percent: f64,
-    /// Only UDP (iroh's QUIC), not TCP (libp2p).
-    pub udp_only: bool,
-}
+/// Delay, jitter and loss for a host's link: the same settings whether
+/// `tc netem` or the user-space delayer applies them.
+pub use crate::netdelay::Shape as Netem;
 
 /// A bridge and its hosts.
 pub struct Net {
@@ -341,13 +332,7 @@ impl Net {
         if netem.delay_ms == 0 && netem.loss_percent == 0.0 {
             return Ok(());
         }
-        let shape = Shape {
-            delay_ms: netem.delay_ms,
-            jitter_ms: netem.jitter_ms,
-            loss_percent: netem.loss_percent,
-            udp_only: netem.udp_only,
-        };
-        let d = Delayer::start(&self.hosts[i].ns, "eth0", 0, shape)?;
+        let d = Delayer::start(&self.hosts[i].ns, "eth0", 0, netem)?;
         delayers.insert(i, d);
         Ok(())
     }
