@@ -35,6 +35,12 @@ enum Command {
         /// Events kept per resource for watch resumption.
         #[arg(long, default_value_t = apiserver::store::DEFAULT_HISTORY)]
         history: usize,
+        /// Seconds a past event stays watchable (compaction by age).
+        #[arg(long, default_value_t = apiserver::store::DEFAULT_HISTORY_WINDOW.as_secs())]
+        history_window_seconds: u64,
+        /// Seconds an Event lives after its last write.
+        #[arg(long, default_value_t = apiserver::store::DEFAULT_EVENT_TTL.as_secs())]
+        event_ttl_seconds: u64,
         /// Authenticate requests by bearer token and authorize them with
         /// RBAC (the written kubeconfig is an administrator's).
         #[arg(long)]
@@ -55,12 +61,16 @@ async fn main() -> anyhow::Result<()> {
             port,
             kubeconfig,
             history,
+            history_window_seconds,
+            event_ttl_seconds,
             authorization,
             admission,
         } => {
             let config = apiserver::Config {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 history,
+                history_window: std::time::Duration::from_secs(history_window_seconds),
+                event_ttl: std::time::Duration::from_secs(event_ttl_seconds),
                 authorization,
                 admission,
                 ..apiserver::Config::default()

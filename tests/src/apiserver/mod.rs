@@ -46,6 +46,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Events kept per resource for watch resumption.
     pub history: usize,
+    /// How long a past event stays there (compaction by age).
+    pub history_window: Duration,
+    /// How long an Event lives after its last write.
+    pub event_ttl: Duration,
     /// Live events a watcher may fall behind before the server closes it
     /// (as a real API server closes an unresponsive watcher).
     pub watch_buffer: usize,
@@ -69,6 +73,8 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             history: store::DEFAULT_HISTORY,
+            history_window: store::DEFAULT_HISTORY_WINDOW,
+            event_ttl: store::DEFAULT_EVENT_TTL,
             watch_buffer: store::DEFAULT_WATCH_BUFFER,
             // Real API servers send one about every minute; tests want them sooner.
             bookmark_interval: Duration::from_secs(5),
@@ -118,6 +124,22 @@ impl App {
     }
 }
 
+/// How often the server compacts its history and expires Events.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// Compact the store on a timer, as etcd and the Event TTL do.
+async fn expire_forever(app: &App) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let done = app.store.lock().expire(std::time::Instant::now());
+        if done != store::Expired::default() {
+            tracing::debug!(?done, "compacted the store");
+        }
+    }
+}
+
 enum Either {
     Tls(tls::TlsListener),
     Plain(tokio::net::TcpListener),
@@ -148,6 +170,7 @@ impl ApiServer {
                 let store = Store::new(config.history);
                 store.set_validate_custom_resources(config.validate_custom_resources);
                 store.set_watch_buffer(config.watch_buffer);
+                store.set_retention(config.history_window, config.event_ttl);
                 store
             },
             config,
@@ -204,14 +227,23 @@ impl ApiServer {
             Some(t) => Either::Tls(t.listener(listener)),
             None => Either::Plain(listener),
         };
+        let expiring = app.clone();
         let task = tokio::spawn(async move {
             let stop = async {
                 let _ = rx.await;
             };
-            let _ = match listener {
-                Either::Tls(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
-                Either::Plain(tcp) => axum::serve(tcp, router).with_graceful_shutdown(stop).await,
+            let serving = async {
+                match listener {
+                    Either::Tls(tls) => axum::serve(tls, router).with_graceful_shutdown(stop).await,
+                    Either::Plain(tcp) => {
+                        axum::serve(tcp, router).with_graceful_shutdown(stop).await
+                    }
+                }
             };
+            tokio::select! {
+                _ = serving => {}
+                _ = expire_forever(&expiring) => {}
+            }
         });
         ApiServer {
             addr,

@@ -2,6 +2,12 @@
 //! resourceVersion counter (as etcd has), and per-resource event history
 //! for watches, bounded with compaction.
 //!
+//! Like kube-apiserver on etcd, the history is compacted by age (etcd
+//! compacts every five minutes) as well as by count, and Events expire an
+//! hour after their last write (`--event-ttl`): a server that runs for
+//! hours holds what it held after its first few minutes. [`Inner::expire`]
+//! does both, with the time passed in; the server calls it on a timer.
+//!
 //! Every write goes through [`Inner::commit`], which keeps the rules in one
 //! place: metadata the server owns (uid, creationTimestamp, generation,
 //! resourceVersion) is set here; generation moves only when something
@@ -11,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
@@ -21,6 +28,11 @@ use super::selectors::{FieldSelector, LabelSelector};
 
 /// How many past events each resource keeps for watch resumption.
 pub const DEFAULT_HISTORY: usize = 10_000;
+/// How long a past event stays in the history: etcd's compaction interval
+/// in kube-apiserver (`--etcd-compaction-interval`, 5 minutes).
+pub const DEFAULT_HISTORY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How long an Event lives after its last write (`--event-ttl`, 1 hour).
+pub const DEFAULT_EVENT_TTL: Duration = Duration::from_secs(60 * 60);
 /// Live-event buffer per resource. A watcher that falls this far behind
 /// is closed, as a real API server's watch cache closes an unresponsive
 /// watcher; its client watches again from the last version it saw.
@@ -61,6 +73,8 @@ pub struct Event {
     /// The object before the change, to turn selector transitions into
     /// ADDED/DELETED for filtered watchers.
     pub old: Option<Arc<Value>>,
+    /// When it happened, for compaction by age.
+    pub at: Instant,
 }
 
 struct Collection {
@@ -68,6 +82,8 @@ struct Collection {
     history: VecDeque<Arc<Event>>,
     /// Events up to this resourceVersion are no longer in the history.
     compacted_to: u64,
+    /// When each object was last written, for kinds that expire (Events).
+    written: BTreeMap<(String, String), Instant>,
     tx: broadcast::Sender<Arc<Event>>,
 }
 
@@ -77,9 +93,25 @@ impl Collection {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             compacted_to: 0,
+            written: BTreeMap::new(),
             tx: broadcast::channel(watch_buffer).0,
         }
     }
+}
+
+/// What one [`Inner::expire`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    /// Past events dropped from the history.
+    pub compacted: usize,
+    /// Events (the kind) deleted for their age.
+    pub deleted: usize,
+}
+
+/// Whether objects of this type expire a while after their last write:
+/// Events, of either API group.
+fn expires(rt: &ResourceType) -> bool {
+    rt.plural == "events" && (rt.group.is_empty() || rt.group == "events.k8s.io")
 }
 
 /// Retained events to replay, and a receiver for live ones.
@@ -141,6 +173,10 @@ pub struct Store {
 pub struct Inner {
     rv: u64,
     history_limit: usize,
+    /// Past events older than this are compacted away.
+    history_window: Duration,
+    /// Events (the kind) older than this are deleted.
+    event_ttl: Duration,
     /// Live events a watcher may fall behind before it is closed.
     watch_buffer: usize,
     /// Prune, default and validate custom resources per their schema.
@@ -223,6 +259,8 @@ impl Store {
         let mut inner = Inner {
             rv: 1,
             history_limit: history_limit.max(1),
+            history_window: DEFAULT_HISTORY_WINDOW,
+            event_ttl: DEFAULT_EVENT_TTL,
             watch_buffer: DEFAULT_WATCH_BUFFER,
             validate_custom: true,
             builtins: registry::builtins(),
@@ -252,6 +290,14 @@ impl Store {
     /// (at least 1). Applies to resources first written after the call.
     pub fn set_watch_buffer(&self, events: usize) {
         self.lock().watch_buffer = events.max(1);
+    }
+
+    /// How long past events stay watchable, and how long an Event lives
+    /// after its last write (see [`Inner::expire`]).
+    pub fn set_retention(&self, history_window: Duration, event_ttl: Duration) {
+        let mut inner = self.lock();
+        inner.history_window = history_window;
+        inner.event_ttl = event_ttl;
     }
 
     /// Lock the store.
@@ -560,10 +606,15 @@ impl Inner {
             EventType::Added
         };
         let limit = self.history_limit;
+        let at = Instant::now();
         let coll = self.collection(rt);
         if gone {
             coll.objects.remove(&key);
+            coll.written.remove(&key);
         } else {
+            if expires(rt) {
+                coll.written.insert(key.clone(), at);
+            }
             coll.objects.insert(key.clone(), new.clone());
         }
         let event = Arc::new(Event {
@@ -571,6 +622,7 @@ impl Inner {
             kind,
             object: new.clone(),
             old,
+            at,
         });
         coll.history.push_back(event.clone());
         while coll.history.len() > limit {
@@ -816,6 +868,42 @@ impl Inner {
         // Without finalizers, commit removes it at once: the DELETED event
         // carries the last state, and dependents are collected.
         Ok(self.commit(rt, key, Some(old), new))
+    }
+
+    /// Compact, as of `now`, the history events older than the window,
+    /// and delete the Events whose last write is older than the TTL (their
+    /// watchers see DELETED, as when etcd's lease on an Event runs out).
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut done = Expired::default();
+        let window = self.history_window;
+        for coll in self.collections.values_mut() {
+            while let Some(e) = coll.history.front()
+                && now.saturating_duration_since(e.at) >= window
+            {
+                coll.compacted_to = e.rv;
+                coll.history.pop_front();
+                done.compacted += 1;
+            }
+        }
+        let ttl = self.event_ttl;
+        let kinds: Vec<ResourceType> = self.types().filter(|t| expires(t)).cloned().collect();
+        for rt in kinds {
+            let stale: Vec<(String, String)> = self
+                .collection(&rt)
+                .written
+                .iter()
+                .filter(|(_, at)| now.saturating_duration_since(**at) >= ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for (ns, name) in stale {
+                let ns = (!ns.is_empty()).then_some(ns);
+                let opts = WriteOptions::default();
+                if self.delete(&rt, ns.as_deref(), &name, false, &opts).is_ok() {
+                    done.deleted += 1;
+                }
+            }
+        }
+        done
     }
 
     /// Delete every object whose owner references name `uid`.
@@ -1139,5 +1227,104 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     ) {
         (Some(ns), Some(name)) => Ok((ns.to_owned(), name.to_owned())),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (Store, ResourceType, ResourceType) {
+        let store = Store::new(DEFAULT_HISTORY);
+        store.set_retention(Duration::from_secs(300), Duration::from_secs(3600));
+        let (cms, events) = {
+            let inner = store.lock();
+            (
+                inner.find("", "v1", "configmaps").expect("configmaps"),
+                inner.find("", "v1", "events").expect("events"),
+            )
+        };
+        (store, cms, events)
+    }
+
+    fn named(kind: &str, name: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}})
+    }
+
+    #[test]
+    fn past_events_older_than_the_window_are_compacted_and_resuming_before_them_is_410() {
+        let (store, cms, _) = store();
+        let mut s = store.lock();
+        let start = Instant::now();
+        let before = s.resource_version();
+        let opts = WriteOptions::default();
+        s.create(&cms, Some("default"), named("ConfigMap", "a"), &opts)
+            .expect("create");
+        // Inside the window: nothing goes, a resume replays the create.
+        let kept = s.expire(start + Duration::from_secs(200));
+        assert_eq!(kept.compacted, 0);
+        let (backlog, _) = s.subscribe(&cms, before).expect("resumable");
+        assert_eq!(backlog.len(), 1);
+        // Past it: the event is compacted; resuming before it is 410 Gone,
+        // resuming at the current version still works.
+        let gone = s.expire(Instant::now() + Duration::from_secs(301));
+        assert!(gone.compacted >= 1, "{gone:?}");
+        let err = s.subscribe(&cms, before).expect_err("too old");
+        assert_eq!(err.code, 410, "{}", err.message);
+        let now = s.resource_version();
+        let (backlog, _) = s.subscribe(&cms, now).expect("current");
+        assert!(backlog.is_empty());
+        assert!(s.get(&cms, Some("default"), "a").is_ok(), "objects stay");
+    }
+
+    #[test]
+    fn an_event_expires_an_hour_after_its_last_write_and_its_watchers_see_it_go() {
+        let (store, _, events) = store();
+        let mut s = store.lock();
+        let opts = WriteOptions::default();
+        let born = Instant::now();
+        s.create(&events, Some("default"), named("Event", "e1"), &opts)
+            .expect("create");
+        let at = s.resource_version();
+        let (_, mut live) = s.subscribe(&events, at).expect("watch");
+        assert_eq!(s.expire(born + Duration::from_secs(3000)).deleted, 0);
+        assert!(s.get(&events, Some("default"), "e1").is_ok());
+        // A write restarts its hour (an Event's series count goes up).
+        let rewritten = Instant::now();
+        let mut again = (*s.get(&events, Some("default"), "e1").expect("get")).clone();
+        again["count"] = json!(2);
+        s.update(&events, Some("default"), "e1", again, false, &opts)
+            .expect("update");
+        assert_eq!(s.expire(born + Duration::from_secs(3600)).deleted, 0);
+        assert!(s.get(&events, Some("default"), "e1").is_ok());
+        let done = s.expire(rewritten + Duration::from_secs(3601));
+        assert_eq!(done.deleted, 1);
+        assert_eq!(
+            s.get(&events, Some("default"), "e1")
+                .expect_err("gone")
+                .code,
+            404
+        );
+        let mut kinds = Vec::new();
+        while let Ok(e) = live.try_recv() {
+            kinds.push(e.kind);
+        }
+        assert_eq!(kinds, vec![EventType::Modified, EventType::Deleted]);
+    }
+
+    #[test]
+    fn only_events_expire() {
+        let (store, cms, _) = store();
+        let mut s = store.lock();
+        s.create(
+            &cms,
+            Some("default"),
+            named("ConfigMap", "keep"),
+            &WriteOptions::default(),
+        )
+        .expect("create");
+        let done = s.expire(Instant::now() + Duration::from_secs(10 * 3600));
+        assert_eq!(done.deleted, 0);
+        assert!(s.get(&cms, Some("default"), "keep").is_ok());
     }
 }
