@@ -25,3 +25,17 @@ pub mod scrape;
 pub mod sweep;
 
 pub use app::run;
+
+/// What the `switchyard-operator` binary does with its arguments: log at
+/// `RUST_LOG` (default info), then check an installation or run the
+/// operator. `switchyard demo` starts the operator through this too.
+pub async fn main_with(args: config::Args) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Some(url) = &args.check_install {
+        return check::run(url, args.namespace.as_deref()).await;
+    }
+    let config = config::Config::try_from(args)?;
+    run(config).await
+}

@@ -4,17 +4,9 @@
 //! the in-cluster service account.
 
 use clap::Parser;
-use switchyard_operator::config::{Args, Config};
+use switchyard_operator::config::Args;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let args = Args::parse();
-    if let Some(url) = &args.check_install {
-        return switchyard_operator::check::run(url, args.namespace.as_deref()).await;
-    }
-    let config = Config::try_from(args)?;
-    switchyard_operator::run(config).await
+    switchyard_operator::main_with(Args::parse()).await
 }

@@ -1,0 +1,264 @@
+//! The demo's cluster and fleet: the in-memory API server with the CRDs,
+//! N real node-agents in this process (the agent's own `run_with`: libp2p
+//! and iroh on 127.0.0.1, its DHT, its workload API), and the operator in
+//! a process of its own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode};
+use switchyard_node_agent::agent::{AgentConfig, run_with};
+use switchyard_testbed::apiserver::Config;
+use switchyard_testbed::cluster::TestCluster;
+use switchyard_testbed::ports;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::plan::{LABEL, NAMESPACE, node_name};
+
+/// The bound on each wait while the fleet starts.
+const START_WAIT: Duration = Duration::from_secs(120);
+
+/// Everything the demo started.
+pub struct Fleet {
+    /// The in-memory cluster (its scratch directory holds the kubeconfig,
+    /// the operator's log and the agents' keys).
+    pub cluster: TestCluster,
+    /// FleetNodes.
+    pub nodes: Api<FleetNode>,
+    /// Each agent's workload API.
+    pub apis: Vec<SocketAddr>,
+    /// The operator's dashboard.
+    pub dashboard: String,
+    operator: tokio::process::Child,
+    agents: Vec<JoinHandle<anyhow::Result<()>>>,
+    stop: watch::Sender<bool>,
+    /// Ports handed to the operator and the workload APIs, held until the
+    /// fleet stops so that nothing else takes them.
+    _ports: Vec<ports::Port>,
+}
+
+impl Fleet {
+    /// Start the cluster, `n` agents and the operator; `say` hears how far
+    /// it got.
+    pub async fn start(n: usize, say: &dyn Fn(&str)) -> anyhow::Result<Fleet> {
+        let cluster = TestCluster::start(Config::default(), "demo").await?;
+        cluster.namespace(NAMESPACE).await?;
+        let names: Vec<String> = (0..n).map(node_name).collect();
+        let labels: BTreeMap<String, String> = [(LABEL.0.into(), LABEL.1.into())].into();
+        cluster
+            .register_nodes(NAMESPACE, names.clone(), &labels, NetworkMode::LibP2pOnly)
+            .await?;
+        let nodes: Api<FleetNode> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+        say(&format!(
+            "API server up, {n} FleetNodes registered in LibP2pOnly"
+        ));
+
+        let operator_port = ports::reserve();
+        let operator = start_operator(&cluster, operator_port.addr())?;
+        let dashboard = format!("http://{}/", operator_port.addr());
+
+        let (stop, stop_rx) = watch::channel(false);
+        let workload_ports: Vec<ports::Port> = (0..n).map(|_| ports::reserve()).collect();
+        let apis: Vec<SocketAddr> = workload_ports.iter().map(ports::Port::addr).collect();
+        let start_agent = |i: usize, bootstrap: Vec<String>| {
+            let mut stop = stop_rx.clone();
+            let config = agent_config(&cluster.dir, &names[i], bootstrap, apis[i], n);
+            tokio::spawn(run_with(cluster.client.clone(), config, async move {
+                let _ = stop.wait_for(|s| *s).await;
+                Ok(())
+            }))
+        };
+        let mut agents = vec![start_agent(0, Vec::new())];
+        let first = wait("the first agent to report its address", || async {
+            let s = nodes.get(&names[0]).await.ok()?.status?;
+            let addr = s.addresses?.libp2p.first()?.clone();
+            Some(format!("{}@{addr}", s.identity?.peer_id))
+        })
+        .await?;
+        agents.extend((1..n).map(|i| start_agent(i, vec![first.clone()])));
+        let mut ports = workload_ports;
+        ports.push(operator_port);
+        let fleet = Fleet {
+            cluster,
+            nodes,
+            apis,
+            dashboard,
+            operator,
+            agents,
+            stop,
+            _ports: ports,
+        };
+        fleet.await_ready(n, say).await?;
+        Ok(fleet)
+    }
+
+    /// Wait until every agent reports its endpoints and its DHT routing is
+    /// Healthy, and the operator serves its dashboard.
+    async fn await_ready(&self, n: usize, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let endpoints = wait("every agent to report its metrics endpoint", || async {
+            let list = self.nodes.list(&ListParams::default()).await.ok()?;
+            let urls: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|n| n.status.as_ref()?.metrics_endpoint.clone())
+                .collect();
+            (urls.len() == n).then_some(urls)
+        })
+        .await?;
+        say(&format!(
+            "{n} node-agents up; waiting for their DHT routing"
+        ));
+        wait("every agent's DHT routing to be Healthy", || async {
+            for url in &endpoints {
+                let body = http.get(url).send().await.ok()?.text().await.ok()?;
+                let health = sample(&body, "switchyard_dht_routing_health")?;
+                if health < 2.0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await?;
+        wait("the operator to serve its dashboard", || async {
+            let r = http.get(&self.dashboard).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+    }
+
+    /// Set, or with `None` clear, the fault injected into `names` (the
+    /// agents' `switchyard.dev/inject-faults` annotation).
+    pub async fn inject(&self, names: &[String], faults: Option<&str>) -> anyhow::Result<()> {
+        for name in names {
+            self.nodes
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {ANNOTATION_INJECT_FAULTS: faults}}}),
+                    ),
+                )
+                .await
+                .with_context(|| format!("injecting a fault into {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The operator's log so far, its last `lines` lines.
+    pub fn operator_log(&self, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.cluster.dir.join("operator.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stop the agents and the operator, and remove the scratch directory.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = self.operator.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.operator.wait()).await;
+        let agents = futures::future::join_all(self.agents.iter_mut());
+        if tokio::time::timeout(Duration::from_secs(10), agents)
+            .await
+            .is_err()
+        {
+            for a in &self.agents {
+                a.abort();
+            }
+        }
+        self.cluster.stop().await;
+    }
+}
+
+/// The operator: this same executable, `switchyard operator`, which runs
+/// what `switchyard-operator` runs, with the built-in analysis, the Lease
+/// and the dashboard on `addr`.
+fn start_operator(
+    cluster: &TestCluster,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("finding this executable to start the operator")?;
+    let log = std::fs::File::create(cluster.dir.join("operator.log"))?;
+    tokio::process::Command::new(exe)
+        .arg("operator")
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("SWITCHYARD_NAMESPACE", NAMESPACE)
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", "switchyard-demo-operator")
+        .env("SWITCHYARD_HTTP_ADDR", addr.to_string())
+        .env("SWITCHYARD_DASHBOARD", "true")
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the operator")
+}
+
+fn agent_config(
+    dir: &std::path::Path,
+    name: &str,
+    bootstrap: Vec<String>,
+    workload: SocketAddr,
+    fleet: usize,
+) -> AgentConfig {
+    let mut c = AgentConfig::new(name, NAMESPACE);
+    c.pod_ip = [127, 0, 0, 1].into();
+    c.identity_file = Some(dir.join(format!("{name}.key")));
+    c.libp2p_port = 0;
+    c.iroh_port = 0;
+    c.http_addr = ([127, 0, 0, 1], 0).into();
+    c.bootstrap = bootstrap;
+    c.probe_rate = 2.0;
+    c.workload.listen = Some(workload);
+    // The routing check every 5 s (the default is 30 s), so that the
+    // analysis sees it; a lookup on a busy laptop is slow, not failed.
+    c.dht.check_interval = Duration::from_secs(5);
+    c.dht.lookup_timeout = Duration::from_secs(30);
+    c.shutdown_timeout = Duration::from_secs(3);
+    // Heartbeats to every peer on both transports: fewer in a big fleet
+    // sharing one machine.
+    c.manager.heartbeat_interval = Duration::from_secs(if fleet > 50 { 5 } else { 2 });
+    c.allow_fault_injection = true;
+    c
+}
+
+/// The sum of a metric's samples in a Prometheus text body.
+fn sample(body: &str, metric: &str) -> Option<f64> {
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Poll `f` every 200 ms until it yields, for at most [`START_WAIT`].
+async fn wait<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up after {START_WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

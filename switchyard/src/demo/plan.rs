@@ -1,0 +1,145 @@
+//! The demo's MigrationPlan, and which stage `--fail-at` names. Pure: no
+//! I/O, so both are tested here.
+
+use serde_json::json;
+use switchyard_crds::{MigrationPlan, NetworkMode};
+
+/// The namespace everything lives in.
+pub const NAMESPACE: &str = "demo";
+/// The plan's name.
+pub const PLAN: &str = "demo-to-iroh";
+/// The label the plan selects the fleet by.
+pub const LABEL: (&str, &str) = ("app", "storage-node");
+/// The stages, in order.
+pub const STAGES: [NetworkMode; 3] = [
+    NetworkMode::DualPreferLibP2p,
+    NetworkMode::DualPreferIroh,
+    NetworkMode::IrohOnly,
+];
+/// Each stage's waves, as percentages of the fleet.
+pub const WAVES: [u8; 2] = [50, 100];
+
+/// Node `i`'s name.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:02}")
+}
+
+/// The canaries: the same two nodes in every stage, so that `--fail-at`
+/// knows whom to break. Not node-00, the bootstrap peer of the others.
+pub fn canaries() -> [String; 2] {
+    [node_name(1), node_name(2)]
+}
+
+/// The plan: a canary and two waves per stage, short soaks, analysis on
+/// error rate, p95 latency and DHT lookup success every 2 s, and a
+/// fast automatic rollback of the whole plan.
+pub fn plan() -> MigrationPlan {
+    let stages: Vec<NetworkMode> = STAGES.to_vec();
+    serde_json::from_value(json!({
+        "apiVersion": "switchyard.dev/v1alpha1",
+        "kind": "MigrationPlan",
+        "metadata": {"name": PLAN, "namespace": NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": {LABEL.0: LABEL.1}},
+            "stages": stages,
+            "canary": {"nodes": canaries(), "duration": "3s"},
+            "waves": WAVES,
+            "waveInterval": "1s",
+            "maxUnavailable": "50%",
+            "progressDeadline": "1m",
+            "analysis": {
+                "interval": "2s",
+                "minSampleSize": 5,
+                "inconclusiveLimit": 2,
+                "metrics": [
+                    {"name": "error-rate", "builtin": "ErrorRate", "max": 0.05},
+                    {"name": "p95-ms", "builtin": "LatencyP95", "max": 1000.0},
+                    {"name": "dht-success", "builtin": "DhtLookupSuccess", "min": 0.95},
+                ],
+            },
+            // The four triggers with the seed's thresholds, but for the
+            // latency bound: a fleet of agents sharing a laptop's cores
+            // sees p95s of several hundred milliseconds when the machine
+            // is busy, which on a real network would be a regression.
+            "rollback": {
+                "strategy": "Fast",
+                "scope": "Plan",
+                "triggers": {
+                    "highErrorRate": {},
+                    "latencyRegression": {"thresholdMs": 2000},
+                    "networkPartition": {},
+                    "healthCheckFailure": {},
+                },
+            },
+        },
+    }))
+    .expect("the demo's plan is a valid MigrationPlan")
+}
+
+/// The stage index (0-based) `--fail-at` names: its number (1 to 3) or
+/// its mode, e.g. `2` or `DualPreferIroh`.
+pub fn fail_at(arg: &str) -> Result<usize, String> {
+    let names: Vec<String> = STAGES.iter().map(|m| format!("{m:?}")).collect();
+    let arg = arg.trim();
+    if let Ok(n) = arg.parse::<usize>() {
+        return (1..=STAGES.len())
+            .contains(&n)
+            .then(|| n - 1)
+            .ok_or_else(|| {
+                format!(
+                    "--fail-at {n}: the plan has stages 1 to {} ({})",
+                    STAGES.len(),
+                    names.join(", ")
+                )
+            });
+    }
+    names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(arg))
+        .ok_or_else(|| {
+            format!(
+                "--fail-at {arg:?}: name a stage by number (1 to {}) or mode ({})",
+                STAGES.len(),
+                names.join(", ")
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_has_three_stages_a_canary_and_analysis_on_the_three_measures() {
+        let p = plan();
+        assert_eq!(p.spec.stages, STAGES.to_vec());
+        let analysis = p.spec.analysis.as_ref().expect("analysis");
+        let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["error-rate", "p95-ms", "dht-success"]);
+        let canary = p.spec.canary.as_ref().expect("canary");
+        assert_eq!(canary.nodes, Some(canaries().to_vec()));
+        let triggers = &p.spec.rollback.triggers;
+        assert!(triggers.high_error_rate.is_some() && triggers.network_partition.is_some());
+        assert!(triggers.health_check_failure.is_some());
+        let latency = triggers
+            .latency_regression
+            .as_ref()
+            .expect("latency trigger");
+        assert_eq!(latency.threshold_ms, 2000);
+    }
+
+    #[test]
+    fn a_stage_is_named_by_number_or_mode_and_anything_else_says_what_is_valid() {
+        assert_eq!(fail_at("1"), Ok(0));
+        assert_eq!(fail_at("3"), Ok(2));
+        assert_eq!(fail_at("dualpreferiroh"), Ok(1));
+        assert_eq!(fail_at("IrohOnly"), Ok(2));
+        let zero = fail_at("0").expect_err("no stage 0");
+        assert!(zero.contains("1 to 3"), "{zero}");
+        let other = fail_at("LibP2pOnly").expect_err("not a stage");
+        assert!(
+            other.contains("DualPreferLibP2p, DualPreferIroh, IrohOnly"),
+            "{other}"
+        );
+    }
+}
