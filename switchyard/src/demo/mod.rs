@@ -337,7 +337,10 @@ impl Demo {
             if *printed > 0 {
                 let _ = write!(out, "\x1b[{printed}F\x1b[J");
             }
-            let _ = writeln!(out, "{}", lines.join("\n"));
+            // Lines wider than the terminal are clipped, not wrapped (auto-wrap
+            // off while drawing), so the next frame moves up exactly as many
+            // lines as this one printed.
+            let _ = writeln!(out, "\x1b[?7l{}\x1b[?7h", lines.join("\n"));
             *printed = lines.len();
         } else {
             let key = format!(
