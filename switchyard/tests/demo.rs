@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use switchyard_testbed::serial;
 
 /// A demo of 8 agents ends well within this; a hung one fails the test.
@@ -32,7 +34,7 @@ fn demo(args: &[&str]) -> (Output, Duration) {
                 return;
             }
         }
-        signal(pid, "TERM");
+        signal(pid, Signal::SIGTERM);
     });
     let out = child.wait_with_output().expect("the demo ran");
     let _ = watchdog.join();
@@ -49,11 +51,10 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
+fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
 }
 
 fn text(out: &Output) -> String {
@@ -183,7 +184,7 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
     let operator = children(pid);
     let scratch = std::env::temp_dir().join(format!("switchyard-demo-{pid}"));
     let existed = scratch.is_dir();
-    signal(pid, "INT");
+    signal(pid, Signal::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
