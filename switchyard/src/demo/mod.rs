@@ -83,6 +83,10 @@ pub async fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = open_files(args.nodes.into()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let started = Instant::now();
     let say = move |m: &str| println!("[{:>5.1}s] {m}", started.elapsed().as_secs_f64());
     say(&format!(
@@ -148,6 +152,32 @@ fn print_access(fleet: &Fleet) {
         ns = plan::NAMESPACE,
         plan = plan::PLAN,
     );
+}
+
+/// Open files a fleet of `n` agents in one process needs, about: each
+/// agent's sockets and a TCP connection to many of the others, both ends
+/// of which are in this process (30 agents used 1,265).
+fn files_needed(n: u64) -> u64 {
+    256 + 3 * n * n / 2
+}
+
+/// Raise this process's open-file limit to what `n` agents need (up to
+/// the hard limit); say what to change when the hard limit is too low.
+fn open_files(n: u64) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = files_needed(n);
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| format!("reading the open-file limit: {e}"))?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        return Err(format!(
+            "--nodes {n} needs about {need} open files, and this shell allows {hard} (ulimit -Hn): raise the hard limit or use fewer nodes"
+        ));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard)
+        .map_err(|e| format!("raising the open-file limit to {need}: {e}"))
 }
 
 /// Turns true at SIGINT (Ctrl-C) or SIGTERM. The handlers are in place
