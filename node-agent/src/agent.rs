@@ -523,11 +523,17 @@ pub fn health_score(ok: f64, failed: f64, partition_risk: f64, routing: RoutingH
 }
 
 /// The share of known peers unreachable on every transport both sides
-/// allow; unknown (`None`) with no known peers.
+/// allow; unknown (`None`) with no known peers. A peer just learned, none
+/// of whose paths has been tried yet, is not judged: a node that meets
+/// sixty peers at once (a DHT lookup in a big fleet) is not 70% cut off
+/// for the seconds its dials take.
 pub fn partition_risk(peers: &[crate::manager::PeerStatus]) -> Option<f64> {
     let known: Vec<_> = peers
         .iter()
-        .filter(|p| p.libp2p.is_some() || p.iroh.is_some())
+        .filter(|p| {
+            let paths = [p.libp2p.as_ref(), p.iroh.as_ref()];
+            paths.iter().flatten().any(|s| s.tried)
+        })
         .collect();
     let cut = known
         .iter()
@@ -1088,7 +1094,43 @@ async fn probes(shared: Arc<Shared>, rate: f64, with_workload: bool, metrics: Ag
 
 #[cfg(test)]
 mod tests {
-    use super::{RoutingHealth, health_score, parse_faults, pod_owner};
+    use super::{RoutingHealth, health_score, parse_faults, partition_risk, pod_owner};
+
+    #[test]
+    fn peers_not_tried_yet_count_neither_as_reachable_nor_as_cut() {
+        use crate::manager::Beat;
+        use crate::manager::{PathStatus, PeerStatus};
+        let now = std::time::Instant::now();
+        let config = crate::manager::ManagerConfig::default();
+        let peer = |path: PathStatus| PeerStatus {
+            peer: crate::identity::Identity::generate().peer_id(),
+            addr: crate::bridge::PeerAddr {
+                peer: crate::identity::Identity::generate().peer_id(),
+                libp2p: Vec::new(),
+                iroh: None,
+            },
+            libp2p: Some(path),
+            iroh: None,
+        };
+        let fresh = PathStatus::new(now);
+        let up = fresh
+            .on_beat(
+                &Beat::Answered(std::time::Duration::from_millis(2)),
+                now,
+                &config,
+            )
+            .status;
+        let down = fresh
+            .on_beat(&Beat::Failed("refused".into()), now, &config)
+            .status;
+        // Two connected, one failed, and sixty just learned: 1 in 3 is cut.
+        let mut peers = vec![peer(up.clone()), peer(up), peer(down)];
+        peers.extend((0..60).map(|_| peer(fresh.clone())));
+        let risk = partition_risk(&peers).expect("known peers");
+        assert!((risk - 1.0 / 3.0).abs() < 1e-9, "{risk}");
+        // Only peers never tried: nothing is known yet.
+        assert_eq!(partition_risk(&peers[3..]), None);
+    }
 
     #[test]
     fn a_fleet_node_lives_with_its_pod_unless_a_statefulset_brings_the_pod_back() {

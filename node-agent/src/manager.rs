@@ -163,6 +163,10 @@ pub struct PathStatus {
     pub redials: Vec<Instant>,
     /// Why it last changed state.
     pub reason: String,
+    /// Whether a heartbeat or dial on it has ended yet, answered or not
+    /// (or the peer's own heartbeat arrived). A path never tried is
+    /// `Disconnected` but says nothing about reachability.
+    pub tried: bool,
 }
 
 /// One peer, as the manager sees it.

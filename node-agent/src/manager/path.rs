@@ -43,6 +43,7 @@ impl PathStatus {
             attempts: 0,
             redials: Vec::new(),
             reason: "not dialled yet".into(),
+            tried: false,
         }
     }
 
@@ -86,6 +87,7 @@ impl PathStatus {
     ///   once `max_retries` redials failed, redialled every `slow_retry`.
     pub fn on_beat(&self, beat: &Beat, now: Instant, config: &ManagerConfig) -> Transition {
         let mut s = self.clone();
+        s.tried = true;
         match beat {
             Beat::Answered(rtt) => {
                 s.rtt = Some(*rtt);
