@@ -18,7 +18,7 @@ use switchyard_testbed::ports;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::plan::{LABEL, NAMESPACE, node_name};
+use super::plan::{LABEL, NAMESPACE, Scale, node_name};
 
 /// The bound on each wait while the fleet starts.
 const START_WAIT: Duration = Duration::from_secs(120);
@@ -67,7 +67,7 @@ impl Fleet {
         let apis: Vec<SocketAddr> = workload_ports.iter().map(ports::Port::addr).collect();
         let start_agent = |i: usize, bootstrap: Vec<String>| {
             let mut stop = stop_rx.clone();
-            let config = agent_config(&cluster.dir, &names[i], bootstrap, apis[i], n);
+            let config = agent_config(&cluster.dir, &names[i], bootstrap, apis[i], Scale::new(n));
             tokio::spawn(run_with(cluster.client.clone(), config, async move {
                 let _ = stop.wait_for(|s| *s).await;
                 Ok(())
@@ -114,18 +114,24 @@ impl Fleet {
         })
         .await?;
         say(&format!(
-            "{n} node-agents up; waiting for their DHT routing"
+            "{n} node-agents up; waiting until each is connected to every peer it knows and its DHT routing is Healthy"
         ));
-        wait("every agent's DHT routing to be Healthy", || async {
-            for url in &endpoints {
-                let body = http.get(url).send().await.ok()?.text().await.ok()?;
-                let health = sample(&body, "switchyard_dht_routing_health")?;
-                if health < 2.0 {
-                    return None;
+        // A plan started earlier would see partition risk and a low health
+        // score that are only the fleet still meeting itself.
+        wait(
+            "every agent to be connected and its DHT routing Healthy",
+            || async {
+                for url in &endpoints {
+                    let body = http.get(url).send().await.ok()?.text().await.ok()?;
+                    let health = sample(&body, "switchyard_dht_routing_health")?;
+                    let risk = sample(&body, "switchyard_agent_partition_risk")?;
+                    if health < 2.0 || risk > 0.0 {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await?;
         wait("the operator to serve its dashboard", || async {
             let r = http.get(&self.dashboard).send().await.ok()?;
@@ -209,7 +215,7 @@ fn agent_config(
     name: &str,
     bootstrap: Vec<String>,
     workload: SocketAddr,
-    fleet: usize,
+    scale: Scale,
 ) -> AgentConfig {
     let mut c = AgentConfig::new(name, NAMESPACE);
     c.pod_ip = [127, 0, 0, 1].into();
@@ -220,14 +226,12 @@ fn agent_config(
     c.bootstrap = bootstrap;
     c.probe_rate = 2.0;
     c.workload.listen = Some(workload);
-    // The routing check every 5 s (the default is 30 s), so that the
+    // The routing check more often than the default 30 s, so that the
     // analysis sees it; a lookup on a busy laptop is slow, not failed.
-    c.dht.check_interval = Duration::from_secs(5);
+    c.dht.check_interval = scale.routing_check();
     c.dht.lookup_timeout = Duration::from_secs(30);
     c.shutdown_timeout = Duration::from_secs(3);
-    // Heartbeats to every peer on both transports: fewer in a big fleet
-    // sharing one machine.
-    c.manager.heartbeat_interval = Duration::from_secs(if fleet > 50 { 5 } else { 2 });
+    c.manager.heartbeat_interval = scale.heartbeat();
     c.allow_fault_injection = true;
     c
 }

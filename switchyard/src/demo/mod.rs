@@ -36,6 +36,8 @@ use workload::Load;
 const FAULT: &str = "all=1";
 /// How often the view is refreshed.
 const REFRESH: Duration = Duration::from_millis(500);
+/// How long the plan may stay Paused before the demo ends the run.
+const PAUSED_FOR: Duration = Duration::from_secs(5);
 /// After the plan ends, how long the nodes may take to report its last
 /// mode.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -57,7 +59,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub plain: bool,
     /// Give up when the plan has not ended after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 300)]
     pub timeout: u64,
 }
 
@@ -210,6 +212,7 @@ struct Demo {
     stop_load: tokio::sync::watch::Sender<bool>,
     apps: Vec<tokio::task::JoinHandle<()>>,
     fail_at: Option<usize>,
+    scale: plan::Scale,
     live: bool,
     timeout: Duration,
     created: Instant,
@@ -222,7 +225,8 @@ impl Demo {
         let plans = Api::namespaced(fleet.cluster.client.clone(), plan::NAMESPACE);
         let load = Arc::new(Load::default());
         let (stop_load, stop_rx) = tokio::sync::watch::channel(false);
-        let apps = workload::start(&fleet.apis, &load, &stop_rx);
+        let scale = plan::Scale::new(fleet.apis.len());
+        let apps = workload::start(&fleet.apis, scale.round(), &load, &stop_rx);
         Demo {
             fleet,
             plans,
@@ -230,6 +234,7 @@ impl Demo {
             stop_load,
             apps,
             fail_at: args.fail_at,
+            scale,
             live: !args.plain && std::io::stdout().is_terminal(),
             timeout: Duration::from_secs(args.timeout),
             created: Instant::now(),
@@ -249,7 +254,7 @@ impl Demo {
     /// Create the plan and follow it to its end.
     async fn run(&mut self) -> anyhow::Result<Outcome> {
         self.plans
-            .create(&PostParams::default(), &plan::plan())
+            .create(&PostParams::default(), &plan::plan(self.scale))
             .await
             .context("creating the MigrationPlan")?;
         self.created = Instant::now();
@@ -257,6 +262,7 @@ impl Demo {
         let mut last_key = String::new();
         let mut rates: VecDeque<(Instant, u64)> = VecDeque::new();
         let mut tick = tokio::time::interval(REFRESH);
+        let mut paused_since: Option<Instant> = None;
         loop {
             tick.tick().await;
             let status = self.plans.get(plan::PLAN).await?.status.unwrap_or_default();
@@ -268,6 +274,16 @@ impl Demo {
             if status.phase.is_terminal() {
                 break;
             }
+            // The demo resumes nothing: a plan that paused itself (an
+            // inconclusive analysis) ends the run, saying why.
+            if status.phase == PlanPhase::Paused {
+                let paused = *paused_since.get_or_insert_with(Instant::now);
+                if paused.elapsed() > PAUSED_FOR {
+                    break;
+                }
+            } else {
+                paused_since = None;
+            }
             anyhow::ensure!(
                 self.created.elapsed() < self.timeout,
                 "the plan did not end within {:?} (phase {:?}: {})",
@@ -277,7 +293,9 @@ impl Demo {
             );
         }
         let end = self.plans.get(plan::PLAN).await?.status.unwrap_or_default();
-        self.settle(end.phase).await?;
+        if end.phase.is_terminal() {
+            self.settle(end.phase).await?;
+        }
         Ok(self.outcome(Some(end.phase)).await)
     }
 
@@ -302,7 +320,7 @@ impl Demo {
         let Some(stage) = self.fail_at else {
             return Ok(());
         };
-        let canaries = plan::canaries();
+        let canaries = self.scale.canaries();
         if self.fault.is_none() && s.stage as usize == stage && s.wave.is_none() {
             let mode = plan::STAGES[stage];
             let applied = nodes

@@ -1,6 +1,8 @@
 //! The demo's MigrationPlan, and which stage `--fail-at` names. Pure: no
 //! I/O, so both are tested here.
 
+use std::time::Duration;
+
 use serde_json::json;
 use switchyard_crds::{MigrationPlan, NetworkMode};
 
@@ -24,16 +26,62 @@ pub fn node_name(i: usize) -> String {
     format!("node-{i:02}")
 }
 
-/// The canaries: the same two nodes in every stage, so that `--fail-at`
-/// knows whom to break. Not node-00, the bootstrap peer of the others.
-pub fn canaries() -> [String; 2] {
-    [node_name(1), node_name(2)]
+/// How the demo's load grows with the fleet. Every agent shares this
+/// machine's cores, so the fleet's application traffic and background
+/// work stay about what 30 agents make, whatever `--nodes`; and the
+/// canary grows so that its analysis still sees enough DHT operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scale {
+    /// Agents.
+    pub nodes: usize,
+}
+
+/// The fleet size up to which every agent runs at full rate.
+const FULL_RATE_UP_TO: usize = 30;
+
+impl Scale {
+    /// For `nodes` agents.
+    pub fn new(nodes: usize) -> Scale {
+        Scale { nodes }
+    }
+
+    /// How much slower than a 30-agent fleet each agent works (at least 1).
+    fn slowdown(self) -> u32 {
+        u32::try_from(self.nodes.div_ceil(FULL_RATE_UP_TO).max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Each application's round (a put and a get): every second up to 30
+    /// agents, so that the fleet makes at most 30 rounds a second.
+    pub fn round(self) -> Duration {
+        Duration::from_secs(1).max(Duration::from_secs_f64(
+            self.nodes as f64 / FULL_RATE_UP_TO as f64,
+        ))
+    }
+
+    /// Each agent's DHT routing check: every 5 s up to 30 agents.
+    pub fn routing_check(self) -> Duration {
+        Duration::from_secs(5) * self.slowdown()
+    }
+
+    /// Heartbeats to every peer on both transports: every 2 s, 5 s past
+    /// 50 agents.
+    pub fn heartbeat(self) -> Duration {
+        Duration::from_secs(if self.nodes > 50 { 10 } else { 2 })
+    }
+
+    /// The canaries: the same nodes in every stage, so that `--fail-at`
+    /// knows whom to break; two, and one more for each 15 agents past 30.
+    /// Not node-00, the bootstrap peer of the others.
+    pub fn canaries(self) -> Vec<String> {
+        let n = (self.nodes / 15).clamp(2, self.nodes.saturating_sub(1).max(1));
+        (1..=n).map(node_name).collect()
+    }
 }
 
 /// The plan: a canary and two waves per stage, short soaks, analysis on
 /// error rate, p95 latency and DHT lookup success every 2 s, and a
 /// fast automatic rollback of the whole plan.
-pub fn plan() -> MigrationPlan {
+pub fn plan(scale: Scale) -> MigrationPlan {
     let stages: Vec<NetworkMode> = STAGES.to_vec();
     serde_json::from_value(json!({
         "apiVersion": "switchyard.dev/v1alpha1",
@@ -42,7 +90,7 @@ pub fn plan() -> MigrationPlan {
         "spec": {
             "selector": {"matchLabels": {LABEL.0: LABEL.1}},
             "stages": stages,
-            "canary": {"nodes": canaries(), "duration": "3s"},
+            "canary": {"nodes": scale.canaries(), "duration": "3s"},
             "waves": WAVES,
             "waveInterval": "1s",
             "maxUnavailable": "50%",
@@ -50,7 +98,7 @@ pub fn plan() -> MigrationPlan {
             "analysis": {
                 "interval": "2s",
                 "minSampleSize": 5,
-                "inconclusiveLimit": 2,
+                "inconclusiveLimit": 5,
                 "metrics": [
                     {"name": "error-rate", "builtin": "ErrorRate", "max": 0.05},
                     {"name": "p95-ms", "builtin": "LatencyP95", "max": 1000.0},
@@ -111,13 +159,13 @@ mod tests {
 
     #[test]
     fn the_plan_has_three_stages_a_canary_and_analysis_on_the_three_measures() {
-        let p = plan();
+        let p = plan(Scale::new(30));
         assert_eq!(p.spec.stages, STAGES.to_vec());
         let analysis = p.spec.analysis.as_ref().expect("analysis");
         let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["error-rate", "p95-ms", "dht-success"]);
         let canary = p.spec.canary.as_ref().expect("canary");
-        assert_eq!(canary.nodes, Some(canaries().to_vec()));
+        assert_eq!(canary.nodes, Some(vec!["node-01".into(), "node-02".into()]));
         let triggers = &p.spec.rollback.triggers;
         assert!(triggers.high_error_rate.is_some() && triggers.network_partition.is_some());
         assert!(triggers.health_check_failure.is_some());
@@ -126,6 +174,30 @@ mod tests {
             .as_ref()
             .expect("latency trigger");
         assert_eq!(latency.threshold_ms, 2000);
+    }
+
+    #[test]
+    fn a_bigger_fleet_works_slower_per_agent_and_has_a_bigger_canary() {
+        let small = Scale::new(8);
+        assert_eq!(small.round(), Duration::from_secs(1));
+        assert_eq!(small.routing_check(), Duration::from_secs(5));
+        assert_eq!(small.canaries(), ["node-01", "node-02"]);
+        let thirty = Scale::new(30);
+        assert_eq!(
+            (thirty.round(), thirty.canaries().len()),
+            (Duration::from_secs(1), 2)
+        );
+        let hundred = Scale::new(100);
+        // The fleet's rounds a second stay at 30.
+        assert_eq!(hundred.round(), Duration::from_secs_f64(100.0 / 30.0));
+        assert_eq!(hundred.routing_check(), Duration::from_secs(20));
+        assert_eq!(hundred.heartbeat(), Duration::from_secs(5));
+        let canaries = hundred.canaries();
+        assert_eq!(
+            (canaries.len(), canaries[0].as_str(), canaries[5].as_str()),
+            (6, "node-01", "node-06")
+        );
+        assert_eq!(Scale::new(3).canaries(), ["node-01", "node-02"]);
     }
 
     #[test]

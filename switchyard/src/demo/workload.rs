@@ -1,6 +1,7 @@
 //! The fleet's application traffic: every agent's application puts a
-//! record through its own agent's workload API once a second and reads it
-//! back through another agent's, over the DHT. One task per agent, one
+//! record through its own agent's workload API once a round (a second, or
+//! longer in a big fleet: see `plan::Scale`) and reads it back through
+//! another agent's, over the DHT. One task per agent, one
 //! request in flight each.
 
 use std::net::SocketAddr;
@@ -13,8 +14,6 @@ use tokio::task::JoinHandle;
 
 /// Records each application cycles through: the DHT holds a bounded set.
 const KEYS_PER_NODE: u64 = 16;
-/// One round (a put and a get) per agent this often.
-const ROUND: Duration = Duration::from_secs(1);
 
 /// What the workload has done so far.
 #[derive(Debug, Default)]
@@ -74,10 +73,12 @@ impl Load {
     }
 }
 
-/// Start one application per agent (`apis`: their workload APIs), until
-/// `stop` turns true.
+/// Start one application per agent (`apis`: their workload APIs), each
+/// making a round (a put and a get) every `round`, until `stop` turns
+/// true.
 pub fn start(
     apis: &[SocketAddr],
+    round: Duration,
     load: &Arc<Load>,
     stop: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -89,15 +90,15 @@ pub fn start(
     (0..n)
         .map(|i| {
             let (put, get) = (apis[i], apis[(i * 7 + 3) % n]);
-            // Spread the rounds over the second.
-            let offset = ROUND.mul_f64(i as f64 / n as f64);
+            // Spread the rounds over the period.
+            let offset = round.mul_f64(i as f64 / n as f64);
             let app = Application {
                 i,
                 put,
                 get,
                 http: http.clone(),
             };
-            tokio::spawn(app.run(offset, load.clone(), stop.clone()))
+            tokio::spawn(app.run(offset, round, load.clone(), stop.clone()))
         })
         .collect()
 }
@@ -110,8 +111,14 @@ struct Application {
 }
 
 impl Application {
-    async fn run(self, offset: Duration, load: Arc<Load>, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, ROUND);
+    async fn run(
+        self,
+        offset: Duration,
+        every: Duration,
+        load: Arc<Load>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for round in 0u64.. {
             tokio::select! {
