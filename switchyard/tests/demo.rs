@@ -201,7 +201,7 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
     assert!(existed, "{} existed while it ran", scratch.display());
     assert_eq!(status.and_then(|s| s.code()), Some(130), "{out}");
     assert!(
-        out.contains("interrupted before the plan finished"),
+        out.contains("Result     interrupted while the plan was "),
         "{out}"
     );
     assert!(!operator.is_empty(), "the operator ran as a child process");
