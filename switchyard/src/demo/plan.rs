@@ -63,7 +63,7 @@ impl Scale {
         Duration::from_secs(5) * self.slowdown()
     }
 
-    /// Heartbeats to every peer on both transports: every 2 s, 5 s past
+    /// Heartbeats to every peer on both transports: every 2 s, 10 s past
     /// 50 agents.
     pub fn heartbeat(self) -> Duration {
         Duration::from_secs(if self.nodes > 50 { 10 } else { 2 })
@@ -191,7 +191,7 @@ mod tests {
         // The fleet's rounds a second stay at 30.
         assert_eq!(hundred.round(), Duration::from_secs_f64(100.0 / 30.0));
         assert_eq!(hundred.routing_check(), Duration::from_secs(20));
-        assert_eq!(hundred.heartbeat(), Duration::from_secs(5));
+        assert_eq!(hundred.heartbeat(), Duration::from_secs(10));
         let canaries = hundred.canaries();
         assert_eq!(
             (canaries.len(), canaries[0].as_str(), canaries[5].as_str()),
