@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
+use switchyard_crds::plan::ModeCounts;
 use switchyard_crds::{FleetNode, MigrationPlan, MigrationPlanStatus, PlanPhase, forms_island};
 
 use fleet::Fleet;
-use view::{MODES, Outcome, Snapshot};
+use view::{Outcome, Snapshot};
 use workload::Load;
 
 /// The fault `--fail-at` injects into the canaries: every send they make
@@ -405,11 +406,11 @@ impl Demo {
 
     /// Wait until every node reports the mode the plan ended on.
     async fn settle(&self, phase: PlanPhase) -> anyhow::Result<()> {
-        let end = if phase == PlanPhase::Succeeded { 3 } else { 0 };
+        let end = view::end_mode(phase);
         let deadline = Instant::now() + SETTLE;
         while Instant::now() < deadline {
             let nodes = self.fleet.nodes.list(&ListParams::default()).await?.items;
-            if by_mode(&nodes)[end] == nodes.len() {
+            if by_mode(&nodes).get(end) as usize == nodes.len() {
                 break;
             }
             tokio::time::sleep(REFRESH).await;
@@ -459,15 +460,11 @@ impl Demo {
     }
 }
 
-fn by_mode(nodes: &[FleetNode]) -> [usize; 4] {
-    let mut counts = [0; 4];
-    for n in nodes {
-        if let Some(i) = n
-            .applied_mode()
-            .and_then(|m| MODES.iter().position(|x| *x == m))
-        {
-            counts[i] += 1;
-        }
+/// Nodes by the mode they report.
+fn by_mode(nodes: &[FleetNode]) -> ModeCounts {
+    let mut counts = ModeCounts::default();
+    for mode in nodes.iter().filter_map(FleetNode::applied_mode) {
+        counts.add(mode);
     }
     counts
 }

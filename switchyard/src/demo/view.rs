@@ -5,14 +5,15 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use switchyard_crds::plan::{AnalysisResult, RollbackRecord};
+use switchyard_crds::plan::{AnalysisResult, ModeCounts, RollbackRecord};
 use switchyard_crds::{NetworkMode, PlanPhase, Verdict};
 
 use super::plan::{STAGES, WAVES};
 use super::workload::Counts;
 
-/// The modes, in the order a migration moves through them.
-pub const MODES: [NetworkMode; 4] = [
+/// The modes the demo's fleet passes through, in order (the view's row of
+/// counts).
+const MODES: [NetworkMode; 4] = [
     NetworkMode::LibP2pOnly,
     NetworkMode::DualPreferLibP2p,
     NetworkMode::DualPreferIroh,
@@ -33,8 +34,8 @@ pub struct Snapshot {
     pub stage: usize,
     /// Index of the wave in progress; `None` while the canary runs.
     pub wave: Option<usize>,
-    /// Nodes reporting each of [`MODES`].
-    pub by_mode: [usize; 4],
+    /// Nodes reporting each mode.
+    pub by_mode: ModeCounts,
     /// Nodes in the fleet.
     pub total: usize,
     /// The workload so far.
@@ -51,9 +52,10 @@ pub struct Snapshot {
 
 /// Nodes at or past stage `s` (their mode is that stage's or a later one).
 fn reached(s: &Snapshot, stage: usize) -> usize {
-    let mode = STAGES[stage];
-    let from = MODES.iter().position(|m| *m == mode).unwrap_or(MODES.len());
-    s.by_mode[from..].iter().sum()
+    STAGES[stage..]
+        .iter()
+        .map(|m| s.by_mode.get(*m) as usize)
+        .sum()
 }
 
 fn bar(done: usize, total: usize) -> String {
@@ -109,8 +111,7 @@ pub fn frame(s: &Snapshot) -> Vec<String> {
     }
     let modes: Vec<String> = MODES
         .iter()
-        .zip(s.by_mode)
-        .map(|(m, n)| format!("{m:?} {n}"))
+        .map(|m| format!("{m:?} {}", s.by_mode.get(*m)))
         .collect();
     lines.push(format!("Nodes      {}", modes.join(" · ")));
     lines.push(format!(
@@ -176,8 +177,8 @@ pub struct Outcome {
     pub took: Duration,
     /// Nodes in the fleet.
     pub total: usize,
-    /// Nodes reporting each of [`MODES`] at the end.
-    pub by_mode: [usize; 4],
+    /// Nodes reporting each mode at the end.
+    pub by_mode: ModeCounts,
     /// The workload.
     pub load: Counts,
     /// Looks at the fleet in which two nodes shared no transport, of all.
@@ -186,6 +187,15 @@ pub struct Outcome {
     pub rollbacks: Vec<RollbackRecord>,
     /// Stopped by Ctrl-C (or SIGTERM) before the end.
     pub interrupted: bool,
+}
+
+/// The mode every node ends on when a plan ends in `phase`: IrohOnly when
+/// it succeeded, LibP2pOnly when it rolled back.
+pub fn end_mode(phase: PlanPhase) -> NetworkMode {
+    match phase {
+        PlanPhase::Succeeded => NetworkMode::IrohOnly,
+        _ => NetworkMode::LibP2pOnly,
+    }
 }
 
 /// Why the run is not the one expected; `Ok` when it is.
@@ -199,11 +209,8 @@ pub fn verdict(o: &Outcome) -> Result<(), String> {
             o.phase, o.expected
         ));
     }
-    let end = match o.expected {
-        PlanPhase::Succeeded => NetworkMode::IrohOnly,
-        _ => NetworkMode::LibP2pOnly,
-    };
-    let at_end = o.by_mode[MODES.iter().position(|m| *m == end).unwrap_or(0)];
+    let end = end_mode(o.expected);
+    let at_end = o.by_mode.get(end) as usize;
     if at_end != o.total {
         return Err(format!("{at_end} of {} nodes ended on {end:?}", o.total));
     }
@@ -233,7 +240,7 @@ pub fn summary(o: &Outcome) -> String {
     };
     let _ = writeln!(out, "Result     {result}");
     let _ = writeln!(out, "Duration   {:.1} s", o.took.as_secs_f64());
-    let iroh = o.by_mode[3];
+    let iroh = o.by_mode.get(NetworkMode::IrohOnly);
     let _ = writeln!(
         out,
         "Migrated   {iroh} of {} nodes on IrohOnly at the end",
@@ -288,7 +295,7 @@ mod tests {
             phase: PlanPhase::Progressing,
             stage: 1,
             wave: Some(1),
-            by_mode: [0, 15, 15, 0],
+            by_mode: counts([0, 15, 15, 0]),
             total: 30,
             load: Counts {
                 ok: 400,
@@ -342,13 +349,24 @@ mod tests {
         assert!(f.last().is_some_and(|l| l.contains("node-01")), "{f:?}");
     }
 
-    fn ended(phase: PlanPhase, expected: PlanPhase, by_mode: [usize; 4]) -> Outcome {
+    /// Counts of LibP2pOnly, DualPreferLibP2p, DualPreferIroh, IrohOnly.
+    fn counts(n: [u32; 4]) -> ModeCounts {
+        let mut c = ModeCounts::default();
+        for (mode, n) in MODES.iter().zip(n) {
+            for _ in 0..n {
+                c.add(*mode);
+            }
+        }
+        c
+    }
+
+    fn ended(phase: PlanPhase, expected: PlanPhase, by_mode: [u32; 4]) -> Outcome {
         Outcome {
             phase,
             expected,
             took: Duration::from_secs(40),
             total: 30,
-            by_mode,
+            by_mode: counts(by_mode),
             islands: (0, 100),
             ..Outcome::default()
         }
