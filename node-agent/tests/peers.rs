@@ -701,3 +701,35 @@ async fn a_dns_name_bootstraps_peers_whose_identity_is_learned_on_connect() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Each path keeps its own time: a redial comes after its backoff, not at
+/// the next heartbeat round. (The manager looks at every peer only once a
+/// heartbeat interval; in between it wakes for the paths that are due.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redials_keep_their_backoff_between_heartbeat_rounds() {
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    // Reserved and never bound: every dial is refused at once.
+    let dead = ports::reserve();
+    let ghost = Identity::generate().peer_id();
+    let config = ManagerConfig {
+        bootstrap: vec![format!("{ghost}@/ip4/127.0.0.1/tcp/{}", dead.addr().port())],
+        heartbeat_interval: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        jitter: 0.1,
+        max_retries: 100,
+        ..fast()
+    };
+    let (ma, _) = PeerManager::start(a.clone(), config);
+    // 50 + 100 + 200 + 400 ms of backoff, and the refusals: well inside
+    // 10 s, and nowhere near the 60 s heartbeat round.
+    eventually(Duration::from_secs(10), "four redials", || async {
+        let s = ma.status().await;
+        s.iter()
+            .find(|p| p.peer == ghost)
+            .and_then(|p| p.libp2p.as_ref())
+            .is_some_and(|path| path.redials.len() >= 4)
+    })
+    .await;
+    a.stop().await;
+}
