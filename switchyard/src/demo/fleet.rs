@@ -12,6 +12,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchyard_crds::{ANNOTATION_INJECT_FAULTS, FleetNode, NetworkMode};
 use switchyard_node_agent::agent::{AgentConfig, run_with};
+use switchyard_node_agent::identity::Identity;
 use switchyard_testbed::apiserver::Config;
 use switchyard_testbed::cluster::TestCluster;
 use switchyard_testbed::ports;
@@ -65,23 +66,26 @@ impl Fleet {
         let (stop, stop_rx) = watch::channel(false);
         let workload_ports: Vec<ports::Port> = (0..n).map(|_| ports::reserve()).collect();
         let apis: Vec<SocketAddr> = workload_ports.iter().map(ports::Port::addr).collect();
-        let start_agent = |i: usize, bootstrap: Vec<String>| {
+        let libp2p_ports: Vec<ports::Port> = (0..n).map(|_| ports::reserve()).collect();
+        let peers = bootstrap_list(&cluster.dir, &names, &libp2p_ports)?;
+        let start_agent = |i: usize| {
             let mut stop = stop_rx.clone();
-            let config = agent_config(&cluster.dir, &names[i], bootstrap, apis[i], Scale::new(n));
+            let others = peers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| p.clone())
+                .collect();
+            let mut config = agent_config(&cluster.dir, &names[i], others, apis[i], Scale::new(n));
+            config.libp2p_port = libp2p_ports[i].addr().port();
             tokio::spawn(run_with(cluster.client.clone(), config, async move {
                 let _ = stop.wait_for(|s| *s).await;
                 Ok(())
             }))
         };
-        let mut agents = vec![start_agent(0, Vec::new())];
-        let first = wait("the first agent to report its address", || async {
-            let s = nodes.get(&names[0]).await.ok()?.status?;
-            let addr = s.addresses?.libp2p.first()?.clone();
-            Some(format!("{}@{addr}", s.identity?.peer_id))
-        })
-        .await?;
-        agents.extend((1..n).map(|i| start_agent(i, vec![first.clone()])));
+        let agents = (0..n).map(start_agent).collect();
         let mut ports = workload_ports;
+        ports.extend(libp2p_ports);
         ports.push(operator_port);
         let fleet = Fleet {
             cluster,
@@ -114,18 +118,25 @@ impl Fleet {
         })
         .await?;
         say(&format!(
-            "{n} node-agents up; waiting until each is connected to every peer it knows and its DHT routing is Healthy"
+            "{n} node-agents up; waiting until each is connected to all {} others and its DHT routing is Healthy",
+            n - 1
         ));
         // A plan started earlier would see partition risk and a low health
-        // score that are only the fleet still meeting itself.
+        // score that are only the fleet still meeting itself, and its
+        // first minute would be the fleet's meshing: the agents heartbeat
+        // every peer they learn of, and at 100 agents the ~5,000 libp2p
+        // handshakes that takes (Noise's key exchanges) ate the two cores
+        // while the canaries were analysed.
+        let mesh = (n - 1) as f64;
         wait(
-            "every agent to be connected and its DHT routing Healthy",
+            "every agent to be connected to every other and its DHT routing Healthy",
             || async {
                 for url in &endpoints {
                     let body = http.get(url).send().await.ok()?.text().await.ok()?;
                     let health = sample(&body, "switchyard_dht_routing_health")?;
                     let risk = sample(&body, "switchyard_agent_partition_risk")?;
-                    if health < 2.0 || risk > 0.0 {
+                    let peers = sample(&body, LIBP2P_PEERS)?;
+                    if health < 2.0 || risk > 0.0 || peers < mesh {
                         return None;
                     }
                 }
@@ -210,6 +221,30 @@ fn start_operator(
         .context("starting the operator")
 }
 
+/// Every agent's libp2p bootstrap entry, `<peer id>@<address>`: each
+/// agent is given all the others, as a headless Service's DNS name gives a
+/// real fleet's agents every pod. The identities are made here (each
+/// agent loads its own from the same file), the ports reserved.
+fn bootstrap_list(
+    dir: &std::path::Path,
+    names: &[String],
+    ports: &[ports::Port],
+) -> anyhow::Result<Vec<String>> {
+    names
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| {
+            let id = Identity::load_or_generate(&dir.join(format!("{name}.key")))
+                .with_context(|| format!("making {name}'s identity"))?;
+            Ok(format!(
+                "{}@/ip4/127.0.0.1/tcp/{}",
+                id.peer_id(),
+                port.addr().port()
+            ))
+        })
+        .collect()
+}
+
 fn agent_config(
     dir: &std::path::Path,
     name: &str,
@@ -235,6 +270,10 @@ fn agent_config(
     c.allow_fault_injection = true;
     c
 }
+
+/// The agents' gauge of peers connected over libp2p (all there is before
+/// the plan starts).
+const LIBP2P_PEERS: &str = "switchyard_node_peers{transport=\"libp2p\"}";
 
 /// The sum of a metric's samples in a Prometheus text body.
 fn sample(body: &str, metric: &str) -> Option<f64> {
