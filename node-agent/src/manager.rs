@@ -575,7 +575,7 @@ impl Manager {
                     self.on_beat(peer, t, result, now);
                     // The answer may say the peer runs another transport
                     // now: look at both of its paths.
-                    self.look(peer, now);
+                    self.look(peer, self.node.mode(), now);
                 }
                 () = tokio::time::sleep_until(next_due.into()) => {}
             }
@@ -603,7 +603,7 @@ impl Manager {
             self.scanned_mode = Some(local);
             let ids: Vec<PeerId> = self.peers.keys().copied().collect();
             for id in ids {
-                self.look(id, now);
+                self.look(id, local, now);
             }
         }
         while let Some(Reverse((at, id, t))) = self.due.peek().copied()
@@ -628,9 +628,9 @@ impl Manager {
             })
     }
 
-    /// Look at both of `id`'s paths now.
-    fn look(&mut self, id: PeerId, now: Instant) {
-        let Some(seen) = self.seen(&id, self.node.mode()) else {
+    /// Look at both of `id`'s paths now, this node running `local`.
+    fn look(&mut self, id: PeerId, local: NetworkMode, now: Instant) {
+        let Some(seen) = self.seen(&id, local) else {
             return;
         };
         for t in Transport::ALL {

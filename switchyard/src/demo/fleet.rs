@@ -76,8 +76,14 @@ impl Fleet {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| p.clone())
                 .collect();
-            let mut config = agent_config(&cluster.dir, &names[i], others, apis[i], Scale::new(n));
-            config.libp2p_port = libp2p_ports[i].addr().port();
+            let config = agent_config(
+                &cluster.dir,
+                &names[i],
+                others,
+                libp2p_ports[i].addr().port(),
+                apis[i],
+                Scale::new(n),
+            );
             tokio::spawn(run_with(cluster.client.clone(), config, async move {
                 let _ = stop.wait_for(|s| *s).await;
                 Ok(())
@@ -249,13 +255,14 @@ fn agent_config(
     dir: &std::path::Path,
     name: &str,
     bootstrap: Vec<String>,
+    libp2p_port: u16,
     workload: SocketAddr,
     scale: Scale,
 ) -> AgentConfig {
     let mut c = AgentConfig::new(name, NAMESPACE);
     c.pod_ip = [127, 0, 0, 1].into();
     c.identity_file = Some(dir.join(format!("{name}.key")));
-    c.libp2p_port = 0;
+    c.libp2p_port = libp2p_port;
     c.iroh_port = 0;
     c.http_addr = ([127, 0, 0, 1], 0).into();
     c.bootstrap = bootstrap;
