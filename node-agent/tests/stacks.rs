@@ -14,7 +14,7 @@ use switchyard_node_agent::identity::{Identity, endpoint_to_peer};
 use switchyard_node_agent::peers::PeerSynchronizer;
 use switchyard_node_agent::stack::iroh_stack::{ALPN, IrohConfig, IrohStack};
 use switchyard_node_agent::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
-use switchyard_node_agent::stack::{Handler, StackStats, Transport};
+use switchyard_node_agent::stack::{Handler, StackError, StackStats, Transport};
 use switchyard_node_agent::wire::{Envelope, Kind};
 
 const T: Duration = Duration::from_secs(10);
@@ -485,4 +485,57 @@ async fn a_libp2p_peer_sending_garbage_or_oversized_frames_is_dropped_and_counte
     assert_eq!(r.kind, Kind::Response);
     good.iroh.stop().await;
     target.iroh.stop().await;
+}
+
+/// One iroh connection per pair of peers: dialled once however many
+/// requests want it at once, even when all of them give up before the
+/// handshake ends; kept when a request times out on a peer that is alive
+/// (it acknowledges what it is sent); and used both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iroh_peers_share_one_connection_dialled_once() {
+    let (a, b) = (node().await, node().await);
+    let dials = |n: &Node| n.stats.1.dials.load(Ordering::Relaxed);
+    let req = |id: u64, body: &'static [u8]| {
+        Envelope::request(NetworkMode::IrohOnly, id, Bytes::from_static(body))
+    };
+    // Twenty requests give up at once, long before a handshake can end.
+    let quitters = (0..20).map(|i| {
+        let (stack, to, r) = (a.iroh.clone(), b.iroh.addr(), req(i, b"x"));
+        async move {
+            let gave_up =
+                tokio::time::timeout(Duration::from_micros(1), stack.request(&to, &r, T)).await;
+            assert!(gave_up.is_err(), "no answer within a microsecond");
+        }
+    });
+    futures::future::join_all(quitters).await;
+    // Their dial went on without them: the next request rides it.
+    let r = a
+        .iroh
+        .request(&b.iroh.addr(), &req(100, b"hi"), T)
+        .await
+        .expect("answer");
+    assert_eq!(r.payload, format!("iroh:{}:hi", a.id.peer_id()));
+    assert_eq!(dials(&a), 1, "one dial for 21 requests");
+    // b is alive but never answers this one: a timeout, and the
+    // connection stays.
+    let hung = a
+        .iroh
+        .request(&b.iroh.addr(), &req(101, HANG), Duration::from_millis(300))
+        .await;
+    assert!(matches!(hung, Err(StackError::Timeout(_))), "{hung:?}");
+    a.iroh
+        .request(&b.iroh.addr(), &req(102, b"again"), T)
+        .await
+        .expect("answer after a timeout");
+    assert_eq!(dials(&a), 1, "kept after a timeout on a live peer");
+    // b asks a on the connection a dialled.
+    let r = b
+        .iroh
+        .request(&a.iroh.addr(), &req(103, b"back"), T)
+        .await
+        .expect("b's answer");
+    assert_eq!(r.payload, format!("iroh:{}:back", b.id.peer_id()));
+    assert_eq!(dials(&b), 0, "b rides a's connection");
+    a.iroh.stop().await;
+    b.iroh.stop().await;
 }

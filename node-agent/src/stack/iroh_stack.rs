@@ -66,7 +66,10 @@ pub struct IrohStack {
     /// Taken when the stack stops.
     endpoint: std::sync::Mutex<Option<Endpoint>>,
     addr: EndpointAddr,
-    conns: Mutex<HashMap<EndpointId, Peer>>,
+    /// Each peer's connection, or the dial that will give it.
+    conns: Conns,
+    /// What serves the streams peers open, on either side's connections.
+    serving: Arc<Serving>,
     /// Each peer's heartbeat stream, idle between pings (a ping takes it
     /// out, so one ping per peer runs at a time).
     pings: std::sync::Mutex<HashMap<EndpointId, (SendStream, RecvStream)>>,
@@ -86,6 +89,47 @@ struct Peer {
     conn: Connection,
     bulk: Bulk,
 }
+
+/// Each peer's one connection (whichever side dialled it; both serve
+/// requests on it), or the dial that will give it.
+type Conns = Arc<Mutex<HashMap<EndpointId, Slot>>>;
+
+/// A peer's entry in the connection map.
+#[derive(Clone)]
+enum Slot {
+    Open(Peer),
+    /// A dial in flight; its outcome (or the sender gone: the stack
+    /// stopped) ends the wait.
+    Dialling(tokio::sync::watch::Receiver<Option<Result<Peer, String>>>),
+}
+
+/// Which connection, and how many datagrams had come in on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    conn: usize,
+    datagrams: u64,
+}
+
+impl Heard {
+    fn of(conn: &Connection) -> Self {
+        Heard {
+            conn: conn.stable_id(),
+            datagrams: conn.stats().udp_rx.datagrams,
+        }
+    }
+}
+
+/// Close code for a connection on which the peer went silent.
+const CLOSE_SILENT: u32 = 3;
+
+/// The longest a dial runs. It runs on its own, not in the request that
+/// started it: a request that gives up (its deadline, or a hedge that the
+/// other transport answered) leaves the dial to finish for the next one.
+/// Cancelled with the request, a handshake that takes longer than
+/// requests wait was abandoned and begun again by every request; at 100
+/// agents under load that was hundreds of handshakes a second, none
+/// finished.
+const DIAL_FOR: Duration = Duration::from_secs(10);
 
 /// Frames at least this large are bulk: on one connection they are sent
 /// one at a time ([`BULK_STREAMS`]).
@@ -272,8 +316,10 @@ impl IrohStack {
         let inbound = Inbound::default();
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let serving = Serving {
+        let conns = Arc::new(Mutex::new(HashMap::new()));
+        let serving = Arc::new(Serving {
             handler,
+            conns: conns.clone(),
             accepting: accepting.clone(),
             inbound: inbound.clone(),
             stats: stats.clone(),
@@ -281,7 +327,7 @@ impl IrohStack {
             max_frame: config.max_frame,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
-        };
+        });
         serving.spawn(serve(endpoint.clone(), serving.clone()));
         let mut addr = EndpointAddr::new(endpoint.id());
         for s in endpoint.bound_sockets() {
@@ -290,7 +336,8 @@ impl IrohStack {
         Ok(IrohStack {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             addr,
-            conns: Mutex::new(HashMap::new()),
+            conns,
+            serving,
             pings: std::sync::Mutex::new(HashMap::new()),
             max_frame: config.max_frame,
             accepting,
@@ -351,23 +398,50 @@ impl IrohStack {
     }
 
     /// Run `attempt` for at most `timeout`. On failure the connection to
-    /// `peer` is forgotten: broken, or without an answer it may be stale
-    /// (the peer restarted and never said goodbye), so the next request
-    /// dials afresh.
+    /// `peer` is forgotten, so the next request dials afresh, when it is
+    /// closed, or when it timed out and nothing at all came from the peer
+    /// meanwhile: a live peer acknowledges what it is sent within a round
+    /// trip however busy its handler is, and a peer that restarted without
+    /// saying goodbye never will (its new endpoint cannot reset our
+    /// connection). A connection that is slow but alive is kept: dropping
+    /// it cost a handshake for the next request, when the load that made it
+    /// slow was least able to pay for one.
     async fn within<T>(
         &self,
         peer: &EndpointAddr,
         timeout: Duration,
         attempt: impl Future<Output = Result<T, StackError>>,
     ) -> Result<T, StackError> {
+        let heard = self.heard(&peer.id).await;
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(StackError::Timeout(timeout)),
         };
-        if result.is_err() {
-            self.conns.lock().await.remove(&peer.id);
+        if let Err(e) = &result {
+            let mut conns = self.conns.lock().await;
+            // A dial in flight is left to finish; it has its own bound.
+            if let Some(Slot::Open(c)) = conns.get(&peer.id) {
+                let silent = matches!(e, StackError::Timeout(_))
+                    && heard.is_some_and(|h| h == Heard::of(&c.conn));
+                if silent {
+                    tracing::debug!(peer = %peer.id.fmt_short(), "nothing from the peer within {timeout:?}; closing its iroh connection");
+                    c.conn
+                        .close(VarInt::from_u32(CLOSE_SILENT), b"nothing heard from you");
+                }
+                if silent || c.conn.close_reason().is_some() {
+                    conns.remove(&peer.id);
+                }
+            }
         }
         result
+    }
+
+    /// How much has come from `peer` on its connection so far.
+    async fn heard(&self, peer: &EndpointId) -> Option<Heard> {
+        match self.conns.lock().await.get(peer) {
+            Some(Slot::Open(c)) => Some(Heard::of(&c.conn)),
+            _ => None,
+        }
     }
 
     /// A heartbeat: send `ping` (a [`Kind::Ping`]) and wait for its pong,
@@ -417,37 +491,41 @@ impl IrohStack {
         Ok(pong)
     }
 
+    /// The open connection to `peer`, or the outcome of the one dial to it
+    /// in flight (started here if there is none).
     async fn connection(&self, peer: &EndpointAddr) -> Result<Peer, StackError> {
-        if let Some(c) = self.conns.lock().await.get(&peer.id)
-            && c.conn.close_reason().is_none()
-        {
-            return Ok(c.clone());
-        }
-        let endpoint = self
-            .endpoint
-            .lock()
-            .expect("endpoint lock")
-            .clone()
-            .ok_or(StackError::Stopped)?;
-        // Dial without holding the map: a dial to a peer that does not
-        // answer must not hold up requests to every other peer.
-        let conn = endpoint.connect(peer.clone(), ALPN).await.map_err(|e| {
-            StackError::Connection(format!("dialling {}: {e}", peer.id.fmt_short()))
-        })?;
-        let addr = peer.ip_addrs().next().map(ToString::to_string);
-        watch(&self.tasks, &self.cancel, &self.peers, &conn, addr);
-        let mut conns = self.conns.lock().await;
-        match conns.get(&peer.id) {
-            // Another request dialled first: share its connection.
-            Some(c) if c.conn.close_reason().is_none() => Ok(c.clone()),
-            _ => {
-                let p = Peer {
-                    conn,
-                    bulk: Bulk::new(),
-                };
-                conns.insert(peer.id, p.clone());
-                Ok(p)
+        let mut outcome = {
+            let mut conns = self.conns.lock().await;
+            match conns.get(&peer.id) {
+                Some(Slot::Open(c)) if c.conn.close_reason().is_none() => return Ok(c.clone()),
+                Some(Slot::Dialling(rx)) => rx.clone(),
+                _ => {
+                    let endpoint = self
+                        .endpoint
+                        .lock()
+                        .expect("endpoint lock")
+                        .clone()
+                        .ok_or(StackError::Stopped)?;
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    conns.insert(peer.id, Slot::Dialling(rx.clone()));
+                    self.stats.dials.fetch_add(1, Ordering::Relaxed);
+                    let dial = Dial {
+                        endpoint,
+                        peer: peer.clone(),
+                        serving: self.serving.clone(),
+                    };
+                    self.tasks
+                        .spawn(self.cancel.clone().run_until_cancelled_owned(dial.run(tx)));
+                    rx
+                }
             }
+        };
+        // The sender goes without an outcome only when the stack stops.
+        let done = outcome.wait_for(Option::is_some).await;
+        match done.as_deref().map(Option::as_ref) {
+            Ok(Some(Ok(p))) => Ok(p.clone()),
+            Ok(Some(Err(e))) => Err(StackError::Connection(e.clone())),
+            _ => Err(StackError::Stopped),
         }
     }
 
@@ -468,6 +546,66 @@ impl IrohStack {
             tokio::spawn(release(endpoint, self.tasks.clone(), sockets, done));
         }
         self.peers.transport_down(Transport::Iroh);
+    }
+}
+
+/// One dial to a peer, run in a task of its own (see [`DIAL_FOR`]).
+struct Dial {
+    endpoint: Endpoint,
+    peer: EndpointAddr,
+    serving: Arc<Serving>,
+}
+
+impl Dial {
+    /// Dial, put the connection in the map (or take the dial's slot out
+    /// of it), then tell everyone waiting.
+    async fn run(self, tx: tokio::sync::watch::Sender<Option<Result<Peer, String>>>) {
+        let id = self.peer.id;
+        tracing::debug!(peer = %id.fmt_short(), "dialling");
+        let dialled =
+            tokio::time::timeout(DIAL_FOR, self.endpoint.connect(self.peer.clone(), ALPN));
+        let outcome = match dialled.await {
+            Ok(Ok(conn)) => match endpoint_to_peer(&id) {
+                Ok(remote) => {
+                    let addr = self.peer.ip_addrs().next().map(ToString::to_string);
+                    let s = &self.serving;
+                    watch(&s.tasks, &s.cancel, &s.peers, &conn, addr);
+                    let p = Peer {
+                        conn,
+                        bulk: Bulk::new(),
+                    };
+                    s.spawn(serve_streams(s.clone(), p.clone(), remote));
+                    Ok(p)
+                }
+                Err(e) => Err(format!("dialling {}: {e}", id.fmt_short())),
+            },
+            Ok(Err(e)) => Err(format!("dialling {} at {}: {e}", id.fmt_short(), self.at())),
+            Err(_) => Err(format!(
+                "dialling {} at {}: no connection after {DIAL_FOR:?}",
+                id.fmt_short(),
+                self.at()
+            )),
+        };
+        {
+            let mut conns = self.serving.conns.lock().await;
+            // The slot is still this dial's unless the stack stopped
+            // (cleared the map) meanwhile.
+            if let Some(Slot::Dialling(rx)) = conns.get(&id)
+                && rx.same_channel(&tx.subscribe())
+            {
+                match &outcome {
+                    Ok(p) => conns.insert(id, Slot::Open(p.clone())),
+                    Err(_) => conns.remove(&id),
+                };
+            }
+        }
+        let _ = tx.send(Some(outcome));
+    }
+
+    /// The addresses dialled, for an error.
+    fn at(&self) -> String {
+        let at: Vec<_> = self.peer.ip_addrs().map(ToString::to_string).collect();
+        at.join(", ")
     }
 }
 
@@ -620,6 +758,7 @@ fn watch(
 #[derive(Clone)]
 struct Serving {
     handler: Arc<dyn Handler>,
+    conns: Conns,
     accepting: Arc<AtomicBool>,
     inbound: Inbound,
     stats: Arc<StackStats>,
@@ -641,8 +780,7 @@ impl Serving {
 /// Each connection's streams are bounded by QUIC's stream limit.
 const MAX_INBOUND_CONNECTIONS: usize = 4096;
 
-async fn serve(endpoint: Endpoint, serving: Serving) {
-    let serving = Arc::new(serving);
+async fn serve(endpoint: Endpoint, serving: Arc<Serving>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND_CONNECTIONS));
     while let Some(incoming) = endpoint.accept().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -668,16 +806,44 @@ async fn serve_connection(serving: Arc<Serving>, incoming: Incoming) {
         IncomingAddr::Ip(a) => Some(a.to_string()),
         _ => None,
     };
-    let Ok(conn) = incoming.await else { return };
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(?addr, error = %e, "iroh connection not accepted");
+            return;
+        }
+    };
     let Ok(peer) = endpoint_to_peer(&conn.remote_id()) else {
         return;
     };
     watch(&serving.tasks, &serving.cancel, &serving.peers, &conn, addr);
-    let bulk = Bulk::new();
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    let p = Peer {
+        conn,
+        bulk: Bulk::new(),
+    };
+    {
+        // Requests to this peer ride this connection too, unless there is
+        // a live one already or a dial to it in flight.
+        let mut conns = serving.conns.lock().await;
+        let id = p.conn.remote_id();
+        let taken = match conns.get(&id) {
+            Some(Slot::Open(c)) => c.conn.close_reason().is_none(),
+            Some(Slot::Dialling(_)) => true,
+            None => false,
+        };
+        if !taken {
+            conns.insert(id, Slot::Open(p.clone()));
+        }
+    }
+    serve_streams(serving, p, peer).await;
+}
+
+/// Serve each stream `peer` opens on a connection (either side may have
+/// dialled it), each in a task of its own, until the connection closes.
+async fn serve_streams(serving: Arc<Serving>, p: Peer, peer: libp2p::PeerId) {
+    while let Ok((send, recv)) = p.conn.accept_bi().await {
         let s = serving.clone();
-        let conn = conn.clone();
-        let bulk = bulk.clone();
+        let Peer { conn, bulk } = p.clone();
         serving.spawn(async move { serve_stream(&s, &conn, &bulk, peer, send, recv).await });
     }
 }

@@ -288,6 +288,9 @@ pub struct StackStats {
     /// Connections or heartbeat streams refused because the most the
     /// stack serves at once were already being served.
     pub overloaded: AtomicU64,
+    /// Dials this stack began (the iroh stack counts them: one per peer
+    /// while the connection lasts, and none to a peer that dialled it).
+    pub dials: AtomicU64,
 }
 
 /// Why a stack could not do something.
