@@ -366,6 +366,9 @@ pub struct Node {
     mode: Arc<RwLock<NetworkMode>>,
     served: Arc<Served>,
     paused: tokio::sync::watch::Sender<bool>,
+    /// The mode, each time a switch has ended (its dropped stacks
+    /// stopped).
+    switched: tokio::sync::watch::Sender<NetworkMode>,
     stacks: RwLock<Stacks>,
     in_flight: PerTransport<Arc<AtomicUsize>>,
     stats: PerTransport<Arc<StackStats>>,
@@ -470,6 +473,7 @@ impl Node {
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
             paused,
+            switched: tokio::sync::watch::Sender::new(mode),
             identity,
             config: Mutex::new(config),
             served: Arc::new(Served {
@@ -767,7 +771,13 @@ impl Node {
         self.switches.fetch_add(1, Ordering::Relaxed);
         self.metrics.mode_switches.inc();
         self.metrics.set_mode(mode);
+        self.switched.send_replace(mode);
         Ok(())
+    }
+
+    /// Sees the mode each time a switch has ended.
+    pub fn switches_watch(&self) -> tokio::sync::watch::Receiver<NetworkMode> {
+        self.switched.subscribe()
     }
 
     /// The transports to try for `peer`, best first.
@@ -1115,6 +1125,7 @@ impl Node {
             Err(e) => {
                 m.error.inc();
                 self.peers.record(peer.peer, t, false, rtt, None);
+                tracing::debug!(peer = %peer.peer, transport = label, ?rtt, error = %e, "request failed");
                 let reason = format!("{label}: {e}");
                 if e.is_transient() {
                     Outcome::Transient(reason)

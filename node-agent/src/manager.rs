@@ -371,6 +371,9 @@ struct Path {
     busy: bool,
     /// Dialled at least once: later dials are redials.
     dialled: bool,
+    /// This node switched modes: beat now, even if the peer beat us
+    /// lately, so that the peer learns the new mode from the ping.
+    announce: bool,
 }
 
 impl Path {
@@ -381,6 +384,7 @@ impl Path {
             queued: None,
             busy: false,
             dialled: false,
+            announce: false,
         }
     }
 
@@ -432,6 +436,11 @@ fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
         }
     }
 }
+
+/// How long the beats announcing a mode switch are spread over, so that
+/// a wave of nodes switching at once does not ping the whole fleet in the
+/// same instant.
+const ANNOUNCE_WITHIN: Duration = Duration::from_secs(1);
 
 /// A path's place in the manager's queue: when, whose, which transport.
 type Due = Reverse<(Instant, PeerId, Transport)>;
@@ -498,6 +507,7 @@ async fn run(
     }
     let dials = Arc::new(Semaphore::new(config.max_concurrent_dials.max(1)));
     Manager {
+        switches: node.switches_watch(),
         node,
         config,
         metrics,
@@ -548,6 +558,8 @@ struct Manager {
     due: BinaryHeap<Due>,
     /// Look at every peer on the next round: one was added, or changed.
     scan: bool,
+    /// Wakes the manager when this node has switched modes.
+    switches: tokio::sync::watch::Receiver<NetworkMode>,
     /// This node's mode at the last look at every peer: a switch makes
     /// paths usable or not.
     scanned_mode: Option<NetworkMode>,
@@ -577,6 +589,9 @@ impl Manager {
                     // now: look at both of its paths.
                     self.look(peer, self.node.mode(), now);
                 }
+                // The node switched modes: the next round looks at every
+                // peer (and announces a dropped transport).
+                Ok(()) = self.switches.changed() => {}
                 () = tokio::time::sleep_until(next_due.into()) => {}
             }
         }
@@ -597,6 +612,12 @@ impl Manager {
             learn(&self.node, &mut self.peers);
             self.learned_at = now + self.config.heartbeat_interval;
             self.scan = true;
+        }
+        if let Some(before) = self.scanned_mode
+            && ((before.has_libp2p() && !local.has_libp2p())
+                || (before.has_iroh() && !local.has_iroh()))
+        {
+            self.announce(now);
         }
         if self.scan || self.scanned_mode != Some(local) {
             self.scan = false;
@@ -626,6 +647,27 @@ impl Manager {
             .map_or(self.learned_at, |Reverse((at, ..))| {
                 (*at).min(self.learned_at)
             })
+    }
+
+    /// This node switched to a mode without a transport it ran: every
+    /// peer it is connected to hears the new mode within
+    /// [`ANNOUNCE_WITHIN`], from a beat on each path the mode keeps (a
+    /// ping carries the sender's mode). Until a peer hears it, the peer
+    /// still sends on, or hedges onto, the transport this node stopped,
+    /// and each such send fails. At 100 nodes, waiting for the next
+    /// heartbeat left that for up to 20 s per peer.
+    fn announce(&mut self, now: Instant) {
+        for tracked in self.peers.values_mut() {
+            for t in Transport::ALL {
+                if let Some(path) = tracked.paths[t].as_mut()
+                    && path.status.connected()
+                {
+                    path.announce = true;
+                    let at = now + jittered(ANNOUNCE_WITHIN / 2, 1.0);
+                    path.next_at = path.next_at.min(at);
+                }
+            }
+        }
     }
 
     /// Look at both of `id`'s paths now, this node running `local`.
@@ -694,6 +736,7 @@ impl Manager {
         // silent, ours resume.
         let listen_for = self.config.heartbeat_interval.mul_f64(LISTEN_FACTOR);
         if !seen.missing
+            && !path.announce
             && let Some(heard) = seen.heard[t]
             && let Some(step) = path.status.on_heard(heard, now, listen_for)
         {
@@ -707,6 +750,7 @@ impl Manager {
             self.metrics.redials.with_label_values(&[t.as_str()]).inc();
         }
         path.dialled = true;
+        path.announce = false;
         // Cloned only for a beat: this runs for every path at every wake.
         let addr = tracked.addr.clone();
         self.beat(id, t, addr, dial, seen.missing);

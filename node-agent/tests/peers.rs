@@ -733,3 +733,40 @@ async fn redials_keep_their_backoff_between_heartbeat_rounds() {
     .await;
     a.stop().await;
 }
+
+/// A node that stops a transport (here, a switch to IrohOnly) tells every
+/// peer at once, in a beat on the transport it keeps; the peers do not
+/// wait for the next heartbeat round (60 s here) to stop sending on, or
+/// hedging onto, the transport that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_a_transport_tells_its_peers_at_once() {
+    let slow = ManagerConfig {
+        heartbeat_interval: Duration::from_secs(60),
+        ..fast()
+    };
+    let a = start(Identity::generate(), NodeConfig::default()).await;
+    let b = start(Identity::generate(), NodeConfig::default()).await;
+    // Each knows the other on both transports from the start: at a 60 s
+    // interval, addresses learned from pongs would wait for the next round.
+    let knowing = |n: &Node| ManagerConfig {
+        bootstrap: vec![libp2p_entry(n), iroh_entry(n)],
+        ..slow.clone()
+    };
+    let (ma, _) = PeerManager::start(a.clone(), knowing(&b));
+    let (mb, _) = PeerManager::start(b.clone(), knowing(&a));
+    let (aid, bid) = (a.addr().peer, b.addr().peer);
+    eventually(Duration::from_secs(10), "connected both ways", || async {
+        both_connected(&ma, &bid).await && both_connected(&mb, &aid).await
+    })
+    .await;
+    let mode_of_a = || b.peer_facts(&aid).and_then(|f| f.mode);
+    assert_eq!(mode_of_a(), Some(NetworkMode::DualPreferLibP2p));
+    a.set_mode(NetworkMode::IrohOnly).await.expect("a switches");
+    eventually(Duration::from_secs(5), "b hears a's new mode", || async {
+        mode_of_a() == Some(NetworkMode::IrohOnly)
+    })
+    .await;
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
