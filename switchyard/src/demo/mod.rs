@@ -62,6 +62,23 @@ pub struct DemoArgs {
     /// Give up when the plan has not ended after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Write the fleet's logs (its agents run in this process) to this
+    /// file, filtered by RUST_LOG (default: warnings).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<std::path::PathBuf>,
+}
+
+/// Send this process's logs (its agents') to `path`, filtered by RUST_LOG.
+fn log_to(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(())
 }
 
 /// Removes the scratch directory however the demo ends (an error, a
@@ -86,6 +103,12 @@ pub async fn main(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.log
+        && let Err(e) = log_to(path)
+    {
+        eprintln!("error: --log {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = open_files(args.nodes.into()) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

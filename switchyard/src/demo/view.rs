@@ -279,7 +279,7 @@ pub fn summary(o: &Outcome) -> String {
                 .unwrap_or_default(),
             r.nodes,
             r.scope,
-            shorten(&r.reason, 100)
+            r.reason
         );
     }
     out
