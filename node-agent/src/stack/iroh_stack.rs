@@ -66,21 +66,12 @@ pub struct IrohStack {
     /// Taken when the stack stops.
     endpoint: std::sync::Mutex<Option<Endpoint>>,
     addr: EndpointAddr,
-    /// Each peer's connection, or the dial that will give it.
-    conns: Conns,
-    /// What serves the streams peers open, on either side's connections.
+    /// What both directions share: the connection map, the handler, the
+    /// stats and the tasks that hold the endpoint.
     serving: Arc<Serving>,
     /// Each peer's heartbeat stream, idle between pings (a ping takes it
     /// out, so one ping per peer runs at a time).
     pings: std::sync::Mutex<HashMap<EndpointId, (SendStream, RecvStream)>>,
-    max_frame: usize,
-    /// Cleared when the stack retires: inbound requests are refused.
-    accepting: Arc<AtomicBool>,
-    inbound: Inbound,
-    stats: Arc<StackStats>,
-    peers: Arc<PeerSynchronizer>,
-    tasks: TaskTracker,
-    cancel: CancellationToken,
 }
 
 /// A connection to a peer, and the turn its bulk requests take.
@@ -312,21 +303,16 @@ impl IrohStack {
         peers: Arc<PeerSynchronizer>,
     ) -> Result<Self, StackError> {
         let endpoint = bind(identity, &config, &stats).await?;
-        let accepting = Arc::new(AtomicBool::new(true));
-        let inbound = Inbound::default();
-        let tasks = TaskTracker::new();
-        let cancel = CancellationToken::new();
-        let conns = Arc::new(Mutex::new(HashMap::new()));
         let serving = Arc::new(Serving {
             handler,
-            conns: conns.clone(),
-            accepting: accepting.clone(),
-            inbound: inbound.clone(),
-            stats: stats.clone(),
-            peers: peers.clone(),
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            accepting: Arc::new(AtomicBool::new(true)),
+            inbound: Inbound::default(),
+            stats,
+            peers,
             max_frame: config.max_frame,
-            tasks: tasks.clone(),
-            cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
         });
         serving.spawn(serve(endpoint.clone(), serving.clone()));
         let mut addr = EndpointAddr::new(endpoint.id());
@@ -336,22 +322,14 @@ impl IrohStack {
         Ok(IrohStack {
             endpoint: std::sync::Mutex::new(Some(endpoint)),
             addr,
-            conns,
             serving,
             pings: std::sync::Mutex::new(HashMap::new()),
-            max_frame: config.max_frame,
-            accepting,
-            inbound,
-            stats,
-            peers,
-            tasks,
-            cancel,
         })
     }
 
     /// Inbound requests accepted and not yet answered.
     pub fn inbound(&self) -> usize {
-        self.inbound.get()
+        self.serving.inbound.get()
     }
 
     /// This endpoint's id and bound addresses, for peers to dial.
@@ -361,7 +339,7 @@ impl IrohStack {
 
     /// Refuse new inbound requests from now on (the stack is retiring).
     pub fn refuse_inbound(&self) {
-        self.accepting.store(false, Ordering::SeqCst);
+        self.serving.accepting.store(false, Ordering::SeqCst);
     }
 
     /// Send one request and wait for its response.
@@ -372,7 +350,7 @@ impl IrohStack {
         timeout: Duration,
     ) -> Result<Envelope, StackError> {
         // Counted by the stop that waits for every holder of the socket.
-        let _holding = self.tasks.token();
+        let _holding = self.serving.tasks.token();
         let attempt = async {
             let Peer { conn, bulk } = self.connection(peer).await?;
             let (mut send, mut recv) = conn
@@ -380,16 +358,25 @@ impl IrohStack {
                 .await
                 .map_err(|e| StackError::Connection(e.to_string()))?;
             let read = async {
-                wire::read_frame(&mut recv, self.max_frame)
+                wire::read_frame(&mut recv, self.serving.max_frame)
                     .await
                     .map_err(StackError::from)
             };
-            let response =
-                exchange(&conn, &bulk, &mut send, envelope, self.max_frame, read).await?;
-            self.stats
+            let response = exchange(
+                &conn,
+                &bulk,
+                &mut send,
+                envelope,
+                self.serving.max_frame,
+                read,
+            )
+            .await?;
+            self.serving
+                .stats
                 .bytes_sent
                 .fetch_add(envelope.payload.len() as u64, Ordering::Relaxed);
-            self.stats
+            self.serving
+                .stats
                 .bytes_received
                 .fetch_add(response.payload.len() as u64, Ordering::Relaxed);
             Ok(response)
@@ -418,7 +405,7 @@ impl IrohStack {
             Err(_) => Err(StackError::Timeout(timeout)),
         };
         if let Err(e) = &result {
-            let mut conns = self.conns.lock().await;
+            let mut conns = self.serving.conns.lock().await;
             // A dial in flight is left to finish; it has its own bound.
             if let Some(Slot::Open(c)) = conns.get(&peer.id) {
                 let silent = matches!(e, StackError::Timeout(_))
@@ -438,7 +425,7 @@ impl IrohStack {
 
     /// How much has come from `peer` on its connection so far.
     async fn heard(&self, peer: &EndpointId) -> Option<Heard> {
-        match self.conns.lock().await.get(peer) {
+        match self.serving.conns.lock().await.get(peer) {
             Some(Slot::Open(c)) => Some(Heard::of(&c.conn)),
             _ => None,
         }
@@ -454,11 +441,13 @@ impl IrohStack {
         ping: &Envelope,
         timeout: Duration,
     ) -> Result<Envelope, StackError> {
-        let _holding = self.tasks.token();
+        let _holding = self.serving.tasks.token();
         let attempt = async {
             let idle = self.pings.lock().expect("pings lock").remove(&peer.id);
             if let Some(mut stream) = idle {
-                match super::ping_on(&mut stream.0, &mut stream.1, ping, self.max_frame).await {
+                match super::ping_on(&mut stream.0, &mut stream.1, ping, self.serving.max_frame)
+                    .await
+                {
                     Ok(pong) => return Ok((pong, stream)),
                     // A stream the peer let go (a restarted stack, an
                     // older peer answering one ping per stream): a fresh
@@ -473,8 +462,12 @@ impl IrohStack {
                 .open_bi()
                 .await
                 .map_err(|e| StackError::Connection(e.to_string()))?;
-            self.stats.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
-            let pong = super::ping_on(&mut stream.0, &mut stream.1, ping, self.max_frame).await?;
+            self.serving
+                .stats
+                .heartbeat_streams
+                .fetch_add(1, Ordering::Relaxed);
+            let pong =
+                super::ping_on(&mut stream.0, &mut stream.1, ping, self.serving.max_frame).await?;
             Ok((pong, stream))
         };
         // On a timeout the stream is dropped with the attempt: a late pong
@@ -482,7 +475,7 @@ impl IrohStack {
         let (pong, stream) = self.within(peer, timeout, attempt).await?;
         // Idle until the next beat; dropped (and so reset) if the stack
         // stops meanwhile.
-        if !self.cancel.is_cancelled() {
+        if !self.serving.cancel.is_cancelled() {
             self.pings
                 .lock()
                 .expect("pings lock")
@@ -495,7 +488,7 @@ impl IrohStack {
     /// in flight (started here if there is none).
     async fn connection(&self, peer: &EndpointAddr) -> Result<Peer, StackError> {
         let mut outcome = {
-            let mut conns = self.conns.lock().await;
+            let mut conns = self.serving.conns.lock().await;
             match conns.get(&peer.id) {
                 Some(Slot::Open(c)) if c.conn.close_reason().is_none() => return Ok(c.clone()),
                 Some(Slot::Dialling(rx)) => rx.clone(),
@@ -508,14 +501,18 @@ impl IrohStack {
                         .ok_or(StackError::Stopped)?;
                     let (tx, rx) = tokio::sync::watch::channel(None);
                     conns.insert(peer.id, Slot::Dialling(rx.clone()));
-                    self.stats.dials.fetch_add(1, Ordering::Relaxed);
+                    self.serving.stats.dials.fetch_add(1, Ordering::Relaxed);
                     let dial = Dial {
                         endpoint,
                         peer: peer.clone(),
                         serving: self.serving.clone(),
                     };
-                    self.tasks
-                        .spawn(self.cancel.clone().run_until_cancelled_owned(dial.run(tx)));
+                    self.serving.tasks.spawn(
+                        self.serving
+                            .cancel
+                            .clone()
+                            .run_until_cancelled_owned(dial.run(tx)),
+                    );
                     rx
                 }
             }
@@ -534,18 +531,18 @@ impl IrohStack {
     /// begun (peers are told at once); the rest runs on in the background,
     /// and a stack started on the same port waits for it.
     pub async fn stop(&self) {
-        self.accepting.store(false, Ordering::SeqCst);
-        self.cancel.cancel();
-        self.tasks.close();
-        self.conns.lock().await.clear();
+        self.serving.accepting.store(false, Ordering::SeqCst);
+        self.serving.cancel.cancel();
+        self.serving.tasks.close();
+        self.serving.conns.lock().await.clear();
         self.pings.lock().expect("pings lock").clear();
         let endpoint = self.endpoint.lock().expect("endpoint lock").take();
         if let Some(endpoint) = endpoint {
             let sockets = self.addr.ip_addrs().copied().collect::<Vec<_>>();
             let done = releasing::begin(&sockets);
-            tokio::spawn(release(endpoint, self.tasks.clone(), sockets, done));
+            tokio::spawn(release(endpoint, self.serving.tasks.clone(), sockets, done));
         }
-        self.peers.transport_down(Transport::Iroh);
+        self.serving.peers.transport_down(Transport::Iroh);
     }
 }
 
@@ -758,7 +755,9 @@ fn watch(
 #[derive(Clone)]
 struct Serving {
     handler: Arc<dyn Handler>,
+    /// Each peer's connection, or the dial that will give it.
     conns: Conns,
+    /// Cleared when the stack retires: inbound requests are refused.
     accepting: Arc<AtomicBool>,
     inbound: Inbound,
     stats: Arc<StackStats>,
