@@ -119,6 +119,12 @@ pub fn view_addr(view: &PeerView) -> Option<PeerAddr> {
     })
 }
 
+/// How long a switch that stops a transport spends telling the peers
+/// connected on it ([`Node::farewell`]); the stack drains meanwhile.
+const FAREWELL_FOR: Duration = Duration::from_secs(1);
+/// Farewell pings in flight at once.
+const FAREWELLS_AT_ONCE: usize = 32;
+
 /// Why a request failed on every transport it could use.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BridgeError {
@@ -754,13 +760,19 @@ impl Node {
                 s.inbound() > 0 || self.in_flight[Transport::Iroh].load(Ordering::SeqCst) > 0
             })
         };
-        while busy() {
-            if Instant::now() >= deadline {
-                tracing::warn!(?drain_for, "retiring stack still busy; stopping it anyway");
-                break;
+        let drain = async {
+            while busy() {
+                if Instant::now() >= deadline {
+                    tracing::warn!(?drain_for, "retiring stack still busy; stopping it anyway");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        };
+        tokio::join!(
+            drain,
+            self.farewell(mode, old_libp2p.as_deref(), old_iroh.as_deref())
+        );
         if let Some(stack) = old_libp2p {
             stack.stop().await;
         }
@@ -773,6 +785,56 @@ impl Node {
         self.metrics.set_mode(mode);
         self.switched.send_replace(mode);
         Ok(())
+    }
+
+    /// Tell every peer connected on a stack this switch stops, on that
+    /// connection and while it is still open, the new `mode` and where to
+    /// reach this node now: a ping carrying this node's advert. Otherwise
+    /// a peer learns both only at its next exchange with this node, and
+    /// until then sends on (or hedges onto) the stopped transport, each
+    /// send failing; or, if it never learned this node's address on the
+    /// kept transport, has no other way to reach it. Bounded by
+    /// [`FAREWELL_FOR`], and skipped while paused (a paused node sends
+    /// nothing).
+    async fn farewell(
+        &self,
+        mode: NetworkMode,
+        libp2p: Option<&Libp2pStack>,
+        iroh: Option<&IrohStack>,
+    ) {
+        if (libp2p.is_none() && iroh.is_none()) || *self.paused.borrow() {
+            return;
+        }
+        let (l, i) = self.addr().advertised();
+        let payload = crate::stack::advert_payload(&crate::stack::Advert { libp2p: l, iroh: i });
+        let ping = || Envelope {
+            kind: Kind::Ping,
+            mode,
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            payload: payload.clone(),
+        };
+        let mut sends: Vec<BoxFuture<'_, ()>> = Vec::new();
+        for view in self.peers.all() {
+            if let Some(s) = libp2p
+                && view.libp2p.connected()
+            {
+                let envelope = ping();
+                sends.push(Box::pin(async move {
+                    let _ = s.ping(view.peer, &envelope, FAREWELL_FOR).await;
+                }));
+            }
+            if let Some(s) = iroh
+                && view.iroh.connected()
+                && let Some(addr) = view_addr(&view).and_then(|a| a.iroh)
+            {
+                let envelope = ping();
+                sends.push(Box::pin(async move {
+                    let _ = s.request(&addr, &envelope, FAREWELL_FOR).await;
+                }));
+            }
+        }
+        let all = futures::stream::iter(sends).for_each_concurrent(FAREWELLS_AT_ONCE, |f| f);
+        let _ = tokio::time::timeout(FAREWELL_FOR, all).await;
     }
 
     /// Sees the mode each time a switch has ended.
@@ -1125,7 +1187,19 @@ impl Node {
             Err(e) => {
                 m.error.inc();
                 self.peers.record(peer.peer, t, false, rtt, None);
-                tracing::debug!(peer = %peer.peer, transport = label, ?rtt, error = %e, "request failed");
+                // Who sent it (many agents share a demo's log), in which
+                // mode, and what it believed of the peer.
+                tracing::debug!(
+                    from = %self.identity().peer_id(),
+                    mode = %self.mode(),
+                    peer = %peer.peer,
+                    peer_mode = ?self.peers.facts(&peer.peer).and_then(|f| f.mode),
+                    peer_iroh_known = peer.iroh.is_some(),
+                    transport = label,
+                    ?rtt,
+                    error = %e,
+                    "request failed"
+                );
                 let reason = format!("{label}: {e}");
                 if e.is_transient() {
                     Outcome::Transient(reason)

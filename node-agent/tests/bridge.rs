@@ -100,6 +100,59 @@ async fn an_address_older_than_a_mode_switch_is_completed_from_the_peer_view() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_a_transport_tells_its_peers_there_where_it_went() {
+    // `b` met `a` on libp2p before `a` ran iroh, so it knows no iroh
+    // address of `a`; no heartbeats run.
+    let (a, b) = (
+        node(NetworkMode::LibP2pOnly).await,
+        node(NetworkMode::DualPreferIroh).await,
+    );
+    let aid = a.addr().peer;
+    let mut met = a.addr();
+    met.iroh = None;
+    let body = b
+        .request(&met, Bytes::from_static(b"hi"))
+        .await
+        .expect("b reaches a on libp2p");
+    assert_eq!(&body[..], b"libp2p:hi");
+    a.set_mode(NetworkMode::DualPreferLibP2p)
+        .await
+        .expect("a adds iroh");
+    a.set_mode(NetworkMode::IrohOnly)
+        .await
+        .expect("a drops libp2p");
+    // The switch said goodbye on `b`'s libp2p connection before closing
+    // it: `b` knows `a`'s new mode and where `a` is on iroh.
+    let knows = || {
+        b.peer_facts(&aid).and_then(|f| f.mode) == Some(NetworkMode::IrohOnly)
+            && b.peer(&aid)
+                .and_then(|v| switchyard_node_agent::bridge::view_addr(&v))
+                .is_some_and(|v| v.iroh.is_some())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !knows() {
+        assert!(
+            Instant::now() < deadline,
+            "b never learned a's mode and iroh address: {:?}",
+            b.peer(&aid)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (body, t) = b
+        .request_via(&met, Bytes::from_static(b"hi"))
+        .await
+        .expect("b reaches a on iroh with the address it met a by");
+    assert_eq!((&body[..], t), (&b"iroh:hi"[..], Transport::Iroh));
+    assert_eq!(
+        b.metrics().of(Transport::LibP2p).error.get(),
+        0,
+        "nothing was sent to a's stopped libp2p"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_transport_fails_over_to_the_other() {
     let (a, b) = (
         node(NetworkMode::DualPreferLibP2p).await,

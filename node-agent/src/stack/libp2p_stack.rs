@@ -737,12 +737,7 @@ impl SwarmLoop {
             }
         };
         if request.kind == Kind::Ping {
-            s.peers.heard(
-                peer,
-                Transport::LibP2p,
-                request.mode,
-                super::ping_rtt(&request),
-            );
+            super::hear_ping(&s.peers, &s.stats, peer, Transport::LibP2p, &request);
             let pong = super::pong(&request, &*s.handler);
             if self
                 .swarm

@@ -108,8 +108,7 @@ impl PingAnswerer<'_> {
                 },
             };
             wait_unpaused(self.handler).await;
-            self.peers
-                .heard(self.peer, self.transport, ping.mode, ping_rtt(&ping));
+            hear_ping(self.peers, self.stats, self.peer, self.transport, &ping);
             let pong = pong(&ping, self.handler);
             if crate::wire::write_frame(send, &pong, self.max)
                 .await
@@ -203,7 +202,85 @@ mod advert_tests {
     }
 }
 
-/// Runs a handler at most once per (peer, request id) among the last
+#[cfg(test)]
+mod ping_tests {
+    use super::*;
+    use crate::peers::PeerSynchronizer;
+    use switchyard_crds::NetworkMode;
+
+    fn ping(payload: Bytes) -> Envelope {
+        Envelope {
+            kind: Kind::Ping,
+            mode: NetworkMode::IrohOnly,
+            request_id: 1,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_ping_tells_its_mode_and_round_trip_and_the_addresses_it_brings() {
+        let peer = crate::identity::Identity::generate().peer_id();
+        let (peers, stats) = (PeerSynchronizer::new(), StackStats::default());
+        let iroh = |peers: &PeerSynchronizer| peers.get(&peer).map(|v| v.iroh.listen);
+        // A round trip and a request for addresses are not adverts.
+        hear_ping(
+            &peers,
+            &stats,
+            peer,
+            Transport::LibP2p,
+            &ping(rtt_payload(Duration::from_millis(3))),
+        );
+        hear_ping(
+            &peers,
+            &stats,
+            peer,
+            Transport::LibP2p,
+            &ping(Bytes::from_static(ASK_ADVERT)),
+        );
+        assert_eq!(iroh(&peers), Some(vec![]));
+        let facts = peers.facts(&peer).expect("heard");
+        assert_eq!(facts.mode, Some(NetworkMode::IrohOnly));
+        assert_eq!(
+            facts.latency(Transport::LibP2p),
+            Some(Duration::from_millis(3))
+        );
+        let advert = Advert {
+            libp2p: vec![],
+            iroh: vec!["127.0.0.1:4000".into()],
+        };
+        hear_ping(
+            &peers,
+            &stats,
+            peer,
+            Transport::LibP2p,
+            &ping(advert_payload(&advert)),
+        );
+        assert_eq!(iroh(&peers), Some(vec!["127.0.0.1:4000".to_owned()]));
+        // A bad advert is counted and dropped; what was known stays.
+        let many = Advert {
+            libp2p: vec![],
+            iroh: vec!["127.0.0.1:1".into(); MAX_ADVERTISED + 1],
+        };
+        hear_ping(
+            &peers,
+            &stats,
+            peer,
+            Transport::LibP2p,
+            &ping(advert_payload(&many)),
+        );
+        hear_ping(
+            &peers,
+            &stats,
+            peer,
+            Transport::LibP2p,
+            &ping(Bytes::from_static(b"{not json at all")),
+        );
+        assert_eq!(stats.bad_adverts.load(Ordering::Relaxed), 2);
+        assert_eq!(iroh(&peers), Some(vec!["127.0.0.1:4000".to_owned()]));
+    }
+}
+
+/// Runs a handler at most once per (peer, request id) among the last/// Runs a handler at most once per (peer, request id) among the last
 /// `capacity` requests: a hedged or retried request that arrives again
 /// (on either transport) gets the first arrival's answer, so handlers need
 /// not be idempotent. Requesters start their ids at a random point, so a
@@ -386,6 +463,42 @@ pub fn rtt_payload(rtt: Duration) -> Bytes {
 pub(crate) fn ping_rtt(ping: &Envelope) -> Option<Duration> {
     let bytes: [u8; 8] = ping.payload.as_ref().try_into().ok()?;
     Some(Duration::from_micros(u64::from_be_bytes(bytes)))
+}
+
+/// A ping's payload carrying the sender's [`Advert`]: JSON, so it starts
+/// with `{` and is longer than a round trip's 8 bytes. A node sends one
+/// on each connection of a transport it stops (`Node::set_mode`), so its
+/// peers learn at once both its new mode and where to reach it now.
+pub fn advert_payload(advert: &Advert) -> Bytes {
+    Bytes::from(serde_json::to_vec(advert).unwrap_or_default())
+}
+
+/// The advert a ping carries, if it carries one.
+fn ping_advert(ping: &Envelope) -> Option<&[u8]> {
+    let p = ping.payload.as_ref();
+    (p.len() > 8 && p.first() == Some(&b'{')).then_some(p)
+}
+
+/// What a ping from `peer` over `t` tells: that the peer is alive there,
+/// its mode, the path's round trip if it measured one, and its addresses
+/// if it brings them. A bad advert is counted and dropped, the rest kept.
+pub(crate) fn hear_ping(
+    peers: &crate::peers::PeerSynchronizer,
+    stats: &StackStats,
+    peer: PeerId,
+    t: Transport,
+    ping: &Envelope,
+) {
+    peers.heard(peer, t, ping.mode, ping_rtt(ping));
+    if let Some(bytes) = ping_advert(ping) {
+        match Advert::parse(bytes) {
+            Ok(a) => peers.advertised_addrs(peer, a.libp2p, a.iroh),
+            Err(why) => {
+                stats.bad_adverts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, transport = t.as_str(), %why, "bad address advert in a ping dropped");
+            }
+        }
+    }
 }
 
 /// The stack's own answer to a ping.

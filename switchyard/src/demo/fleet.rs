@@ -242,6 +242,8 @@ fn bootstrap_list(
         .map(|(name, port)| {
             let id = Identity::load_or_generate(&dir.join(format!("{name}.key")))
                 .with_context(|| format!("making {name}'s identity"))?;
+            // For reading `--log`: the agents' logs name peers by id.
+            tracing::info!(node = %name, peer = %id.peer_id(), "identity");
             Ok(format!(
                 "{}@/ip4/127.0.0.1/tcp/{}",
                 id.peer_id(),
