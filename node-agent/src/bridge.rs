@@ -19,7 +19,7 @@ use switchyard_crds::{NetworkMode, RoutingStrategy};
 use crate::identity::{Identity, IdentityError, peer_to_endpoint};
 use crate::metrics::NodeMetrics;
 use crate::peers::{PeerSynchronizer, PeerView};
-use crate::routing::{Route, RouteInput};
+use crate::routing::{HedgeBudget, Route, RouteInput};
 use crate::stack::iroh_stack::{IrohConfig, IrohStack};
 use crate::stack::libp2p_stack::{Libp2pConfig, Libp2pStack};
 use crate::stack::{Dedup, Handler, PerTransport, StackError, StackStats, Transport};
@@ -211,6 +211,12 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// How the second transport is used. Defaults to hedged.
     pub hedge: Hedge,
+    /// At most this share of requests (0 to 1) is hedged after a delay,
+    /// beyond a burst of 3 ([`crate::routing::HedgeBudget`]): when every
+    /// request is slow, the node is overloaded, and hedging them all would
+    /// double its load. Failing over after a failure is not capped.
+    /// Defaults to 0.1.
+    pub hedge_budget: f64,
     /// How long after its start a request that failed on every transport
     /// for a transient reason (a peer's stack restarting, a connection
     /// dropped by a mode switch) is sent again. Defaults to 2 s.
@@ -238,6 +244,7 @@ impl Default for NodeConfig {
             iroh_share: None,
             request_timeout: Duration::from_secs(10),
             hedge: Hedge::default(),
+            hedge_budget: 0.1,
             retry_for: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             dedup_window: 4096,
@@ -381,6 +388,7 @@ pub struct Node {
     peers: Arc<PeerSynchronizer>,
     next_id: AtomicU64,
     turn: AtomicU64,
+    hedges: Mutex<HedgeBudget>,
     switching: tokio::sync::Mutex<()>,
     switches: AtomicU64,
     metrics: NodeMetrics,
@@ -481,6 +489,7 @@ impl Node {
             paused,
             switched: tokio::sync::watch::Sender::new(mode),
             identity,
+            hedges: Mutex::new(HedgeBudget::new(config.hedge_budget)),
             config: Mutex::new(config),
             served: Arc::new(Served {
                 inner: handler,
@@ -902,6 +911,7 @@ impl Node {
         // One id for every send of this request, so the answering side can
         // tell a hedge or a retry from a new request.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.hedges.lock().expect("hedge budget lock").earn();
         let mut backoff = Duration::from_millis(10);
         let mut tried = Vec::new();
         let mut last;
@@ -1087,7 +1097,11 @@ impl Node {
                 }
                 () = tokio::time::sleep_until(next_hedge.unwrap_or(req.deadline).into()), if next_hedge.is_some() => {
                     hedge_at = None;
-                    if let Some((t, _)) = rest.next() {
+                    // Over budget, the request waits for its first
+                    // transport (and fails over if that fails).
+                    if self.hedges.lock().expect("hedge budget lock").spend()
+                        && let Some((t, _)) = rest.next()
+                    {
                         self.metrics.of(t).hedges.inc();
                         launch!(t);
                     }

@@ -420,6 +420,40 @@ async fn a_slow_preferred_transport_is_hedged_onto_the_other_with_the_same_reque
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_request_is_slow_only_the_budget_of_them_is_hedged() {
+    // Every libp2p answer is slow, as when the node or its machine is
+    // overloaded: hedging each request would double the load. The budget
+    // starts full (3 hedges) and each request earns a tenth of one, but
+    // these 20 start while it is full, so 3 hedge and 17 wait.
+    let (server, seen) = slow_libp2p_server(Duration::from_millis(500), 0).await;
+    let client = client_with(Hedge::Delayed {
+        factor: 3.0,
+        min: Duration::from_millis(1),
+        max: Duration::from_millis(20),
+    })
+    .await;
+    let addr = server.addr();
+    let answers =
+        futures::future::join_all((0..20).map(|_| client.request(&addr, Bytes::from_static(b"x"))))
+            .await;
+    let by = |t: &str| {
+        answers
+            .iter()
+            .filter(|r| r.as_ref().expect("answered")[..] == *t.as_bytes())
+            .count()
+    };
+    assert_eq!((by("iroh"), by("libp2p")), (3, 17), "{answers:?}");
+    let text = client.metrics().render();
+    assert!(
+        text.contains("switchyard_node_hedged_requests_total{transport=\"iroh\"} 3"),
+        "{text}"
+    );
+    assert_eq!(seen.lock().expect("seen").len(), 20 + 3);
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_in_five_modes_talk_in_every_pair_at_once_and_merge_their_peer_views() {
     let mut nodes = Vec::new();
     for mode in NetworkMode::ALL {
