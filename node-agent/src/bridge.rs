@@ -683,10 +683,13 @@ impl Node {
 
     /// Put the current addresses in what pongs carry.
     fn refresh_advert(&self) {
+        *self.served.advert.write().expect("advert lock") = self.advert();
+    }
+
+    /// Where this node is now, as a pong or a farewell tells it.
+    fn advert(&self) -> Bytes {
         let (libp2p, iroh) = self.addr().advertised();
-        let advert = crate::stack::Advert { libp2p, iroh };
-        let bytes = serde_json::to_vec(&advert).unwrap_or_default();
-        *self.served.advert.write().expect("advert lock") = Bytes::from(bytes);
+        crate::stack::advert_payload(&crate::stack::Advert { libp2p, iroh })
     }
 
     /// Fault injection: a paused node answers nothing, on either stack,
@@ -814,8 +817,7 @@ impl Node {
         if (libp2p.is_none() && iroh.is_none()) || *self.paused.borrow() {
             return;
         }
-        let (l, i) = self.addr().advertised();
-        let payload = crate::stack::advert_payload(&crate::stack::Advert { libp2p: l, iroh: i });
+        let payload = self.advert();
         let ping = || Envelope {
             kind: Kind::Ping,
             mode,

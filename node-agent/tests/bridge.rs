@@ -353,6 +353,16 @@ async fn slow_libp2p_server(
     (server, seen)
 }
 
+/// A hedge after 3 × the round trip, within 1 ms and `max` (`max` before
+/// anything is measured).
+fn hedge_within(max: Duration) -> Hedge {
+    Hedge::Delayed {
+        factor: 3.0,
+        min: Duration::from_millis(1),
+        max,
+    }
+}
+
 async fn client_with(hedge: Hedge) -> Arc<Node> {
     let config = NodeConfig {
         hedge,
@@ -376,12 +386,7 @@ async fn a_slow_preferred_transport_is_hedged_onto_the_other_with_the_same_reque
     // The delay is far beyond the hedge delay, so which answer wins is not
     // a race.
     let (server, seen) = slow_libp2p_server(Duration::from_secs(3), 0).await;
-    let hedged = client_with(Hedge::Delayed {
-        factor: 3.0,
-        min: Duration::from_millis(1),
-        max: Duration::from_millis(50),
-    })
-    .await;
+    let hedged = client_with(hedge_within(Duration::from_millis(50))).await;
     let r = hedged
         .request(&server.addr(), Bytes::from_static(b"x"))
         .await
@@ -426,12 +431,7 @@ async fn when_every_request_is_slow_only_the_budget_of_them_is_hedged() {
     // starts full (3 hedges) and each request earns a tenth of one, but
     // these 20 start while it is full, so 3 hedge and 17 wait.
     let (server, seen) = slow_libp2p_server(Duration::from_millis(500), 0).await;
-    let client = client_with(Hedge::Delayed {
-        factor: 3.0,
-        min: Duration::from_millis(1),
-        max: Duration::from_millis(20),
-    })
-    .await;
+    let client = client_with(hedge_within(Duration::from_millis(20))).await;
     let addr = server.addr();
     let answers =
         futures::future::join_all((0..20).map(|_| client.request(&addr, Bytes::from_static(b"x"))))

@@ -221,66 +221,36 @@ mod ping_tests {
     fn a_ping_tells_its_mode_and_round_trip_and_the_addresses_it_brings() {
         let peer = crate::identity::Identity::generate().peer_id();
         let (peers, stats) = (PeerSynchronizer::new(), StackStats::default());
-        let iroh = |peers: &PeerSynchronizer| peers.get(&peer).map(|v| v.iroh.listen);
+        let hear =
+            |payload: Bytes| hear_ping(&peers, &stats, peer, Transport::LibP2p, &ping(payload));
+        let iroh = || peers.get(&peer).map(|v| v.iroh.listen);
         // A round trip and a request for addresses are not adverts.
-        hear_ping(
-            &peers,
-            &stats,
-            peer,
-            Transport::LibP2p,
-            &ping(rtt_payload(Duration::from_millis(3))),
-        );
-        hear_ping(
-            &peers,
-            &stats,
-            peer,
-            Transport::LibP2p,
-            &ping(Bytes::from_static(ASK_ADVERT)),
-        );
-        assert_eq!(iroh(&peers), Some(vec![]));
+        hear(rtt_payload(Duration::from_millis(3)));
+        hear(Bytes::from_static(ASK_ADVERT));
+        assert_eq!(iroh(), Some(vec![]));
         let facts = peers.facts(&peer).expect("heard");
         assert_eq!(facts.mode, Some(NetworkMode::IrohOnly));
         assert_eq!(
             facts.latency(Transport::LibP2p),
             Some(Duration::from_millis(3))
         );
-        let advert = Advert {
+        hear(advert_payload(&Advert {
             libp2p: vec![],
             iroh: vec!["127.0.0.1:4000".into()],
-        };
-        hear_ping(
-            &peers,
-            &stats,
-            peer,
-            Transport::LibP2p,
-            &ping(advert_payload(&advert)),
-        );
-        assert_eq!(iroh(&peers), Some(vec!["127.0.0.1:4000".to_owned()]));
+        }));
+        assert_eq!(iroh(), Some(vec!["127.0.0.1:4000".to_owned()]));
         // A bad advert is counted and dropped; what was known stays.
-        let many = Advert {
+        hear(advert_payload(&Advert {
             libp2p: vec![],
             iroh: vec!["127.0.0.1:1".into(); MAX_ADVERTISED + 1],
-        };
-        hear_ping(
-            &peers,
-            &stats,
-            peer,
-            Transport::LibP2p,
-            &ping(advert_payload(&many)),
-        );
-        hear_ping(
-            &peers,
-            &stats,
-            peer,
-            Transport::LibP2p,
-            &ping(Bytes::from_static(b"{not json at all")),
-        );
+        }));
+        hear(Bytes::from_static(b"{not json at all"));
         assert_eq!(stats.bad_adverts.load(Ordering::Relaxed), 2);
-        assert_eq!(iroh(&peers), Some(vec!["127.0.0.1:4000".to_owned()]));
+        assert_eq!(iroh(), Some(vec!["127.0.0.1:4000".to_owned()]));
     }
 }
 
-/// Runs a handler at most once per (peer, request id) among the last/// Runs a handler at most once per (peer, request id) among the last
+/// Runs a handler at most once per (peer, request id) among the last
 /// `capacity` requests: a hedged or retried request that arrives again
 /// (on either transport) gets the first arrival's answer, so handlers need
 /// not be idempotent. Requesters start their ids at a random point, so a
