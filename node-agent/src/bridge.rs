@@ -119,10 +119,11 @@ pub fn view_addr(view: &PeerView) -> Option<PeerAddr> {
     })
 }
 
-/// How long a switch that stops a transport spends telling the peers
-/// connected on it ([`Node::farewell`]); the stack drains meanwhile.
+/// How long a switch spends telling the peers connected on a transport
+/// it stops or keeps where it is now ([`Node::tell_peers`]); a stopping
+/// stack drains meanwhile.
 const FAREWELL_FOR: Duration = Duration::from_secs(1);
-/// Farewell pings in flight at once.
+/// Such pings in flight at once.
 const FAREWELLS_AT_ONCE: usize = 32;
 
 /// Why a request failed on every transport it could use.
@@ -585,6 +586,17 @@ impl Node {
         self.peers.get(peer)
     }
 
+    /// The peers that said they listen somewhere new since the last call
+    /// (see [`PeerSynchronizer::take_moved`]).
+    pub fn take_moved_peers(&self) -> Vec<PeerId> {
+        self.peers.take_moved()
+    }
+
+    /// Returns once a peer has said it listens somewhere new.
+    pub async fn moved_peers(&self) {
+        self.peers.moved_peers().await;
+    }
+
     /// Mode switches made.
     pub fn switches(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)
@@ -686,7 +698,8 @@ impl Node {
         *self.served.advert.write().expect("advert lock") = self.advert();
     }
 
-    /// Where this node is now, as a pong or a farewell tells it.
+    /// Where this node is now, as a pong, a farewell or a greeting tells
+    /// it.
     fn advert(&self) -> Bytes {
         let (libp2p, iroh) = self.addr().advertised();
         crate::stack::advert_payload(&crate::stack::Advert { libp2p, iroh })
@@ -744,6 +757,7 @@ impl Node {
     /// wait until the requests it carries both ways are answered, stop.
     pub async fn set_mode(&self, mode: NetworkMode) -> Result<(), StackError> {
         let _one_at_a_time = self.switching.lock().await;
+        let before = self.mode();
         self.ensure_stacks(mode).await?;
         *self.mode.write().expect("mode lock") = mode;
         let (old_libp2p, old_iroh) = {
@@ -783,7 +797,7 @@ impl Node {
         };
         tokio::join!(
             drain,
-            self.farewell(mode, old_libp2p.as_deref(), old_iroh.as_deref())
+            self.tell_peers(mode, old_libp2p.as_deref(), old_iroh.as_deref())
         );
         if let Some(stack) = old_libp2p {
             stack.stop().await;
@@ -792,6 +806,25 @@ impl Node {
             stack.stop().await;
         }
         self.refresh_advert();
+        // A transport this switch started: tell the peers connected on the
+        // one it kept where it listens. Otherwise they learn it at their
+        // next heartbeat that asks (a heartbeat interval, 20 s in a big
+        // fleet, and as long again before their manager dials it), and
+        // the next stage of a migration begins before any of them has
+        // used the new transport.
+        let (greet_libp2p, greet_iroh) = {
+            let s = self.stacks.read().expect("stacks lock");
+            (
+                s.libp2p
+                    .clone()
+                    .filter(|_| mode.has_iroh() && !before.has_iroh()),
+                s.iroh
+                    .clone()
+                    .filter(|_| mode.has_libp2p() && !before.has_libp2p()),
+            )
+        };
+        self.tell_peers(mode, greet_libp2p.as_deref(), greet_iroh.as_deref())
+            .await;
         self.switches.fetch_add(1, Ordering::Relaxed);
         self.metrics.mode_switches.inc();
         self.metrics.set_mode(mode);
@@ -799,16 +832,21 @@ impl Node {
         Ok(())
     }
 
-    /// Tell every peer connected on a stack this switch stops, on that
-    /// connection and while it is still open, the new `mode` and where to
-    /// reach this node now: a ping carrying this node's advert. Otherwise
-    /// a peer learns both only at its next exchange with this node, and
-    /// until then sends on (or hedges onto) the stopped transport, each
-    /// send failing; or, if it never learned this node's address on the
-    /// kept transport, has no other way to reach it. Bounded by
-    /// [`FAREWELL_FOR`], and skipped while paused (a paused node sends
-    /// nothing).
-    async fn farewell(
+    /// Tell every peer connected on `libp2p` or `iroh`, on that
+    /// connection, this node's new `mode` and where to reach it now: a
+    /// ping carrying this node's advert.
+    ///
+    /// On a stack a switch stops (its farewell, sent while the
+    /// connections are still open): otherwise a peer learns both only at
+    /// its next exchange with this node, and until then sends on (or
+    /// hedges onto) the stopped transport, each send failing; or, if it
+    /// never learned this node's address on the kept transport, has no
+    /// other way to reach it. On a stack a switch keeps, when it started
+    /// the other: the peers learn the new transport's address at once.
+    ///
+    /// Bounded by [`FAREWELL_FOR`], and skipped while paused (a paused
+    /// node sends nothing).
+    async fn tell_peers(
         &self,
         mode: NetworkMode,
         libp2p: Option<&Libp2pStack>,

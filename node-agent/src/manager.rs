@@ -37,7 +37,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::NetworkMode;
 use crate::bootstrap::{self, BadEntry, Bootstrap};
-use crate::bridge::{Node, PeerAddr};
+use crate::bridge::{Node, PeerAddr, view_addr};
 use crate::stack::{PerTransport, StackError, Transport};
 
 mod path;
@@ -413,6 +413,14 @@ struct Tracked {
 
 type Beating = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
 
+/// The transport that is not `t`.
+fn other(t: Transport) -> Transport {
+    match t {
+        Transport::LibP2p => Transport::Iroh,
+        Transport::Iroh => Transport::LibP2p,
+    }
+}
+
 fn jittered(d: Duration, jitter: f64) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     // A fresh random 64-bit value per call; no RNG dependency needed.
@@ -431,7 +439,7 @@ fn learn(node: &Node, peers: &mut HashMap<PeerId, Tracked>) {
         if view.peer == me {
             continue;
         }
-        if let Some(addr) = crate::bridge::view_addr(&view) {
+        if let Some(addr) = view_addr(&view) {
             merge(peers, addr);
         }
     }
@@ -592,6 +600,10 @@ impl Manager {
                 // The node switched modes: the next round looks at every
                 // peer (and announces a dropped transport).
                 Ok(()) = self.switches.changed() => {}
+                // A peer said where it listens now (a greeting, a
+                // farewell, a pong's advert): use it at once, not at the
+                // next read of the peer view, a heartbeat interval away.
+                () = self.node.moved_peers() => self.moved(Instant::now()),
                 () = tokio::time::sleep_until(next_due.into()) => {}
             }
         }
@@ -647,6 +659,22 @@ impl Manager {
             .map_or(self.learned_at, |Reverse((at, ..))| {
                 (*at).min(self.learned_at)
             })
+    }
+
+    /// Take the new addresses of the peers that said they moved, and look
+    /// at each whose addresses grew.
+    fn moved(&mut self, now: Instant) {
+        let (me, local) = (self.node.identity().peer_id(), self.node.mode());
+        for id in self.node.take_moved_peers() {
+            if id == me {
+                continue;
+            }
+            if let Some(addr) = self.node.peer(&id).as_ref().and_then(view_addr)
+                && merge(&mut self.peers, addr)
+            {
+                self.look(id, local, now);
+            }
+        }
     }
 
     /// This node switched to a mode without a transport it ran: every
@@ -722,7 +750,22 @@ impl Manager {
             tracked.paths[t] = None;
             return None;
         }
-        let path = tracked.paths[t].get_or_insert_with(|| Path::new(now));
+        // A peer this node already reaches on the other transport: the
+        // first beat on this one waits a random share of an interval, as
+        // beats do. A wave of nodes adding iroh at once would otherwise
+        // have every pair handshake in the same second (at 100 agents in
+        // one process, 4,950 handshakes that starved everything else).
+        let reachable = tracked.paths[other(t)]
+            .as_ref()
+            .is_some_and(|p| p.status.connected());
+        let spread = self.config.heartbeat_interval / 2;
+        let path = tracked.paths[t].get_or_insert_with(|| {
+            let mut path = Path::new(now);
+            if reachable {
+                path.next_at = now + jittered(spread, 1.0);
+            }
+            path
+        });
         if path.busy {
             return None;
         }

@@ -5,7 +5,7 @@
 //! table. The bridge adds what requests teach: the mode a peer advertises,
 //! and per-transport latency and success rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,11 @@ pub struct PeerCounts {
 #[derive(Debug, Default)]
 pub struct PeerSynchronizer {
     peers: Mutex<HashMap<PeerId, PeerView>>,
+    /// Peers that said where they listen, differently from before, since
+    /// the PeerManager last took them: at most one entry per peer.
+    moved: Mutex<HashSet<PeerId>>,
+    /// Wakes the PeerManager when `moved` gains a peer.
+    moved_notify: tokio::sync::Notify,
 }
 
 impl PeerSynchronizer {
@@ -175,24 +180,55 @@ impl PeerSynchronizer {
     }
 
     fn apply(&self, t: Transport, peer: PeerId, event: PeerEvent) {
-        self.with(peer, |v| {
+        // Whether the peer showed an address it had not: a listen address
+        // (identify), or a connection from where it listens (iroh).
+        let moved = self.with(peer, |v| {
             let path = v.path_mut(t);
             match event {
                 PeerEvent::Connected { addr } => {
                     path.connections += 1;
                     path.last_seen = Some(Instant::now());
-                    if let Some(a) = addr
-                        && !path.addrs.contains(&a)
-                    {
-                        path.addrs.push(a);
+                    match addr {
+                        Some(a) if !path.addrs.contains(&a) => {
+                            path.addrs.push(a);
+                            true
+                        }
+                        _ => false,
                     }
                 }
                 PeerEvent::Disconnected => {
                     path.connections = path.connections.saturating_sub(1);
+                    false
                 }
-                PeerEvent::ListenAddrs(addrs) => path.listen = addrs,
+                PeerEvent::ListenAddrs(addrs) => {
+                    let moved = path.listen != addrs;
+                    path.listen = addrs;
+                    moved
+                }
             }
         });
+        if moved == Some(true) {
+            self.moved(peer);
+        }
+    }
+
+    /// `peer` listens somewhere new: tell the PeerManager.
+    fn moved(&self, peer: PeerId) {
+        if self.moved.lock().expect("moved lock").insert(peer) {
+            self.moved_notify.notify_one();
+        }
+    }
+
+    /// The peers that said they listen somewhere new since the last call.
+    pub fn take_moved(&self) -> Vec<PeerId> {
+        self.moved.lock().expect("moved lock").drain().collect()
+    }
+
+    /// Returns once a peer has said it listens somewhere new since the
+    /// last [`Self::take_moved`] (or at once, if one did before this call
+    /// and was not yet waited for).
+    pub async fn moved_peers(&self) {
+        self.moved_notify.notified().await;
     }
 
     /// A request to `peer` over `t` finished: answered (`ok`) in `rtt`, or
@@ -247,10 +283,15 @@ impl PeerSynchronizer {
 
     /// `peer` said where it listens on both transports (in a pong).
     pub fn advertised_addrs(&self, peer: PeerId, libp2p: Vec<String>, iroh: Vec<String>) {
-        self.with(peer, |v| {
+        let moved = self.with(peer, |v| {
+            let moved = v.libp2p.listen != libp2p || v.iroh.listen != iroh;
             v.libp2p.listen = libp2p;
             v.iroh.listen = iroh;
+            moved
         });
+        if moved == Some(true) {
+            self.moved(peer);
+        }
     }
 
     /// A request to `peer` over `t` was abandoned after `waited` because
@@ -363,5 +404,41 @@ mod tests {
         assert_eq!(sync.counts().dual, 0);
         sync.transport_down(Transport::Iroh);
         assert_eq!(sync.counts().iroh, 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_says_it_listens_somewhere_new_is_handed_on_once() {
+        let sync = PeerSynchronizer::new();
+        let (a, b) = (
+            Identity::generate().peer_id(),
+            Identity::generate().peer_id(),
+        );
+        let at = |s: &str| vec![s.to_string()];
+        sync.advertised_addrs(a, at("/ip4/127.0.0.1/tcp/1"), Vec::new());
+        sync.advertised_addrs(a, at("/ip4/127.0.0.1/tcp/1"), at("127.0.0.1:2"));
+        sync.libp2p(b, PeerEvent::ListenAddrs(at("/ip4/127.0.0.1/tcp/3")));
+        tokio::time::timeout(Duration::from_secs(1), sync.moved_peers())
+            .await
+            .expect("woken");
+        let mut moved = sync.take_moved();
+        moved.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(moved, both, "each peer once, however often it moved");
+        // The same addresses again, a heartbeat's connection, a known
+        // iroh socket: nothing new.
+        sync.advertised_addrs(a, at("/ip4/127.0.0.1/tcp/1"), at("127.0.0.1:2"));
+        sync.libp2p(b, PeerEvent::ListenAddrs(at("/ip4/127.0.0.1/tcp/3")));
+        sync.libp2p(b, PeerEvent::Connected { addr: None });
+        assert!(sync.take_moved().is_empty());
+        // A connection from a new iroh socket is news.
+        let c = Identity::generate();
+        sync.iroh(
+            &c.endpoint_id(),
+            PeerEvent::Connected {
+                addr: Some("127.0.0.1:4".into()),
+            },
+        );
+        assert_eq!(sync.take_moved(), vec![c.peer_id()]);
     }
 }

@@ -246,6 +246,84 @@ async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iro
     }
 }
 
+/// As above, but at a heartbeat interval longer than the test: a node
+/// that adds iroh tells the other where it listens at once (a greeting on
+/// libp2p), the other's manager tracks that path at once, and a request
+/// goes over iroh at once. Waiting for the next heartbeat to ask would
+/// take a minute. (The manager's own first beat on the new path waits a
+/// random share of the interval, not to dial a whole wave at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_adds_a_transport_is_reached_there_without_waiting_for_a_heartbeat() {
+    let slow = ManagerConfig {
+        heartbeat_interval: Duration::from_secs(60),
+        ..fast()
+    };
+    let only_libp2p = || async {
+        Node::start(
+            Identity::generate(),
+            NodeConfig::default(),
+            NetworkMode::LibP2pOnly,
+            Arc::new(Echo),
+        )
+        .await
+        .expect("node starts")
+    };
+    let (a, b) = (only_libp2p().await, only_libp2p().await);
+    let (ma, _) = PeerManager::start(
+        a.clone(),
+        ManagerConfig {
+            bootstrap: vec![libp2p_entry(&b)],
+            ..slow.clone()
+        },
+    );
+    let (mb, _) = PeerManager::start(b.clone(), slow);
+    let (aid, bid) = (a.addr().peer, b.addr().peer);
+    eventually(Duration::from_secs(10), "met on libp2p", || async {
+        let (sa, sb) = (ma.status().await, mb.status().await);
+        state_of(&sa, &bid, Transport::LibP2p) == Some(PeerState::Connected)
+            && state_of(&sb, &aid, Transport::LibP2p) == Some(PeerState::Connected)
+    })
+    .await;
+    a.set_mode(NetworkMode::DualPreferIroh).await.expect("a");
+    // b runs no iroh yet, but knows where a listens on it.
+    eventually(
+        Duration::from_secs(5),
+        "b learns a's iroh address",
+        || async { b.peer(&aid).is_some_and(|v| !v.iroh.listen.is_empty()) },
+    )
+    .await;
+    b.set_mode(NetworkMode::DualPreferIroh).await.expect("b");
+    eventually(
+        Duration::from_secs(5),
+        "b's manager tracks a on iroh",
+        || async { state_of(&mb.status().await, &aid, Transport::Iroh).is_some() },
+    )
+    .await;
+    let addr = mb
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.peer == aid)
+        .expect("a tracked")
+        .addr;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        b.request(&addr, Bytes::from_static(b"x")),
+    )
+    .await
+    .expect("within 5 s")
+    .expect("answered");
+    assert!(
+        b.metrics()
+            .render()
+            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
+        "the request went over iroh, as DualPreferIroh prefers"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 /// Two nodes heartbeating each other: a heartbeat heard from the peer
 /// stands in for one's own, so each pair exchanges about one per interval
 /// and transport rather than two. A paused node sends none either, so its
