@@ -185,30 +185,28 @@ async fn three_nodes_bootstrap_past_a_bad_entry_and_learn_the_other_transport() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iroh() {
-    let only_libp2p = |m| async move {
+/// Two LibP2pOnly nodes, `a` bootstrapped with `b`, each with a manager
+/// of `config`, once each has the other `Connected` on libp2p.
+async fn met_on_libp2p(config: ManagerConfig) -> (Arc<Node>, Arc<Node>, PeerManager, PeerManager) {
+    let only_libp2p = || async {
         Node::start(
             Identity::generate(),
             NodeConfig::default(),
-            m,
+            NetworkMode::LibP2pOnly,
             Arc::new(Echo),
         )
         .await
         .expect("node starts")
     };
-    let (a, b) = (
-        only_libp2p(NetworkMode::LibP2pOnly).await,
-        only_libp2p(NetworkMode::LibP2pOnly).await,
-    );
+    let (a, b) = (only_libp2p().await, only_libp2p().await);
     let (ma, _) = PeerManager::start(
         a.clone(),
         ManagerConfig {
             bootstrap: vec![libp2p_entry(&b)],
-            ..fast()
+            ..config.clone()
         },
     );
-    let (mb, _) = PeerManager::start(b.clone(), fast());
+    let (mb, _) = PeerManager::start(b.clone(), config);
     let (aid, bid) = (a.addr().peer, b.addr().peer);
     eventually(Duration::from_secs(10), "met on libp2p", || async {
         let (sa, sb) = (ma.status().await, mb.status().await);
@@ -216,6 +214,38 @@ async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iro
             && state_of(&sb, &aid, Transport::LibP2p) == Some(PeerState::Connected)
     })
     .await;
+    (a, b, ma, mb)
+}
+
+/// `from` asks `to` (as `from`'s manager tracks it) and is answered over
+/// iroh: its first request there.
+async fn answered_over_iroh(from: &Node, manager: &PeerManager, to: PeerId) {
+    let addr = manager
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.peer == to)
+        .expect("tracked")
+        .addr;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        from.request(&addr, Bytes::from_static(b"x")),
+    )
+    .await
+    .expect("within 5 s")
+    .expect("answered");
+    assert!(
+        from.metrics()
+            .render()
+            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
+        "the request went over iroh, as DualPreferIroh prefers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iroh() {
+    let (a, b, ma, mb) = met_on_libp2p(fast()).await;
+    let (aid, bid) = (a.addr().peer, b.addr().peer);
     // Both add iroh: neither advertised an iroh address when they met.
     a.set_mode(NetworkMode::DualPreferIroh).await.expect("a");
     b.set_mode(NetworkMode::DualPreferIroh).await.expect("b");
@@ -225,22 +255,7 @@ async fn peers_that_meet_on_libp2p_and_then_both_add_iroh_find_each_other_on_iro
         || async { both_connected(&ma, &bid).await && both_connected(&mb, &aid).await },
     )
     .await;
-    let addr = ma
-        .status()
-        .await
-        .into_iter()
-        .find(|s| s.peer == bid)
-        .expect("b tracked")
-        .addr;
-    a.request(&addr, bytes::Bytes::from_static(b"x"))
-        .await
-        .expect("answered");
-    assert!(
-        a.metrics()
-            .render()
-            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
-        "the request went over iroh, as DualPreferIroh prefers"
-    );
+    answered_over_iroh(&a, &ma, bid).await;
     for n in [a, b] {
         n.stop().await;
     }
@@ -258,32 +273,8 @@ async fn a_node_that_adds_a_transport_is_reached_there_without_waiting_for_a_hea
         heartbeat_interval: Duration::from_secs(60),
         ..fast()
     };
-    let only_libp2p = || async {
-        Node::start(
-            Identity::generate(),
-            NodeConfig::default(),
-            NetworkMode::LibP2pOnly,
-            Arc::new(Echo),
-        )
-        .await
-        .expect("node starts")
-    };
-    let (a, b) = (only_libp2p().await, only_libp2p().await);
-    let (ma, _) = PeerManager::start(
-        a.clone(),
-        ManagerConfig {
-            bootstrap: vec![libp2p_entry(&b)],
-            ..slow.clone()
-        },
-    );
-    let (mb, _) = PeerManager::start(b.clone(), slow);
-    let (aid, bid) = (a.addr().peer, b.addr().peer);
-    eventually(Duration::from_secs(10), "met on libp2p", || async {
-        let (sa, sb) = (ma.status().await, mb.status().await);
-        state_of(&sa, &bid, Transport::LibP2p) == Some(PeerState::Connected)
-            && state_of(&sb, &aid, Transport::LibP2p) == Some(PeerState::Connected)
-    })
-    .await;
+    let (a, b, _ma, mb) = met_on_libp2p(slow).await;
+    let aid = a.addr().peer;
     a.set_mode(NetworkMode::DualPreferIroh).await.expect("a");
     // b runs no iroh yet, but knows where a listens on it.
     eventually(
@@ -299,26 +290,7 @@ async fn a_node_that_adds_a_transport_is_reached_there_without_waiting_for_a_hea
         || async { state_of(&mb.status().await, &aid, Transport::Iroh).is_some() },
     )
     .await;
-    let addr = mb
-        .status()
-        .await
-        .into_iter()
-        .find(|s| s.peer == aid)
-        .expect("a tracked")
-        .addr;
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        b.request(&addr, Bytes::from_static(b"x")),
-    )
-    .await
-    .expect("within 5 s")
-    .expect("answered");
-    assert!(
-        b.metrics()
-            .render()
-            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
-        "the request went over iroh, as DualPreferIroh prefers"
-    );
+    answered_over_iroh(&b, &mb, aid).await;
     for n in [a, b] {
         n.stop().await;
     }
