@@ -413,14 +413,6 @@ struct Tracked {
 
 type Beating = BoxFuture<'static, (PeerId, Transport, Result<Duration, StackError>)>;
 
-/// The transport that is not `t`.
-fn other(t: Transport) -> Transport {
-    match t {
-        Transport::LibP2p => Transport::Iroh,
-        Transport::Iroh => Transport::LibP2p,
-    }
-}
-
 fn jittered(d: Duration, jitter: f64) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     // A fresh random 64-bit value per call; no RNG dependency needed.
@@ -755,7 +747,7 @@ impl Manager {
         // beats do. A wave of nodes adding iroh at once would otherwise
         // have every pair handshake in the same second (at 100 agents in
         // one process, 4,950 handshakes that starved everything else).
-        let reachable = tracked.paths[other(t)]
+        let reachable = tracked.paths[t.other()]
             .as_ref()
             .is_some_and(|p| p.status.connected());
         let spread = self.config.heartbeat_interval / 2;

@@ -181,7 +181,9 @@ impl PeerSynchronizer {
 
     fn apply(&self, t: Transport, peer: PeerId, event: PeerEvent) {
         // Whether the peer showed an address it had not: a listen address
-        // (identify), or a connection from where it listens (iroh).
+        // (identify), or a connection from where it listens (iroh; a
+        // libp2p connection's remote port is not where the peer listens,
+        // and nothing dials it).
         let moved = self.with(peer, |v| {
             let path = v.path_mut(t);
             match event {
@@ -191,7 +193,7 @@ impl PeerSynchronizer {
                     match addr {
                         Some(a) if !path.addrs.contains(&a) => {
                             path.addrs.push(a);
-                            true
+                            t == Transport::Iroh
                         }
                         _ => false,
                     }

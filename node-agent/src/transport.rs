@@ -22,6 +22,14 @@ impl Transport {
             Transport::Iroh => "iroh",
         }
     }
+
+    /// The transport that is not this one.
+    pub fn other(self) -> Transport {
+        match self {
+            Transport::LibP2p => Transport::Iroh,
+            Transport::Iroh => Transport::LibP2p,
+        }
+    }
 }
 
 /// One `T` per transport, indexed by [`Transport`].
