@@ -152,9 +152,20 @@ fn a_stage_that_does_not_exist_is_refused_before_anything_starts() {
     assert!(!t.contains("starting"), "nothing started: {t}");
 }
 
-#[test]
-fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
-    let _heavy = serial::heavy();
+/// A demo of 4 agents, its output read from a thread until the plan runs
+/// (or [`BOUND`] passes); the main thread keeps time.
+struct Running {
+    child: std::process::Child,
+    pid: u32,
+    reader: std::thread::JoinHandle<String>,
+    /// The plan began within the bound.
+    planning: bool,
+    /// The operator's pid(s): the demo's children once the plan runs.
+    operator: Vec<u32>,
+    scratch: PathBuf,
+}
+
+fn run_until_plan() -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["demo", "--nodes", "4", "--plain"])
         .stdout(Stdio::piped())
@@ -163,7 +174,6 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
         .expect("the demo starts");
     let pid = child.id();
     let stdout = child.stdout.take().expect("stdout");
-    // Read until the plan runs, from a thread; the main thread keeps time.
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
@@ -180,9 +190,38 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
         }
         all
     });
-    let running = rx.recv_timeout(BOUND);
-    let operator = children(pid);
-    let scratch = std::env::temp_dir().join(format!("switchyard-demo-{pid}"));
+    let planning = rx.recv_timeout(BOUND).is_ok();
+    Running {
+        child,
+        pid,
+        reader,
+        planning,
+        operator: children(pid),
+        scratch: std::env::temp_dir().join(format!("switchyard-demo-{pid}")),
+    }
+}
+
+/// Whether every pid in `pids` is gone within `within` (a dead child may
+/// take a moment to be reaped by init).
+fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !pids.iter().any(|p| alive(*p))
+}
+
+#[test]
+fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
+    let _heavy = serial::heavy();
+    let Running {
+        mut child,
+        pid,
+        reader,
+        planning,
+        operator,
+        scratch,
+    } = run_until_plan();
     let existed = scratch.is_dir();
     signal(pid, Signal::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -197,7 +236,7 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = reader.join().expect("reader");
-    assert!(running.is_ok(), "the plan started:\n{out}");
+    assert!(planning, "the plan started:\n{out}");
     assert!(existed, "{} existed while it ran", scratch.display());
     assert_eq!(status.and_then(|s| s.code()), Some(130), "{out}");
     assert!(
@@ -205,15 +244,40 @@ fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
         "{out}"
     );
     assert!(!operator.is_empty(), "the operator ran as a child process");
-    // The operator may take a moment to be reaped by init.
-    let gone = Instant::now() + Duration::from_secs(10);
-    while operator.iter().any(|p| alive(*p)) && Instant::now() < gone {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for p in operator {
-        assert!(!alive(p), "the operator (pid {p}) is gone");
-    }
+    assert!(
+        all_gone(&operator, Duration::from_secs(10)),
+        "the operator ({operator:?}) is gone"
+    );
     assert!(!scratch.exists(), "{} removed", scratch.display());
+}
+
+#[test]
+fn a_killed_demo_takes_its_operator_with_it() {
+    let _heavy = serial::heavy();
+    let Running {
+        mut child,
+        pid,
+        reader,
+        planning,
+        operator,
+        scratch,
+    } = run_until_plan();
+    // SIGKILL: the demo itself can clean up nothing.
+    signal(pid, Signal::SIGKILL);
+    let _ = child.wait();
+    let out = reader.join().expect("reader");
+    assert!(planning, "the plan started:\n{out}");
+    assert!(!operator.is_empty(), "the operator ran as a child process");
+    let gone = all_gone(&operator, Duration::from_secs(20));
+    // What SIGKILL leaves, the next demo sweeps (see fleet::sweep_stale);
+    // here the test removes it.
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !gone {
+        for p in &operator {
+            signal(*p, Signal::SIGKILL);
+        }
+    }
+    assert!(gone, "the operator ({operator:?}) ended with the demo");
 }
 
 /// The pids whose parent is `pid`.

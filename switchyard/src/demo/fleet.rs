@@ -201,6 +201,29 @@ impl Fleet {
     }
 }
 
+/// Remove the scratch directories of demos that were killed (SIGKILL
+/// leaves a demo no chance to clean up; its operator ends with it, see
+/// `DEMO_PID_ENV`): each `switchyard-demo-<pid>` in `tmp` whose process
+/// is gone. A pid reused since only keeps its directory. How many went.
+pub fn sweep_stale(tmp: &std::path::Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    let me = std::process::id();
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("switchyard-demo-"))
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid != me && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+        })
+        .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+        .count()
+}
+
 /// The operator: this same executable, `switchyard operator`, which runs
 /// what `switchyard-operator` runs, with the built-in analysis, the Lease
 /// and the dashboard on `addr`.
@@ -219,6 +242,7 @@ fn start_operator(
         .env("SWITCHYARD_HTTP_ADDR", addr.to_string())
         .env("SWITCHYARD_DASHBOARD", "true")
         .env("RUST_LOG", "info")
+        .env(crate::DEMO_PID_ENV, std::process::id().to_string())
         .stdout(log.try_clone()?)
         .stderr(log)
         .stdin(std::process::Stdio::null())
@@ -312,5 +336,35 @@ where
             bail!("gave up after {START_WAIT:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_scratch_directories_of_dead_demos_are_swept() {
+        let tmp =
+            std::env::temp_dir().join(format!("switchyard-sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).expect("scratch");
+        // Above pid_max no process can ever run.
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4_194_304);
+        let dead = tmp.join(format!("switchyard-demo-{}", max + 1));
+        let mine = tmp.join(format!("switchyard-demo-{}", std::process::id()));
+        let init = tmp.join("switchyard-demo-1");
+        let other = tmp.join("switchyard-demo-notes");
+        for d in [&dead, &mine, &init, &other] {
+            std::fs::create_dir_all(d.join("inside")).expect("dir");
+        }
+        assert_eq!(sweep_stale(&tmp), 1);
+        assert!(!dead.exists(), "a dead demo's directory is removed");
+        for kept in [&mine, &init, &other] {
+            assert!(kept.exists(), "{} kept", kept.display());
+        }
+        std::fs::remove_dir_all(&tmp).expect("cleanup");
     }
 }

@@ -115,6 +115,12 @@ pub async fn main(args: DemoArgs) -> ExitCode {
     }
     let started = Instant::now();
     let say = move |m: &str| println!("[{:>5.1}s] {m}", started.elapsed().as_secs_f64());
+    let swept = fleet::sweep_stale(&std::env::temp_dir());
+    if swept > 0 {
+        say(&format!(
+            "removed {swept} scratch directories left by demos that were killed"
+        ));
+    }
     say(&format!(
         "starting the in-memory API server, {} node-agents and the operator",
         args.nodes
