@@ -569,21 +569,22 @@ async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
     server.stop().await;
 }
 
+/// A client that does not hedge, so which transport answers is the one
+/// routed first.
+async fn unhedged(mode: NetworkMode) -> Arc<Node> {
+    let config = NodeConfig {
+        hedge: Hedge::Off,
+        ..NodeConfig::default()
+    };
+    Node::start(Identity::generate(), config, mode, Arc::new(Echo))
+        .await
+        .expect("client starts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancing_sends_the_configured_share_over_iroh() {
     let server = node(NetworkMode::DualPreferLibP2p).await;
-    // No hedging, so which transport answers is the one routed first.
-    let client = Node::start(
-        Identity::generate(),
-        NodeConfig {
-            hedge: Hedge::Off,
-            ..NodeConfig::default()
-        },
-        NetworkMode::DualLoadBalance,
-        Arc::new(Echo),
-    )
-    .await
-    .expect("client starts");
+    let client = unhedged(NetworkMode::DualLoadBalance).await;
     client.set_routing(None, Some(20));
     // Both transports connected first: a turn whose transport has no
     // connection yet goes over the other one (the warm path).
@@ -622,17 +623,7 @@ async fn connect_both(client: &Node, server: &Node) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_takes_the_warm_path_and_the_preferred_one_is_connected_behind_it() {
     let server = node(NetworkMode::DualPreferLibP2p).await;
-    let client = Node::start(
-        Identity::generate(),
-        NodeConfig {
-            hedge: Hedge::Off,
-            ..NodeConfig::default()
-        },
-        NetworkMode::DualPreferLibP2p,
-        Arc::new(Echo),
-    )
-    .await
-    .expect("client starts");
+    let client = unhedged(NetworkMode::DualPreferLibP2p).await;
     let to = server.addr();
     let ask = || client.request_via(&to, Bytes::from_static(b"x"));
     let (_, t) = ask().await.expect("answered");

@@ -214,70 +214,67 @@ fn all_gone(pids: &[u32], within: Duration) -> bool {
 #[test]
 fn ctrl_c_stops_everything_and_removes_the_scratch_directory() {
     let _heavy = serial::heavy();
-    let Running {
-        mut child,
-        pid,
-        reader,
-        planning,
-        operator,
-        scratch,
-    } = run_until_plan();
-    let existed = scratch.is_dir();
-    signal(pid, Signal::SIGINT);
+    let mut run = run_until_plan();
+    let existed = run.scratch.is_dir();
+    signal(run.pid, Signal::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = run.child.try_wait().expect("wait") {
             break Some(s);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = run.child.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let out = reader.join().expect("reader");
-    assert!(planning, "the plan started:\n{out}");
-    assert!(existed, "{} existed while it ran", scratch.display());
+    let out = run.reader.join().expect("reader");
+    assert!(run.planning, "the plan started:\n{out}");
+    assert!(existed, "{} existed while it ran", run.scratch.display());
     assert_eq!(status.and_then(|s| s.code()), Some(130), "{out}");
     assert!(
         out.contains("Result     interrupted while the plan was "),
         "{out}"
     );
-    assert!(!operator.is_empty(), "the operator ran as a child process");
     assert!(
-        all_gone(&operator, Duration::from_secs(10)),
-        "the operator ({operator:?}) is gone"
+        !run.operator.is_empty(),
+        "the operator ran as a child process"
     );
-    assert!(!scratch.exists(), "{} removed", scratch.display());
+    assert!(
+        all_gone(&run.operator, Duration::from_secs(10)),
+        "the operator ({:?}) is gone",
+        run.operator
+    );
+    assert!(!run.scratch.exists(), "{} removed", run.scratch.display());
 }
 
 #[test]
 fn a_killed_demo_takes_its_operator_with_it() {
     let _heavy = serial::heavy();
-    let Running {
-        mut child,
-        pid,
-        reader,
-        planning,
-        operator,
-        scratch,
-    } = run_until_plan();
+    let mut run = run_until_plan();
     // SIGKILL: the demo itself can clean up nothing.
-    signal(pid, Signal::SIGKILL);
-    let _ = child.wait();
-    let out = reader.join().expect("reader");
-    assert!(planning, "the plan started:\n{out}");
-    assert!(!operator.is_empty(), "the operator ran as a child process");
-    let gone = all_gone(&operator, Duration::from_secs(20));
+    signal(run.pid, Signal::SIGKILL);
+    let _ = run.child.wait();
+    let out = run.reader.join().expect("reader");
+    assert!(run.planning, "the plan started:\n{out}");
+    assert!(
+        !run.operator.is_empty(),
+        "the operator ran as a child process"
+    );
+    let gone = all_gone(&run.operator, Duration::from_secs(20));
     // What SIGKILL leaves, the next demo sweeps (see fleet::sweep_stale);
     // here the test removes it.
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&run.scratch);
     if !gone {
-        for p in &operator {
+        for p in &run.operator {
             signal(*p, Signal::SIGKILL);
         }
     }
-    assert!(gone, "the operator ({operator:?}) ended with the demo");
+    assert!(
+        gone,
+        "the operator ({:?}) ended with the demo",
+        run.operator
+    );
 }
 
 /// The pids whose parent is `pid`.
