@@ -512,17 +512,10 @@ async fn five_nodes_in_five_modes_talk_in_every_pair_at_once_and_merge_their_pee
                 .expect("dual to dual");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
     for dual in [&nodes[1], &nodes[3]] {
         let id = dual.identity();
-        while !lb.peer(&id.peer_id()).is_some_and(|v| v.dual()) {
-            assert!(
-                Instant::now() < deadline,
-                "{} on both within 5 s",
-                id.peer_id()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let both = || lb.peer(&id.peer_id()).is_some_and(|v| v.dual());
+        until(Duration::from_secs(5), "each dual peer on both", both).await;
         let view = lb.peer(&id.peer_id()).expect("seen");
         assert_eq!(view.endpoint, id.endpoint_id());
         assert!(view.dual(), "{view:?}");
@@ -567,6 +560,15 @@ async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
     assert_eq!(ids.len(), 20);
     racer.stop().await;
     server.stop().await;
+}
+
+/// Wait until `cond` holds, looking every 10 ms; fail after `within`.
+async fn until(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A client that does not hedge, so which transport answers is the one
@@ -641,14 +643,13 @@ async fn a_request_takes_the_warm_path_and_the_preferred_one_is_connected_behind
     );
     let (_, t) = ask().await.expect("answered");
     assert_eq!(t, Transport::LibP2p, "the warm path first");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !client.peer(&id).is_some_and(|v| v.iroh.connected()) {
-        assert!(
-            Instant::now() < deadline,
-            "iroh connected behind the request within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let iroh = || client.peer(&id).is_some_and(|v| v.iroh.connected());
+    until(
+        Duration::from_secs(5),
+        "iroh connected behind the request",
+        iroh,
+    )
+    .await;
     let (_, t) = ask().await.expect("answered");
     assert_eq!(
         t,
