@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 use switchyard_node_agent::NetworkMode;
@@ -500,16 +501,14 @@ async fn iroh_peers_share_one_connection_dialled_once() {
     let req = |id: u64, body: &'static [u8]| {
         Envelope::request(NetworkMode::IrohOnly, id, Bytes::from_static(body))
     };
-    // Twenty requests give up at once, long before a handshake can end.
-    let quitters = (0..20).map(|i| {
-        let (stack, to, r) = (a.iroh.clone(), b.iroh.addr(), req(i, b"x"));
-        async move {
-            let gave_up =
-                tokio::time::timeout(Duration::from_micros(1), stack.request(&to, &r, T)).await;
-            assert!(gave_up.is_err(), "no answer within a microsecond");
-        }
-    });
-    futures::future::join_all(quitters).await;
+    // Twenty requests give up at once: each is polled once (which begins
+    // or joins the dial) and dropped. Whether one got its answer within
+    // that poll does not matter (on a loaded machine the thread can be
+    // preempted long enough for the whole exchange on loopback).
+    for i in 0..20 {
+        let to = b.iroh.addr();
+        let _ = a.iroh.request(&to, &req(i, b"x"), T).now_or_never();
+    }
     // Their dial went on without them: the next request rides it.
     let r = a
         .iroh
