@@ -99,6 +99,8 @@ pub struct RouteFacts {
     pub success_rate: PerTransport<Option<f64>>,
     /// When the peer last sent us a heartbeat, per transport.
     pub heard: PerTransport<Option<Instant>>,
+    /// Whether a connection to the peer is open, per transport.
+    pub connected: PerTransport<bool>,
 }
 
 impl RouteFacts {
@@ -364,6 +366,7 @@ impl PeerSynchronizer {
             latency: PerTransport::new(v.libp2p.latency, v.iroh.latency),
             success_rate: PerTransport::new(v.libp2p.success_rate, v.iroh.success_rate),
             heard: PerTransport::new(v.libp2p.heard, v.iroh.heard),
+            connected: PerTransport::new(v.libp2p.connected(), v.iroh.connected()),
         })
     }
 
