@@ -785,6 +785,13 @@ impl Node {
         let _one_at_a_time = self.switching.lock().await;
         let before = self.mode();
         self.ensure_stacks(mode).await?;
+        for keep in Transport::ALL {
+            let stop = keep.other();
+            let stops = stop.runs_in(before) && !stop.runs_in(mode);
+            if stops && keep.runs_in(before) && keep.runs_in(mode) {
+                self.connect_ahead(keep).await;
+            }
+        }
         *self.mode.write().expect("mode lock") = mode;
         let (old_libp2p, old_iroh) = {
             let mut s = self.stacks.write().expect("stacks lock");
@@ -856,6 +863,63 @@ impl Node {
         self.metrics.set_mode(mode);
         self.switched.send_replace(mode);
         Ok(())
+    }
+
+    /// Before a switch stops a transport: connect `keep`, the one it
+    /// keeps, to every peer that is connected only on the other and runs
+    /// `keep` (a ping that dials), while the other still carries requests.
+    /// Otherwise the first request to each of them after the switch waits
+    /// for a handshake, and a node going IrohOnly in a busy fleet has
+    /// dozens to make at once: at 100 nodes on two cores that put a
+    /// canary's p95 over a second. Bounded like the farewell
+    /// ([`FAREWELL_FOR`], [`FAREWELLS_AT_ONCE`]); a dial not done by then
+    /// goes on in the background. Skipped while paused.
+    async fn connect_ahead(&self, keep: Transport) {
+        if *self.paused.borrow() {
+            return;
+        }
+        let stacks = self.stacks.read().expect("stacks lock").clone();
+        let targets: Vec<PeerAddr> = self
+            .peers
+            .all()
+            .iter()
+            .filter(|v| v.path(keep.other()).connected() && !v.path(keep).connected())
+            .filter(|v| v.mode.is_none_or(|m| keep.runs_in(m)))
+            .filter_map(view_addr)
+            .filter(|a| match keep {
+                Transport::LibP2p => !a.libp2p.is_empty(),
+                Transport::Iroh => a.iroh.is_some(),
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            peers = targets.len(),
+            transport = keep.as_str(),
+            "connecting ahead of a switch"
+        );
+        let mode = self.mode();
+        let pings = targets.iter().map(|peer| {
+            let ping = Envelope {
+                kind: Kind::Ping,
+                mode,
+                request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                payload: Bytes::new(),
+            };
+            let stacks = &stacks;
+            async move {
+                let started = Instant::now();
+                let result = exchange_on(stacks, peer, keep, ping, FAREWELL_FOR).await;
+                let pong = result.ok().filter(|r| r.kind == Kind::Pong);
+                let rtt = started.elapsed();
+                let mode = pong.as_ref().map(|r| r.mode);
+                self.peers
+                    .record(peer.peer, keep, pong.is_some(), rtt, mode);
+            }
+        });
+        let all = futures::stream::iter(pings).for_each_concurrent(FAREWELLS_AT_ONCE, |f| f);
+        let _ = tokio::time::timeout(FAREWELL_FOR, all).await;
     }
 
     /// Tell every peer connected on `libp2p` or `iroh`, on that

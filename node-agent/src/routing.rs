@@ -67,15 +67,8 @@ pub fn route(input: &RouteInput<'_>) -> Route {
         facts,
         ..
     } = *input;
-    let runs = |t: Transport| match t {
-        Transport::LibP2p => local.has_libp2p(),
-        Transport::Iroh => local.has_iroh(),
-    };
-    let reachable = |t: Transport| runs(t) && addressed[t];
-    let advertised = |t: Transport| match t {
-        Transport::LibP2p => facts.mode.is_none_or(NetworkMode::has_libp2p),
-        Transport::Iroh => facts.mode.is_none_or(NetworkMode::has_iroh),
-    };
+    let reachable = |t: Transport| t.runs_in(local) && addressed[t];
+    let advertised = |t: Transport| facts.mode.is_none_or(|m| t.runs_in(m));
     let strategy = input.strategy.unwrap_or_else(|| local.default_strategy());
     let mut race = false;
     let mut order = match strategy {

@@ -660,6 +660,63 @@ async fn a_request_takes_the_warm_path_and_the_preferred_one_is_connected_behind
     server.stop().await;
 }
 
+/// A node that drops a transport first connects the one it keeps to the
+/// peers it reached only over the other: the first request after the
+/// switch finds the connection open instead of waiting for a handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_drops_a_transport_connects_the_kept_one_first() {
+    let server = node(NetworkMode::DualPreferLibP2p).await;
+    let client = unhedged(NetworkMode::DualPreferLibP2p).await;
+    let to = server.addr();
+    let (_, t) = client
+        .request_via(&to, Bytes::from_static(b"x"))
+        .await
+        .expect("answered");
+    assert_eq!(t, Transport::LibP2p);
+    // A heartbeat over libp2p tells the client where the server listens
+    // on iroh too (the PeerManager sends them).
+    client
+        .ping(&to, Transport::LibP2p, Duration::from_secs(5))
+        .await
+        .expect("pong");
+    let id = to.peer;
+    let view = || client.peer(&id).expect("seen");
+    assert!(
+        view().libp2p.connected() && !view().iroh.connected(),
+        "{:?}",
+        view()
+    );
+    client
+        .set_mode(NetworkMode::IrohOnly)
+        .await
+        .expect("switch");
+    assert!(view().iroh.connected(), "connected on iroh: {:?}", view());
+    assert!(!view().libp2p.connected());
+    let back = server.peer(&client.addr().peer).expect("seen");
+    assert!(back.iroh.connected(), "the server sees it too: {back:?}");
+    let (_, t) = client
+        .request_via(&to, Bytes::from_static(b"y"))
+        .await
+        .expect("answered");
+    assert_eq!(t, Transport::Iroh);
+    // And back: libp2p is connected before iroh stops.
+    client
+        .set_mode(NetworkMode::DualPreferIroh)
+        .await
+        .expect("switch");
+    client
+        .set_mode(NetworkMode::LibP2pOnly)
+        .await
+        .expect("switch");
+    assert!(
+        view().libp2p.connected(),
+        "connected on libp2p: {:?}",
+        view()
+    );
+    client.stop().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_s_garbage_frames_show_in_the_node_s_metrics() {
     let target = node(NetworkMode::IrohOnly).await;
