@@ -18,9 +18,6 @@ pub const STAGES: [NetworkMode; 3] = [
     NetworkMode::DualPreferIroh,
     NetworkMode::IrohOnly,
 ];
-/// Each stage's waves, as percentages of the fleet.
-pub const WAVES: [u8; 2] = [50, 100];
-
 /// Node `i`'s name.
 pub fn node_name(i: usize) -> String {
     format!("node-{i:02}")
@@ -70,6 +67,21 @@ impl Scale {
         Duration::from_secs(if self.nodes > 50 { 20 } else { 2 })
     }
 
+    /// Each stage's waves, as percentages of the fleet: halves up to 50
+    /// agents, quarters past them. Every agent shares this machine's two
+    /// cores, and half of 100 agents dropping libp2p at once (each
+    /// closing its connections to the 99 others and saying goodbye on
+    /// them) put the whole fleet's p95 over the rollback trigger's 2 s in
+    /// one release run of 14 (2026-12-02); a bigger fleet is stepped in
+    /// smaller waves, as an operator would.
+    pub fn waves(self) -> &'static [u8] {
+        if self.nodes > 50 {
+            &[25, 50, 75, 100]
+        } else {
+            &[50, 100]
+        }
+    }
+
     /// The canaries: the same nodes in every stage, so that `--fail-at`
     /// knows whom to break; two, and one more for each 15 agents past 30.
     pub fn canaries(self) -> Vec<String> {
@@ -78,7 +90,7 @@ impl Scale {
     }
 }
 
-/// The plan: a canary and two waves per stage, short soaks, analysis on
+/// The plan: a canary and two or four waves per stage, short soaks, analysis on
 /// error rate, p95 latency and DHT lookup success every 2 s, and a
 /// fast automatic rollback of the whole plan.
 pub fn plan(scale: Scale) -> MigrationPlan {
@@ -91,7 +103,7 @@ pub fn plan(scale: Scale) -> MigrationPlan {
             "selector": {"matchLabels": {LABEL.0: LABEL.1}},
             "stages": stages,
             "canary": {"nodes": scale.canaries(), "duration": "3s"},
-            "waves": WAVES,
+            "waves": scale.waves(),
             "waveInterval": "1s",
             "maxUnavailable": "50%",
             "progressDeadline": "1m",
@@ -187,7 +199,9 @@ mod tests {
             (thirty.round(), thirty.canaries().len()),
             (Duration::from_secs(1), 2)
         );
+        assert_eq!(plan(thirty).spec.waves, [50, 100]);
         let hundred = Scale::new(100);
+        assert_eq!(plan(hundred).spec.waves, [25, 50, 75, 100]);
         // The fleet's rounds a second fall from 30 to 30 × √(30/100).
         let rounds = 100.0 / hundred.round().as_secs_f64();
         assert!((rounds - 30.0 * (0.3f64).sqrt()).abs() < 1e-6, "{rounds}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use switchyard_crds::plan::{AnalysisResult, ModeCounts, RollbackRecord};
 use switchyard_crds::{NetworkMode, PlanPhase, Verdict};
 
-use super::plan::{STAGES, WAVES};
+use super::plan::{STAGES, Scale};
 use super::workload::Counts;
 
 /// The modes the demo's fleet passes through, in order (the view's row of
@@ -77,9 +77,10 @@ fn steps(s: &Snapshot, stage: usize) -> String {
         None => format!("canary {here}"),
         Some(w) => {
             let mut out = String::from("canary ✓");
-            for i in 0..=w.min(WAVES.len() - 1) {
+            let waves = Scale::new(s.total).waves().len();
+            for i in 0..=w.min(waves - 1) {
                 let mark = if i < w { "✓" } else { here };
-                let _ = write!(out, "  wave {}/{} {mark}", i + 1, WAVES.len());
+                let _ = write!(out, "  wave {}/{waves} {mark}", i + 1);
             }
             out
         }
