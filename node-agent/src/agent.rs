@@ -458,10 +458,7 @@ fn transport_facts(
     let tracked: Vec<_> = peers.iter().filter_map(|p| p.state(t)).collect();
     let m = node.metrics();
     TransportFacts {
-        running: match t {
-            Transport::LibP2p => node.mode().has_libp2p(),
-            Transport::Iroh => node.mode().has_iroh(),
-        },
+        running: t.runs_in(node.mode()),
         success_rate: m.success_rate(t),
         mean_latency: m.mean_latency(t),
         peers: tracked.len(),

@@ -78,6 +78,13 @@ impl PeerView {
     pub fn dual(&self) -> bool {
         self.libp2p.connected() && self.iroh.connected()
     }
+
+    /// Note that the peer advertised `mode`; its iroh id if it started or
+    /// stopped running iroh by it.
+    fn set_mode(&mut self, mode: NetworkMode) -> Option<iroh::EndpointId> {
+        let before = self.mode.replace(mode)?;
+        (before.has_iroh() != mode.has_iroh()).then_some(self.endpoint)
+    }
 }
 
 /// What routing needs to know about a peer; per-transport arrays are
@@ -92,6 +99,8 @@ pub struct RouteFacts {
     pub success_rate: PerTransport<Option<f64>>,
     /// When the peer last sent us a heartbeat, per transport.
     pub heard: PerTransport<Option<Instant>>,
+    /// Whether a connection to the peer is open, per transport.
+    pub connected: PerTransport<bool>,
 }
 
 impl RouteFacts {
@@ -140,6 +149,11 @@ pub struct PeerSynchronizer {
     moved: Mutex<HashSet<PeerId>>,
     /// Wakes the PeerManager when `moved` gains a peer.
     moved_notify: tokio::sync::Notify,
+    /// How many times each peer, by the modes it advertised, started or
+    /// stopped running iroh (see [`Self::iroh_turns`]).
+    iroh_turns: Mutex<HashMap<iroh::EndpointId, u64>>,
+    /// Bumped with every entry of `iroh_turns`.
+    iroh_turned: tokio::sync::watch::Sender<u64>,
 }
 
 impl PeerSynchronizer {
@@ -243,10 +257,8 @@ impl PeerSynchronizer {
         rtt: Duration,
         mode: Option<NetworkMode>,
     ) {
-        self.with(peer, |v| {
-            if let Some(m) = mode {
-                v.mode = Some(m);
-            }
+        let turned = self.with(peer, |v| {
+            let turned = mode.and_then(|m| v.set_mode(m));
             let path = v.path_mut(t);
             let hit = if ok { 1.0 } else { 0.0 };
             path.success_rate = Some(path.success_rate.map_or(hit, |s| 0.9 * s + 0.1 * hit));
@@ -257,14 +269,16 @@ impl PeerSynchronizer {
                         .map_or(rtt, |l| l.mul_f64(0.8) + rtt.mul_f64(0.2)),
                 );
             }
+            turned
         });
+        self.turned(turned.flatten());
     }
 
     /// `peer` sent us a heartbeat over `t`, saying it runs `mode` and, if
     /// it has measured one, the path's round trip (the same both ways).
     pub fn heard(&self, peer: PeerId, t: Transport, mode: NetworkMode, rtt: Option<Duration>) {
-        self.with(peer, |v| {
-            v.mode = Some(mode);
+        let turned = self.with(peer, |v| {
+            let turned = v.set_mode(mode);
             let path = v.path_mut(t);
             let now = Instant::now();
             path.heard = Some(now);
@@ -275,12 +289,46 @@ impl PeerSynchronizer {
                         .map_or(rtt, |l| l.mul_f64(0.8) + rtt.mul_f64(0.2)),
                 );
             }
+            turned
         });
+        self.turned(turned.flatten());
     }
 
     /// `peer` said it runs `mode` (in a request it sent).
     pub fn advertised(&self, peer: PeerId, mode: NetworkMode) {
-        self.with(peer, |v| v.mode = Some(mode));
+        let turned = self.with(peer, |v| v.set_mode(mode));
+        self.turned(turned.flatten());
+    }
+
+    /// The peer with iroh id `endpoint` started or stopped running iroh.
+    fn turned(&self, endpoint: Option<iroh::EndpointId>) {
+        let Some(endpoint) = endpoint else { return };
+        *self
+            .iroh_turns
+            .lock()
+            .expect("iroh turns lock")
+            .entry(endpoint)
+            .or_default() += 1;
+        self.iroh_turned.send_modify(|n| *n += 1);
+    }
+
+    /// How many times the peer with iroh id `endpoint` was seen to start or
+    /// stop running iroh (a mode it advertised had iroh and the one before
+    /// had not, or the other way round). A dial begun before the latest
+    /// such turn was aimed at a socket that has since closed or opened:
+    /// not worth waiting for (see the iroh stack's `connection`).
+    pub fn iroh_turns(&self, endpoint: &iroh::EndpointId) -> u64 {
+        self.iroh_turns
+            .lock()
+            .expect("iroh turns lock")
+            .get(endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Changes whenever any peer's [`Self::iroh_turns`] does.
+    pub fn iroh_turned(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.iroh_turned.subscribe()
     }
 
     /// `peer` said where it listens on both transports (in a pong).
@@ -318,6 +366,7 @@ impl PeerSynchronizer {
             latency: PerTransport::new(v.libp2p.latency, v.iroh.latency),
             success_rate: PerTransport::new(v.libp2p.success_rate, v.iroh.success_rate),
             heard: PerTransport::new(v.libp2p.heard, v.iroh.heard),
+            connected: PerTransport::new(v.libp2p.connected(), v.iroh.connected()),
         })
     }
 
@@ -442,5 +491,34 @@ mod tests {
             },
         );
         assert_eq!(sync.take_moved(), vec![c.peer_id()]);
+    }
+
+    #[test]
+    fn a_peer_turns_iroh_on_or_off_only_by_a_mode_change_that_adds_or_drops_it() {
+        let sync = PeerSynchronizer::new();
+        let id = Identity::generate();
+        let (peer, endpoint) = (id.peer_id(), id.endpoint_id());
+        let turned = sync.iroh_turned();
+        let steps = [
+            // The first mode heard is no turn: nothing was known before.
+            (NetworkMode::LibP2pOnly, 0),
+            (NetworkMode::LibP2pOnly, 0),
+            (NetworkMode::DualPreferLibP2p, 1),
+            (NetworkMode::IrohOnly, 1),
+            (NetworkMode::DualLoadBalance, 1),
+            (NetworkMode::LibP2pOnly, 2),
+        ];
+        for (i, (mode, turns)) in steps.into_iter().enumerate() {
+            // Each way the peer's mode is learnt counts.
+            match i % 3 {
+                0 => sync.advertised(peer, mode),
+                1 => sync.record(peer, Transport::LibP2p, true, Duration::ZERO, Some(mode)),
+                _ => sync.heard(peer, Transport::LibP2p, mode, None),
+            }
+            assert_eq!(sync.iroh_turns(&endpoint), turns, "after {mode}");
+        }
+        assert_eq!(*turned.borrow(), 2, "every turn wakes whoever watches");
+        let other = Identity::generate().endpoint_id();
+        assert_eq!(sync.iroh_turns(&other), 0);
     }
 }

@@ -17,6 +17,10 @@ pub struct Route {
     /// Send on every transport at once (under LowestLatency: nothing
     /// measured yet, or a turn that measures both again).
     pub race: bool,
+    /// The transport the strategy put first, moved second because only the
+    /// other has a connection open to the peer: worth connecting in the
+    /// background, so that the next request finds it warm.
+    pub warm: Option<Transport>,
 }
 
 /// What a request to one peer is routed by.
@@ -51,7 +55,11 @@ pub const EXPLORE_EVERY: u64 = 64;
 /// `iroh_share` of every 100 turns, interleaved; LowestLatency the faster
 /// first, racing both until both are measured and then on one turn in
 /// [`EXPLORE_EVERY`]; HighestSuccessRate the more
-/// reliable first (unmeasured counts as reliable).
+/// reliable first (unmeasured counts as reliable). A transport with a
+/// connection open goes before one the peer also runs but that has none:
+/// a request does not wait for a handshake while a warm path exists, and
+/// the cold one is named in [`Route::warm`] (not when racing, which sends
+/// on both anyway).
 pub fn route(input: &RouteInput<'_>) -> Route {
     let RouteInput {
         local,
@@ -59,15 +67,8 @@ pub fn route(input: &RouteInput<'_>) -> Route {
         facts,
         ..
     } = *input;
-    let runs = |t: Transport| match t {
-        Transport::LibP2p => local.has_libp2p(),
-        Transport::Iroh => local.has_iroh(),
-    };
-    let reachable = |t: Transport| runs(t) && addressed[t];
-    let advertised = |t: Transport| match t {
-        Transport::LibP2p => facts.mode.is_none_or(NetworkMode::has_libp2p),
-        Transport::Iroh => facts.mode.is_none_or(NetworkMode::has_iroh),
-    };
+    let reachable = |t: Transport| t.runs_in(local) && addressed[t];
+    let advertised = |t: Transport| facts.mode.is_none_or(|m| t.runs_in(m));
     let strategy = input.strategy.unwrap_or_else(|| local.default_strategy());
     let mut race = false;
     let mut order = match strategy {
@@ -103,9 +104,21 @@ pub fn route(input: &RouteInput<'_>) -> Route {
     };
     order.retain(|t| reachable(*t));
     order.sort_by_key(|t| !advertised(*t));
+    let mut warm = None;
+    if let [first, second] = order[..]
+        && !race
+        && advertised(first)
+        && advertised(second)
+        && !facts.connected[first]
+        && facts.connected[second]
+    {
+        warm = Some(first);
+        order.swap(0, 1);
+    }
     Route {
         order: order.into_iter().map(|t| (t, advertised(t))).collect(),
         race,
+        warm,
     }
 }
 
@@ -183,16 +196,25 @@ mod tests {
             PerTransport::new(Some(0.9), Some(0.5)),
             PerTransport::new(Some(0.5), Some(0.9)),
         ];
+        let connected = [
+            PerTransport::new(false, false),
+            PerTransport::new(true, false),
+            PerTransport::new(false, true),
+            PerTransport::new(true, true),
+        ];
         let mut out = Vec::new();
         for mode in modes {
             for latency in latencies {
                 for success_rate in rates {
-                    out.push(RouteFacts {
-                        mode,
-                        latency,
-                        success_rate,
-                        heard: PerTransport::default(),
-                    });
+                    for connected in connected {
+                        out.push(RouteFacts {
+                            mode,
+                            latency,
+                            success_rate,
+                            heard: PerTransport::default(),
+                            connected,
+                        });
+                    }
                 }
             }
         }
@@ -282,7 +304,19 @@ mod tests {
                             }
                             let s = strategy.unwrap_or_else(|| local.default_strategy());
                             if r.order.len() == 2 && adv == [true, true] {
-                                assert_eq!(tried[0], first_choice(s, &facts, turn, 50), "{ctx}");
+                                let choice = first_choice(s, &facts, turn, 50);
+                                let cold = !r.race
+                                    && !facts.connected[choice]
+                                    && facts.connected[choice.other()];
+                                if cold {
+                                    assert_eq!(tried[0], choice.other(), "warm first: {ctx}");
+                                    assert_eq!(r.warm, Some(choice), "{ctx}");
+                                } else {
+                                    assert_eq!(tried[0], choice, "{ctx}");
+                                    assert_eq!(r.warm, None, "{ctx}");
+                                }
+                            } else {
+                                assert_eq!(r.warm, None, "{ctx}");
                             }
                             let unmeasured = r
                                 .order
@@ -300,7 +334,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 6 * 5 * 4 * 72 * 5);
+        assert_eq!(cases, 6 * 5 * 4 * 288 * 5);
     }
 
     #[test]

@@ -30,6 +30,14 @@ impl Transport {
             Transport::Iroh => Transport::LibP2p,
         }
     }
+
+    /// Whether `mode` runs this transport.
+    pub fn runs_in(self, mode: switchyard_crds::NetworkMode) -> bool {
+        match self {
+            Transport::LibP2p => mode.has_libp2p(),
+            Transport::Iroh => mode.has_iroh(),
+        }
+    }
 }
 
 /// One `T` per transport, indexed by [`Transport`].

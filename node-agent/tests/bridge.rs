@@ -499,8 +499,10 @@ async fn five_nodes_in_five_modes_talk_in_every_pair_at_once_and_merge_their_pee
     // The load-balancing node reached the other dual nodes on both
     // transports: one peer entry each, joined by the id mapping. Its
     // turn counter is shared by all peers, so under the concurrent load
-    // above one peer may have drawn the same transport three times: a few
-    // requests to each in a row alternate for certain.
+    // above one peer may have drawn the same transport three times; and a
+    // turn whose transport has no connection yet goes over the other
+    // while that one is dialled behind it. A few requests to each, then
+    // both connections within 5 s.
     let lb = &nodes[2];
     assert_eq!(lb.mode(), NetworkMode::DualLoadBalance);
     for dual in [1, 3] {
@@ -512,6 +514,8 @@ async fn five_nodes_in_five_modes_talk_in_every_pair_at_once_and_merge_their_pee
     }
     for dual in [&nodes[1], &nodes[3]] {
         let id = dual.identity();
+        let both = || lb.peer(&id.peer_id()).is_some_and(|v| v.dual());
+        until(Duration::from_secs(5), "each dual peer on both", both).await;
         let view = lb.peer(&id.peer_id()).expect("seen");
         assert_eq!(view.endpoint, id.endpoint_id());
         assert!(view.dual(), "{view:?}");
@@ -545,10 +549,14 @@ async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
             .expect("answered");
     }
     let text = racer.metrics().render();
-    assert!(
-        text.contains("switchyard_node_hedged_requests_total{transport=\"iroh\"} 20"),
-        "every request was sent twice: {text}"
-    );
+    // Either transport may go first: libp2p, which the client prefers,
+    // unless only iroh has a connection open yet (the warm path).
+    let hedged: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_node_hedged_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(hedged, 20.0, "every request was sent twice: {text}");
     let s = seen.lock().expect("seen").clone();
     let mut ids: Vec<u64> = s.iter().map(|(_, id)| *id).collect();
     ids.dedup();
@@ -558,22 +566,35 @@ async fn a_request_arriving_on_both_transports_runs_the_handler_once() {
     server.stop().await;
 }
 
+/// Wait until `cond` holds, looking every 10 ms; fail after `within`.
+async fn until(within: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that does not hedge, so which transport answers is the one
+/// routed first.
+async fn unhedged(mode: NetworkMode) -> Arc<Node> {
+    let config = NodeConfig {
+        hedge: Hedge::Off,
+        ..NodeConfig::default()
+    };
+    Node::start(Identity::generate(), config, mode, Arc::new(Echo))
+        .await
+        .expect("client starts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancing_sends_the_configured_share_over_iroh() {
     let server = node(NetworkMode::DualPreferLibP2p).await;
-    // No hedging, so which transport answers is the one routed first.
-    let client = Node::start(
-        Identity::generate(),
-        NodeConfig {
-            hedge: Hedge::Off,
-            ..NodeConfig::default()
-        },
-        NetworkMode::DualLoadBalance,
-        Arc::new(Echo),
-    )
-    .await
-    .expect("client starts");
+    let client = unhedged(NetworkMode::DualLoadBalance).await;
     client.set_routing(None, Some(20));
+    // Both transports connected first: a turn whose transport has no
+    // connection yet goes over the other one (the warm path).
+    connect_both(&client, &server).await;
     let mut iroh = 0;
     for i in 0..100u8 {
         let r = client
@@ -586,6 +607,115 @@ async fn load_balancing_sends_the_configured_share_over_iroh() {
     assert_eq!(
         client.strategy(),
         switchyard_node_agent::RoutingStrategy::LoadBalance
+    );
+    client.stop().await;
+    server.stop().await;
+}
+
+/// Requests from `client` to `server` until `client` holds a connection
+/// to it on both transports, within 5 s.
+async fn connect_both(client: &Node, server: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.peer(&server.addr().peer).is_some_and(|v| v.dual()) {
+        assert!(Instant::now() < deadline, "connected on both within 5 s");
+        client
+            .request(&server.addr(), Bytes::from_static(b"warm"))
+            .await
+            .expect("answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_takes_the_warm_path_and_the_preferred_one_is_connected_behind_it() {
+    let server = node(NetworkMode::DualPreferLibP2p).await;
+    let client = unhedged(NetworkMode::DualPreferLibP2p).await;
+    let to = server.addr();
+    let ask = || client.request_via(&to, Bytes::from_static(b"x"));
+    let (_, t) = ask().await.expect("answered");
+    assert_eq!(t, Transport::LibP2p, "preferred, and nothing is warm yet");
+    let id = server.addr().peer;
+    assert!(
+        client.peer(&id).is_some_and(|v| !v.iroh.connected()),
+        "nothing dialled iroh"
+    );
+    // Now iroh is preferred, but only libp2p has a connection: the request
+    // does not wait for an iroh handshake, and iroh is dialled behind it.
+    client.set_routing(
+        Some(switchyard_node_agent::RoutingStrategy::PreferIroh),
+        None,
+    );
+    let (_, t) = ask().await.expect("answered");
+    assert_eq!(t, Transport::LibP2p, "the warm path first");
+    let iroh = || client.peer(&id).is_some_and(|v| v.iroh.connected());
+    until(
+        Duration::from_secs(5),
+        "iroh connected behind the request",
+        iroh,
+    )
+    .await;
+    let (_, t) = ask().await.expect("answered");
+    assert_eq!(
+        t,
+        Transport::Iroh,
+        "the preferred transport once it is warm"
+    );
+    client.stop().await;
+    server.stop().await;
+}
+
+/// A node that drops a transport first connects the one it keeps to the
+/// peers it reached only over the other: the first request after the
+/// switch finds the connection open instead of waiting for a handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_drops_a_transport_connects_the_kept_one_first() {
+    let server = node(NetworkMode::DualPreferLibP2p).await;
+    let client = unhedged(NetworkMode::DualPreferLibP2p).await;
+    let to = server.addr();
+    let (_, t) = client
+        .request_via(&to, Bytes::from_static(b"x"))
+        .await
+        .expect("answered");
+    assert_eq!(t, Transport::LibP2p);
+    // A heartbeat over libp2p tells the client where the server listens
+    // on iroh too (the PeerManager sends them).
+    client
+        .ping(&to, Transport::LibP2p, Duration::from_secs(5))
+        .await
+        .expect("pong");
+    let id = to.peer;
+    let view = || client.peer(&id).expect("seen");
+    assert!(
+        view().libp2p.connected() && !view().iroh.connected(),
+        "{:?}",
+        view()
+    );
+    client
+        .set_mode(NetworkMode::IrohOnly)
+        .await
+        .expect("switch");
+    assert!(view().iroh.connected(), "connected on iroh: {:?}", view());
+    assert!(!view().libp2p.connected());
+    let back = server.peer(&client.addr().peer).expect("seen");
+    assert!(back.iroh.connected(), "the server sees it too: {back:?}");
+    let (_, t) = client
+        .request_via(&to, Bytes::from_static(b"y"))
+        .await
+        .expect("answered");
+    assert_eq!(t, Transport::Iroh);
+    // And back: libp2p is connected before iroh stops.
+    client
+        .set_mode(NetworkMode::DualPreferIroh)
+        .await
+        .expect("switch");
+    client
+        .set_mode(NetworkMode::LibP2pOnly)
+        .await
+        .expect("switch");
+    assert!(
+        view().libp2p.connected(),
+        "connected on libp2p: {:?}",
+        view()
     );
     client.stop().await;
     server.stop().await;

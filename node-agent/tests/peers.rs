@@ -217,8 +217,9 @@ async fn met_on_libp2p(config: ManagerConfig) -> (Arc<Node>, Arc<Node>, PeerMana
     (a, b, ma, mb)
 }
 
-/// `from` asks `to` (as `from`'s manager tracks it) and is answered over
-/// iroh: its first request there.
+/// `from` asks `to` (as `from`'s manager tracks it) until it is answered
+/// over iroh, within 5 s: a first request may go over the libp2p
+/// connection while iroh's is made, not one heartbeat interval later.
 async fn answered_over_iroh(from: &Node, manager: &PeerManager, to: PeerId) {
     let addr = manager
         .status()
@@ -227,19 +228,21 @@ async fn answered_over_iroh(from: &Node, manager: &PeerManager, to: PeerId) {
         .find(|s| s.peer == to)
         .expect("tracked")
         .addr;
-    tokio::time::timeout(
+    eventually(
         Duration::from_secs(5),
-        from.request(&addr, Bytes::from_static(b"x")),
+        "a request answered over iroh",
+        || async {
+            let (_, t) = tokio::time::timeout(
+                Duration::from_secs(5),
+                from.request_via(&addr, Bytes::from_static(b"x")),
+            )
+            .await
+            .expect("within 5 s")
+            .expect("answered");
+            t == Transport::Iroh
+        },
     )
-    .await
-    .expect("within 5 s")
-    .expect("answered");
-    assert!(
-        from.metrics()
-            .render()
-            .contains("switchyard_node_requests_total{outcome=\"ok\",transport=\"iroh\"} 1"),
-        "the request went over iroh, as DualPreferIroh prefers"
-    );
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

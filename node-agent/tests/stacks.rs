@@ -52,6 +52,7 @@ struct Node {
     libp2p: Arc<Libp2pStack>,
     iroh: Arc<IrohStack>,
     stats: (Arc<StackStats>, Arc<StackStats>),
+    peers: Arc<PeerSynchronizer>,
 }
 
 async fn node() -> Node {
@@ -74,6 +75,7 @@ async fn node_with(libp2p: Libp2pConfig, iroh: IrohConfig) -> Node {
         libp2p: Arc::new(libp2p),
         iroh: Arc::new(iroh),
         stats: (s1, s2),
+        peers,
     }
 }
 
@@ -537,4 +539,81 @@ async fn iroh_peers_share_one_connection_dialled_once() {
     assert_eq!(dials(&b), 0, "b rides a's connection");
     a.iroh.stop().await;
     b.iroh.stop().await;
+}
+
+/// A dial to a peer whose iroh is down gets no answer, and QUIC sends its
+/// first packet again only after seconds. Once the peer is known to have
+/// stopped or started iroh since the dial began (the modes it
+/// advertises), whoever waits on that dial hears so at once, and the next
+/// request dials afresh rather than joining it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_begun_before_the_peer_turned_iroh_off_or_on_is_not_waited_for() {
+    let ip = switchyard_testbed::ports::reserve();
+    let bind = IrohConfig {
+        bind: ip.addr(),
+        ..IrohConfig::default()
+    };
+    let (a, b) = (
+        node().await,
+        node_with(Libp2pConfig::default(), bind.clone()).await,
+    );
+    let (to, b_id) = (b.iroh.addr(), b.id.peer_id());
+    let dials = || a.stats.1.dials.load(Ordering::Relaxed);
+    let hello = |id| Envelope::request(NetworkMode::IrohOnly, id, Bytes::from_static(b"hello"));
+    a.peers.advertised(b_id, NetworkMode::DualPreferIroh);
+    b.iroh.stop().await;
+    // a dials b, not knowing yet that b's iroh is gone.
+    let waiting = {
+        let (stack, to, req) = (a.iroh.clone(), to.clone(), hello(1));
+        tokio::spawn(async move { stack.request(&to, &req, T).await })
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    while dials() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "a never dialled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // b says (over libp2p, say) that it runs no iroh.
+    a.peers.advertised(b_id, NetworkMode::LibP2pOnly);
+    let r = tokio::time::timeout(T, waiting)
+        .await
+        .expect("the waiting request ends")
+        .expect("joined");
+    match r {
+        Err(StackError::Connection(e)) => assert!(e.contains("abandoned"), "{e}"),
+        other => panic!("the request waiting on the dial hears it was abandoned: {other:?}"),
+    }
+    // A request that gives up leaves its dial (to b's closed socket)
+    // running, for the next request to ride.
+    let gave_up = a
+        .iroh
+        .request(&to, &hello(2), Duration::from_millis(200))
+        .await;
+    assert!(
+        matches!(gave_up, Err(StackError::Timeout(_))),
+        "{gave_up:?}"
+    );
+    assert_eq!(dials(), 2);
+    // b runs iroh again on its port, and says so.
+    let again = IrohStack::start(
+        &b.id,
+        bind,
+        Arc::new(Echo),
+        Arc::new(StackStats::default()),
+        Arc::new(PeerSynchronizer::new()),
+    )
+    .await
+    .expect("b's iroh again");
+    a.peers.advertised(b_id, NetworkMode::DualPreferIroh);
+    let r = a.iroh.request(&to, &hello(3), T).await.expect("b answers");
+    assert_eq!(r.payload, format!("iroh:{}:hello", a.id.peer_id()));
+    assert_eq!(
+        dials(),
+        3,
+        "a dialled afresh rather than ride the stale dial"
+    );
+    again.stop().await;
+    for n in [a, b] {
+        n.iroh.stop().await;
+        n.libp2p.stop().await;
+    }
 }

@@ -89,9 +89,24 @@ type Conns = Arc<Mutex<HashMap<EndpointId, Slot>>>;
 #[derive(Clone)]
 enum Slot {
     Open(Peer),
-    /// A dial in flight; its outcome (or the sender gone: the stack
-    /// stopped) ends the wait.
-    Dialling(tokio::sync::watch::Receiver<Option<Result<Peer, String>>>),
+    Dialling(Dialling),
+}
+
+/// A dial in flight.
+#[derive(Clone)]
+struct Dialling {
+    /// Its outcome (or the sender gone: the stack stopped) ends the wait.
+    outcome: tokio::sync::watch::Receiver<Option<Result<Peer, String>>>,
+    /// The peer's [`PeerSynchronizer::iroh_turns`] when it began.
+    turns: u64,
+    /// Ends it, when it is abandoned.
+    abandon: CancellationToken,
+}
+
+impl Dialling {
+    fn is(&self, other: &Dialling) -> bool {
+        self.outcome.same_channel(&other.outcome)
+    }
 }
 
 /// Which connection, and how many datagrams had come in on it.
@@ -486,44 +501,105 @@ impl IrohStack {
 
     /// The open connection to `peer`, or the outcome of the one dial to it
     /// in flight (started here if there is none).
+    ///
+    /// A dial begun before the peer last started or stopped running iroh
+    /// (as the modes it advertised say, [`PeerSynchronizer::iroh_turns`])
+    /// is abandoned, by whoever notices first: it was aimed at a socket
+    /// that has since closed or opened, and QUIC would resend its first
+    /// packet only after seconds, if ever. A request that joined it would
+    /// wait out its deadline on a peer that is answering on the other
+    /// transport, or listening again on this one.
     async fn connection(&self, peer: &EndpointAddr) -> Result<Peer, StackError> {
-        let mut outcome = {
+        let peers = &self.serving.peers;
+        let mut turned = peers.iroh_turned();
+        let dial = {
             let mut conns = self.serving.conns.lock().await;
+            let turns = peers.iroh_turns(&peer.id);
             match conns.get(&peer.id) {
                 Some(Slot::Open(c)) if c.conn.close_reason().is_none() => return Ok(c.clone()),
-                Some(Slot::Dialling(rx)) => rx.clone(),
-                _ => {
-                    let endpoint = self
-                        .endpoint
-                        .lock()
-                        .expect("endpoint lock")
-                        .clone()
-                        .ok_or(StackError::Stopped)?;
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    conns.insert(peer.id, Slot::Dialling(rx.clone()));
-                    self.serving.stats.dials.fetch_add(1, Ordering::Relaxed);
-                    let dial = Dial {
-                        endpoint,
-                        peer: peer.clone(),
-                        serving: self.serving.clone(),
-                    };
-                    self.serving.tasks.spawn(
-                        self.serving
-                            .cancel
-                            .clone()
-                            .run_until_cancelled_owned(dial.run(tx)),
-                    );
-                    rx
+                Some(Slot::Dialling(d)) if d.turns == turns => d.clone(),
+                stale => {
+                    if let Some(Slot::Dialling(d)) = stale {
+                        d.abandon.cancel();
+                    }
+                    self.dial(&mut conns, peer, turns)?
                 }
             }
         };
-        // The sender goes without an outcome only when the stack stops.
-        let done = outcome.wait_for(Option::is_some).await;
-        match done.as_deref().map(Option::as_ref) {
-            Ok(Some(Ok(p))) => Ok(p.clone()),
-            Ok(Some(Err(e))) => Err(StackError::Connection(e.clone())),
-            _ => Err(StackError::Stopped),
+        let mut outcome = dial.outcome.clone();
+        let done = async {
+            // The sender goes without an outcome only when the stack stops.
+            match outcome.wait_for(Option::is_some).await.as_deref() {
+                Ok(Some(Ok(p))) => Ok(p.clone()),
+                Ok(Some(Err(e))) => Err(StackError::Connection(e.clone())),
+                _ => Err(StackError::Stopped),
+            }
+        };
+        let stale = async {
+            // Never ends with an error: the sender lives in `peers`.
+            let _ = turned
+                .wait_for(|_| peers.iroh_turns(&peer.id) != dial.turns)
+                .await;
+        };
+        tokio::select! {
+            done = done => done,
+            () = stale => {
+                self.abandon(&peer.id, &dial).await;
+                Err(StackError::Connection(format!(
+                    "dialling {}: abandoned, the peer started or stopped running iroh meanwhile",
+                    peer.id.fmt_short()
+                )))
+            }
         }
+    }
+
+    /// End `dial` to `peer`, and take it out of the map if it is still
+    /// there.
+    async fn abandon(&self, peer: &EndpointId, dial: &Dialling) {
+        let mut conns = self.serving.conns.lock().await;
+        if let Some(Slot::Dialling(d)) = conns.get(peer)
+            && d.is(dial)
+        {
+            conns.remove(peer);
+        }
+        dial.abandon.cancel();
+    }
+
+    /// Begin a dial to `peer`, whose [`PeerSynchronizer::iroh_turns`] are
+    /// `turns`, and put it in `conns`.
+    fn dial(
+        &self,
+        conns: &mut HashMap<EndpointId, Slot>,
+        peer: &EndpointAddr,
+        turns: u64,
+    ) -> Result<Dialling, StackError> {
+        let endpoint = self
+            .endpoint
+            .lock()
+            .expect("endpoint lock")
+            .clone()
+            .ok_or(StackError::Stopped)?;
+        let (tx, outcome) = tokio::sync::watch::channel(None);
+        let dialling = Dialling {
+            outcome,
+            turns,
+            abandon: self.serving.cancel.child_token(),
+        };
+        conns.insert(peer.id, Slot::Dialling(dialling.clone()));
+        self.serving.stats.dials.fetch_add(1, Ordering::Relaxed);
+        let dial = Dial {
+            endpoint,
+            peer: peer.clone(),
+            serving: self.serving.clone(),
+            abandon: dialling.abandon.clone(),
+        };
+        self.serving.tasks.spawn(
+            self.serving
+                .cancel
+                .clone()
+                .run_until_cancelled_owned(dial.run(tx)),
+        );
+        Ok(dialling)
     }
 
     /// Refuse everything from now on, close every connection and the
@@ -551,6 +627,7 @@ struct Dial {
     endpoint: Endpoint,
     peer: EndpointAddr,
     serving: Arc<Serving>,
+    abandon: CancellationToken,
 }
 
 impl Dial {
@@ -561,7 +638,12 @@ impl Dial {
         tracing::debug!(peer = %id.fmt_short(), "dialling");
         let dialled =
             tokio::time::timeout(DIAL_FOR, self.endpoint.connect(self.peer.clone(), ALPN));
-        let outcome = match dialled.await {
+        let Some(dialled) = self.abandon.run_until_cancelled(dialled).await else {
+            tracing::debug!(peer = %id.fmt_short(), "dial abandoned");
+            let _ = tx.send(Some(Err(format!("dialling {}: abandoned", id.fmt_short()))));
+            return;
+        };
+        let outcome = match dialled {
             Ok(Ok(conn)) => match endpoint_to_peer(&id) {
                 Ok(remote) => {
                     let addr = self.peer.ip_addrs().next().map(ToString::to_string);
@@ -587,8 +669,8 @@ impl Dial {
             let mut conns = self.serving.conns.lock().await;
             // The slot is still this dial's unless the stack stopped
             // (cleared the map) meanwhile.
-            if let Some(Slot::Dialling(rx)) = conns.get(&id)
-                && rx.same_channel(&tx.subscribe())
+            if let Some(Slot::Dialling(d)) = conns.get(&id)
+                && d.outcome.same_channel(&tx.subscribe())
             {
                 match &outcome {
                     Ok(p) => conns.insert(id, Slot::Open(p.clone())),
