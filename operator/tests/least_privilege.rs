@@ -675,6 +675,10 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
     for name in ["switchyard-agent-k5r8t", "switchyard-agent-p2n4s"] {
         running.push(start(name.into(), vec![seed.clone()]).await);
     }
+    // A plan that stalls says where: its status (the blocked nodes and
+    // why) and the operator's warnings, a second before `eventually` would
+    // give up with nothing but the wait's name.
+    let stalled_at = Instant::now() + WAIT - Duration::from_secs(1);
     let done = eventually("the plan finishes with the new pods", || async {
         let s = plans.get("replaced").await.ok()?.status?;
         assert!(
@@ -683,6 +687,16 @@ async fn a_daemonset_fleet_whose_pods_are_replaced_mid_plan_finishes_the_plan() 
                 PlanPhase::Failed | PlanPhase::RolledBack | PlanPhase::RollingBack
             ),
             "the plan must not fail or roll back: {s:?}"
+        );
+        assert!(
+            s.phase == PlanPhase::Succeeded || Instant::now() < stalled_at,
+            "the plan stalls: {s:?}; the FleetNodes: {:?}; the operator said: {}",
+            nodes.list(&Default::default()).await.map(|l| l
+                .items
+                .into_iter()
+                .map(|n| (n.name_any(), n.status))
+                .collect::<Vec<_>>()),
+            std::fs::read_to_string(c.dir.join("operator.err")).unwrap_or_default()
         );
         (s.phase == PlanPhase::Succeeded).then_some(s)
     })
