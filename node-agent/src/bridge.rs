@@ -430,6 +430,24 @@ async fn exchange_on(
     }
 }
 
+/// Send `ping` to `peer` over `t` on `stacks`, dialling if need be, and
+/// record in `peers` what came back: whether a pong did, the round trip,
+/// and the mode the pong carries.
+async fn dial_and_record(
+    stacks: &Stacks,
+    peers: &PeerSynchronizer,
+    peer: &PeerAddr,
+    t: Transport,
+    ping: Envelope,
+    timeout: Duration,
+) {
+    let started = Instant::now();
+    let result = exchange_on(stacks, peer, t, ping, timeout).await;
+    let rtt = started.elapsed();
+    let mode = result.ok().filter(|r| r.kind == Kind::Pong).map(|r| r.mode);
+    peers.record(peer.peer, t, mode.is_some(), rtt, mode);
+}
+
 /// Start a stack with `before`, the config of the address it had, so
 /// peers' addresses stay valid; `None` when that is the configured one.
 /// If that address was only the kernel's pick (`any_port`: the configured
@@ -899,24 +917,15 @@ impl Node {
             transport = keep.as_str(),
             "connecting ahead of a switch"
         );
-        let mode = self.mode();
         let pings = targets.iter().map(|peer| {
-            let ping = Envelope {
-                kind: Kind::Ping,
-                mode,
-                request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                payload: Bytes::new(),
-            };
-            let stacks = &stacks;
-            async move {
-                let started = Instant::now();
-                let result = exchange_on(stacks, peer, keep, ping, FAREWELL_FOR).await;
-                let pong = result.ok().filter(|r| r.kind == Kind::Pong);
-                let rtt = started.elapsed();
-                let mode = pong.as_ref().map(|r| r.mode);
-                self.peers
-                    .record(peer.peer, keep, pong.is_some(), rtt, mode);
-            }
+            dial_and_record(
+                &stacks,
+                &self.peers,
+                peer,
+                keep,
+                self.bare_ping(),
+                FAREWELL_FOR,
+            )
         });
         let all = futures::stream::iter(pings).for_each_concurrent(FAREWELLS_AT_ONCE, |f| f);
         let _ = tokio::time::timeout(FAREWELL_FOR, all).await;
@@ -1258,6 +1267,16 @@ impl Node {
         exchange_on(&stacks, peer, t, envelope, timeout).await
     }
 
+    /// A ping with nothing in it, in this node's mode.
+    fn bare_ping(&self) -> Envelope {
+        Envelope {
+            kind: Kind::Ping,
+            mode: self.mode(),
+            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            payload: Bytes::new(),
+        }
+    }
+
     /// Connect `peer` on `t` in the background, with a ping that dials
     /// first: a request went over the other transport because `t`, which
     /// the strategy put first, had no connection (see [`Route::warm`]),
@@ -1275,20 +1294,11 @@ impl Node {
             }
         }
         tracing::debug!(peer = %peer.peer, transport = t.as_str(), "sent on the warm path; connecting the preferred one");
-        let ping = Envelope {
-            kind: Kind::Ping,
-            mode: self.mode(),
-            request_id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            payload: Bytes::new(),
-        };
+        let ping = self.bare_ping();
         let stacks = self.stacks.read().expect("stacks lock").clone();
         let (peers, peer, warming) = (self.peers.clone(), peer.clone(), self.warming.clone());
         tokio::spawn(async move {
-            let started = Instant::now();
-            let result = exchange_on(&stacks, &peer, t, ping, timeout).await;
-            let pong = result.ok().filter(|r| r.kind == Kind::Pong);
-            let mode = pong.as_ref().map(|r| r.mode);
-            peers.record(peer.peer, t, pong.is_some(), started.elapsed(), mode);
+            dial_and_record(&stacks, &peers, &peer, t, ping, timeout).await;
             warming
                 .lock()
                 .expect("warming lock")
